@@ -1,0 +1,73 @@
+//! berth-cri: the CRI v1 `RuntimeService` and `ImageService` over gRPC.
+//!
+//! This crate is the edge: it translates CRI messages into calls on the crates below it
+//! (`podsandbox`, `image`, `cni`, `runtime`), none of which knows gRPC, and maps their errors to
+//! gRPC status codes. It also owns the tower layer that gives every RPC a tracing span and its
+//! metrics. One file per RPC, as in containerd's `internal/cri/server`.
+
+mod image;
+pub mod metrics;
+mod runtime;
+mod unimplemented;
+
+use std::sync::{Arc, RwLock};
+
+use berth_runtime::CgroupDriver;
+use k8s_cri::v1::image_service_server::ImageServiceServer;
+use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
+use tonic::transport::server::Router;
+use tonic::transport::Server;
+
+pub use metrics::{CriMetrics, ObserveLayer};
+
+/// CRI messages may be large (ListContainers on a busy node); kubelet allows 16 MiB.
+const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+
+/// What the CRI services need to know about the agent they run in.
+#[derive(Debug, Clone)]
+pub struct CriOptions {
+    /// Reported by `RuntimeConfig`.
+    pub cgroup_driver: CgroupDriver,
+    /// The effective configuration as JSON, returned by a verbose `Status`.
+    pub config_json: String,
+}
+
+/// State shared by every RPC handler.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    options: CriOptions,
+    /// The pod CIDR kubelet last pushed with UpdateRuntimeConfig ("" until then).
+    pod_cidr: RwLock<String>,
+}
+
+/// The CRI RuntimeService implementation.
+#[derive(Debug, Clone)]
+pub struct RuntimeService {
+    shared: Arc<Shared>,
+}
+
+/// The CRI ImageService implementation.
+#[derive(Debug, Clone)]
+pub struct ImageService {
+    _shared: Arc<Shared>,
+}
+
+/// Builds the tonic router serving both CRI services, wrapped in the metrics and tracing layer.
+pub fn router(options: CriOptions, metrics: Arc<CriMetrics>) -> Router<tower::layer::util::Stack<ObserveLayer, tower::layer::util::Identity>> {
+    let shared = Arc::new(Shared {
+        options,
+        pod_cidr: RwLock::new(String::new()),
+    });
+    let runtime = RuntimeServiceServer::new(RuntimeService {
+        shared: shared.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_SIZE)
+    .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let image = ImageServiceServer::new(ImageService { _shared: shared })
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    Server::builder()
+        .layer(ObserveLayer::new(metrics))
+        .add_service(runtime)
+        .add_service(image)
+}

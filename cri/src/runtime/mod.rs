@@ -1,0 +1,86 @@
+//! The CRI RuntimeService: one file per RPC.
+
+mod runtime_config;
+mod status;
+mod update_runtime_config;
+mod version;
+
+use std::pin::Pin;
+
+use k8s_cri::v1::runtime_service_server::RuntimeService as CriRuntimeService;
+use k8s_cri::v1::*;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::unimplemented::{cri_service, unimplemented};
+use crate::RuntimeService;
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<ContainerEventResponse, Status>> + Send>>;
+
+cri_service! {
+    impl CriRuntimeService for RuntimeService {
+        type GetContainerEventsStream = EventStream;
+
+        async fn version(
+            &self,
+            request: Request<VersionRequest>,
+        ) -> Result<Response<VersionResponse>, Status> {
+            version::version(request.into_inner()).map(Response::new)
+        }
+
+        async fn status(
+            &self,
+            request: Request<StatusRequest>,
+        ) -> Result<Response<StatusResponse>, Status> {
+            status::status(&self.shared, request.into_inner()).map(Response::new)
+        }
+
+        async fn runtime_config(
+            &self,
+            request: Request<RuntimeConfigRequest>,
+        ) -> Result<Response<RuntimeConfigResponse>, Status> {
+            runtime_config::runtime_config(&self.shared, request.into_inner()).map(Response::new)
+        }
+
+        async fn update_runtime_config(
+            &self,
+            request: Request<UpdateRuntimeConfigRequest>,
+        ) -> Result<Response<UpdateRuntimeConfigResponse>, Status> {
+            update_runtime_config::update_runtime_config(&self.shared, request.into_inner())
+                .map(Response::new)
+        }
+
+        async fn get_container_events(
+            &self,
+            _request: Request<GetEventsRequest>,
+        ) -> Result<Response<EventStream>, Status> {
+            Err(unimplemented("GetContainerEvents"))
+        }
+    }
+    unimplemented {
+        run_pod_sandbox => RunPodSandbox(RunPodSandboxRequest) -> RunPodSandboxResponse;
+        stop_pod_sandbox => StopPodSandbox(StopPodSandboxRequest) -> StopPodSandboxResponse;
+        remove_pod_sandbox => RemovePodSandbox(RemovePodSandboxRequest) -> RemovePodSandboxResponse;
+        pod_sandbox_status => PodSandboxStatus(PodSandboxStatusRequest) -> PodSandboxStatusResponse;
+        list_pod_sandbox => ListPodSandbox(ListPodSandboxRequest) -> ListPodSandboxResponse;
+        create_container => CreateContainer(CreateContainerRequest) -> CreateContainerResponse;
+        start_container => StartContainer(StartContainerRequest) -> StartContainerResponse;
+        stop_container => StopContainer(StopContainerRequest) -> StopContainerResponse;
+        remove_container => RemoveContainer(RemoveContainerRequest) -> RemoveContainerResponse;
+        list_containers => ListContainers(ListContainersRequest) -> ListContainersResponse;
+        container_status => ContainerStatus(ContainerStatusRequest) -> ContainerStatusResponse;
+        update_container_resources => UpdateContainerResources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse;
+        reopen_container_log => ReopenContainerLog(ReopenContainerLogRequest) -> ReopenContainerLogResponse;
+        exec_sync => ExecSync(ExecSyncRequest) -> ExecSyncResponse;
+        exec => Exec(ExecRequest) -> ExecResponse;
+        attach => Attach(AttachRequest) -> AttachResponse;
+        port_forward => PortForward(PortForwardRequest) -> PortForwardResponse;
+        container_stats => ContainerStats(ContainerStatsRequest) -> ContainerStatsResponse;
+        list_container_stats => ListContainerStats(ListContainerStatsRequest) -> ListContainerStatsResponse;
+        pod_sandbox_stats => PodSandboxStats(PodSandboxStatsRequest) -> PodSandboxStatsResponse;
+        list_pod_sandbox_stats => ListPodSandboxStats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse;
+        checkpoint_container => CheckpointContainer(CheckpointContainerRequest) -> CheckpointContainerResponse;
+        list_metric_descriptors => ListMetricDescriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse;
+        list_pod_sandbox_metrics => ListPodSandboxMetrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse;
+    }
+}

@@ -1,0 +1,261 @@
+//! The agent: claims the state dir, binds the CRI socket and the metrics endpoint, serves until
+//! SIGTERM/SIGINT, then drains in-flight RPCs (bounded) and removes its socket and lock.
+
+use std::fs::{DirBuilder, File, OpenOptions, Permissions, TryLockError};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_cri::{CriMetrics, CriOptions};
+use prometheus_client::registry::Registry;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_stream::wrappers::UnixListenerStream;
+
+use crate::config::Config;
+use crate::metrics;
+
+const LOCK_FILE: &str = "berthd.lock";
+
+/// Why the agent could not start or serve. One line each, naming the path or address.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("cannot create directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open lock file {path}: {source}")]
+    OpenLock {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("another berthd (pid {pid}) is already running with state dir {state} (lock {path} is held)")]
+    Locked {
+        state: PathBuf,
+        path: PathBuf,
+        pid: String,
+    },
+    #[error("socket {0} is in use by another process")]
+    SocketBusy(PathBuf),
+    #[error("{0} exists and is not a socket; refusing to replace it")]
+    NotASocket(PathBuf),
+    #[error("cannot bind socket {path}: {source}")]
+    BindSocket {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot bind metrics address {address}: {source}")]
+    BindMetrics {
+        address: String,
+        source: std::io::Error,
+    },
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+    #[error("gRPC server failed: {0}")]
+    Serve(tonic::transport::Error),
+}
+
+/// Creates `path` and its missing parents with `mode`; an existing directory is left as it is.
+fn create_dir(path: &Path, mode: u32) -> Result<(), AgentError> {
+    DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(|source| AgentError::CreateDir {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// An exclusive claim on a state dir: a flock on `<state>/berthd.lock` holding our pid.
+/// Dropping it removes the file and releases the lock.
+struct StateLock {
+    path: PathBuf,
+    _file: File,
+}
+
+impl StateLock {
+    fn acquire(state: &Path) -> Result<StateLock, AgentError> {
+        let path = state.join(LOCK_FILE);
+        let open_error = |source| AgentError::OpenLock {
+            path: path.clone(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(open_error)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut pid = String::new();
+                let _ = file.read_to_string(&mut pid);
+                let pid = pid.trim();
+                return Err(AgentError::Locked {
+                    state: state.to_path_buf(),
+                    path,
+                    pid: if pid.is_empty() { "unknown".to_string() } else { pid.to_string() },
+                });
+            }
+            Err(TryLockError::Error(e)) => return Err(open_error(e)),
+        }
+        // Record who holds it, for the message a second agent prints.
+        file.set_len(0).map_err(open_error)?;
+        file.rewind().map_err(open_error)?;
+        writeln!(file, "{}", std::process::id()).map_err(open_error)?;
+        Ok(StateLock { path, _file: file })
+    }
+}
+
+impl Drop for StateLock {
+    fn drop(&mut self) {
+        // Removed while still locked, so no other agent can have claimed this file meanwhile.
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The CRI socket: bound with mode 0660 in a 0700 directory, removed on drop.
+struct CriSocket {
+    path: PathBuf,
+}
+
+impl CriSocket {
+    fn bind(path: &Path) -> Result<(CriSocket, std::os::unix::net::UnixListener), AgentError> {
+        if let Some(dir) = path.parent() {
+            if !dir.exists() {
+                create_dir(dir, 0o700)?;
+            }
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                // A live listener answers; a socket left by a dead agent refuses the connection.
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Err(AgentError::SocketBusy(path.to_path_buf()));
+                }
+                tracing::info!(socket = %path.display(), "replacing stale socket");
+                std::fs::remove_file(path).map_err(|source| AgentError::BindSocket {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+            }
+            Ok(_) => return Err(AgentError::NotASocket(path.to_path_buf())),
+            Err(_) => {}
+        }
+        let bind_error = |source| AgentError::BindSocket {
+            path: path.to_path_buf(),
+            source,
+        };
+        let listener = std::os::unix::net::UnixListener::bind(path).map_err(bind_error)?;
+        let socket = CriSocket {
+            path: path.to_path_buf(),
+        };
+        std::fs::set_permissions(path, Permissions::from_mode(0o660)).map_err(bind_error)?;
+        listener.set_nonblocking(true).map_err(bind_error)?;
+        Ok((socket, listener))
+    }
+}
+
+impl Drop for CriSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Runs the agent until a termination signal. Returns once the socket and lock are removed.
+pub async fn run(config: Config) -> Result<(), AgentError> {
+    let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
+
+    // 0711 as containerd: others may traverse to what we expose, but not list.
+    create_dir(&config.root, 0o711)?;
+    create_dir(&config.state, 0o711)?;
+    let lock = StateLock::acquire(&config.state)?;
+
+    let metrics_listener = match config.metrics_address() {
+        Some(address) => Some(std::net::TcpListener::bind(address).map_err(|source| {
+            AgentError::BindMetrics {
+                address: config.metrics.address.clone(),
+                source,
+            }
+        })?),
+        None => None,
+    };
+    let (socket, listener) = CriSocket::bind(&config.grpc.address)?;
+    let listener = tokio::net::UnixListener::from_std(listener).map_err(|source| {
+        AgentError::BindSocket {
+            path: config.grpc.address.clone(),
+            source,
+        }
+    })?;
+
+    let mut registry = Registry::default();
+    metrics::register_build_info(&mut registry);
+    let cri_metrics = Arc::new(CriMetrics::register(&mut registry));
+    let registry = Arc::new(registry);
+
+    let metrics_task = metrics_listener.map(|l| {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(l, registry).await {
+                tracing::error!(error = %e, "metrics endpoint stopped");
+            }
+        })
+    });
+
+    let options = CriOptions {
+        cgroup_driver: config.runtime.cgroup_driver,
+        config_json: serde_json::to_string(&config).unwrap_or_else(|_| "{}".to_string()),
+    };
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = berth_cri::router(options, cri_metrics).serve_with_incoming_shutdown(
+        UnixListenerStream::new(listener),
+        async {
+            let _ = stop_rx.await;
+        },
+    );
+    let mut server = tokio::spawn(server);
+    tracing::info!(
+        socket = %config.grpc.address.display(),
+        metrics = %config.metrics.address,
+        root = %config.root.display(),
+        state = %config.state.display(),
+        version = env!("CARGO_PKG_VERSION"),
+        "berthd serving CRI"
+    );
+
+    let outcome = tokio::select! {
+        _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); None }
+        _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); None }
+        r = &mut server => Some(r),
+    };
+    let result = match outcome {
+        Some(Ok(Err(e))) => Err(AgentError::Serve(e)),
+        Some(_) => Ok(()),
+        None => {
+            // Stop accepting, let in-flight RPCs finish, but never wait forever.
+            let _ = stop_tx.send(());
+            let grace = Duration::from_secs(config.grpc.shutdown_timeout_secs);
+            match tokio::time::timeout(grace, &mut server).await {
+                Ok(Ok(Err(e))) => Err(AgentError::Serve(e)),
+                Ok(_) => Ok(()),
+                Err(_) => {
+                    tracing::warn!(seconds = grace.as_secs(), "RPCs still running after the shutdown timeout; exiting anyway");
+                    server.abort();
+                    Ok(())
+                }
+            }
+        }
+    };
+    if let Some(task) = metrics_task {
+        task.abort();
+    }
+    drop(socket);
+    drop(lock);
+    tracing::info!("berthd stopped");
+    result
+}

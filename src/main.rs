@@ -1,0 +1,82 @@
+//! berthd: a Kubernetes CRI runtime. See ARCHITECTURE.md for the map.
+
+mod agent;
+mod config;
+mod logging;
+mod metrics;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+#[derive(Debug, Parser)]
+#[command(name = "berthd", version, about = "berth: a Kubernetes CRI runtime")]
+struct Cli {
+    /// Configuration file (TOML). Without it, /etc/berth/config.toml if it exists, else defaults.
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print or check configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print every key with its default value and a one-line comment.
+    Default,
+    /// Validate a configuration file and print the effective configuration.
+    Check {
+        /// The file to check.
+        path: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Config(ConfigCommand::Default)) => {
+            print!("{}", config::DEFAULT_TOML);
+            ExitCode::SUCCESS
+        }
+        Some(Command::Config(ConfigCommand::Check { path })) => match Config::load(Some(&path)) {
+            Ok(config) => {
+                println!("{}: ok", path.display());
+                print!("{}", toml::to_string(&config).unwrap_or_default());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        },
+        None => serve(cli.config),
+    }
+}
+
+fn serve(config_path: Option<PathBuf>) -> ExitCode {
+    let config = match Config::load(config_path.as_deref()) {
+        Ok(config) => config,
+        Err(e) => return fail(e),
+    };
+    logging::init(&config.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(format!("cannot start the async runtime: {e}")),
+    };
+    match runtime.block_on(agent::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+/// One clear line on stderr and a non-zero exit.
+fn fail(error: impl std::fmt::Display) -> ExitCode {
+    eprintln!("berthd: {error}");
+    ExitCode::FAILURE
+}
