@@ -99,7 +99,11 @@ impl StateLock {
                 return Err(AgentError::Locked {
                     state: state.to_path_buf(),
                     path,
-                    pid: if pid.is_empty() { "unknown".to_string() } else { pid.to_string() },
+                    pid: if pid.is_empty() {
+                        "unknown".to_string()
+                    } else {
+                        pid.to_string()
+                    },
                 });
             }
             Err(TryLockError::Error(e)) => return Err(open_error(e)),
@@ -186,12 +190,11 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         None => None,
     };
     let (socket, listener) = CriSocket::bind(&config.grpc.address)?;
-    let listener = tokio::net::UnixListener::from_std(listener).map_err(|source| {
-        AgentError::BindSocket {
+    let listener =
+        tokio::net::UnixListener::from_std(listener).map_err(|source| AgentError::BindSocket {
             path: config.grpc.address.clone(),
             source,
-        }
-    })?;
+        })?;
 
     let mut registry = Registry::default();
     metrics::register_build_info(&mut registry);
@@ -212,7 +215,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         config_json: serde_json::to_string(&config).unwrap_or_else(|_| "{}".to_string()),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = berth_cri::router(options, cri_metrics).serve_with_incoming_shutdown(
+    let server = berth_cri::router(options, cri_metrics.clone()).serve_with_incoming_shutdown(
         UnixListenerStream::new(listener),
         async {
             let _ = stop_rx.await;
@@ -237,15 +240,23 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         Some(Ok(Err(e))) => Err(AgentError::Serve(e)),
         Some(_) => Ok(()),
         None => {
-            // Stop accepting, let in-flight RPCs finish, but never wait forever.
+            // Stop accepting, let in-flight RPCs finish, but never wait forever. Clients such as
+            // kubelet keep idle connections open, so once no RPC is running we leave without them.
             let _ = stop_tx.send(());
             let grace = Duration::from_secs(config.grpc.shutdown_timeout_secs);
-            match tokio::time::timeout(grace, &mut server).await {
-                Ok(Ok(Err(e))) => Err(AgentError::Serve(e)),
-                Ok(_) => Ok(()),
-                Err(_) => {
+            let drained = async {
+                cri_metrics.drained().await;
+                // Let the last responses be written out.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            tokio::select! {
+                r = &mut server => match r {
+                    Ok(Err(e)) => Err(AgentError::Serve(e)),
+                    _ => Ok(()),
+                },
+                _ = drained => Ok(()),
+                _ = tokio::time::sleep(grace) => {
                     tracing::warn!(seconds = grace.as_secs(), "RPCs still running after the shutdown timeout; exiting anyway");
-                    server.abort();
                     Ok(())
                 }
             }

@@ -217,7 +217,10 @@ impl Config {
             ("registry.config_path", &self.registry.config_path),
         ] {
             if !p.is_absolute() {
-                return Err(invalid(key, format!("{} is not an absolute path", p.display())));
+                return Err(invalid(
+                    key,
+                    format!("{} is not an absolute path", p.display()),
+                ));
             }
         }
         if self.root == self.state {
@@ -297,7 +300,10 @@ mod tests {
     fn missing_default_file_means_defaults_but_missing_named_file_is_an_error() {
         let missing = Path::new("/nonexistent/berth-test/config.toml");
         let err = Config::load(Some(missing)).unwrap_err().to_string();
-        assert!(err.contains("/nonexistent/berth-test/config.toml: cannot read"), "{err}");
+        assert!(
+            err.contains("/nonexistent/berth-test/config.toml: cannot read"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -310,7 +316,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named_with_its_line() {
-        let err = parse("root = \"/var/lib/b\"\n[grpc]\nadress = \"/x\"\n").unwrap_err().to_string();
+        let err = parse("root = \"/var/lib/b\"\n[grpc]\nadress = \"/x\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("line 3"), "{err}");
         assert!(err.contains("adress"), "{err}");
         assert!(!err.contains('\n'), "{err}");
@@ -318,7 +326,9 @@ mod tests {
 
     #[test]
     fn wrong_type_is_named_with_its_key() {
-        let err = parse("[grpc]\nshutdown_timeout_secs = \"ten\"\n").unwrap_err().to_string();
+        let err = parse("[grpc]\nshutdown_timeout_secs = \"ten\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("grpc.shutdown_timeout_secs"), "{err}");
         assert!(err.contains("line 2"), "{err}");
     }
@@ -338,25 +348,39 @@ mod tests {
     #[test]
     fn relative_paths_are_rejected() {
         let err = parse("root = \"var/lib/berth\"\n").unwrap_err().to_string();
-        assert!(err.contains("root: var/lib/berth is not an absolute path"), "{err}");
+        assert!(
+            err.contains("root: var/lib/berth is not an absolute path"),
+            "{err}"
+        );
     }
 
     #[test]
     fn metrics_address_may_be_empty_but_not_garbage() {
-        assert_eq!(parse("[metrics]\naddress = \"\"\n").unwrap().metrics_address(), None);
-        let err = parse("[metrics]\naddress = \"localhost\"\n").unwrap_err().to_string();
+        assert_eq!(
+            parse("[metrics]\naddress = \"\"\n")
+                .unwrap()
+                .metrics_address(),
+            None
+        );
+        let err = parse("[metrics]\naddress = \"localhost\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("metrics.address"), "{err}");
     }
 
     #[test]
     fn systemd_cgroup_driver_is_refused_for_now() {
-        let err = parse("[runtime]\ncgroup_driver = \"systemd\"\n").unwrap_err().to_string();
+        let err = parse("[runtime]\ncgroup_driver = \"systemd\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("runtime.cgroup_driver"), "{err}");
     }
 
     #[test]
     fn bad_log_filter_is_refused() {
-        let err = parse("[log]\nlevel = \"info,,=[\"\n").unwrap_err().to_string();
+        let err = parse("[log]\nlevel = \"info,,=[\"\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("log.level"), "{err}");
     }
 }

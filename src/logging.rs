@@ -19,6 +19,10 @@ pub fn init(config: &LogConfig) {
         .with_ansi(std::io::stderr().is_terminal());
     match config.format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
     }
 }

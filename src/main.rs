@@ -65,7 +65,10 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
         Err(e) => return fail(e),
     };
     logging::init(&config.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => return fail(format!("cannot start the async runtime: {e}")),
     };

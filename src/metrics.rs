@@ -27,7 +27,11 @@ pub fn register_build_info(registry: &mut Registry) {
         version: env!("CARGO_PKG_VERSION"),
     })
     .set(1);
-    registry.register("berth_build_info", "berthd build information; always 1", info);
+    registry.register(
+        "berth_build_info",
+        "berthd build information; always 1",
+        info,
+    );
 }
 
 /// Serves `/metrics` on an already bound listener until the task is dropped.

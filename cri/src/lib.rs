@@ -53,7 +53,10 @@ pub struct ImageService {
 }
 
 /// Builds the tonic router serving both CRI services, wrapped in the metrics and tracing layer.
-pub fn router(options: CriOptions, metrics: Arc<CriMetrics>) -> Router<tower::layer::util::Stack<ObserveLayer, tower::layer::util::Identity>> {
+pub fn router(
+    options: CriOptions,
+    metrics: Arc<CriMetrics>,
+) -> Router<tower::layer::util::Stack<ObserveLayer, tower::layer::util::Identity>> {
     let shared = Arc::new(Shared {
         options,
         pod_cidr: RwLock::new(String::new()),

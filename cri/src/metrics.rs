@@ -11,8 +11,10 @@ use std::time::Instant;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use tokio::sync::Notify;
 use tower::{Layer, Service};
 use tracing::Instrument;
 
@@ -37,6 +39,8 @@ fn duration_histogram() -> Histogram {
 pub struct CriMetrics {
     operations: Family<OperationCode, Counter>,
     durations: Family<Operation, Histogram, fn() -> Histogram>,
+    in_flight: Gauge,
+    idle: Notify,
 }
 
 impl CriMetrics {
@@ -45,6 +49,8 @@ impl CriMetrics {
         let metrics = Self {
             operations: Family::default(),
             durations: Family::new_with_constructor(duration_histogram),
+            in_flight: Gauge::default(),
+            idle: Notify::new(),
         };
         registry.register(
             "berth_cri_operations",
@@ -56,7 +62,31 @@ impl CriMetrics {
             "Time to handle a CRI RPC, by operation",
             metrics.durations.clone(),
         );
+        registry.register(
+            "berth_cri_requests_in_flight",
+            "CRI RPCs being handled now",
+            metrics.in_flight.clone(),
+        );
         metrics
+    }
+
+    /// Waits until no RPC is being handled. Shutdown uses it to exit as soon as in-flight calls
+    /// are done, without waiting for clients (kubelet) to close their idle connections.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.in_flight.get() <= 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlightGuard {
+        self.in_flight.inc();
+        InFlightGuard(self.clone())
     }
 
     fn observe(&self, operation: &str, code: &'static str, seconds: f64) {
@@ -74,12 +104,24 @@ impl CriMetrics {
     }
 }
 
+/// Counts one RPC as in flight until dropped (also when the request future is cancelled).
+struct InFlightGuard(Arc<CriMetrics>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.in_flight.dec() <= 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
 /// The RPC name from a gRPC path (`/runtime.v1.RuntimeService/Version` → `Version`). Anything
 /// that is not a CRI path is `unknown`, so a scanner cannot blow up the label cardinality.
 fn operation_name(path: &str) -> &str {
     match path.rsplit_once('/') {
         Some((service, method))
-            if (service == "/runtime.v1.RuntimeService" || service == "/runtime.v1.ImageService")
+            if (service == "/runtime.v1.RuntimeService"
+                || service == "/runtime.v1.ImageService")
                 && !method.is_empty()
                 && method.bytes().all(|b| b.is_ascii_alphanumeric()) =>
         {
@@ -180,8 +222,10 @@ where
             self.inner.call(request)
         };
         let metrics = self.metrics.clone();
+        let guard = metrics.begin();
         Box::pin(
             async move {
+                let _guard = guard;
                 let result = future.await;
                 let code = match &result {
                     Ok(response) => response_code(response.headers()),
@@ -217,8 +261,14 @@ mod tests {
 
     #[test]
     fn operation_name_takes_the_cri_method() {
-        assert_eq!(operation_name("/runtime.v1.RuntimeService/Version"), "Version");
-        assert_eq!(operation_name("/runtime.v1.ImageService/PullImage"), "PullImage");
+        assert_eq!(
+            operation_name("/runtime.v1.RuntimeService/Version"),
+            "Version"
+        );
+        assert_eq!(
+            operation_name("/runtime.v1.ImageService/PullImage"),
+            "PullImage"
+        );
     }
 
     #[test]
@@ -226,7 +276,10 @@ mod tests {
         assert_eq!(operation_name("/"), "unknown");
         assert_eq!(operation_name("/grpc.health.v1.Health/Check"), "unknown");
         assert_eq!(operation_name("/runtime.v1.RuntimeService/"), "unknown");
-        assert_eq!(operation_name("/runtime.v1.RuntimeService/a%2Fb"), "unknown");
+        assert_eq!(
+            operation_name("/runtime.v1.RuntimeService/a%2Fb"),
+            "unknown"
+        );
     }
 
     #[test]
@@ -247,6 +300,8 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(text.contains(r#"berth_cri_operations_total{operation="Version",code="OK"} 1"#));
-        assert!(text.contains(r#"berth_cri_operation_duration_seconds_count{operation="Version"} 1"#));
+        assert!(
+            text.contains(r#"berth_cri_operation_duration_seconds_count{operation="Version"} 1"#)
+        );
     }
 }

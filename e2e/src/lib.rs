@@ -1,1 +1,324 @@
+//! berth-e2e: end-to-end tests against a real `berthd`.
+//!
+//! [`TestAgent`] starts the berthd binary as a separate process with a unique temporary root,
+//! state dir, socket and metrics port, waits until it answers `Version`, hands out CRI clients,
+//! and on drop stops it and removes everything it made. Tests must run as root.
 
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::TokioIo;
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::VersionRequest;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tonic::transport::{Channel, Endpoint, Uri};
+
+pub type RuntimeClient = RuntimeServiceClient<Channel>;
+pub type ImageClient = ImageServiceClient<Channel>;
+
+/// How long a fresh agent may take to answer its first `Version`.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stopping agent may take to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The berthd binary under test: `$BERTHD`, else the workspace's debug build.
+pub fn berthd_path() -> PathBuf {
+    if let Some(p) = std::env::var_os("BERTHD") {
+        return PathBuf::from(p);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target.join("debug/berthd");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo build --bin berthd`, as `make test` does) or set BERTHD",
+        path.display()
+    );
+    path
+}
+
+/// A directory unique to this test (pid + counter + time), removed with its contents on drop.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    pub fn new(prefix: &str) -> TempDir {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        let path = std::env::temp_dir().join(format!(
+            "{prefix}-{}-{}-{nanos:08x}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&path).expect("create test dir");
+        TempDir { path }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A free TCP port on loopback (bound then released; berthd binds it right after).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free loopback port")
+}
+
+/// The paths and addresses one agent uses, all under its own temporary directory.
+#[derive(Debug, Clone)]
+pub struct AgentPaths {
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub metrics: String,
+}
+
+impl AgentPaths {
+    pub fn under(dir: &Path) -> AgentPaths {
+        AgentPaths {
+            root: dir.join("root"),
+            state: dir.join("state"),
+            socket: dir.join("run/berth.sock"),
+            config: dir.join("config.toml"),
+            log: dir.join("berthd.log"),
+            metrics: format!("127.0.0.1:{}", free_port()),
+        }
+    }
+
+    /// The config file text for these paths, followed by `extra` (more sections or keys).
+    pub fn config_text(&self, extra: &str) -> String {
+        format!(
+            "root = {:?}\nstate = {:?}\n{extra}\n[grpc]\naddress = {:?}\nshutdown_timeout_secs = 5\n\
+             [metrics]\naddress = {:?}\n[log]\nlevel = \"debug\"\n",
+            self.root, self.state, self.socket, self.metrics
+        )
+    }
+}
+
+/// A running berthd with its own root, state, socket and metrics port.
+pub struct TestAgent {
+    pub paths: AgentPaths,
+    child: Option<Child>,
+    dir: TempDir,
+}
+
+impl TestAgent {
+    /// Starts an agent with a fresh temporary directory and waits until it is ready.
+    pub async fn start() -> TestAgent {
+        Self::start_with("").await
+    }
+
+    /// Like [`TestAgent::start`], with `extra` top-level config text (before any section).
+    pub async fn start_with(extra: &str) -> TestAgent {
+        let dir = TempDir::new("berth-e2e");
+        let paths = AgentPaths::under(dir.path());
+        std::fs::write(&paths.config, paths.config_text(extra)).expect("write config");
+        Self::start_in(dir, paths).await
+    }
+
+    /// Starts an agent on prepared paths (the config file must exist) and waits for readiness.
+    pub async fn start_in(dir: TempDir, paths: AgentPaths) -> TestAgent {
+        let child = spawn_berthd(&paths.config, &paths.log).expect("spawn berthd");
+        let mut agent = TestAgent {
+            paths,
+            child: Some(child),
+            dir,
+        };
+        agent.wait_ready().await;
+        agent
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
+    async fn wait_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("berthd exited during start ({status}):\n{}", self.log());
+                }
+            }
+            if let Ok(channel) = connect(&self.paths.socket).await {
+                if RuntimeServiceClient::new(channel)
+                    .version(VersionRequest::default())
+                    .await
+                    .is_ok()
+                {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("berthd not ready after {READY_TIMEOUT:?}:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// berthd's stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.paths.log).unwrap_or_default()
+    }
+
+    pub async fn runtime(&self) -> RuntimeClient {
+        RuntimeServiceClient::new(connect(&self.paths.socket).await.expect("connect"))
+    }
+
+    pub async fn image(&self) -> ImageClient {
+        ImageServiceClient::new(connect(&self.paths.socket).await.expect("connect"))
+    }
+
+    /// GET /metrics, returning the body.
+    pub fn scrape(&self) -> String {
+        http_get(&self.paths.metrics, "/metrics").expect("scrape metrics")
+    }
+
+    /// Sends `signal` and waits for the process to exit.
+    pub fn stop_with(&mut self, signal: Signal) -> ExitStatus {
+        let mut child = self.child.take().expect("agent already stopped");
+        stop_child(&mut child, signal)
+    }
+
+    /// SIGTERM, then wait: the normal shutdown.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.stop_with(Signal::SIGTERM)
+    }
+}
+
+impl Drop for TestAgent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop_child(&mut child, Signal::SIGTERM);
+        }
+        if std::thread::panicking() {
+            eprintln!(
+                "--- berthd log ({}) ---\n{}",
+                self.paths.log.display(),
+                self.log()
+            );
+        }
+    }
+}
+
+/// Starts berthd with `config`, its stdout and stderr going to `log`.
+pub fn spawn_berthd(config: &Path, log: &Path) -> std::io::Result<Child> {
+    let out = File::create(log)?;
+    Command::new(berthd_path())
+        .arg("--config")
+        .arg(config)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+}
+
+/// Signals the child by its own pid, waits up to STOP_TIMEOUT, then SIGKILLs it.
+fn stop_child(child: &mut Child, signal: Signal) -> ExitStatus {
+    let _ = kill(Pid::from_raw(child.id() as i32), signal);
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return child.wait().expect("wait for killed berthd");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A gRPC channel over the unix socket at `path` (the URI is ignored; h2 sees `localhost`).
+pub async fn connect(path: &Path) -> Result<Channel, tonic::transport::Error> {
+    let path = path.to_path_buf();
+    Endpoint::from_static("http://localhost")
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(tokio::net::UnixStream::connect(path).await?))
+            }
+        }))
+        .await
+}
+
+/// A plain HTTP/1.1 GET on loopback; returns the body of a 200 answer.
+pub fn http_get(address: &str, path: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(address)?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(std::io::Error::other(format!("GET {path}: {head}")));
+    }
+    // axum may answer chunked; undo the chunking.
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Ok(dechunk(body));
+    }
+    Ok(body.to_string())
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Runs berthd with `args` to completion and returns (exit status, stderr).
+pub fn run_berthd(args: &[&str]) -> (ExitStatus, String, String) {
+    let out = Command::new(berthd_path())
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run berthd");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}

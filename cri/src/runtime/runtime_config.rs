@@ -1,7 +1,9 @@
 //! RuntimeConfig: the cgroup driver kubelet must use to lay out pod cgroups.
 
 use berth_runtime::CgroupDriver as ConfiguredDriver;
-use k8s_cri::v1::{CgroupDriver, LinuxRuntimeConfiguration, RuntimeConfigRequest, RuntimeConfigResponse};
+use k8s_cri::v1::{
+    CgroupDriver, LinuxRuntimeConfiguration, RuntimeConfigRequest, RuntimeConfigResponse,
+};
 use tonic::Status;
 
 use crate::Shared;

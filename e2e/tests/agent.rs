@@ -1,0 +1,341 @@
+//! The agent itself: CRI basics, metrics, configuration, socket and lock handling, shutdown.
+
+use std::os::unix::fs::PermissionsExt;
+
+use berth_e2e::{run_berthd, AgentPaths, TempDir, TestAgent};
+use k8s_cri::v1::*;
+
+#[tokio::test]
+async fn version_reports_berth_and_cri_v1() {
+    let agent = TestAgent::start().await;
+    let v = agent
+        .runtime()
+        .await
+        .version(VersionRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.runtime_name, "berth");
+    assert_eq!(v.runtime_api_version, "v1");
+    assert_eq!(v.version, "0.1.0");
+    assert!(!v.runtime_version.is_empty());
+}
+
+#[tokio::test]
+async fn status_reports_runtime_ready_and_network_not_ready() {
+    let agent = TestAgent::start().await;
+    let mut client = agent.runtime().await;
+    let s = client
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    let conditions = s.status.unwrap().conditions;
+    let runtime = conditions
+        .iter()
+        .find(|c| c.r#type == "RuntimeReady")
+        .unwrap();
+    assert!(runtime.status);
+    let network = conditions
+        .iter()
+        .find(|c| c.r#type == "NetworkReady")
+        .unwrap();
+    assert!(!network.status);
+    assert_eq!(network.reason, "NetworkPluginNotReady");
+    assert!(s.info.is_empty(), "info only when verbose");
+}
+
+#[tokio::test]
+async fn verbose_status_shows_effective_config_and_pod_cidr() {
+    let agent = TestAgent::start().await;
+    let mut client = agent.runtime().await;
+    client
+        .update_runtime_config(UpdateRuntimeConfigRequest {
+            runtime_config: Some(RuntimeConfig {
+                network_config: Some(NetworkConfig {
+                    pod_cidr: "10.244.3.0/24".to_string(),
+                }),
+            }),
+        })
+        .await
+        .unwrap();
+    let s = client
+        .status(StatusRequest { verbose: true })
+        .await
+        .unwrap()
+        .into_inner();
+    let config: serde_json::Value = serde_json::from_str(&s.info["config"]).unwrap();
+    assert_eq!(config["root"], agent.paths.root.to_str().unwrap());
+    assert_eq!(
+        config["grpc"]["address"],
+        agent.paths.socket.to_str().unwrap()
+    );
+    assert_eq!(config["runtime"]["cgroup_driver"], "cgroupfs");
+    assert_eq!(s.info["podCIDR"], "\"10.244.3.0/24\"");
+}
+
+#[tokio::test]
+async fn runtime_config_reports_cgroupfs_driver() {
+    let agent = TestAgent::start().await;
+    let r = agent
+        .runtime()
+        .await
+        .runtime_config(RuntimeConfigRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        r.linux.unwrap().cgroup_driver,
+        CgroupDriver::Cgroupfs as i32
+    );
+}
+
+#[tokio::test]
+async fn unimplemented_rpcs_say_so_by_name() {
+    let agent = TestAgent::start().await;
+    let err = agent
+        .runtime()
+        .await
+        .run_pod_sandbox(RunPodSandboxRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    assert_eq!(err.message(), "berth: RunPodSandbox is not implemented yet");
+
+    let err = agent
+        .image()
+        .await
+        .pull_image(PullImageRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unimplemented);
+    assert!(err.message().contains("PullImage"), "{}", err.message());
+}
+
+#[tokio::test]
+async fn metrics_count_the_rpcs_just_made() {
+    let agent = TestAgent::start().await;
+    let mut client = agent.runtime().await;
+    for _ in 0..3 {
+        client
+            .status(StatusRequest { verbose: false })
+            .await
+            .unwrap();
+    }
+    let _ = client
+        .list_containers(ListContainersRequest::default())
+        .await;
+    let text = agent.scrape();
+    assert!(
+        text.contains(r#"berth_cri_operations_total{operation="Status",code="OK"} 3"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"berth_cri_operations_total{operation="ListContainers",code="Unimplemented"} 1"#
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"berth_cri_operation_duration_seconds_count{operation="Status"} 3"#),
+        "{text}"
+    );
+    assert!(text.contains(r#"berth_build_info{version="#), "{text}");
+}
+
+#[tokio::test]
+async fn two_agents_run_side_by_side() {
+    let a = TestAgent::start().await;
+    let b = TestAgent::start().await;
+    for agent in [&a, &b] {
+        let v = agent
+            .runtime()
+            .await
+            .version(VersionRequest::default())
+            .await
+            .unwrap();
+        assert_eq!(v.into_inner().runtime_name, "berth");
+        assert!(agent.scrape().contains("berth_build_info"));
+    }
+}
+
+#[tokio::test]
+async fn second_agent_on_the_same_state_dir_is_refused() {
+    let first = TestAgent::start().await;
+    // Same root and state, but its own socket and metrics port: only the lock can stop it.
+    let dir = TempDir::new("berth-e2e-second");
+    let mut paths = AgentPaths::under(dir.path());
+    paths.root = first.paths.root.clone();
+    paths.state = first.paths.state.clone();
+    std::fs::write(&paths.config, paths.config_text("")).unwrap();
+    let (status, _, stderr) = run_berthd(&["--config", paths.config.to_str().unwrap()]);
+    assert!(!status.success());
+    assert!(stderr.contains("another berthd"), "{stderr}");
+    assert!(stderr.contains(&format!("pid {}", first.pid())), "{stderr}");
+    assert!(
+        !paths.socket.exists(),
+        "the refused agent must not bind its socket"
+    );
+    // The first agent is unharmed.
+    first
+        .runtime()
+        .await
+        .version(VersionRequest::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_socket_in_use_is_refused() {
+    let first = TestAgent::start().await;
+    let dir = TempDir::new("berth-e2e-busy");
+    let mut paths = AgentPaths::under(dir.path());
+    paths.socket = first.paths.socket.clone();
+    std::fs::write(&paths.config, paths.config_text("")).unwrap();
+    let (status, _, stderr) = run_berthd(&["--config", paths.config.to_str().unwrap()]);
+    assert!(!status.success());
+    assert!(stderr.contains("is in use by another process"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    first
+        .runtime()
+        .await
+        .version(VersionRequest::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_stale_socket_is_replaced() {
+    let dir = TempDir::new("berth-e2e-stale");
+    let paths = AgentPaths::under(dir.path());
+    std::fs::create_dir_all(paths.socket.parent().unwrap()).unwrap();
+    // A socket file whose listener is gone, as a killed agent leaves it.
+    drop(std::os::unix::net::UnixListener::bind(&paths.socket).unwrap());
+    assert!(paths.socket.exists());
+    std::fs::write(&paths.config, paths.config_text("")).unwrap();
+    let agent = TestAgent::start_in(dir, paths).await;
+    agent
+        .runtime()
+        .await
+        .version(VersionRequest::default())
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn socket_is_0660_in_a_0700_directory() {
+    let agent = TestAgent::start().await;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&agent.paths.socket), 0o660);
+    assert_eq!(mode(agent.paths.socket.parent().unwrap()), 0o700);
+}
+
+#[tokio::test]
+async fn sigterm_shuts_down_cleanly() {
+    let mut agent = TestAgent::start().await;
+    let mut client = agent.runtime().await;
+    client.version(VersionRequest::default()).await.unwrap();
+    let status = agent.stop();
+    assert!(status.success(), "exit {status}: {}", agent.log());
+    assert!(!agent.paths.socket.exists(), "socket removed");
+    assert!(
+        !agent.paths.state.join("berthd.lock").exists(),
+        "lock removed"
+    );
+    assert!(agent.log().contains("berthd stopped"), "{}", agent.log());
+    assert!(client.version(VersionRequest::default()).await.is_err());
+}
+
+#[tokio::test]
+async fn sigint_shuts_down_cleanly() {
+    let mut agent = TestAgent::start().await;
+    let status = agent.stop_with(nix::sys::signal::Signal::SIGINT);
+    assert!(status.success(), "exit {status}");
+    assert!(!agent.paths.socket.exists());
+}
+
+#[test]
+fn bad_config_gives_one_line_naming_the_key() {
+    let dir = TempDir::new("berth-e2e-badconf");
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[grpc]\naddress = \"/tmp/x.sock\"\nport = 5\n").unwrap();
+    let (status, stdout, stderr) = run_berthd(&["--config", config.to_str().unwrap()]);
+    assert!(!status.success());
+    assert!(stdout.is_empty());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("line 3"), "{stderr}");
+    assert!(stderr.contains("port"), "{stderr}");
+
+    std::fs::write(&config, "[metrics]\naddress = 9810\n").unwrap();
+    let (status, _, stderr) = run_berthd(&["config", "check", config.to_str().unwrap()]);
+    assert!(!status.success());
+    assert!(stderr.contains("metrics.address"), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn missing_config_file_named_explicitly_is_an_error() {
+    let dir = TempDir::new("berth-e2e-noconf");
+    let config = dir.path().join("absent.toml");
+    let (status, _, stderr) = run_berthd(&["--config", config.to_str().unwrap()]);
+    assert!(!status.success());
+    assert!(stderr.contains("absent.toml: cannot read"), "{stderr}");
+}
+
+#[test]
+fn state_dir_that_cannot_be_made_gives_one_line() {
+    let dir = TempDir::new("berth-e2e-baddir");
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, "").unwrap();
+    let mut paths = AgentPaths::under(dir.path());
+    paths.state = blocker.join("state");
+    std::fs::write(&paths.config, paths.config_text("")).unwrap();
+    let (status, _, stderr) = run_berthd(&["--config", paths.config.to_str().unwrap()]);
+    assert!(!status.success());
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("cannot create directory"), "{stderr}");
+}
+
+#[test]
+fn config_default_prints_every_section_and_checks_clean() {
+    let (status, stdout, _) = run_berthd(&["config", "default"]);
+    assert!(status.success());
+    for key in [
+        "root =",
+        "[grpc]",
+        "[metrics]",
+        "[log]",
+        "[cni]",
+        "[registry]",
+        "[runtime]",
+        "cgroup_driver",
+    ] {
+        assert!(stdout.contains(key), "missing {key}:\n{stdout}");
+    }
+    let dir = TempDir::new("berth-e2e-defconf");
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, &stdout).unwrap();
+    let (status, stdout, stderr) = run_berthd(&["config", "check", config.to_str().unwrap()]);
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains(": ok"), "{stdout}");
+}
+
+#[tokio::test]
+async fn metrics_endpoint_can_be_turned_off() {
+    let dir = TempDir::new("berth-e2e-nometrics");
+    let mut paths = AgentPaths::under(dir.path());
+    let port = paths.metrics.clone();
+    paths.metrics = String::new();
+    std::fs::write(&paths.config, paths.config_text("")).unwrap();
+    let agent = TestAgent::start_in(dir, paths).await;
+    agent
+        .runtime()
+        .await
+        .version(VersionRequest::default())
+        .await
+        .unwrap();
+    assert!(
+        std::net::TcpStream::connect(&port).is_err(),
+        "nothing listens on {port}"
+    );
+}
