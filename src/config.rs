@@ -292,6 +292,11 @@ mod tests {
     }
 
     #[test]
+    fn deploy_example_is_the_default_config() {
+        assert_eq!(include_str!("../deploy/config.toml"), DEFAULT_TOML);
+    }
+
+    #[test]
     fn empty_file_means_defaults() {
         assert_eq!(parse("").unwrap(), Config::default());
     }

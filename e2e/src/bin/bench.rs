@@ -1,1 +1,128 @@
-fn main() {}
+//! `make bench`: berth's figures, printed as a table. With `--peer unix:///path.sock` the same
+//! CRI measurements run against another runtime's socket (e.g. the lab's containerd) for ratios.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth_e2e::{connect, TestAgent};
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::{StatusRequest, VersionRequest};
+
+const ROUND_TRIPS: usize = 5000;
+const CONNECTS: usize = 300;
+
+struct Figures {
+    name: String,
+    rows: Vec<(String, String)>,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+async fn measure(socket: &Path, name: &str) -> Figures {
+    let mut rows = Vec::new();
+    let mut client = RuntimeServiceClient::new(connect(socket).await.expect("connect"));
+    for _ in 0..200 {
+        client.version(VersionRequest::default()).await.expect("warm-up Version");
+    }
+    let mut samples = Vec::with_capacity(ROUND_TRIPS);
+    let start = Instant::now();
+    for _ in 0..ROUND_TRIPS {
+        let t = Instant::now();
+        client.version(VersionRequest::default()).await.expect("Version");
+        samples.push(t.elapsed());
+    }
+    let total = start.elapsed();
+    samples.sort();
+    rows.push(("Version round-trip, median".into(), micros(percentile(&samples, 0.5))));
+    rows.push(("Version round-trip, p99".into(), micros(percentile(&samples, 0.99))));
+    rows.push((
+        "Version, sequential throughput".into(),
+        format!("{:.0} RPC/s", ROUND_TRIPS as f64 / total.as_secs_f64()),
+    ));
+
+    let mut samples = Vec::with_capacity(ROUND_TRIPS);
+    for _ in 0..1000 {
+        let t = Instant::now();
+        client.status(StatusRequest { verbose: false }).await.expect("Status");
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    rows.push(("Status round-trip, median".into(), micros(percentile(&samples, 0.5))));
+
+    let mut samples = Vec::with_capacity(CONNECTS);
+    for _ in 0..CONNECTS {
+        let t = Instant::now();
+        let mut c = RuntimeServiceClient::new(connect(socket).await.expect("connect"));
+        c.version(VersionRequest::default()).await.expect("Version");
+        samples.push(t.elapsed());
+    }
+    samples.sort();
+    rows.push(("connect + first Version, median".into(), micros(percentile(&samples, 0.5))));
+    Figures {
+        name: name.to_string(),
+        rows,
+    }
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn print(figures: &[Figures]) {
+    let width = figures[0].rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    print!("{:width$}", "", width = width + 2);
+    for f in figures {
+        print!("  {:>18}", f.name);
+    }
+    println!();
+    for (i, (key, _)) in figures[0].rows.iter().enumerate() {
+        print!("{key:width$}  ", width = width);
+        for f in figures {
+            print!("  {:>18}", f.rows.get(i).map(|r| r.1.as_str()).unwrap_or("-"));
+        }
+        println!();
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let mut peer: Option<PathBuf> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--peer" => {
+                let value = args.next().expect("--peer needs unix:///path.sock");
+                peer = Some(PathBuf::from(value.trim_start_matches("unix://")));
+            }
+            other => panic!("unknown argument {other}; usage: berth-bench [--peer unix:///path.sock]"),
+        }
+    }
+
+    let agent = TestAgent::start().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_rss = rss_kib(agent.pid());
+    let mut berth = measure(&agent.paths.socket, "berth").await;
+    berth.rows.push((
+        "agent RSS idle (before the RPCs)".into(),
+        idle_rss.map(|k| format!("{:.1} MiB", k as f64 / 1024.0)).unwrap_or("-".into()),
+    ));
+    berth.rows.push((
+        "agent RSS after the RPCs".into(),
+        rss_kib(agent.pid()).map(|k| format!("{:.1} MiB", k as f64 / 1024.0)).unwrap_or("-".into()),
+    ));
+    let mut all = vec![berth];
+    if let Some(peer) = peer {
+        all.push(measure(&peer, "peer").await);
+    }
+    println!("berth-bench: berthd {}", berth_e2e::berthd_path().display());
+    print(&all);
+}

@@ -1,0 +1,50 @@
+# berth: `make run` starts berthd, `make test` runs every test, `make bench` prints figures.
+# Each installs the Debian packages it needs first (as root, or through sudo).
+
+CARGO ?= cargo
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+BERTHD_ARGS ?=
+BENCH_ARGS ?=
+
+# protoc for k8s-cri's generated code, libseccomp for the executor, a C toolchain for ring/zstd.
+BUILD_PACKAGES := protobuf-compiler libseccomp-dev pkg-config gcc make
+# What the end-to-end tests drive beyond the build (later suites add busybox-static for test
+# images, docker-registry, containernetworking-plugins).
+TEST_PACKAGES := $(BUILD_PACKAGES)
+
+.PHONY: all build run test bench lint deps-build deps-test check-cargo clean
+
+all: build
+
+check-cargo:
+	@command -v $(CARGO) >/dev/null || { echo "make: cargo not found: install a Rust toolchain (rustup) first" >&2; exit 1; }
+
+deps-build: check-cargo
+	@./.ci/apt-ensure $(BUILD_PACKAGES)
+
+deps-test: check-cargo
+	@./.ci/apt-ensure $(TEST_PACKAGES)
+
+build: deps-build
+	$(CARGO) build --release --bin berthd
+
+# Runs berthd in the foreground with /etc/berth/config.toml if present, else the defaults.
+# Needs root: it creates /run/berth and /var/lib/berth. Ctrl-C stops it cleanly.
+run: build
+	$(SUDO) ./target/release/berthd $(BERTHD_ARGS)
+
+lint: deps-build
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Unit tests need nothing special; e2e tests start real berthd processes and must run as root.
+test: deps-test lint
+	$(CARGO) build --bin berthd
+	$(SUDO) env "PATH=$$PATH" $(CARGO) test --workspace
+
+bench: deps-test
+	$(CARGO) build --release --bin berthd -p berth-e2e --bin berth-bench
+	$(SUDO) env BERTHD=$(CURDIR)/target/release/berthd ./target/release/berth-bench $(BENCH_ARGS)
+
+clean:
+	$(CARGO) clean
