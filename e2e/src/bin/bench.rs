@@ -29,19 +29,31 @@ async fn measure(socket: &Path, name: &str) -> Figures {
     let mut rows = Vec::new();
     let mut client = RuntimeServiceClient::new(connect(socket).await.expect("connect"));
     for _ in 0..200 {
-        client.version(VersionRequest::default()).await.expect("warm-up Version");
+        client
+            .version(VersionRequest::default())
+            .await
+            .expect("warm-up Version");
     }
     let mut samples = Vec::with_capacity(ROUND_TRIPS);
     let start = Instant::now();
     for _ in 0..ROUND_TRIPS {
         let t = Instant::now();
-        client.version(VersionRequest::default()).await.expect("Version");
+        client
+            .version(VersionRequest::default())
+            .await
+            .expect("Version");
         samples.push(t.elapsed());
     }
     let total = start.elapsed();
     samples.sort();
-    rows.push(("Version round-trip, median".into(), micros(percentile(&samples, 0.5))));
-    rows.push(("Version round-trip, p99".into(), micros(percentile(&samples, 0.99))));
+    rows.push((
+        "Version round-trip, median".into(),
+        micros(percentile(&samples, 0.5)),
+    ));
+    rows.push((
+        "Version round-trip, p99".into(),
+        micros(percentile(&samples, 0.99)),
+    ));
     rows.push((
         "Version, sequential throughput".into(),
         format!("{:.0} RPC/s", ROUND_TRIPS as f64 / total.as_secs_f64()),
@@ -50,11 +62,17 @@ async fn measure(socket: &Path, name: &str) -> Figures {
     let mut samples = Vec::with_capacity(ROUND_TRIPS);
     for _ in 0..1000 {
         let t = Instant::now();
-        client.status(StatusRequest { verbose: false }).await.expect("Status");
+        client
+            .status(StatusRequest { verbose: false })
+            .await
+            .expect("Status");
         samples.push(t.elapsed());
     }
     samples.sort();
-    rows.push(("Status round-trip, median".into(), micros(percentile(&samples, 0.5))));
+    rows.push((
+        "Status round-trip, median".into(),
+        micros(percentile(&samples, 0.5)),
+    ));
 
     let mut samples = Vec::with_capacity(CONNECTS);
     for _ in 0..CONNECTS {
@@ -64,7 +82,10 @@ async fn measure(socket: &Path, name: &str) -> Figures {
         samples.push(t.elapsed());
     }
     samples.sort();
-    rows.push(("connect + first Version, median".into(), micros(percentile(&samples, 0.5))));
+    rows.push((
+        "connect + first Version, median".into(),
+        micros(percentile(&samples, 0.5)),
+    ));
     Figures {
         name: name.to_string(),
         rows,
@@ -78,7 +99,12 @@ fn rss_kib(pid: u32) -> Option<u64> {
 }
 
 fn print(figures: &[Figures]) {
-    let width = figures[0].rows.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    let width = figures[0]
+        .rows
+        .iter()
+        .map(|(k, _)| k.len())
+        .max()
+        .unwrap_or(0);
     print!("{:width$}", "", width = width + 2);
     for f in figures {
         print!("  {:>18}", f.name);
@@ -87,7 +113,10 @@ fn print(figures: &[Figures]) {
     for (i, (key, _)) in figures[0].rows.iter().enumerate() {
         print!("{key:width$}  ", width = width);
         for f in figures {
-            print!("  {:>18}", f.rows.get(i).map(|r| r.1.as_str()).unwrap_or("-"));
+            print!(
+                "  {:>18}",
+                f.rows.get(i).map(|r| r.1.as_str()).unwrap_or("-")
+            );
         }
         println!();
     }
@@ -103,7 +132,9 @@ async fn main() {
                 let value = args.next().expect("--peer needs unix:///path.sock");
                 peer = Some(PathBuf::from(value.trim_start_matches("unix://")));
             }
-            other => panic!("unknown argument {other}; usage: berth-bench [--peer unix:///path.sock]"),
+            other => {
+                panic!("unknown argument {other}; usage: berth-bench [--peer unix:///path.sock]")
+            }
         }
     }
 
@@ -113,11 +144,15 @@ async fn main() {
     let mut berth = measure(&agent.paths.socket, "berth").await;
     berth.rows.push((
         "agent RSS idle (before the RPCs)".into(),
-        idle_rss.map(|k| format!("{:.1} MiB", k as f64 / 1024.0)).unwrap_or("-".into()),
+        idle_rss
+            .map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
+            .unwrap_or("-".into()),
     ));
     berth.rows.push((
         "agent RSS after the RPCs".into(),
-        rss_kib(agent.pid()).map(|k| format!("{:.1} MiB", k as f64 / 1024.0)).unwrap_or("-".into()),
+        rss_kib(agent.pid())
+            .map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
+            .unwrap_or("-".into()),
     ));
     let mut all = vec![berth];
     if let Some(peer) = peer {
