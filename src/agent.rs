@@ -8,10 +8,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use berth_cri::authority::AuthorityFix;
 use berth_cri::{CriMetrics, CriOptions};
 use prometheus_client::registry::Registry;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
+use tokio_stream::StreamExt;
 
 use crate::config::Config;
 use crate::metrics;
@@ -216,7 +218,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = berth_cri::router(options, cri_metrics.clone()).serve_with_incoming_shutdown(
-        UnixListenerStream::new(listener),
+        UnixListenerStream::new(listener).map(|c| c.map(AuthorityFix::new)),
         async {
             let _ = stop_rx.await;
         },

@@ -5,6 +5,7 @@
 //! gRPC status codes. It also owns the tower layer that gives every RPC a tracing span and its
 //! metrics. One file per RPC, as in containerd's `internal/cri/server`.
 
+pub mod authority;
 mod image;
 pub mod metrics;
 mod runtime;

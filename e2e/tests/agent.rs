@@ -339,3 +339,70 @@ async fn metrics_endpoint_can_be_turned_off() {
         "nothing listens on {port}"
     );
 }
+
+/// grpc-go before 1.62 (crictl/critest 1.29, kubelet of that age) sends the percent-encoded
+/// socket path as `:authority`, which the h2 crate rejects unless berth rewrites it. This speaks
+/// HTTP/2 by hand so that the test does not depend on a Go client being installed.
+#[tokio::test]
+async fn old_grpc_go_percent_encoded_authority_is_accepted() {
+    use std::io::{Read, Write};
+
+    let agent = TestAgent::start().await;
+    let socket = agent.paths.socket.clone();
+    let reply = tokio::task::spawn_blocking(move || {
+        fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+            let mut f = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+            f.extend([kind, flags]);
+            f.extend(stream.to_be_bytes());
+            f.extend(payload);
+            f
+        }
+        fn literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+            // Literal without indexing, new name, no Huffman.
+            out.push(0x00);
+            out.push(name.len() as u8);
+            out.extend(name);
+            out.push(value.len() as u8);
+            out.extend(value);
+        }
+        let mut block = Vec::new();
+        literal(&mut block, b":method", b"POST");
+        literal(&mut block, b":scheme", b"http");
+        literal(&mut block, b":path", b"/runtime.v1.RuntimeService/Version");
+        literal(&mut block, b":authority", b"%2Frun%2Fberth%2Fberth.sock");
+        literal(&mut block, b"content-type", b"application/grpc");
+        literal(&mut block, b"te", b"trailers");
+        let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        out.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+        out.extend(frame(0x1, 0x4, 1, &block)); // HEADERS, END_HEADERS
+        out.extend(frame(0x0, 0x1, 1, &[0, 0, 0, 0, 0])); // empty VersionRequest, END_STREAM
+        let mut conn = std::os::unix::net::UnixStream::connect(socket).unwrap();
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        conn.write_all(&out).unwrap();
+        // Read frames until the response ends or the stream is reset.
+        let mut data = Vec::new();
+        loop {
+            let mut header = [0u8; 9];
+            conn.read_exact(&mut header).unwrap();
+            let len = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+            let mut payload = vec![0u8; len];
+            conn.read_exact(&mut payload).unwrap();
+            let stream =
+                u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+            match (header[3], stream) {
+                (0x3, 1) => panic!("stream reset: error code {payload:?}"),
+                (0x7, _) => panic!("GOAWAY: {payload:?}"),
+                (0x0, 1) => data.extend(payload),
+                (0x1, 1) if header[4] & 0x1 != 0 => return data, // trailers end the stream
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        reply.windows(5).any(|w| w == b"berth"),
+        "a VersionResponse naming berth, got {reply:?}"
+    );
+}
