@@ -43,7 +43,7 @@ test: deps-test lint
 	$(SUDO) env "PATH=$$PATH" $(CARGO) test --workspace
 
 bench: deps-test
-	$(CARGO) build --release --bin berthd -p berth-e2e --bin berth-bench
+	$(CARGO) build --release --workspace --bins
 	$(SUDO) env BERTHD=$(CURDIR)/target/release/berthd ./target/release/berth-bench $(BENCH_ARGS)
 
 clean:
