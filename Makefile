@@ -8,9 +8,9 @@ BENCH_ARGS ?=
 
 # protoc for k8s-cri's generated code, libseccomp for the executor, a C toolchain for ring/zstd.
 BUILD_PACKAGES := protobuf-compiler libseccomp-dev pkg-config gcc make
-# What the end-to-end tests drive beyond the build (later suites add busybox-static for test
-# images, docker-registry, containernetworking-plugins).
-TEST_PACKAGES := $(BUILD_PACKAGES)
+# What the end-to-end tests drive beyond the build: busybox for test images, Debian's registry,
+# openssl for the token-auth registry's key and certificate.
+TEST_PACKAGES := $(BUILD_PACKAGES) busybox-static docker-registry openssl
 
 .PHONY: all build run test bench lint deps-build deps-test check-cargo clean
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use berth_cri::authority::AuthorityFix;
 use berth_cri::{CriMetrics, CriOptions};
+use berth_image::{ImageMetrics, Images};
 use prometheus_client::registry::Registry;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
@@ -53,6 +54,8 @@ pub enum AgentError {
         address: String,
         source: std::io::Error,
     },
+    #[error("image store: {0}")]
+    Images(berth_image::ImageError),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
     #[error("gRPC server failed: {0}")]
@@ -201,7 +204,11 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let mut registry = Registry::default();
     metrics::register_build_info(&mut registry);
     let cri_metrics = Arc::new(CriMetrics::register(&mut registry));
+    let image_metrics = ImageMetrics::register(&mut registry);
     let registry = Arc::new(registry);
+    let images = Images::open(&config.root, config.registry.clone(), image_metrics)
+        .map_err(AgentError::Images)?;
+    let images = Arc::new(images);
 
     let metrics_task = metrics_listener.map(|l| {
         let registry = registry.clone();
@@ -217,12 +224,13 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         config_json: serde_json::to_string(&config).unwrap_or_else(|_| "{}".to_string()),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = berth_cri::router(options, cri_metrics.clone()).serve_with_incoming_shutdown(
-        UnixListenerStream::new(listener).map(|c| c.map(AuthorityFix::new)),
-        async {
-            let _ = stop_rx.await;
-        },
-    );
+    let server = berth_cri::router(options, images, cri_metrics.clone())
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listener).map(|c| c.map(AuthorityFix::new)),
+            async {
+                let _ = stop_rx.await;
+            },
+        );
     let mut server = tokio::spawn(server);
     tracing::info!(
         socket = %config.grpc.address.display(),

@@ -128,6 +128,8 @@ bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]    # where CNI plugin executables ar
 
 [registry]
 config_path = "/etc/berth/certs.d"   # containerd-style <host>/hosts.toml mirrors and TLS settings
+max_concurrent_downloads = 3         # layers downloaded at once, across all pulls
+pull_progress_timeout_secs = 300     # a pull with no byte received for this long fails
 
 [runtime]
 cgroup_driver = "cgroupfs"       # "cgroupfs" ("systemd" is not supported yet)

@@ -65,6 +65,8 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
         Err(e) => return fail(e),
     };
     logging::init(&config.log);
+    // TLS to registries uses ring (the aws-lc default costs minutes of build for nothing here).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

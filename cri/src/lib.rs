@@ -13,6 +13,7 @@ mod unimplemented;
 
 use std::sync::{Arc, RwLock};
 
+use berth_image::Images;
 use berth_runtime::CgroupDriver;
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
@@ -48,26 +49,25 @@ pub struct RuntimeService {
 }
 
 /// The CRI ImageService implementation.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ImageService {
-    _shared: Arc<Shared>,
+    images: Arc<Images>,
 }
 
 /// Builds the tonic router serving both CRI services, wrapped in the metrics and tracing layer.
 pub fn router(
     options: CriOptions,
+    images: Arc<Images>,
     metrics: Arc<CriMetrics>,
 ) -> Router<tower::layer::util::Stack<ObserveLayer, tower::layer::util::Identity>> {
     let shared = Arc::new(Shared {
         options,
         pod_cidr: RwLock::new(String::new()),
     });
-    let runtime = RuntimeServiceServer::new(RuntimeService {
-        shared: shared.clone(),
-    })
-    .max_decoding_message_size(MAX_MESSAGE_SIZE)
-    .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    let image = ImageServiceServer::new(ImageService { _shared: shared })
+    let runtime = RuntimeServiceServer::new(RuntimeService { shared })
+        .max_decoding_message_size(MAX_MESSAGE_SIZE)
+        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let image = ImageServiceServer::new(ImageService { images })
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     Server::builder()

@@ -4,7 +4,10 @@
 //! state dir, socket and metrics port, waits until it answers `Version`, hands out CRI clients,
 //! and on drop stops it and removes everything it made. Tests must run as root.
 
-use std::fs::File;
+pub mod fault;
+pub mod images;
+pub mod registry;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -211,6 +214,27 @@ impl TestAgent {
     pub fn stop(&mut self) -> ExitStatus {
         self.stop_with(Signal::SIGTERM)
     }
+
+    /// Stops the agent with `signal` and starts it again on the same root, state and config.
+    pub async fn restart_with(&mut self, signal: Signal) {
+        if self.child.is_some() {
+            self.stop_with(signal);
+        }
+        self.child =
+            Some(spawn_berthd(&self.paths.config, &self.paths.log).expect("respawn berthd"));
+        self.wait_ready().await;
+    }
+
+    /// A metric's value from a scrape: the first sample line starting with `prefix`
+    /// (name and labels), or 0 when there is none yet.
+    pub fn metric(&self, prefix: &str) -> f64 {
+        self.scrape()
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
 }
 
 impl Drop for TestAgent {
@@ -230,7 +254,11 @@ impl Drop for TestAgent {
 
 /// Starts berthd with `config`, its stdout and stderr going to `log`.
 pub fn spawn_berthd(config: &Path, log: &Path) -> std::io::Result<Child> {
-    let out = File::create(log)?;
+    // Appends, so a restarted agent's log follows the first one's.
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
     Command::new(berthd_path())
         .arg("--config")
         .arg(config)

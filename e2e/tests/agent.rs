@@ -103,13 +103,17 @@ async fn unimplemented_rpcs_say_so_by_name() {
     assert_eq!(err.message(), "berth: RunPodSandbox is not implemented yet");
 
     let err = agent
-        .image()
+        .runtime()
         .await
-        .pull_image(PullImageRequest::default())
+        .list_container_stats(ListContainerStatsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert!(err.message().contains("PullImage"), "{}", err.message());
+    assert!(
+        err.message().contains("ListContainerStats"),
+        "{}",
+        err.message()
+    );
 }
 
 #[tokio::test]

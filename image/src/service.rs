@@ -1,0 +1,505 @@
+//! The image service as the CRI layer sees it: pull, list, status, remove, filesystem usage.
+//! It composes the registry client, content store, snapshotter and image store.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedMutexGuard, Semaphore};
+
+use crate::auth::Credentials;
+use crate::content::ContentStore;
+use crate::digest::{chain_ids, ChainId, Digest};
+use crate::manifest::{self, Descriptor, Kind};
+use crate::metrics::ImageMetrics;
+use crate::reference::Reference;
+use crate::registry::{Clients, RegistryError, Session};
+use crate::snapshots::{disk_usage, Snapshotter, Usage};
+use crate::store::{ImageRecord, ImageStore};
+use crate::unpack::{unpack_layer, Compression};
+use crate::RegistryConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error(transparent)]
+    InvalidReference(#[from] crate::reference::InvalidReference),
+    #[error("pull {reference}: not found: {source}")]
+    NotFound {
+        reference: String,
+        source: RegistryError,
+    },
+    #[error("pull {reference}: {source}")]
+    Unauthorized {
+        reference: String,
+        source: RegistryError,
+    },
+    #[error("pull {reference}: {source}")]
+    Registry {
+        reference: String,
+        source: RegistryError,
+    },
+    #[error("pull {reference}: {source}")]
+    Manifest {
+        reference: String,
+        source: manifest::ManifestError,
+    },
+    #[error("pull {reference}: layer {layer}: {message}")]
+    Layer {
+        reference: String,
+        layer: Digest,
+        message: String,
+    },
+    #[error("invalid credentials: {0}")]
+    Credentials(String),
+    #[error("registry host config: {0}")]
+    Hosts(#[from] crate::hosts::HostsError),
+    #[error("image store: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("content store: {0}")]
+    Content(#[from] crate::content::ContentError),
+    #[error("image storage {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Locks by name (a blob digest, a chain id) so that concurrent pulls download and unpack each
+/// thing once: the second waits for the first, then finds the result in place.
+#[derive(Debug, Default)]
+struct KeyedLocks {
+    map: Mutex<HashMap<String, Weak<tokio::sync::Mutex<()>>>>,
+}
+
+impl KeyedLocks {
+    async fn lock(&self, key: &str) -> OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+            map.retain(|_, w| w.strong_count() > 0);
+            match map.get(key).and_then(Weak::upgrade) {
+                Some(l) => l,
+                None => {
+                    let l = Arc::new(tokio::sync::Mutex::new(()));
+                    map.insert(key.to_string(), Arc::downgrade(&l));
+                    l
+                }
+            }
+        };
+        lock.lock_owned().await
+    }
+}
+
+/// Names (blobs, snapshots) that in-progress pulls rely on, so GC leaves them alone.
+#[derive(Debug, Default)]
+struct InUse {
+    counts: Mutex<HashMap<Digest, usize>>,
+}
+
+struct InUseGuard<'a> {
+    in_use: &'a InUse,
+    names: Vec<Digest>,
+}
+
+impl InUse {
+    fn hold(&self, names: impl IntoIterator<Item = Digest>) -> InUseGuard<'_> {
+        let names: Vec<Digest> = names.into_iter().collect();
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        for n in &names {
+            *counts.entry(n.clone()).or_default() += 1;
+        }
+        InUseGuard {
+            in_use: self,
+            names,
+        }
+    }
+}
+
+impl Drop for InUseGuard<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.in_use.counts.lock().unwrap_or_else(|e| e.into_inner());
+        for n in &self.names {
+            if let Some(c) = counts.get_mut(n) {
+                *c -= 1;
+                if *c == 0 {
+                    counts.remove(n);
+                }
+            }
+        }
+    }
+}
+
+/// Bytes and inodes the image store uses, for ImageFsInfo.
+#[derive(Debug, Clone)]
+pub struct FsUsage {
+    pub mountpoint: PathBuf,
+    pub used_bytes: u64,
+    pub inodes_used: u64,
+    pub timestamp_nanos: i64,
+}
+
+pub struct Images {
+    config: RegistryConfig,
+    root: PathBuf,
+    content: ContentStore,
+    snapshots: Snapshotter,
+    store: ImageStore,
+    clients: Clients,
+    locks: KeyedLocks,
+    in_use: InUse,
+    downloads: Semaphore,
+    /// Held while GC decides and deletes, and by pulls while they mark what they use.
+    gc: Mutex<()>,
+    metrics: ImageMetrics,
+}
+
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+impl Images {
+    /// Opens the image storage under `root` and removes what no image references (leftovers of
+    /// a crash between storing content and recording the image).
+    pub fn open(
+        root: &Path,
+        config: RegistryConfig,
+        metrics: ImageMetrics,
+    ) -> Result<Images, ImageError> {
+        let io = |source| ImageError::Io {
+            path: root.to_path_buf(),
+            source,
+        };
+        let images = Images {
+            content: ContentStore::open(root)?,
+            snapshots: Snapshotter::open(root).map_err(io)?,
+            store: ImageStore::open(root)?,
+            clients: Clients::default(),
+            locks: KeyedLocks::default(),
+            in_use: InUse::default(),
+            downloads: Semaphore::new(config.max_concurrent_downloads.max(1)),
+            gc: Mutex::new(()),
+            root: root.to_path_buf(),
+            config,
+            metrics,
+        };
+        images.collect_garbage();
+        Ok(images)
+    }
+
+    pub fn list(&self) -> Vec<ImageRecord> {
+        self.store.list()
+    }
+
+    pub fn resolve(&self, query: &str) -> Option<ImageRecord> {
+        self.store.resolve(query)
+    }
+
+    /// The image's config JSON (for verbose status and, later, container creation).
+    pub fn config_json(&self, record: &ImageRecord) -> Result<Vec<u8>, ImageError> {
+        Ok(self.content.read(&record.id)?)
+    }
+
+    /// Removes an image and all its names, then frees what nothing references any more.
+    /// Returns None when no image matched (CRI: RemoveImage is idempotent).
+    pub fn remove(&self, query: &str) -> Result<Option<ImageRecord>, ImageError> {
+        let Some(record) = self.store.resolve(query) else {
+            return Ok(None);
+        };
+        let removed = self.store.remove(&record.id)?;
+        self.collect_garbage();
+        Ok(removed)
+    }
+
+    /// Deletes blobs and snapshots no image record or running pull refers to.
+    pub fn collect_garbage(&self) {
+        let _gc = self.gc.lock().unwrap_or_else(|e| e.into_inner());
+        let mut live: HashSet<Digest> = HashSet::new();
+        for r in self.store.list() {
+            live.extend(r.blobs().cloned());
+            live.extend(r.chain_ids.iter().cloned());
+        }
+        live.extend(
+            self.in_use
+                .counts
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .cloned(),
+        );
+        for (blob, _) in self.content.list() {
+            if !live.contains(&blob) {
+                if let Err(e) = self.content.delete(&blob) {
+                    tracing::warn!(blob = %blob, error = %e, "GC: cannot delete blob");
+                }
+            }
+        }
+        for chain in self.snapshots.list() {
+            if !live.contains(&chain) {
+                if let Err(e) = self.snapshots.remove(&chain) {
+                    tracing::warn!(snapshot = %chain, error = %e, "GC: cannot remove snapshot");
+                }
+            }
+        }
+    }
+
+    /// Used bytes and inodes of the image store: snapshots (as unpacked) plus blobs.
+    pub fn fs_usage(&self) -> FsUsage {
+        let mut used_bytes = 0;
+        let mut inodes_used = 0;
+        for chain in self.snapshots.list() {
+            let u = self.snapshots.usage(&chain);
+            used_bytes += u.bytes;
+            inodes_used += u.inodes;
+        }
+        for (_, size) in self.content.list() {
+            used_bytes += size;
+            inodes_used += 1;
+        }
+        FsUsage {
+            mountpoint: self.root.clone(),
+            used_bytes,
+            inodes_used,
+            timestamp_nanos: now_nanos(),
+        }
+    }
+
+    /// Pulls `reference` for this host's platform and records it. Returns the image record.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        credentials: Credentials,
+    ) -> Result<ImageRecord, ImageError> {
+        let started = Instant::now();
+        let result = self.pull_inner(reference, credentials).await;
+        let outcome = match &result {
+            Ok(_) => {
+                self.metrics
+                    .pull_duration
+                    .observe(started.elapsed().as_secs_f64());
+                "success"
+            }
+            Err(ImageError::NotFound { .. }) => "not_found",
+            Err(ImageError::Unauthorized { .. }) => "auth",
+            Err(_) => "error",
+        };
+        self.metrics.pull_outcome(outcome);
+        result
+    }
+
+    async fn pull_inner(
+        &self,
+        input: &str,
+        credentials: Credentials,
+    ) -> Result<ImageRecord, ImageError> {
+        let reference = Reference::parse(input)?;
+        let shown = reference.to_string();
+        let registry_error = |source: RegistryError| {
+            if source.is_not_found() {
+                ImageError::NotFound {
+                    reference: shown.clone(),
+                    source,
+                }
+            } else if source.is_auth() {
+                ImageError::Unauthorized {
+                    reference: shown.clone(),
+                    source,
+                }
+            } else {
+                ImageError::Registry {
+                    reference: shown.clone(),
+                    source,
+                }
+            }
+        };
+        let manifest_error = |source| ImageError::Manifest {
+            reference: shown.clone(),
+            source,
+        };
+        let hosts = crate::hosts::hosts_for(&self.config.config_path, &reference.registry)?;
+        let session = Session::new(
+            &self.clients,
+            hosts,
+            &reference.repository,
+            credentials,
+            Duration::from_secs(self.config.pull_progress_timeout_secs.max(1)),
+        );
+
+        // Manifest, through the index when there is one.
+        let top = session
+            .manifest(&reference.manifest_reference())
+            .await
+            .map_err(registry_error)?;
+        let (index, manifest) =
+            match manifest::kind(&top.media_type, &top.bytes).map_err(manifest_error)? {
+                Kind::Manifest => (None, top),
+                Kind::Index => {
+                    let index = manifest::parse_index(&top.bytes).map_err(manifest_error)?;
+                    let chosen = manifest::select_platform(&index, &manifest::host_platform())
+                        .map_err(manifest_error)?;
+                    let m = session
+                        .manifest(chosen.digest.as_str())
+                        .await
+                        .map_err(registry_error)?;
+                    (Some(top), m)
+                }
+            };
+        let parsed = manifest::parse_manifest(&manifest.bytes).map_err(manifest_error)?;
+        let _using = {
+            let _gc = self.gc.lock().unwrap_or_else(|e| e.into_inner());
+            let mut names = vec![manifest.digest.clone(), parsed.config.digest.clone()];
+            names.extend(index.iter().map(|i| i.digest.clone()));
+            names.extend(parsed.layers.iter().map(|l| l.digest.clone()));
+            self.in_use.hold(names)
+        };
+
+        // Config.
+        self.ensure_blob(&session, &parsed.config)
+            .await
+            .map_err(registry_error)?;
+        let config_bytes = self.content.read(&parsed.config.digest)?;
+        let config = manifest::parse_config(&config_bytes).map_err(manifest_error)?;
+        let diff_ids = config.rootfs.diff_ids;
+        if diff_ids.len() != parsed.layers.len() {
+            return Err(manifest_error(manifest::ManifestError::Malformed {
+                what: "image config",
+                message: format!(
+                    "{} diff_ids for {} layers",
+                    diff_ids.len(),
+                    parsed.layers.len()
+                ),
+            }));
+        }
+        let chains = chain_ids(&diff_ids);
+        let _using_snapshots = {
+            let _gc = self.gc.lock().unwrap_or_else(|e| e.into_inner());
+            self.in_use.hold(chains.iter().cloned())
+        };
+
+        // Layers: downloads and unpacks run concurrently; each layer's snapshot is independent
+        // in overlay form, so order does not matter.
+        let layers = parsed.layers.iter().zip(diff_ids.iter()).zip(chains.iter());
+        let results = futures_util::future::join_all(layers.map(|((layer, diff_id), chain)| {
+            self.ensure_layer(&session, layer, diff_id, chain, &shown)
+        }))
+        .await;
+        for r in results {
+            r?;
+        }
+
+        // Everything is stored: now the record, which makes it an image.
+        self.content
+            .write_bytes(&manifest.digest, &manifest.bytes)?;
+        if let Some(index) = &index {
+            self.content.write_bytes(&index.digest, &index.bytes)?;
+        }
+        let repo_digest = reference.with_digest(&index.as_ref().unwrap_or(&manifest).digest);
+        let record = ImageRecord {
+            id: parsed.config.digest.clone(),
+            // CRI, as containerd: a reference with a digest records no tag.
+            repo_tags: if reference.digest.is_none() {
+                reference.tagged().into_iter().collect()
+            } else {
+                vec![]
+            },
+            repo_digests: vec![repo_digest],
+            size: parsed.config.size + parsed.layers.iter().map(|l| l.size).sum::<u64>(),
+            manifest: manifest.digest.clone(),
+            index: index.as_ref().map(|i| i.digest.clone()),
+            layers: parsed.layers.iter().map(|l| l.digest.clone()).collect(),
+            chain_ids: chains,
+            user: config.config.and_then(|c| c.user).unwrap_or_default(),
+            pulled_at: now_nanos(),
+        };
+        Ok(self.store.put(record)?)
+    }
+
+    /// Downloads a blob unless it is stored; concurrent callers wait for one download.
+    async fn ensure_blob(
+        &self,
+        session: &Session<'_>,
+        descriptor: &Descriptor,
+    ) -> Result<(), RegistryError> {
+        let _lock = self.locks.lock(descriptor.digest.as_str()).await;
+        if self.content.contains(&descriptor.digest) {
+            return Ok(());
+        }
+        let _slot = self
+            .downloads
+            .acquire()
+            .await
+            .map_err(|_| RegistryError::NoHost("pull"))?;
+        let bytes = &self.metrics.bytes_pulled;
+        let size = (descriptor.size > 0).then_some(descriptor.size);
+        session
+            .blob(&self.content, &descriptor.digest, size, &|n| {
+                bytes.inc_by(n);
+            })
+            .await
+    }
+
+    /// Makes sure the snapshot `chain` exists: download the layer if needed, unpack, check the
+    /// uncompressed digest against the config's diff id, then commit.
+    async fn ensure_layer(
+        &self,
+        session: &Session<'_>,
+        layer: &Descriptor,
+        diff_id: &Digest,
+        chain: &ChainId,
+        shown: &str,
+    ) -> Result<(), ImageError> {
+        let layer_error = |message: String| ImageError::Layer {
+            reference: shown.to_string(),
+            layer: layer.digest.clone(),
+            message,
+        };
+        let _lock = self.locks.lock(chain.as_str()).await;
+        if self.snapshots.exists(chain) {
+            self.metrics.layers_reused.inc();
+            return Ok(());
+        }
+        self.ensure_blob(session, layer)
+            .await
+            .map_err(|e| layer_error(e.to_string()))?;
+        let blob = self.content.path(&layer.digest);
+        let compression = match Compression::from_media_type(&layer.media_type) {
+            Some(c) => c,
+            None => {
+                let mut head = [0u8; 4];
+                let n = std::fs::File::open(&blob)
+                    .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+                    .unwrap_or(0);
+                Compression::sniff(&head[..n])
+            }
+        };
+        let prepared = self
+            .snapshots
+            .prepare()
+            .map_err(|e| layer_error(format!("prepare snapshot: {e}")))?;
+        let dest = prepared.fs();
+        let (actual, usage) = tokio::task::spawn_blocking(move || {
+            let (_, diff) = unpack_layer(&blob, compression, &dest).map_err(|e| e.to_string())?;
+            Ok::<_, String>((diff, disk_usage(&dest)))
+        })
+        .await
+        .map_err(|e| layer_error(format!("unpack task: {e}")))?
+        .map_err(|e| layer_error(format!("unpack: {e}")))?;
+        if actual != diff_id.as_str() {
+            return Err(layer_error(format!(
+                "uncompressed content has digest {actual}, but the image config says {diff_id}"
+            )));
+        }
+        self.snapshots
+            .commit(prepared, chain, Usage { ..usage })
+            .map_err(|e| layer_error(format!("commit snapshot: {e}")))?;
+        self.metrics.layers_pulled.inc();
+        Ok(())
+    }
+
+    /// Where a snapshot's files are (overlay lowerdir) — for container rootfs mounts.
+    pub fn snapshot_dir(&self, chain: &ChainId) -> PathBuf {
+        self.snapshots.fs(chain)
+    }
+}

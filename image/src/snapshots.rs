@@ -1,0 +1,156 @@
+//! Layer snapshots: each layer unpacked once, in overlayfs form, into
+//! `<root>/snapshots/<chain-id hex>/fs`, with its disk usage beside it in `usage.json`.
+//! A snapshot appears by renaming a finished temp dir, so a crash never leaves half of one.
+
+use std::collections::HashSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::atomic::unique;
+use crate::digest::ChainId;
+
+const TMP_PREFIX: &str = "tmp-";
+
+/// Bytes (allocated blocks) and inodes a snapshot uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub bytes: u64,
+    pub inodes: u64,
+}
+
+#[derive(Debug)]
+pub struct Snapshotter {
+    root: PathBuf,
+}
+
+impl Snapshotter {
+    /// Opens (creating) `root/snapshots`, removing temp dirs a crash left behind.
+    pub fn open(root: &Path) -> std::io::Result<Snapshotter> {
+        let root = root.join("snapshots");
+        std::fs::create_dir_all(&root)?;
+        for entry in std::fs::read_dir(&root)?.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        Ok(Snapshotter { root })
+    }
+
+    /// The directory the snapshots live in (ImageFsInfo's mountpoint).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The unpacked layer: an overlayfs lowerdir.
+    pub fn fs(&self, chain: &ChainId) -> PathBuf {
+        self.root.join(chain.hex()).join("fs")
+    }
+
+    pub fn exists(&self, chain: &ChainId) -> bool {
+        self.root.join(chain.hex()).join("usage.json").exists()
+    }
+
+    /// A fresh temp dir with an empty `fs/` to unpack into.
+    pub fn prepare(&self) -> std::io::Result<PreparedSnapshot> {
+        let dir = self
+            .root
+            .join(format!("{TMP_PREFIX}{}-{:x}", std::process::id(), unique()));
+        std::fs::create_dir_all(dir.join("fs"))?;
+        Ok(PreparedSnapshot { dir: Some(dir) })
+    }
+
+    /// Makes a prepared snapshot the one for `chain`.
+    pub fn commit(
+        &self,
+        mut prepared: PreparedSnapshot,
+        chain: &ChainId,
+        usage: Usage,
+    ) -> std::io::Result<()> {
+        let dir = prepared
+            .dir
+            .take()
+            .ok_or_else(|| std::io::Error::other("snapshot already committed"))?;
+        let result = (|| {
+            let json = serde_json::to_vec(&usage).map_err(std::io::Error::other)?;
+            crate::atomic::write_atomic(&dir.join("usage.json"), &json)?;
+            std::fs::rename(&dir, self.root.join(chain.hex()))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        result
+    }
+
+    pub fn usage(&self, chain: &ChainId) -> Usage {
+        std::fs::read(self.root.join(chain.hex()).join("usage.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    pub fn remove(&self, chain: &ChainId) -> std::io::Result<()> {
+        // Rename first so a crash mid-removal leaves a temp dir (cleaned at start), not a
+        // snapshot that looks whole.
+        let dir = self.root.join(chain.hex());
+        let doomed = self.root.join(format!("{TMP_PREFIX}rm-{:x}", unique()));
+        match std::fs::rename(&dir, &doomed) {
+            Ok(()) => std::fs::remove_dir_all(&doomed),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn list(&self) -> Vec<ChainId> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| format!("sha256:{}", e.file_name().to_str()?).parse().ok())
+            .collect()
+    }
+}
+
+/// A temp snapshot dir; removed on drop unless committed.
+#[derive(Debug)]
+pub struct PreparedSnapshot {
+    dir: Option<PathBuf>,
+}
+
+impl PreparedSnapshot {
+    pub fn fs(&self) -> PathBuf {
+        self.dir.as_ref().map(|d| d.join("fs")).unwrap_or_default()
+    }
+}
+
+impl Drop for PreparedSnapshot {
+    fn drop(&mut self) {
+        if let Some(dir) = self.dir.take() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Allocated bytes and distinct inodes under `path`, not following symlinks.
+pub fn disk_usage(path: &Path) -> Usage {
+    let mut usage = Usage::default();
+    let mut seen = HashSet::new();
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if seen.insert((meta.dev(), meta.ino())) {
+            usage.inodes += 1;
+            usage.bytes += meta.blocks() * 512;
+        }
+        if meta.is_dir() {
+            if let Ok(entries) = std::fs::read_dir(&p) {
+                stack.extend(entries.flatten().map(|e| e.path()));
+            }
+        }
+    }
+    usage
+}
