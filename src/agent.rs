@@ -11,6 +11,7 @@ use std::time::Duration;
 use berth_cri::authority::AuthorityFix;
 use berth_cri::{CriMetrics, CriOptions};
 use berth_image::{ImageMetrics, Images};
+use berth_podsandbox::{PodNetwork, SandboxMetrics, Sandboxes};
 use prometheus_client::registry::Registry;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
@@ -56,6 +57,8 @@ pub enum AgentError {
     },
     #[error("image store: {0}")]
     Images(berth_image::ImageError),
+    #[error("pod sandboxes: {0}")]
+    Sandboxes(std::io::Error),
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
     #[error("gRPC server failed: {0}")]
@@ -205,10 +208,17 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     metrics::register_build_info(&mut registry);
     let cri_metrics = Arc::new(CriMetrics::register(&mut registry));
     let image_metrics = ImageMetrics::register(&mut registry);
+    let cni_metrics = berth_cni::CniMetrics::register(&mut registry);
+    let sandbox_metrics = SandboxMetrics::register(&mut registry);
     let registry = Arc::new(registry);
     let images = Images::open(&config.root, config.registry.clone(), image_metrics)
         .map_err(AgentError::Images)?;
     let images = Arc::new(images);
+    let network = PodNetwork::new(&config.cni, &config.state, cni_metrics);
+    let sandboxes = Sandboxes::open(&config.state, Vec::new(), network, sandbox_metrics)
+        .await
+        .map_err(AgentError::Sandboxes)?;
+    let sandboxes = Arc::new(sandboxes);
 
     let metrics_task = metrics_listener.map(|l| {
         let registry = registry.clone();
@@ -224,7 +234,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         config_json: serde_json::to_string(&config).unwrap_or_else(|_| "{}".to_string()),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = berth_cri::router(options, images, cri_metrics.clone())
+    let server = berth_cri::router(options, images, sandboxes, cri_metrics.clone())
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(listener).map(|c| c.map(AuthorityFix::new)),
             async {

@@ -27,6 +27,12 @@ enum Command {
     /// Print or check configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The per-pod monitor (started by the agent, not by hand).
+    #[command(hide = true)]
+    Monitor {
+        /// The monitor's JSON configuration, written by the agent in the pod's state dir.
+        config: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -55,6 +61,10 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
+        // Before any thread exists: the monitor forks and unshares.
+        Some(Command::Monitor { config }) => {
+            ExitCode::from(berth_runtime::monitor::run(&config) as u8)
+        }
         None => serve(cli.config),
     }
 }

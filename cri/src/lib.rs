@@ -14,6 +14,7 @@ mod unimplemented;
 use std::sync::{Arc, RwLock};
 
 use berth_image::Images;
+use berth_podsandbox::Sandboxes;
 use berth_runtime::CgroupDriver;
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
@@ -43,9 +44,10 @@ pub(crate) struct Shared {
 }
 
 /// The CRI RuntimeService implementation.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RuntimeService {
     shared: Arc<Shared>,
+    sandboxes: Arc<Sandboxes>,
 }
 
 /// The CRI ImageService implementation.
@@ -58,13 +60,14 @@ pub struct ImageService {
 pub fn router(
     options: CriOptions,
     images: Arc<Images>,
+    sandboxes: Arc<Sandboxes>,
     metrics: Arc<CriMetrics>,
 ) -> Router<tower::layer::util::Stack<ObserveLayer, tower::layer::util::Identity>> {
     let shared = Arc::new(Shared {
         options,
         pod_cidr: RwLock::new(String::new()),
     });
-    let runtime = RuntimeServiceServer::new(RuntimeService { shared })
+    let runtime = RuntimeServiceServer::new(RuntimeService { shared, sandboxes })
         .max_decoding_message_size(MAX_MESSAGE_SIZE)
         .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let image = ImageServiceServer::new(ImageService { images })

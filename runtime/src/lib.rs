@@ -35,3 +35,5 @@ impl fmt::Display for CgroupDriver {
         })
     }
 }
+
+pub mod monitor;

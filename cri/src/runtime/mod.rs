@@ -1,6 +1,12 @@
 //! The CRI RuntimeService: one file per RPC.
 
 mod runtime_config;
+mod sandbox_convert;
+mod sandbox_list;
+mod sandbox_remove;
+mod sandbox_run;
+mod sandbox_status;
+mod sandbox_stop;
 mod status;
 mod update_runtime_config;
 mod version;
@@ -32,7 +38,8 @@ cri_service! {
             &self,
             request: Request<StatusRequest>,
         ) -> Result<Response<StatusResponse>, Status> {
-            status::status(&self.shared, request.into_inner()).map(Response::new)
+            let network = self.sandboxes.network_ready();
+            status::status(&self.shared, network, request.into_inner()).map(Response::new)
         }
 
         async fn runtime_config(
@@ -50,6 +57,41 @@ cri_service! {
                 .map(Response::new)
         }
 
+        async fn run_pod_sandbox(
+            &self,
+            request: Request<RunPodSandboxRequest>,
+        ) -> Result<Response<RunPodSandboxResponse>, Status> {
+            sandbox_run::run_pod_sandbox(&self.sandboxes, request.into_inner()).await.map(Response::new)
+        }
+
+        async fn stop_pod_sandbox(
+            &self,
+            request: Request<StopPodSandboxRequest>,
+        ) -> Result<Response<StopPodSandboxResponse>, Status> {
+            sandbox_stop::stop_pod_sandbox(&self.sandboxes, request.into_inner()).await.map(Response::new)
+        }
+
+        async fn remove_pod_sandbox(
+            &self,
+            request: Request<RemovePodSandboxRequest>,
+        ) -> Result<Response<RemovePodSandboxResponse>, Status> {
+            sandbox_remove::remove_pod_sandbox(&self.sandboxes, request.into_inner()).await.map(Response::new)
+        }
+
+        async fn pod_sandbox_status(
+            &self,
+            request: Request<PodSandboxStatusRequest>,
+        ) -> Result<Response<PodSandboxStatusResponse>, Status> {
+            sandbox_status::pod_sandbox_status(&self.sandboxes, request.into_inner()).map(Response::new)
+        }
+
+        async fn list_pod_sandbox(
+            &self,
+            request: Request<ListPodSandboxRequest>,
+        ) -> Result<Response<ListPodSandboxResponse>, Status> {
+            sandbox_list::list_pod_sandbox(&self.sandboxes, request.into_inner()).map(Response::new)
+        }
+
         async fn get_container_events(
             &self,
             _request: Request<GetEventsRequest>,
@@ -58,11 +100,6 @@ cri_service! {
         }
     }
     unimplemented {
-        run_pod_sandbox => RunPodSandbox(RunPodSandboxRequest) -> RunPodSandboxResponse;
-        stop_pod_sandbox => StopPodSandbox(StopPodSandboxRequest) -> StopPodSandboxResponse;
-        remove_pod_sandbox => RemovePodSandbox(RemovePodSandboxRequest) -> RemovePodSandboxResponse;
-        pod_sandbox_status => PodSandboxStatus(PodSandboxStatusRequest) -> PodSandboxStatusResponse;
-        list_pod_sandbox => ListPodSandbox(ListPodSandboxRequest) -> ListPodSandboxResponse;
         create_container => CreateContainer(CreateContainerRequest) -> CreateContainerResponse;
         start_container => StartContainer(StartContainerRequest) -> StartContainerResponse;
         stop_container => StopContainer(StopContainerRequest) -> StopContainerResponse;

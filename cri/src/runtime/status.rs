@@ -15,7 +15,11 @@ const NETWORK_READY: &str = "NetworkReady";
 /// The reason kubelet (and containerd) use while pod networking is not available.
 const NETWORK_PLUGIN_NOT_READY: &str = "NetworkPluginNotReady";
 
-pub(super) fn status(shared: &Shared, request: StatusRequest) -> Result<StatusResponse, Status> {
+pub(super) fn status(
+    shared: &Shared,
+    network: Result<(), String>,
+    request: StatusRequest,
+) -> Result<StatusResponse, Status> {
     let conditions = vec![
         RuntimeCondition {
             r#type: RUNTIME_READY.to_string(),
@@ -23,12 +27,16 @@ pub(super) fn status(shared: &Shared, request: StatusRequest) -> Result<StatusRe
             reason: String::new(),
             message: String::new(),
         },
-        // CNI is not wired yet: kubelet keeps the node NotReady for pod networking until it is.
+        // Until a valid CNI config exists kubelet keeps pods needing a network from starting.
         RuntimeCondition {
             r#type: NETWORK_READY.to_string(),
-            status: false,
-            reason: NETWORK_PLUGIN_NOT_READY.to_string(),
-            message: "berth: CNI networking is not implemented yet".to_string(),
+            status: network.is_ok(),
+            reason: if network.is_ok() {
+                String::new()
+            } else {
+                NETWORK_PLUGIN_NOT_READY.to_string()
+            },
+            message: network.err().unwrap_or_default(),
         },
     ];
     let mut info = HashMap::new();
@@ -83,7 +91,12 @@ mod tests {
 
     #[test]
     fn status_reports_runtime_ready_and_network_not_ready() {
-        let s = status(&shared(), StatusRequest { verbose: false }).unwrap();
+        let s = status(
+            &shared(),
+            Err("no network config found in /x".to_string()),
+            StatusRequest { verbose: false },
+        )
+        .unwrap();
         let conditions = s.status.unwrap().conditions;
         assert_eq!(conditions[0].r#type, "RuntimeReady");
         assert!(conditions[0].status);
@@ -95,7 +108,7 @@ mod tests {
 
     #[test]
     fn verbose_status_returns_config_and_pod_cidr_as_json() {
-        let s = status(&shared(), StatusRequest { verbose: true }).unwrap();
+        let s = status(&shared(), Ok(()), StatusRequest { verbose: true }).unwrap();
         let config: serde_json::Value = serde_json::from_str(&s.info["config"]).unwrap();
         assert_eq!(config["root"], "/var/lib/berth");
         assert_eq!(s.info["podCIDR"], "\"10.1.0.0/16\"");

@@ -4,11 +4,21 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use berth_e2e::images::ImageBuilder;
+use berth_e2e::registry::TestRegistry;
 use berth_e2e::{connect, TestAgent};
+use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
-use k8s_cri::v1::{StatusRequest, VersionRequest};
+use k8s_cri::v1::{
+    ImageSpec, ImageStatusRequest, PullImageRequest, RemoveImageRequest, StatusRequest,
+    VersionRequest,
+};
 
 const ROUND_TRIPS: usize = 5000;
+/// Cold pulls per image; the median is reported.
+const PULLS: usize = 5;
+/// The lab's hosts.toml files (../shared/lab/containerd.sh), sending docker.io to 127.0.0.1:5000.
+const LAB_HOSTS: &str = "/etc/containerd/lab-certs.d";
 const CONNECTS: usize = 300;
 
 struct Figures {
@@ -92,6 +102,61 @@ async fn measure(socket: &Path, name: &str) -> Figures {
     }
 }
 
+fn spec(image: &str) -> Option<ImageSpec> {
+    Some(ImageSpec {
+        image: image.to_string(),
+        ..Default::default()
+    })
+}
+
+/// Cold pulls: RemoveImage, a pause for the runtime's asynchronous GC (containerd collects
+/// content a moment after the image goes), then a timed PullImage. Median and MB/s.
+async fn measure_pulls(socket: &Path, images: &[(String, String)], figures: &mut Figures) {
+    let mut client = ImageServiceClient::new(connect(socket).await.expect("connect"));
+    for (label, reference) in images {
+        let mut samples = Vec::with_capacity(PULLS);
+        let mut size = 0;
+        for _ in 0..PULLS {
+            let _ = client
+                .remove_image(RemoveImageRequest {
+                    image: spec(reference),
+                })
+                .await;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let t = Instant::now();
+            client
+                .pull_image(PullImageRequest {
+                    image: spec(reference),
+                    auth: None,
+                    sandbox_config: None,
+                })
+                .await
+                .unwrap_or_else(|e| panic!("pull {reference}: {e}"));
+            samples.push(t.elapsed());
+            size = client
+                .image_status(ImageStatusRequest {
+                    image: spec(reference),
+                    verbose: false,
+                })
+                .await
+                .ok()
+                .and_then(|r| r.into_inner().image)
+                .map(|i| i.size)
+                .unwrap_or(0);
+        }
+        samples.sort();
+        let median = percentile(&samples, 0.5);
+        figures.rows.push((
+            format!("pull {label}, cold, median"),
+            format!("{:.0} ms", median.as_secs_f64() * 1e3),
+        ));
+        figures.rows.push((
+            format!("pull {label}, throughput"),
+            format!("{:.1} MB/s", size as f64 / 1e6 / median.as_secs_f64()),
+        ));
+    }
+}
+
 fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
@@ -125,6 +190,7 @@ fn print(figures: &[Figures]) {
 #[tokio::main]
 async fn main() {
     let mut peer: Option<PathBuf> = None;
+    let mut lab = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -132,16 +198,47 @@ async fn main() {
                 let value = args.next().expect("--peer needs unix:///path.sock");
                 peer = Some(PathBuf::from(value.trim_start_matches("unix://")));
             }
-            other => {
-                panic!("unknown argument {other}; usage: berth-bench [--peer unix:///path.sock]")
-            }
+            "--lab" => lab = true,
+            other => panic!(
+                "unknown argument {other}; usage: berth-bench [--peer unix:///path.sock] [--lab]"
+            ),
         }
     }
 
-    let agent = TestAgent::start().await;
+    // Images: the lab registry's (so a peer runtime pulls the very same bytes), or our own
+    // registry with the same shapes: a ~1 MB one-layer busybox and ~50 MB in six layers.
+    let (_registry, images, extra) = if lab {
+        let images = vec![
+            (
+                "1 MB / 1 layer".to_string(),
+                "docker.io/crilab/small:1".to_string(),
+            ),
+            (
+                "50 MB / 6 layers".to_string(),
+                "docker.io/crilab/large:50mb".to_string(),
+            ),
+        ];
+        (
+            None,
+            images,
+            format!("[registry]\nconfig_path = {LAB_HOSTS:?}\n"),
+        )
+    } else {
+        let registry = TestRegistry::start();
+        let small = ImageBuilder::busybox().push(&registry, "bench/small", "1");
+        let large = ImageBuilder::large().push(&registry, "bench/large", "50mb");
+        let images = vec![
+            ("1 MB / 1 layer".to_string(), small.image_ref()),
+            ("50 MB / 6 layers".to_string(), large.image_ref()),
+        ];
+        (Some(registry), images, String::new())
+    };
+
+    let agent = TestAgent::start_with(&extra).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_rss = rss_kib(agent.pid());
     let mut berth = measure(&agent.paths.socket, "berth").await;
+    measure_pulls(&agent.paths.socket, &images, &mut berth).await;
     berth.rows.push((
         "agent RSS idle (before the RPCs)".into(),
         idle_rss
@@ -149,14 +246,18 @@ async fn main() {
             .unwrap_or("-".into()),
     ));
     berth.rows.push((
-        "agent RSS after the RPCs".into(),
+        "agent RSS after the RPCs and pulls".into(),
         rss_kib(agent.pid())
             .map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
             .unwrap_or("-".into()),
     ));
     let mut all = vec![berth];
     if let Some(peer) = peer {
-        all.push(measure(&peer, "peer").await);
+        let mut figures = measure(&peer, "peer").await;
+        if lab {
+            measure_pulls(&peer, &images, &mut figures).await;
+        }
+        all.push(figures);
     }
     println!("berth-bench: berthd {}", berth_e2e::berthd_path().display());
     print(&all);

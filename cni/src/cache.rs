@@ -1,0 +1,229 @@
+//! The on-disk cache of final ADD results, one file per attachment, like libcni's
+//! `/var/lib/cni/results/<net>-<id>-<ifname>`: CHECK and DEL hand the cached result to plugins as
+//! `prevResult`, and the runtime reads the pod's IPs from it after a restart.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::CniError;
+use crate::result::CniResult;
+
+const KIND: &str = "berthCniResultV1";
+
+/// Result files under one directory, owned by the caller (e.g. `<state>/cni/results`).
+#[derive(Debug, Clone)]
+pub struct ResultCache {
+    dir: PathBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Record {
+    kind: String,
+    container_id: String,
+    if_name: String,
+    result: Value,
+}
+
+impl ResultCache {
+    /// A cache in `dir`; the directory is created (0700) on the first save.
+    pub fn new(dir: impl Into<PathBuf>) -> ResultCache {
+        ResultCache { dir: dir.into() }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The file holding the result of `container_id`'s `ifname`.
+    pub fn path(&self, container_id: &str, ifname: &str) -> Result<PathBuf, CniError> {
+        // Both are validated before any plugin runs; checked again here because they name a file.
+        if !crate::network::is_valid_name(container_id) || !crate::invoke::is_valid_ifname(ifname) {
+            return Err(CniError::Cache {
+                path: self.dir.clone(),
+                message: format!("invalid key {container_id:?}/{ifname:?}"),
+            });
+        }
+        Ok(self.dir.join(format!("{container_id}-{ifname}.json")))
+    }
+
+    /// Stores `result` atomically: temp file, fsync, rename, fsync of the directory.
+    pub fn save(
+        &self,
+        container_id: &str,
+        ifname: &str,
+        result: &CniResult,
+    ) -> Result<(), CniError> {
+        let path = self.path(container_id, ifname)?;
+        let record = Record {
+            kind: KIND.to_string(),
+            container_id: container_id.to_string(),
+            if_name: ifname.to_string(),
+            result: result.raw().clone(),
+        };
+        let bytes = serde_json::to_vec(&record).map_err(|e| cache_error(&path, e))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .map_err(|e| cache_error(&self.dir, e))?;
+        write_atomic(&path, &bytes).map_err(|e| cache_error(&path, e))
+    }
+
+    /// The cached result, or None when there is none.
+    pub fn load(&self, container_id: &str, ifname: &str) -> Result<Option<CniResult>, CniError> {
+        let path = self.path(container_id, ifname)?;
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(cache_error(&path, e)),
+        };
+        let record = read_record(&bytes).map_err(|e| cache_error(&path, e))?;
+        CniResult::from_json(record.result)
+            .map(Some)
+            .map_err(|e| cache_error(&path, e))
+    }
+
+    /// Forgets the result; a missing one is fine.
+    pub fn remove(&self, container_id: &str, ifname: &str) -> Result<(), CniError> {
+        let path = self.path(container_id, ifname)?;
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(cache_error(&path, e)),
+        }
+    }
+
+    /// Every cached attachment as (container id, interface name), for restart reconciliation.
+    /// Unreadable files are skipped with a warning.
+    pub fn list(&self) -> Result<Vec<(String, String)>, CniError> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(cache_error(&self.dir, e)),
+        };
+        let mut found = Vec::new();
+        for entry in entries.filter_map(|e| e.ok()) {
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') || !name.ends_with(".json") {
+                continue;
+            }
+            match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| read_record(&b))
+            {
+                Ok(record) => found.push((record.container_id, record.if_name)),
+                Err(e) => {
+                    tracing::warn!(file = %path.display(), "unreadable CNI result cache file: {e}")
+                }
+            }
+        }
+        found.sort();
+        Ok(found)
+    }
+}
+
+fn read_record(bytes: &[u8]) -> Result<Record, String> {
+    let record: Record = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    if record.kind != KIND {
+        return Err(format!("unknown record kind {:?}", record.kind));
+    }
+    Ok(record)
+}
+
+fn cache_error(path: &Path, e: impl ToString) -> CniError {
+    CniError::Cache {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
+/// Temp file beside `path`, fsync, rename over it, fsync the directory.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(
+        ".{name}.tmp-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::result::tests::{BRIDGE_040, BRIDGE_100};
+
+    #[test]
+    fn save_load_remove_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ResultCache::new(dir.path().join("results"));
+        assert_eq!(cache.load("abc123", "eth0").unwrap(), None);
+        let result = CniResult::from_slice(BRIDGE_100.as_bytes()).unwrap();
+        cache.save("abc123", "eth0", &result).unwrap();
+        assert_eq!(cache.load("abc123", "eth0").unwrap(), Some(result));
+        assert_eq!(
+            cache.list().unwrap(),
+            vec![("abc123".to_string(), "eth0".to_string())]
+        );
+
+        // Overwrite keeps one file and leaves no temp file behind.
+        let older = CniResult::from_slice(BRIDGE_040.as_bytes()).unwrap();
+        cache.save("abc123", "eth0", &older).unwrap();
+        assert_eq!(cache.load("abc123", "eth0").unwrap(), Some(older));
+        let names: Vec<_> = std::fs::read_dir(cache.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, ["abc123-eth0.json"]);
+
+        cache.remove("abc123", "eth0").unwrap();
+        cache.remove("abc123", "eth0").unwrap();
+        assert_eq!(cache.load("abc123", "eth0").unwrap(), None);
+        assert!(cache.list().unwrap().is_empty());
+    }
+
+    #[test]
+    fn keys_that_would_escape_the_dir_are_refused() {
+        let cache = ResultCache::new("/nonexistent");
+        assert!(cache.path("../etc", "eth0").is_err());
+        assert!(cache.path("abc", "a/b").is_err());
+        assert!(cache.path("", "eth0").is_err());
+    }
+
+    #[test]
+    fn corrupt_cache_file_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ResultCache::new(dir.path());
+        std::fs::write(dir.path().join("abc-eth0.json"), b"{").unwrap();
+        let err = cache.load("abc", "eth0").unwrap_err().to_string();
+        assert!(err.contains("abc-eth0.json"), "{err}");
+        assert!(cache.list().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,146 @@
+//! CRI pod sandbox messages ↔ `berth_podsandbox` types, and its errors → gRPC status.
+
+use std::collections::HashMap;
+
+use berth_podsandbox::record::{SandboxRecord, SandboxState};
+use berth_podsandbox::spec::{
+    DnsSpec, NamespaceMode, NamespaceModes, PodMetadata, PortMapping, SandboxSpec,
+};
+use berth_podsandbox::SandboxError;
+use k8s_cri::v1 as cri;
+use tonic::Status;
+
+pub(super) fn sandbox_spec(
+    config: cri::PodSandboxConfig,
+    runtime_handler: String,
+) -> Result<SandboxSpec, Status> {
+    let metadata = config
+        .metadata
+        .ok_or_else(|| Status::invalid_argument("berth: pod sandbox config needs metadata"))?;
+    let attempt = metadata.attempt;
+    let linux = config.linux.unwrap_or_default();
+    let options = linux
+        .security_context
+        .as_ref()
+        .and_then(|s| s.namespace_options.clone())
+        .unwrap_or_default();
+    let mode = |m: i32| match cri::NamespaceMode::try_from(m) {
+        Ok(cri::NamespaceMode::Pod) => Ok(NamespaceMode::Pod),
+        Ok(cri::NamespaceMode::Container) => Ok(NamespaceMode::Container),
+        Ok(cri::NamespaceMode::Node) => Ok(NamespaceMode::Node),
+        Ok(cri::NamespaceMode::Target) => Ok(NamespaceMode::Target),
+        Err(_) => Err(Status::invalid_argument(format!(
+            "berth: unknown namespace mode {m}"
+        ))),
+    };
+    let port_mappings = config
+        .port_mappings
+        .into_iter()
+        .map(|p| PortMapping {
+            protocol: match cri::Protocol::try_from(p.protocol) {
+                Ok(cri::Protocol::Udp) => "udp",
+                Ok(cri::Protocol::Sctp) => "sctp",
+                _ => "tcp",
+            }
+            .to_string(),
+            container_port: p.container_port,
+            host_port: p.host_port,
+            host_ip: p.host_ip,
+        })
+        .collect();
+    Ok(SandboxSpec {
+        metadata: PodMetadata {
+            name: metadata.name,
+            uid: metadata.uid,
+            namespace: metadata.namespace,
+            attempt,
+        },
+        hostname: config.hostname,
+        log_directory: config.log_directory,
+        dns: config.dns_config.map(|d| DnsSpec {
+            servers: d.servers,
+            searches: d.searches,
+            options: d.options,
+        }),
+        port_mappings,
+        labels: config.labels.into_iter().collect(),
+        annotations: config.annotations.into_iter().collect(),
+        cgroup_parent: linux.cgroup_parent,
+        namespaces: NamespaceModes {
+            network: mode(options.network)?,
+            pid: mode(options.pid)?,
+            ipc: mode(options.ipc)?,
+        },
+        sysctls: linux.sysctls.into_iter().collect(),
+        runtime_handler,
+    })
+}
+
+fn cri_mode(m: NamespaceMode) -> i32 {
+    (match m {
+        NamespaceMode::Pod => cri::NamespaceMode::Pod,
+        NamespaceMode::Container => cri::NamespaceMode::Container,
+        NamespaceMode::Node => cri::NamespaceMode::Node,
+        NamespaceMode::Target => cri::NamespaceMode::Target,
+    }) as i32
+}
+
+pub(super) fn cri_state(s: SandboxState) -> i32 {
+    (match s {
+        SandboxState::Ready => cri::PodSandboxState::SandboxReady,
+        _ => cri::PodSandboxState::SandboxNotready,
+    }) as i32
+}
+
+pub(super) fn cri_metadata(r: &SandboxRecord) -> cri::PodSandboxMetadata {
+    let m = &r.spec.metadata;
+    cri::PodSandboxMetadata {
+        name: m.name.clone(),
+        uid: m.uid.clone(),
+        namespace: m.namespace.clone(),
+        attempt: m.attempt,
+    }
+}
+
+pub(super) fn cri_status(r: &SandboxRecord) -> cri::PodSandboxStatus {
+    let mut ips = r.network.ips.iter();
+    let network = (!r.spec.host_network()).then(|| cri::PodSandboxNetworkStatus {
+        ip: ips.next().cloned().unwrap_or_default(),
+        additional_ips: ips.map(|ip| cri::PodIp { ip: ip.clone() }).collect(),
+    });
+    cri::PodSandboxStatus {
+        id: r.id.clone(),
+        metadata: Some(cri_metadata(r)),
+        state: cri_state(r.state),
+        created_at: r.created_at,
+        network,
+        linux: Some(cri::LinuxPodSandboxStatus {
+            namespaces: Some(cri::Namespace {
+                options: Some(cri::NamespaceOption {
+                    network: cri_mode(r.spec.namespaces.network),
+                    pid: cri_mode(r.spec.namespaces.pid),
+                    ipc: cri_mode(r.spec.namespaces.ipc),
+                    ..Default::default()
+                }),
+            }),
+        }),
+        labels: r.spec.labels.clone().into_iter().collect::<HashMap<_, _>>(),
+        annotations: r
+            .spec
+            .annotations
+            .clone()
+            .into_iter()
+            .collect::<HashMap<_, _>>(),
+        runtime_handler: r.spec.runtime_handler.clone(),
+    }
+}
+
+pub(super) fn sandbox_error(e: SandboxError) -> Status {
+    let message = format!("berth: {e}");
+    match e {
+        SandboxError::InvalidArgument(_) => Status::invalid_argument(message),
+        SandboxError::NotFound(_) => Status::not_found(message),
+        SandboxError::AlreadyExists(_) => Status::already_exists(message),
+        SandboxError::Failed { .. } => Status::unknown(message),
+    }
+}

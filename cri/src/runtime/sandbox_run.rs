@@ -1,0 +1,21 @@
+//! RunPodSandbox: returns only when the sandbox is Ready.
+
+use berth_podsandbox::Sandboxes;
+use k8s_cri::v1::{RunPodSandboxRequest, RunPodSandboxResponse};
+use std::sync::Arc;
+use tonic::Status;
+
+use super::sandbox_convert::{sandbox_error, sandbox_spec};
+
+pub(super) async fn run_pod_sandbox(
+    sandboxes: &Arc<Sandboxes>,
+    request: RunPodSandboxRequest,
+) -> Result<RunPodSandboxResponse, Status> {
+    let config = request
+        .config
+        .ok_or_else(|| Status::invalid_argument("berth: RunPodSandbox needs a config"))?;
+    let spec = sandbox_spec(config, request.runtime_handler)?;
+    let id = sandboxes.run(spec).await.map_err(sandbox_error)?;
+    crate::metrics::record_pod(&id);
+    Ok(RunPodSandboxResponse { pod_sandbox_id: id })
+}

@@ -1,0 +1,70 @@
+//! Sandbox metric families.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabel {
+    outcome: &'static str,
+}
+
+fn create_histogram() -> Histogram {
+    // 5 ms … ~80 s.
+    Histogram::new(exponential_buckets(0.005, 2.0, 15))
+}
+
+#[derive(Debug, Clone)]
+pub struct SandboxMetrics {
+    by_state: Family<StateLabel, Gauge>,
+    create: Family<OutcomeLabel, Histogram, fn() -> Histogram>,
+}
+
+impl Default for SandboxMetrics {
+    fn default() -> Self {
+        Self {
+            by_state: Family::default(),
+            create: Family::new_with_constructor(create_histogram),
+        }
+    }
+}
+
+impl SandboxMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "berth_sandboxes",
+            "Pod sandboxes by state (ready, notready)",
+            m.by_state.clone(),
+        );
+        registry.register(
+            "berth_sandbox_create_duration_seconds",
+            "Time for RunPodSandbox to build a sandbox, by outcome",
+            m.create.clone(),
+        );
+        m
+    }
+
+    pub(crate) fn set_counts(&self, ready: i64, not_ready: i64) {
+        self.by_state
+            .get_or_create(&StateLabel { state: "ready" })
+            .set(ready);
+        self.by_state
+            .get_or_create(&StateLabel { state: "notready" })
+            .set(not_ready);
+    }
+
+    pub(crate) fn observe_create(&self, seconds: f64, ok: bool) {
+        let outcome = if ok { "success" } else { "error" };
+        self.create
+            .get_or_create(&OutcomeLabel { outcome })
+            .observe(seconds);
+    }
+}

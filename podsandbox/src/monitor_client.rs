@@ -1,0 +1,111 @@
+//! The agent's side of the per-pod monitor: start it (fork+exec of our own binary), hear its
+//! start report, check it is alive, stop it.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use berth_runtime::monitor::protocol::{self, MonitorConfig, StartReport};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use tokio::io::AsyncBufReadExt;
+
+use crate::record::MonitorProcess;
+
+/// How long a monitor may take to set the pod up and report.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a monitor may take to exit when asked.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Starts `berthd monitor` for a pod and waits for its report.
+pub async fn start(config: &MonitorConfig) -> Result<MonitorProcess, String> {
+    let config_path = config.pod_dir.join(protocol::CONFIG_FILE);
+    let json = serde_json::to_vec_pretty(config).map_err(|e| e.to_string())?;
+    berth_image::atomic::write_atomic(&config_path, &json)
+        .map_err(|e| format!("write {}: {e}", config_path.display()))?;
+    let exe = std::env::current_exe().map_err(|e| format!("find our own binary: {e}"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(config.pod_dir.join(protocol::LOG_FILE))
+        .map_err(|e| format!("open monitor log: {e}"))?;
+    // fork+exec only: the agent is multi-threaded and never runs code between the two.
+    let mut child = tokio::process::Command::new(exe)
+        .arg("monitor")
+        .arg(&config_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .spawn()
+        .map_err(|e| format!("start monitor: {e}"))?;
+    let stdout = child.stdout.take().ok_or("monitor stdout not piped")?;
+    let mut lines = tokio::io::BufReader::new(stdout).lines();
+    let report = tokio::time::timeout(START_TIMEOUT, lines.next_line()).await;
+    // The process we started exits at once (its forked child is the monitor): reap it.
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    let line = match report {
+        Err(_) => {
+            return Err(format!(
+                "monitor did not report within {}s",
+                START_TIMEOUT.as_secs()
+            ))
+        }
+        Ok(Err(e)) => return Err(format!("read monitor report: {e}")),
+        Ok(Ok(None)) => {
+            let log = std::fs::read_to_string(config.pod_dir.join(protocol::LOG_FILE))
+                .unwrap_or_default();
+            return Err(format!("monitor exited without a report: {}", log.trim()));
+        }
+        Ok(Ok(Some(line))) => line,
+    };
+    match protocol::parse_report(&line) {
+        Some(StartReport::Ready(pid)) => MonitorProcess::of(pid)
+            .ok_or_else(|| format!("monitor {pid} reported ready but is gone")),
+        Some(StartReport::Failed(message)) => Err(message),
+        None => Err(format!("monitor said {line:?}")),
+    }
+}
+
+/// Asks the monitor on its socket whether it is there.
+pub fn ping(pod_dir: &Path) -> bool {
+    request(pod_dir, protocol::PING).is_some_and(|a| a.starts_with("pong "))
+}
+
+fn request(pod_dir: &Path, line: &str) -> Option<String> {
+    let stream = UnixStream::connect(pod_dir.join(protocol::SOCKET_FILE)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .ok()?;
+    (&stream).write_all(format!("{line}\n").as_bytes()).ok()?;
+    let mut answer = String::new();
+    BufReader::new(&stream).read_line(&mut answer).ok()?;
+    Some(answer)
+}
+
+/// Stops the monitor: a shutdown request, else SIGTERM, then SIGKILL after STOP_TIMEOUT.
+/// Returns once the process is gone. Blocking.
+pub fn stop(pod_dir: &Path, monitor: &MonitorProcess) {
+    if !monitor.alive() {
+        return;
+    }
+    let pid = Pid::from_raw(monitor.pid as i32);
+    if request(pod_dir, protocol::SHUTDOWN).is_none() {
+        let _ = kill(pid, Signal::SIGTERM);
+    }
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    while monitor.alive() {
+        if Instant::now() > deadline {
+            let _ = kill(pid, Signal::SIGKILL);
+            std::thread::sleep(Duration::from_millis(50));
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}

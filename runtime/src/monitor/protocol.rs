@@ -1,0 +1,136 @@
+//! What the agent and a pod monitor say to each other: the monitor's start configuration
+//! (a JSON file in the pod dir), its one-line start report, and the control socket's lines.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Files in a pod's directory (`<state>/pods/<id>/`).
+pub const CONFIG_FILE: &str = "monitor.json";
+pub const SOCKET_FILE: &str = "monitor.sock";
+pub const LOG_FILE: &str = "monitor.log";
+pub const NS_DIR: &str = "ns";
+
+/// How the monitor must set the pod up before it reports ready.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MonitorConfig {
+    pub sandbox_id: String,
+    pub pod_dir: PathBuf,
+    /// New namespaces for the pod; false means the host's (NamespaceMode NODE).
+    pub new_net: bool,
+    pub new_ipc: bool,
+    pub new_uts: bool,
+    /// One PID namespace for the whole pod (NamespaceMode POD), with our own init in it.
+    pub pod_pid: bool,
+    /// Set in the new UTS namespace.
+    pub hostname: Option<String>,
+    /// Namespaced sysctls, applied inside the pod's namespaces (`net.ipv4.ip_forward` → value).
+    pub sysctls: Vec<(String, String)>,
+}
+
+impl MonitorConfig {
+    pub fn socket(&self) -> PathBuf {
+        self.pod_dir.join(SOCKET_FILE)
+    }
+}
+
+/// Where a pinned namespace of the pod lives: `<pod_dir>/ns/<kind>` (`net`, `ipc`, `uts`, `pid`).
+pub fn ns_path(pod_dir: &Path, kind: &str) -> PathBuf {
+    pod_dir.join(NS_DIR).join(kind)
+}
+
+/// The monitor's first stdout line: `ready <pid>` or `error: <message>`.
+pub fn ready_line(pid: u32) -> String {
+    format!("ready {pid}\n")
+}
+
+pub fn error_line(message: &str) -> String {
+    format!("error: {}\n", message.replace('\n', " "))
+}
+
+/// The start report, parsed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum StartReport {
+    Ready(u32),
+    Failed(String),
+}
+
+pub fn parse_report(line: &str) -> Option<StartReport> {
+    let line = line.trim_end();
+    if let Some(pid) = line.strip_prefix("ready ") {
+        return pid.parse().ok().map(StartReport::Ready);
+    }
+    line.strip_prefix("error: ")
+        .map(|m| StartReport::Failed(m.to_string()))
+}
+
+/// Control socket requests (one line each) and their answers.
+pub const PING: &str = "ping";
+pub const SHUTDOWN: &str = "shutdown";
+
+/// Which sysctls may be set in a pod, and in which namespace they live (as kubelet allows:
+/// the namespaced ones only).
+pub fn sysctl_namespace(name: &str) -> Option<&'static str> {
+    if name.starts_with("net.") {
+        Some("net")
+    } else if name.starts_with("kernel.shm")
+        || name.starts_with("kernel.msg")
+        || name == "kernel.sem"
+        || name.starts_with("fs.mqueue.")
+    {
+        Some("ipc")
+    } else {
+        None
+    }
+}
+
+/// `/proc/sys/...` for a sysctl name; dots are separators, slashes are kept as given
+/// (`net.ipv4.conf.eth0/1.forwarding`). None for names that could escape /proc/sys.
+pub fn sysctl_path(name: &str) -> Option<PathBuf> {
+    if name.is_empty() || name.contains("..") || name.starts_with('.') || name.starts_with('/') {
+        return None;
+    }
+    let valid = name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
+    if !valid {
+        return None;
+    }
+    Some(Path::new("/proc/sys").join(name.replace('.', "/")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_round_trip() {
+        assert_eq!(parse_report(&ready_line(42)), Some(StartReport::Ready(42)));
+        assert_eq!(
+            parse_report(&error_line("unshare: EPERM\nmore")),
+            Some(StartReport::Failed("unshare: EPERM more".to_string()))
+        );
+        assert_eq!(parse_report("garbage"), None);
+    }
+
+    #[test]
+    fn only_namespaced_sysctls_are_allowed() {
+        assert_eq!(sysctl_namespace("net.ipv4.ip_forward"), Some("net"));
+        assert_eq!(sysctl_namespace("kernel.shmmax"), Some("ipc"));
+        assert_eq!(sysctl_namespace("kernel.sem"), Some("ipc"));
+        assert_eq!(sysctl_namespace("fs.mqueue.msg_max"), Some("ipc"));
+        assert_eq!(sysctl_namespace("kernel.hostname"), None);
+        assert_eq!(sysctl_namespace("vm.swappiness"), None);
+    }
+
+    #[test]
+    fn sysctl_paths_stay_in_proc_sys() {
+        assert_eq!(
+            sysctl_path("net.ipv4.ip_forward").unwrap(),
+            Path::new("/proc/sys/net/ipv4/ip_forward")
+        );
+        assert!(sysctl_path("net/../../etc").is_none());
+        assert!(sysctl_path("net.ipv4 x").is_none());
+        assert!(sysctl_path("").is_none());
+    }
+}

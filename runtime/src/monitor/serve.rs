@@ -1,0 +1,170 @@
+//! The monitor's life after setup: reap children (it is their subreaper), answer the control
+//! socket, stop on SIGTERM or a `shutdown` request.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::Duration;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+
+use super::namespaces;
+use super::protocol::{MonitorConfig, PING, SHUTDOWN};
+
+pub(super) struct Monitor {
+    listener: UnixListener,
+    signals: SignalFd,
+    /// PID 1 of the pod's PID namespace, when the pod shares one.
+    pod_init: Option<Pid>,
+}
+
+fn handled_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGCHLD);
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    set
+}
+
+/// Namespaces, pins, sysctls, the pod init and the control socket. Errors name the step.
+pub(super) fn setup(config: &MonitorConfig) -> Result<Monitor, String> {
+    let mask = handled_signals();
+    mask.thread_block()
+        .map_err(|e| format!("block signals: {e}"))?;
+    namespaces::create(config)?;
+    namespaces::apply_sysctls(config)?;
+    let ns_dir = config.pod_dir.join(super::protocol::NS_DIR);
+    std::fs::create_dir_all(&ns_dir).map_err(|e| format!("create {}: {e}", ns_dir.display()))?;
+    let me = std::process::id();
+    for (wanted, kind) in [
+        (config.new_net, "net"),
+        (config.new_ipc, "ipc"),
+        (config.new_uts, "uts"),
+    ] {
+        if wanted {
+            namespaces::pin(&config.pod_dir, me, kind)?;
+        }
+    }
+    let pod_init = if config.pod_pid {
+        // SAFETY: still single-threaded; the child only runs the reaping loop below.
+        match unsafe { fork() } {
+            Ok(ForkResult::Child) => pod_init_loop(),
+            Ok(ForkResult::Parent { child }) => {
+                namespaces::pin(&config.pod_dir, child.as_raw() as u32, "pid")?;
+                Some(child)
+            }
+            Err(e) => return Err(format!("fork the pod's init: {e}")),
+        }
+    } else {
+        None
+    };
+    let socket = config.socket();
+    let _ = std::fs::remove_file(&socket);
+    let listener =
+        UnixListener::bind(&socket).map_err(|e| format!("bind {}: {e}", socket.display()))?;
+    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+        .map_err(|e| format!("signalfd: {e}"))?;
+    Ok(Monitor {
+        listener,
+        signals,
+        pod_init,
+    })
+}
+
+/// PID 1 of a shared pod PID namespace: reap whatever is re-parented to us, forever.
+fn pod_init_loop() -> ! {
+    // SAFETY: PR_SET_NAME with a NUL-terminated static name.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"berth-pod-init".as_ptr(), 0, 0, 0) };
+    let mask = handled_signals();
+    loop {
+        let _ = mask.wait();
+        while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            if status == WaitStatus::StillAlive {
+                break;
+            }
+        }
+    }
+}
+
+impl Monitor {
+    /// Runs until SIGTERM/SIGINT or a shutdown request; returns the exit code.
+    pub(super) fn serve(mut self) -> i32 {
+        loop {
+            let (listener_ready, signal_ready) = {
+                let mut fds = [
+                    PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
+                ];
+                if let Err(e) = poll(&mut fds, PollTimeout::NONE) {
+                    if e == nix::errno::Errno::EINTR {
+                        continue;
+                    }
+                    eprintln!("monitor: poll: {e}");
+                    return 1;
+                }
+                let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+                (ready(&fds[0]), ready(&fds[1]))
+            };
+            if signal_ready {
+                while let Ok(Some(info)) = self.signals.read_signal() {
+                    match Signal::try_from(info.ssi_signo as i32) {
+                        Ok(Signal::SIGCHLD) => reap(),
+                        Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) => return self.stop(),
+                        _ => {}
+                    }
+                }
+            }
+            if listener_ready {
+                if let Ok((stream, _)) = self.listener.accept() {
+                    if answer(stream) == Some(SHUTDOWN) {
+                        return self.stop();
+                    }
+                }
+            }
+        }
+    }
+
+    fn stop(&mut self) -> i32 {
+        if let Some(init) = self.pod_init.take() {
+            let _ = kill(init, Signal::SIGKILL);
+            let _ = waitpid(init, None);
+        }
+        0
+    }
+}
+
+/// Collects every exited child (containers will report through here).
+fn reap() {
+    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+        if status == WaitStatus::StillAlive {
+            break;
+        }
+    }
+}
+
+/// Answers one control connection; returns the request when it was understood.
+fn answer(stream: UnixStream) -> Option<&'static str> {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+    let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
+    let mut line = String::new();
+    BufReader::new(&stream).read_line(&mut line).ok()?;
+    let mut out = &stream;
+    match line.trim() {
+        PING => {
+            let _ = writeln!(out, "pong {}", std::process::id());
+            Some(PING)
+        }
+        SHUTDOWN => {
+            let _ = writeln!(out, "bye");
+            Some(SHUTDOWN)
+        }
+        other => {
+            let _ = writeln!(out, "error: unknown request {other:?}");
+            None
+        }
+    }
+}
