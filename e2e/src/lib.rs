@@ -6,6 +6,7 @@
 
 pub mod fault;
 pub mod images;
+pub mod network;
 pub mod registry;
 
 use std::io::{Read, Write};
@@ -97,6 +98,8 @@ pub struct AgentPaths {
     pub config: PathBuf,
     pub log: PathBuf,
     pub metrics: String,
+    /// The agent's CNI conf dir: empty (network not ready) until a test writes a conflist.
+    pub cni_conf_dir: PathBuf,
 }
 
 impl AgentPaths {
@@ -108,6 +111,7 @@ impl AgentPaths {
             config: dir.join("config.toml"),
             log: dir.join("berthd.log"),
             metrics: format!("127.0.0.1:{}", free_port()),
+            cni_conf_dir: dir.join("net.d"),
         }
     }
 
@@ -115,8 +119,8 @@ impl AgentPaths {
     pub fn config_text(&self, extra: &str) -> String {
         format!(
             "root = {:?}\nstate = {:?}\n{extra}\n[grpc]\naddress = {:?}\nshutdown_timeout_secs = 5\n\
-             [metrics]\naddress = {:?}\n[log]\nlevel = \"debug\"\n",
-            self.root, self.state, self.socket, self.metrics
+             [metrics]\naddress = {:?}\n[log]\nlevel = \"debug\"\n[cni]\nconf_dir = {:?}\n",
+            self.root, self.state, self.socket, self.metrics, self.cni_conf_dir
         )
     }
 }
@@ -144,6 +148,7 @@ impl TestAgent {
 
     /// Starts an agent on prepared paths (the config file must exist) and waits for readiness.
     pub async fn start_in(dir: TempDir, paths: AgentPaths) -> TestAgent {
+        std::fs::create_dir_all(&paths.cni_conf_dir).expect("create CNI conf dir");
         let child = spawn_berthd(&paths.config, &paths.log).expect("spawn berthd");
         let mut agent = TestAgent {
             paths,

@@ -96,11 +96,14 @@ async fn unimplemented_rpcs_say_so_by_name() {
     let err = agent
         .runtime()
         .await
-        .run_pod_sandbox(RunPodSandboxRequest::default())
+        .create_container(CreateContainerRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert_eq!(err.message(), "berth: RunPodSandbox is not implemented yet");
+    assert_eq!(
+        err.message(),
+        "berth: CreateContainer is not implemented yet"
+    );
 
     let err = agent
         .runtime()

@@ -7,14 +7,15 @@
 //! deletes the namespace and the bridge, and removes the temp dir, even when the test panicked.
 //! portmap's shared top-level chains (CNI-HOSTPORT-*) and their jumps stay, as with any runtime.
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, TcpListener, TcpStream};
+use std::io::Read;
+use std::net::{IpAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use berth_cni::{Attachment, CniError, CniInvoker, CniResult, Network, PortMapping, ResultCache};
+use berth_e2e::network::serve_once_in_netns;
 use berth_e2e::{free_port, TempDir};
 
 const PLUGIN_DIR: &str = "/usr/lib/cni";
@@ -325,35 +326,6 @@ fn nat_rules_of(container_id: &str) -> Vec<String> {
         .filter(|l| l.contains(&format!("id: \\\"{container_id}\\\"")))
         .map(str::to_string)
         .collect()
-}
-
-/// Serves one TCP connection on `port` inside `netns`, answering `reply`; gives up after 20 s.
-fn serve_once_in_netns(
-    netns: &Path,
-    port: u16,
-    reply: &'static [u8],
-) -> std::thread::JoinHandle<()> {
-    let ns = std::fs::File::open(netns).unwrap();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let handle = std::thread::spawn(move || {
-        // setns changes only this thread's namespace.
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).unwrap();
-        let listener = TcpListener::bind(("0.0.0.0", port)).unwrap();
-        listener.set_nonblocking(true).unwrap();
-        ready_tx.send(()).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            match listener.accept() {
-                Ok((mut stream, _)) => {
-                    let _ = stream.write_all(reply);
-                    return;
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-    });
-    ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
-    handle
 }
 
 #[tokio::test]

@@ -78,7 +78,8 @@ pub fn ping(pod_dir: &Path) -> bool {
 }
 
 fn request(pod_dir: &Path, line: &str) -> Option<String> {
-    let stream = UnixStream::connect(pod_dir.join(protocol::SOCKET_FILE)).ok()?;
+    let (_dir, short) = protocol::short_socket_path(pod_dir, protocol::SOCKET_FILE).ok()?;
+    let stream = UnixStream::connect(short).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     stream
         .set_write_timeout(Some(Duration::from_secs(2)))

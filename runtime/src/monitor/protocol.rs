@@ -34,6 +34,16 @@ impl MonitorConfig {
     }
 }
 
+/// A path to `name` in `dir` short enough for a unix socket (sun_path holds 108 bytes, and a
+/// pod dir under a long state dir exceeds that): `/proc/self/fd/<fd of dir>/<name>`. The
+/// returned file must stay open while the path is used.
+pub fn short_socket_path(dir: &Path, name: &str) -> std::io::Result<(std::fs::File, PathBuf)> {
+    use std::os::fd::AsRawFd;
+    let dir_file = std::fs::File::open(dir)?;
+    let path = PathBuf::from(format!("/proc/self/fd/{}/{name}", dir_file.as_raw_fd()));
+    Ok((dir_file, path))
+}
+
 /// Where a pinned namespace of the pod lives: `<pod_dir>/ns/<kind>` (`net`, `ipc`, `uts`, `pid`).
 pub fn ns_path(pod_dir: &Path, kind: &str) -> PathBuf {
     pod_dir.join(NS_DIR).join(kind)

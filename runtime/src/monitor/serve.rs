@@ -64,8 +64,11 @@ pub(super) fn setup(config: &MonitorConfig) -> Result<Monitor, String> {
     };
     let socket = config.socket();
     let _ = std::fs::remove_file(&socket);
+    let (_dir, short) =
+        super::protocol::short_socket_path(&config.pod_dir, super::protocol::SOCKET_FILE)
+            .map_err(|e| format!("open {}: {e}", config.pod_dir.display()))?;
     let listener =
-        UnixListener::bind(&socket).map_err(|e| format!("bind {}: {e}", socket.display()))?;
+        UnixListener::bind(&short).map_err(|e| format!("bind {}: {e}", socket.display()))?;
     let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
         .map_err(|e| format!("signalfd: {e}"))?;
     Ok(Monitor {
