@@ -8,9 +8,11 @@ BENCH_ARGS ?=
 
 # protoc for k8s-cri's generated code, libseccomp for the executor, a C toolchain for ring/zstd.
 BUILD_PACKAGES := protobuf-compiler libseccomp-dev pkg-config gcc make
-# What the end-to-end tests drive beyond the build: busybox for test images, Debian's registry,
-# openssl for the token-auth registry's key and certificate.
-TEST_PACKAGES := $(BUILD_PACKAGES) busybox-static docker-registry openssl
+# What the end-to-end tests drive beyond the build: busybox for test images (and ping), Debian's
+# registry, openssl for the token-auth registry's key and certificate, the CNI plugins, and the
+# tools they and the tests call (ip, iptables for portmap, nsenter).
+TEST_PACKAGES := $(BUILD_PACKAGES) busybox-static docker-registry openssl \
+	containernetworking-plugins iproute2 iptables util-linux
 
 .PHONY: all build run test bench lint deps-build deps-test check-cargo clean
 
@@ -28,9 +30,13 @@ deps-test: check-cargo
 build: deps-build
 	$(CARGO) build --release --bin berthd
 
+# Pods need CNI plugins (Debian puts them in /usr/lib/cni, one of berth's default bin_dirs).
+RUN_PACKAGES := $(BUILD_PACKAGES) containernetworking-plugins iproute2 iptables
+
 # Runs berthd in the foreground with /etc/berth/config.toml if present, else the defaults.
 # Needs root: it creates /run/berth and /var/lib/berth. Ctrl-C stops it cleanly.
 run: build
+	@./.ci/apt-ensure $(RUN_PACKAGES)
 	$(SUDO) ./target/release/berthd $(BERTHD_ARGS)
 
 lint: deps-build

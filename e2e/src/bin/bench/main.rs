@@ -4,7 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod sandboxes;
+
 use berth_e2e::images::ImageBuilder;
+use berth_e2e::network::{Extra, TestNetwork};
 use berth_e2e::registry::TestRegistry;
 use berth_e2e::{connect, TestAgent};
 use k8s_cri::v1::image_service_client::ImageServiceClient;
@@ -19,14 +22,16 @@ const ROUND_TRIPS: usize = 5000;
 const PULLS: usize = 5;
 /// The lab's hosts.toml files (../shared/lab/containerd.sh), sending docker.io to 127.0.0.1:5000.
 const LAB_HOSTS: &str = "/etc/containerd/lab-certs.d";
+/// The lab's CNI network (bridge crilab0, 10.88.0.0/16), shared with containerd.
+const LAB_CONFLIST: &str = "/etc/cni/net.d/10-crilab.conflist";
 const CONNECTS: usize = 300;
 
-struct Figures {
+pub(crate) struct Figures {
     name: String,
     rows: Vec<(String, String)>,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i]
 }
@@ -235,10 +240,29 @@ async fn main() {
     };
 
     let agent = TestAgent::start_with(&extra).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Pods get the lab's network (the same conflist containerd uses) or one of our own.
+    let _network = if lab {
+        std::fs::copy(
+            LAB_CONFLIST,
+            agent.paths.cni_conf_dir.join("10-crilab.conflist"),
+        )
+        .expect("copy the lab's conflist (run ../shared/lab/containerd.sh start first)");
+        None
+    } else {
+        Some(TestNetwork::create(&agent.paths.cni_conf_dir, Extra::None))
+    };
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let idle_rss = rss_kib(agent.pid());
     let mut berth = measure(&agent.paths.socket, "berth").await;
     measure_pulls(&agent.paths.socket, &images, &mut berth).await;
+    let pods_dir = agent
+        .paths
+        .state
+        .join("pods")
+        .to_string_lossy()
+        .into_owned();
+    let is_monitor = move |_: &str, cmdline: &str| cmdline.contains(&pods_dir);
+    sandboxes::measure(&agent.paths.socket, "berth", &is_monitor, &mut berth).await;
     berth.rows.push((
         "agent RSS idle (before the RPCs)".into(),
         idle_rss
@@ -256,6 +280,9 @@ async fn main() {
         let mut figures = measure(&peer, "peer").await;
         if lab {
             measure_pulls(&peer, &images, &mut figures).await;
+            let is_shim =
+                |comm: &str, _: &str| comm.starts_with("containerd-shim") || comm == "pause";
+            sandboxes::measure(&peer, "peer", &is_shim, &mut figures).await;
         }
         all.push(figures);
     }
