@@ -567,3 +567,46 @@ async fn fifty_run_stop_remove_cycles_leave_nothing() {
     }
     assert_no_leaks(&agent, Some(&net));
 }
+
+#[tokio::test]
+async fn the_monitor_joins_the_pods_cgroup_parent_and_made_cgroups_go_with_the_pod() {
+    let agent = TestAgent::start().await;
+    let top = format!("berth-e2e-{}-cg", std::process::id());
+    let mut config = pod_config("cgroup");
+    let options = config.linux.as_mut().unwrap();
+    options.cgroup_parent = format!("/{top}/pod-cgroup");
+    options
+        .security_context
+        .as_mut()
+        .unwrap()
+        .namespace_options
+        .as_mut()
+        .unwrap()
+        .network = NamespaceMode::Node as i32;
+    let id = run(&agent, config).await.unwrap();
+    let info: serde_json::Value =
+        serde_json::from_str(&status(&agent, &id, true).await.info["info"]).unwrap();
+    let monitor = info["monitorPid"].as_u64().unwrap().to_string();
+    let procs = std::fs::read_to_string(format!(
+        "/sys/fs/cgroup/memory/{top}/pod-cgroup/cgroup.procs"
+    ))
+    .unwrap();
+    assert!(
+        procs.lines().any(|p| p == monitor),
+        "monitor {monitor} in {procs:?}"
+    );
+    remove(&agent, &id).await;
+    assert!(
+        !std::path::Path::new(&format!("/sys/fs/cgroup/memory/{top}")).exists(),
+        "cgroups made for the pod go with it"
+    );
+    let err = run(&agent, {
+        let mut c = pod_config("cgroup-escape");
+        c.linux.as_mut().unwrap().cgroup_parent = "/../../etc".to_string();
+        c
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert_no_leaks(&agent, None);
+}

@@ -236,6 +236,7 @@ impl Sandboxes {
             network: NetworkStatus::default(),
             network_attached: false,
             shm_mounted: false,
+            cgroups_created: Vec::new(),
         };
         let fail = |step: &'static str| {
             let id = id.clone();
@@ -269,7 +270,22 @@ impl Sandboxes {
                 mount_shm(&shm).map_err(fail("mount /dev/shm"))?;
                 record.shm_mounted = true;
             }
-
+            let cgroup = if record.spec.cgroup_parent.is_empty() {
+                None
+            } else {
+                let path = berth_runtime::cgroups::cgroupfs_path(&record.spec.cgroup_parent)
+                    .map_err(fail("cgroup"))?;
+                let created = berth_runtime::cgroups::ensure(&path)
+                    .map_err(|e| fail("cgroup")(e.to_string()))?;
+                undo.push("remove cgroups", {
+                    let created = created.clone();
+                    move || {
+                        berth_runtime::cgroups::remove_created(&created);
+                    }
+                });
+                record.cgroups_created = created;
+                Some(path)
+            };
             let monitor_config = MonitorConfig {
                 sandbox_id: id.clone(),
                 pod_dir: dir.clone(),
@@ -285,6 +301,7 @@ impl Sandboxes {
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
+                cgroup,
             };
             undo.push("stop monitor, unpin namespaces", {
                 let dir = dir.clone();
@@ -433,6 +450,9 @@ impl Sandboxes {
             tracing::warn!(pod_id = %id, "removing sandbox whose network teardown failed");
             self.network.forget(&record);
         }
+        for left in berth_runtime::cgroups::remove_created(&record.cgroups_created) {
+            tracing::warn!(pod_id = %id, cgroup = %left, "cgroup not removed");
+        }
         let dir = self.pod_dir(id);
         std::fs::remove_dir_all(&dir)
             .or_else(|e| {
@@ -474,6 +494,10 @@ fn validate(spec: &SandboxSpec, handlers: &[String]) -> Result<(), SandboxError>
                 handlers.join(", ")
             }
         )));
+    }
+    if !spec.cgroup_parent.is_empty() {
+        berth_runtime::cgroups::cgroupfs_path(&spec.cgroup_parent)
+            .map_err(SandboxError::InvalidArgument)?;
     }
     if spec.namespaces.network == NamespaceMode::Target
         || spec.namespaces.ipc == NamespaceMode::Target

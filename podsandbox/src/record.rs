@@ -69,6 +69,10 @@ pub struct SandboxRecord {
     pub network_attached: bool,
     /// Whether the pod's /dev/shm tmpfs is mounted.
     pub shm_mounted: bool,
+    /// cgroup directories berth made for the pod (kubelet usually makes them itself); removed
+    /// with the sandbox.
+    #[serde(default)]
+    pub cgroups_created: Vec<PathBuf>,
 }
 
 impl SandboxRecord {

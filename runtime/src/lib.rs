@@ -36,4 +36,6 @@ impl fmt::Display for CgroupDriver {
     }
 }
 
+pub mod cgroups;
 pub mod monitor;
+pub mod spec;

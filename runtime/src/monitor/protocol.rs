@@ -26,6 +26,9 @@ pub struct MonitorConfig {
     pub hostname: Option<String>,
     /// Namespaced sysctls, applied inside the pod's namespaces (`net.ipv4.ip_forward` → value).
     pub sysctls: Vec<(String, String)>,
+    /// The pod's cgroup (cgroupfs path), which the monitor joins so the pod is charged for it.
+    #[serde(default)]
+    pub cgroup: Option<PathBuf>,
 }
 
 impl MonitorConfig {

@@ -35,6 +35,9 @@ pub(super) fn setup(config: &MonitorConfig) -> Result<Monitor, String> {
     let mask = handled_signals();
     mask.thread_block()
         .map_err(|e| format!("block signals: {e}"))?;
+    if let Some(cgroup) = &config.cgroup {
+        crate::cgroups::join(cgroup, std::process::id())?;
+    }
     namespaces::create(config)?;
     namespaces::apply_sysctls(config)?;
     let ns_dir = config.pod_dir.join(super::protocol::NS_DIR);

@@ -1,0 +1,188 @@
+//! cgroupfs-driver cgroups on v1, v2 and hybrid hosts: find the hierarchies, make a cgroup path
+//! in each (remembering what we made, to remove exactly that), move a process in.
+
+use std::path::{Component, Path, PathBuf};
+
+/// One mounted cgroup hierarchy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hierarchy {
+    pub mountpoint: PathBuf,
+    /// v1 controllers (`cpu`, `memory`, …, or `name=systemd`); empty for the v2 hierarchy.
+    pub controllers: Vec<String>,
+    pub v2: bool,
+}
+
+/// Parses /proc/self/mountinfo text into cgroup hierarchies (bind mounts of a hierarchy's
+/// subdirectory are skipped: only roots count).
+pub fn parse_mountinfo(text: &str) -> Vec<Hierarchy> {
+    let mut out: Vec<Hierarchy> = Vec::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        let (root, mountpoint) = (fields.get(3), fields.get(4));
+        let (fstype, super_options) = (fields.get(sep + 1), fields.get(sep + 3));
+        let (Some(root), Some(mountpoint), Some(fstype)) = (root, mountpoint, fstype) else {
+            continue;
+        };
+        if *root != "/" {
+            continue;
+        }
+        let hierarchy = match *fstype {
+            "cgroup2" => Hierarchy {
+                mountpoint: PathBuf::from(mountpoint),
+                controllers: Vec::new(),
+                v2: true,
+            },
+            "cgroup" => Hierarchy {
+                mountpoint: PathBuf::from(mountpoint),
+                controllers: super_options
+                    .map(|o| {
+                        o.split(',')
+                            .filter(|c| {
+                                !matches!(*c, "rw" | "ro")
+                                    && !c.starts_with("release_agent")
+                                    && *c != "clone_children"
+                                    && *c != "noprefix"
+                                    && *c != "xattr"
+                            })
+                            .map(str::to_string)
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+                v2: false,
+            },
+            _ => continue,
+        };
+        if !out.iter().any(|h| h.mountpoint == hierarchy.mountpoint) {
+            out.push(hierarchy);
+        }
+    }
+    out
+}
+
+/// The hierarchies of this host.
+pub fn hierarchies() -> Vec<Hierarchy> {
+    parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
+}
+
+/// A cgroup path as kubelet gives it (`/kubepods/burstable/pod<uid>`), checked: relative
+/// components are refused so it cannot name anything outside the hierarchies.
+pub fn cgroupfs_path(parent: &str) -> Result<PathBuf, String> {
+    let path = Path::new(parent);
+    let mut clean = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(n) => clean.push(n),
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(format!("cgroup parent {parent:?} must not contain \"..\""));
+            }
+        }
+    }
+    if clean.as_os_str() == "/" {
+        return Err(format!("cgroup parent {parent:?} names the root cgroup"));
+    }
+    Ok(clean)
+}
+
+/// Makes `path` in every hierarchy. Returns the directories that did not exist before, parents
+/// first, so that [`remove_created`] can take back exactly those.
+pub fn ensure(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut created = Vec::new();
+    for h in hierarchies() {
+        let mut dir = h.mountpoint.clone();
+        for part in path
+            .components()
+            .filter(|c| matches!(c, Component::Normal(_)))
+        {
+            let parent = dir.clone();
+            dir.push(part);
+            if dir.exists() {
+                continue;
+            }
+            if let Err(e) = std::fs::create_dir(&dir) {
+                remove_created(&created);
+                return Err(std::io::Error::other(format!(
+                    "create cgroup {}: {e}",
+                    dir.display()
+                )));
+            }
+            created.push(dir.clone());
+            // A new v1 cpuset cgroup starts with no CPUs or memory nodes: no task could join.
+            if h.controllers.iter().any(|c| c == "cpuset") {
+                for file in ["cpuset.cpus", "cpuset.mems"] {
+                    if let Ok(value) = std::fs::read_to_string(parent.join(file)) {
+                        let _ = std::fs::write(dir.join(file), value.trim());
+                    }
+                }
+            }
+        }
+    }
+    Ok(created)
+}
+
+/// Moves `pid` into `path` in every hierarchy.
+pub fn join(path: &Path, pid: u32) -> Result<(), String> {
+    let relative = path.strip_prefix("/").unwrap_or(path);
+    for h in hierarchies() {
+        let procs = h.mountpoint.join(relative).join("cgroup.procs");
+        std::fs::write(&procs, pid.to_string())
+            .map_err(|e| format!("join cgroup {}: {e}", procs.display()))?;
+    }
+    Ok(())
+}
+
+/// Removes cgroup directories made by [`ensure`], deepest first. One still holding tasks
+/// (EBUSY) stays and is reported.
+pub fn remove_created(created: &[PathBuf]) -> Vec<String> {
+    let mut left = Vec::new();
+    for dir in created.iter().rev() {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => left.push(format!("{}: {e}", dir.display())),
+        }
+    }
+    left
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+30 23 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec - tmpfs tmpfs ro,mode=755
+31 30 0:27 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw
+32 30 0:28 / /sys/fs/cgroup/systemd rw,nosuid - cgroup cgroup rw,xattr,name=systemd
+35 30 0:31 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid - cgroup cgroup rw,cpu,cpuacct
+36 30 0:32 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory
+37 30 0:33 / /sys/fs/cgroup/cpuset rw,nosuid - cgroup cgroup rw,cpuset,clone_children
+90 36 0:32 /kubepods /var/lib/x rw - cgroup cgroup rw,memory
+";
+
+    #[test]
+    fn mountinfo_gives_each_hierarchy_once_with_its_controllers() {
+        let h = parse_mountinfo(HYBRID);
+        assert_eq!(h.len(), 5);
+        assert!(h[0].v2 && h[0].mountpoint == Path::new("/sys/fs/cgroup/unified"));
+        assert_eq!(h[1].controllers, ["name=systemd"]);
+        assert_eq!(h[2].controllers, ["cpu", "cpuacct"]);
+        assert_eq!(h[4].controllers, ["cpuset"]);
+    }
+
+    #[test]
+    fn cgroup_parents_are_cleaned_and_checked() {
+        assert_eq!(
+            cgroupfs_path("/kubepods/burstable/pod1").unwrap(),
+            Path::new("/kubepods/burstable/pod1")
+        );
+        assert_eq!(
+            cgroupfs_path("kubepods/pod1").unwrap(),
+            Path::new("/kubepods/pod1")
+        );
+        assert!(cgroupfs_path("/kubepods/../../etc").is_err());
+        assert!(cgroupfs_path("/").is_err());
+    }
+}

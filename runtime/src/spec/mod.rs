@@ -1,0 +1,184 @@
+//! CRI container config → OCI runtime spec, as pure functions.
+//!
+//! [`generate`] composes small rules, one module each, that follow containerd's CRI plugin
+//! (`internal/cri/server/container_create*.go`, `internal/cri/opts/spec*.go`) unless a comment
+//! says otherwise: `command` (argv, env, cwd), `user`, `mounts`, `namespaces`, `resources`,
+//! `devices`, `security`. The output is what `berthd init` hands to libcontainer 0.7 as
+//! `config.json`; nothing here touches the host except the probes in `host` and `devices`.
+
+pub mod command;
+pub mod devices;
+mod host;
+pub mod input;
+pub mod mounts;
+pub mod namespaces;
+pub mod paths;
+pub mod resources;
+pub mod security;
+pub mod user;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use oci_spec::runtime::{Linux, Process, Root, Spec, User};
+
+pub use input::{
+    CapabilityChanges, ContainerMetadata, ContainerSpec, Device, DeviceKind, DeviceNode, EnvVar,
+    HostInfo, HugepageLimit, ImageConfig, Mount, NamespaceMode, NamespaceOptions, Propagation,
+    Resources, SandboxInfo, SecurityContext, SpecInput, SupplementalGroupsPolicy,
+};
+
+/// The runtime-spec version written into `ociVersion` (libcontainer accepts any 1.x).
+pub const OCI_VERSION: &str = "1.2.0";
+
+/// Why a container's spec cannot be generated; each message names what the config got wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    #[error("no command: the container config has no command or args and the image has no Entrypoint or Cmd")]
+    NoCommand,
+    #[error("user {name:?} not found: {}", if *no_file { "the image has no /etc/passwd" } else { "not in the image's /etc/passwd" })]
+    UnknownUser { name: String, no_file: bool },
+    #[error("group {name:?} not found: {}", if *no_file { "the image has no /etc/group" } else { "not in the image's /etc/group" })]
+    UnknownGroup { name: String, no_file: bool },
+    #[error("invalid user: {0}")]
+    InvalidUser(String),
+    #[error("unknown capability {0:?}")]
+    UnknownCapability(String),
+    #[error("mount {}: {reason}", path.display())]
+    InvalidMount { path: PathBuf, reason: String },
+    #[error("device {}: {reason}", path.display())]
+    InvalidDevice { path: PathBuf, reason: String },
+    #[error("{0}")]
+    MissingNamespace(String),
+    #[error("invalid resources: {0}")]
+    InvalidResource(String),
+    #[error("privileged container in pod {0}, which is not privileged")]
+    PrivilegedNotAllowed(String),
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+/// Annotations containerd sets on every container, which tools (and NRI plugins) look for.
+const ANNOTATION_CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+const ANNOTATION_SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+const ANNOTATION_CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
+
+/// The OCI spec of one container. Pure: every host fact comes in through `input`.
+pub fn generate(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
+    let config = input.config;
+    let security = &config.security;
+    let sandbox = input.sandbox;
+    let host = input.host;
+    // containerd: "no privileged container allowed in sandbox".
+    if security.privileged && !sandbox.privileged {
+        return Err(SpecError::PrivilegedNotAllowed(sandbox.id.clone()));
+    }
+
+    let hostname = if sandbox.hostname.is_empty() {
+        &host.hostname
+    } else {
+        &sandbox.hostname
+    };
+    let resolved = user::resolve_user(
+        security,
+        &input.image.user,
+        input.etc_passwd,
+        input.etc_group,
+    )?;
+    let mut process_user = User::default();
+    process_user.set_uid(resolved.uid);
+    process_user.set_gid(resolved.gid);
+    process_user.set_additional_gids(Some(resolved.additional_gids));
+
+    let mut process = Process::default();
+    process.set_terminal(Some(config.tty));
+    process.set_console_size(None);
+    process.set_user(process_user);
+    process.set_args(Some(command::process_args(
+        &config.command,
+        &config.args,
+        input.image,
+    )?));
+    process.set_env(Some(command::process_env(
+        &input.image.env,
+        &config.envs,
+        hostname,
+        config.tty,
+    )));
+    process.set_cwd(command::working_dir(
+        &config.working_dir,
+        &input.image.working_dir,
+    ));
+    process.set_capabilities(Some(security::capabilities(
+        &security.capabilities,
+        security.privileged,
+        &host.capabilities,
+    )?));
+    // containerd removes the default RLIMIT_NOFILE: the container inherits the runtime's.
+    process.set_rlimits(None);
+    process.set_no_new_privileges(Some(security.no_new_privs));
+    process.set_oom_score_adj(Some(resources::oom_score_adj(
+        config.resources.oom_score_adj,
+        host.min_oom_score_adj,
+    )?));
+    process.set_apparmor_profile(None);
+    process.set_selinux_label(None);
+
+    let plan = mounts::plan_mounts(config, sandbox, security.privileged)?;
+    let (device_nodes, device_rules) =
+        devices::devices(&config.devices, input.device_nodes, security.privileged)?;
+    let mut linux_resources = resources::resources(&config.resources, host)?;
+    linux_resources.set_devices(Some(device_rules));
+
+    let mut linux = Linux::default();
+    linux.set_uid_mappings(None);
+    linux.set_gid_mappings(None);
+    linux.set_sysctl(None);
+    linux.set_resources(Some(linux_resources));
+    linux.set_cgroups_path(Some(resources::cgroups_path(
+        host.cgroup_driver,
+        &sandbox.cgroup_parent,
+        input.container_id,
+    )?));
+    linux.set_namespaces(Some(namespaces::namespaces(
+        &security.namespace_options,
+        sandbox,
+        input.target_pid_namespace,
+        host.cgroup_v2,
+        security.privileged,
+    )?));
+    linux.set_devices(Some(device_nodes));
+    linux.set_seccomp(None);
+    linux.set_rootfs_propagation(plan.rootfs_propagation);
+    linux.set_masked_paths(Some(security::masked_paths(security)));
+    linux.set_readonly_paths(Some(security::readonly_paths(security)));
+    linux.set_mount_label(None);
+
+    let mut root = Root::default();
+    root.set_path(input.rootfs.to_path_buf());
+    root.set_readonly(Some(security.readonly_rootfs));
+
+    let mut annotations: HashMap<String, String> = config.annotations.clone().into_iter().collect();
+    annotations.insert(ANNOTATION_CONTAINER_TYPE.into(), "container".into());
+    annotations.insert(ANNOTATION_SANDBOX_ID.into(), sandbox.id.clone());
+    annotations.insert(
+        ANNOTATION_CONTAINER_NAME.into(),
+        config.metadata.name.clone(),
+    );
+
+    let mut spec = Spec::default();
+    spec.set_version(OCI_VERSION.to_string());
+    spec.set_root(Some(root));
+    spec.set_mounts(Some(plan.mounts));
+    spec.set_process(Some(process));
+    // The container shares the pod's UTS namespace; its hostname is the pod's.
+    spec.set_hostname(None);
+    spec.set_domainname(None);
+    spec.set_hooks(None);
+    spec.set_annotations(Some(annotations));
+    spec.set_linux(Some(linux));
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,414 @@
+//! The container's mounts: the default filesystems, the pod's /etc files and /dev/shm, and the
+//! config's bind mounts, combined the way containerd's `WithMounts` does.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::Mount as OciMount;
+
+use super::input::{ContainerSpec, Mount, NamespaceMode, Propagation, SandboxInfo};
+use super::paths::clean_path;
+use super::SpecError;
+
+/// The mounts in order, and the propagation the root mount needs for them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountPlan {
+    pub mounts: Vec<OciMount>,
+    /// `Some("slave")` / `Some("shared")` when a bind mount needs it. Written without the `r`:
+    /// libcontainer 0.7 accepts only `shared`, `slave`, `private` and `unbindable` here (and
+    /// applies them recursively anyway).
+    pub rootfs_propagation: Option<String>,
+}
+
+fn oci_mount(destination: &str, typ: &str, source: &str, options: &[&str]) -> OciMount {
+    let mut mount = OciMount::default();
+    mount.set_destination(PathBuf::from(destination));
+    mount.set_typ(Some(typ.to_string()));
+    mount.set_source(Some(PathBuf::from(source)));
+    mount.set_options(Some(options.iter().map(|o| o.to_string()).collect()));
+    mount
+}
+
+/// containerd's default mounts, without `/run` (CRI drops it) and with the read-only cgroupfs it
+/// adds. A privileged container gets sysfs and cgroupfs writable.
+pub fn default_mounts(privileged: bool) -> Vec<OciMount> {
+    let ro_unless_privileged = if privileged { "rw" } else { "ro" };
+    vec![
+        oci_mount("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"]),
+        oci_mount(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        ),
+        oci_mount(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        ),
+        oci_mount(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        ),
+        oci_mount(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        ),
+        oci_mount(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", ro_unless_privileged],
+        ),
+        oci_mount(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &[
+                "nosuid",
+                "noexec",
+                "nodev",
+                "relatime",
+                ro_unless_privileged,
+            ],
+        ),
+    ]
+}
+
+/// The pod's files and /dev/shm, each unless the config mounts that path itself.
+/// /etc files are read-only when the rootfs is; with the host's IPC namespace the host's
+/// /dev/shm is bound, and a pod without a shm dir leaves the default private tmpfs.
+fn sandbox_mounts(config: &ContainerSpec, sandbox: &SandboxInfo) -> Vec<Mount> {
+    let readonly = config.security.readonly_rootfs;
+    let host_ipc = config.security.namespace_options.ipc == NamespaceMode::Node;
+    let shm = if host_ipc {
+        Some(PathBuf::from("/dev/shm"))
+    } else {
+        sandbox.shm.clone()
+    };
+    let wanted = [
+        ("/etc/hostname", sandbox.hostname_file.clone(), readonly),
+        ("/etc/hosts", sandbox.hosts.clone(), readonly),
+        ("/etc/resolv.conf", sandbox.resolv_conf.clone(), readonly),
+        ("/dev/shm", shm, false),
+    ];
+    wanted
+        .into_iter()
+        .filter_map(|(container_path, host_path, readonly)| {
+            Some(Mount {
+                container_path: PathBuf::from(container_path),
+                host_path: host_path?,
+                readonly,
+                ..Mount::default()
+            })
+        })
+        .filter(|m| {
+            !config
+                .mounts
+                .iter()
+                .any(|c| clean_path(&c.container_path) == m.container_path)
+        })
+        .collect()
+}
+
+/// All mounts of the container: defaults not replaced by a bind mount (and none under /dev
+/// when /dev itself is bound), then the bind mounts, shallower destinations first so a parent
+/// never hides a child. Equal depths keep the config's order.
+pub fn plan_mounts(
+    config: &ContainerSpec,
+    sandbox: &SandboxInfo,
+    privileged: bool,
+) -> Result<MountPlan, SpecError> {
+    for m in &config.mounts {
+        if !m.container_path.is_absolute() {
+            return Err(SpecError::InvalidMount {
+                path: m.container_path.clone(),
+                reason: "the container path must be absolute".into(),
+            });
+        }
+    }
+    let mut binds: Vec<Mount> = config.mounts.clone();
+    binds.extend(sandbox_mounts(config, sandbox));
+    binds.sort_by_key(|m| clean_path(&m.container_path).components().count());
+
+    let bound: Vec<PathBuf> = binds
+        .iter()
+        .map(|m| clean_path(&m.container_path))
+        .collect();
+    let dev_bound = bound.iter().any(|p| p == Path::new("/dev"));
+    let mut mounts: Vec<OciMount> = default_mounts(privileged)
+        .into_iter()
+        .filter(|m| {
+            let dst = m.destination();
+            let replaced = bound.iter().any(|b| b == dst);
+            let under_bound_dev = dev_bound && dst.starts_with("/dev");
+            !replaced && !under_bound_dev
+        })
+        .collect();
+
+    let mut rootfs_propagation: Option<String> = None;
+    for bind in &binds {
+        let propagation = match bind.propagation {
+            Propagation::Private => "rprivate",
+            Propagation::HostToContainer => {
+                if rootfs_propagation.as_deref() != Some("shared") {
+                    rootfs_propagation = Some("slave".into());
+                }
+                "rslave"
+            }
+            Propagation::Bidirectional => {
+                rootfs_propagation = Some("shared".into());
+                "rshared"
+            }
+        };
+        let mode = if bind.readonly { "ro" } else { "rw" };
+        let mut mount = OciMount::default();
+        mount.set_destination(clean_path(&bind.container_path));
+        mount.set_typ(Some("bind".into()));
+        mount.set_source(Some(bind.host_path.clone()));
+        mount.set_options(Some(vec!["rbind".into(), propagation.into(), mode.into()]));
+        mounts.push(mount);
+    }
+    Ok(MountPlan {
+        mounts,
+        rootfs_propagation,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sandbox() -> SandboxInfo {
+        SandboxInfo {
+            id: "pod1".into(),
+            hostname_file: Some("/run/berth/pods/pod1/hostname".into()),
+            hosts: Some("/run/berth/pods/pod1/hosts".into()),
+            resolv_conf: Some("/run/berth/pods/pod1/resolv.conf".into()),
+            shm: Some("/run/berth/pods/pod1/shm".into()),
+            ..SandboxInfo::default()
+        }
+    }
+
+    fn bind(container: &str, host: &str) -> Mount {
+        Mount {
+            container_path: container.into(),
+            host_path: host.into(),
+            ..Mount::default()
+        }
+    }
+
+    fn with_mounts(mounts: Vec<Mount>) -> ContainerSpec {
+        ContainerSpec {
+            mounts,
+            ..ContainerSpec::default()
+        }
+    }
+
+    fn destinations(plan: &MountPlan) -> Vec<String> {
+        plan.mounts
+            .iter()
+            .map(|m| m.destination().display().to_string())
+            .collect()
+    }
+
+    fn find<'a>(plan: &'a MountPlan, destination: &str) -> &'a OciMount {
+        plan.mounts
+            .iter()
+            .find(|m| m.destination() == Path::new(destination))
+            .unwrap_or_else(|| panic!("no mount at {destination}"))
+    }
+
+    fn options(mount: &OciMount) -> Vec<String> {
+        mount.options().clone().unwrap_or_default()
+    }
+
+    #[test]
+    fn defaults_then_pod_files_then_shm_in_depth_order() {
+        let plan = plan_mounts(&ContainerSpec::default(), &sandbox(), false).unwrap();
+        assert_eq!(
+            destinations(&plan),
+            [
+                "/proc",
+                "/dev",
+                "/dev/pts",
+                "/dev/mqueue",
+                "/sys",
+                "/sys/fs/cgroup",
+                "/etc/hostname",
+                "/etc/hosts",
+                "/etc/resolv.conf",
+                "/dev/shm",
+            ]
+        );
+        let shm = find(&plan, "/dev/shm");
+        assert_eq!(
+            shm.source().as_deref(),
+            Some(Path::new("/run/berth/pods/pod1/shm"))
+        );
+        assert_eq!(options(shm), ["rbind", "rprivate", "rw"]);
+        assert_eq!(
+            options(find(&plan, "/sys")),
+            ["nosuid", "noexec", "nodev", "ro"]
+        );
+        assert_eq!(plan.rootfs_propagation, None);
+    }
+
+    #[test]
+    fn pod_files_are_read_only_with_a_read_only_rootfs() {
+        let mut config = ContainerSpec::default();
+        config.security.readonly_rootfs = true;
+        let plan = plan_mounts(&config, &sandbox(), false).unwrap();
+        for path in ["/etc/hostname", "/etc/hosts", "/etc/resolv.conf"] {
+            assert_eq!(
+                options(find(&plan, path)),
+                ["rbind", "rprivate", "ro"],
+                "{path}"
+            );
+        }
+        assert_eq!(
+            options(find(&plan, "/dev/shm")),
+            ["rbind", "rprivate", "rw"]
+        );
+    }
+
+    #[test]
+    fn missing_pod_files_are_not_mounted() {
+        let plan = plan_mounts(&ContainerSpec::default(), &SandboxInfo::default(), false).unwrap();
+        assert!(!destinations(&plan).iter().any(|d| d.starts_with("/etc")));
+        // The default private tmpfs stays at /dev/shm.
+        assert_eq!(find(&plan, "/dev/shm").typ().as_deref(), Some("tmpfs"));
+    }
+
+    #[test]
+    fn host_ipc_binds_the_host_dev_shm() {
+        let mut config = ContainerSpec::default();
+        config.security.namespace_options.ipc = NamespaceMode::Node;
+        let plan = plan_mounts(&config, &sandbox(), false).unwrap();
+        let shm = find(&plan, "/dev/shm");
+        assert_eq!(shm.typ().as_deref(), Some("bind"));
+        assert_eq!(shm.source().as_deref(), Some(Path::new("/dev/shm")));
+    }
+
+    #[test]
+    fn config_mount_replaces_the_pod_file_and_the_default_mount() {
+        let config = with_mounts(vec![
+            bind("/etc/hosts/", "/my/hosts"),
+            bind("/proc", "/my/proc"),
+        ]);
+        let plan = plan_mounts(&config, &sandbox(), false).unwrap();
+        let hosts: Vec<_> = plan
+            .mounts
+            .iter()
+            .filter(|m| m.destination() == Path::new("/etc/hosts"))
+            .collect();
+        assert_eq!(hosts.len(), 1);
+        assert_eq!(hosts[0].source().as_deref(), Some(Path::new("/my/hosts")));
+        assert_eq!(find(&plan, "/proc").typ().as_deref(), Some("bind"));
+    }
+
+    #[test]
+    fn binding_dev_drops_every_default_under_dev() {
+        let config = with_mounts(vec![bind("/dev", "/host/dev")]);
+        let plan = plan_mounts(&config, &SandboxInfo::default(), false).unwrap();
+        assert_eq!(
+            destinations(&plan),
+            ["/proc", "/sys", "/sys/fs/cgroup", "/dev"]
+        );
+    }
+
+    #[test]
+    fn bind_mounts_are_sorted_parents_before_children() {
+        let config = with_mounts(vec![
+            bind("/data/a/b", "/h/ab"),
+            bind("/data", "/h/data"),
+            bind("/data/a", "/h/a"),
+            bind("/other", "/h/other"),
+        ]);
+        let plan = plan_mounts(&config, &SandboxInfo::default(), false).unwrap();
+        let binds: Vec<_> = destinations(&plan).into_iter().skip(7).collect();
+        assert_eq!(binds, ["/data", "/other", "/data/a", "/data/a/b"]);
+    }
+
+    #[test]
+    fn propagation_and_readonly_become_mount_options() {
+        let cases = [
+            (
+                Propagation::Private,
+                false,
+                ["rbind", "rprivate", "rw"],
+                None,
+            ),
+            (
+                Propagation::HostToContainer,
+                true,
+                ["rbind", "rslave", "ro"],
+                Some("slave"),
+            ),
+            (
+                Propagation::Bidirectional,
+                false,
+                ["rbind", "rshared", "rw"],
+                Some("shared"),
+            ),
+        ];
+        for (propagation, readonly, expected, rootfs) in cases {
+            let config = with_mounts(vec![Mount {
+                readonly,
+                propagation,
+                ..bind("/data", "/h")
+            }]);
+            let plan = plan_mounts(&config, &SandboxInfo::default(), false).unwrap();
+            assert_eq!(options(find(&plan, "/data")), expected, "{propagation:?}");
+            assert_eq!(
+                plan.rootfs_propagation.as_deref(),
+                rootfs,
+                "{propagation:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn shared_root_propagation_wins_over_slave() {
+        let config = with_mounts(vec![
+            Mount {
+                propagation: Propagation::Bidirectional,
+                ..bind("/a", "/h/a")
+            },
+            Mount {
+                propagation: Propagation::HostToContainer,
+                ..bind("/b", "/h/b")
+            },
+        ]);
+        let plan = plan_mounts(&config, &SandboxInfo::default(), false).unwrap();
+        assert_eq!(plan.rootfs_propagation.as_deref(), Some("shared"));
+    }
+
+    #[test]
+    fn relative_container_path_is_an_error() {
+        let config = with_mounts(vec![bind("data", "/h")]);
+        let err = plan_mounts(&config, &SandboxInfo::default(), false).unwrap_err();
+        assert!(err.to_string().contains("data"), "{err}");
+    }
+
+    #[test]
+    fn privileged_gets_writable_sysfs_and_cgroupfs() {
+        let plan = plan_mounts(&ContainerSpec::default(), &SandboxInfo::default(), true).unwrap();
+        assert_eq!(
+            options(find(&plan, "/sys")),
+            ["nosuid", "noexec", "nodev", "rw"]
+        );
+        assert!(options(find(&plan, "/sys/fs/cgroup")).contains(&"rw".to_string()));
+    }
+}
