@@ -697,3 +697,41 @@ async fn hostile_layers_never_write_outside_the_snapshot() {
         assert_ne!(x, b"through the symlink\n");
     }
 }
+
+/// Shutdown lets an RPC in flight finish with its own answer (here a pull that ends by its
+/// progress timeout) before berthd exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_in_flight_pull_answer_before_exit() {
+    let registry = TestRegistry::start();
+    ImageBuilder::busybox().push(&registry, "test/inflight", "v1");
+    let proxy = FaultProxy::start(&registry.address());
+    proxy.set(Fault::Stall);
+    let mut agent = TestAgent::start_with("[registry]\npull_progress_timeout_secs = 2\n").await;
+    let reference = format!("{}/test/inflight:v1", proxy.address());
+    let mut client = agent.image().await;
+    let pull = tokio::spawn(async move {
+        client
+            .pull_image(PullImageRequest {
+                image: spec(&reference),
+                auth: None,
+                sandbox_config: None,
+            })
+            .await
+    });
+    for _ in 0..200 {
+        if proxy.blob_requests() > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(proxy.blob_requests() > 0, "the pull is in flight");
+    let (agent, exit) = tokio::task::spawn_blocking(move || {
+        let exit = agent.stop();
+        (agent, exit)
+    })
+    .await
+    .unwrap();
+    let answer = pull.await.unwrap().unwrap_err();
+    assert_eq!(answer.code(), tonic::Code::DeadlineExceeded, "{answer:?}");
+    assert!(exit.success(), "exit {exit}: {}", agent.log());
+}
