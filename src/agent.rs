@@ -183,6 +183,10 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
 
+    // The socket's directory first, 0700: with the defaults it is the state dir itself.
+    if let Some(dir) = config.grpc.address.parent() {
+        create_dir(dir, 0o700)?;
+    }
     // 0711 as containerd: others may traverse to what we expose, but not list.
     create_dir(&config.root, 0o711)?;
     create_dir(&config.state, 0o711)?;

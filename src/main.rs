@@ -27,6 +27,12 @@ enum Command {
     /// Print or check configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// The OCI executor: one container operation per process (started by the monitor).
+    #[command(hide = true)]
+    Init {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// The per-pod monitor (started by the agent, not by hand).
     #[command(hide = true)]
     Monitor {
@@ -61,6 +67,8 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
+        // Before any thread exists: libcontainer clones this very process.
+        Some(Command::Init { args }) => ExitCode::from(berth_runtime::executor::run(&args) as u8),
         // Before any thread exists: the monitor forks and unshares.
         Some(Command::Monitor { config }) => {
             ExitCode::from(berth_runtime::monitor::run(&config) as u8)

@@ -37,5 +37,6 @@ impl fmt::Display for CgroupDriver {
 }
 
 pub mod cgroups;
+pub mod executor;
 pub mod monitor;
 pub mod spec;

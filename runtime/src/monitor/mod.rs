@@ -5,6 +5,8 @@
 //! `ready <pid>` on the stdout pipe the agent reads and serves a control socket until told to
 //! stop. It outlives agent restarts. Containers it will start later are re-parented to it.
 
+mod containers;
+pub mod log;
 mod namespaces;
 pub mod protocol;
 mod serve;

@@ -81,6 +81,81 @@ pub fn parse_report(line: &str) -> Option<StartReport> {
 pub const PING: &str = "ping";
 pub const SHUTDOWN: &str = "shutdown";
 
+/// Container requests: one JSON object per line, answered by one [`Response`] line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// Build the container from `<bundle>/config.json` with `berthd init create`; its stdout and
+    /// stderr go to pipes the monitor reads into `log_path` in the CRI format.
+    Create {
+        id: String,
+        bundle: PathBuf,
+        log_path: PathBuf,
+        /// Where the monitor writes the exit record (atomically) when the container exits.
+        exit_file: PathBuf,
+        /// The container's cgroup (cgroupfs path), to read OOM kills from before it goes.
+        cgroup: Option<PathBuf>,
+    },
+    Start {
+        id: String,
+    },
+    Signal {
+        id: String,
+        signal: i32,
+    },
+    ReopenLog {
+        id: String,
+    },
+    /// Remove libcontainer's state and the container's cgroups; the process must be gone.
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// How a container ended, written by the monitor when it reaps the container's init.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitRecord {
+    /// The exit code, or 128 + signal for a killed process (as containerd reports it).
+    pub exit_code: i32,
+    pub signal: Option<i32>,
+    /// Unix nanoseconds.
+    pub finished_at: i64,
+    /// `Completed`, `Error` or `OOMKilled`, as kubelet expects.
+    pub reason: String,
+}
+
+impl ExitRecord {
+    pub fn new(
+        exit_code: i32,
+        signal: Option<i32>,
+        finished_at: i64,
+        oom_killed: bool,
+    ) -> ExitRecord {
+        let reason = if oom_killed {
+            "OOMKilled"
+        } else if exit_code == 0 {
+            "Completed"
+        } else {
+            "Error"
+        };
+        ExitRecord {
+            exit_code,
+            signal,
+            finished_at,
+            reason: reason.to_string(),
+        }
+    }
+}
+
 /// Which sysctls may be set in a pod, and in which namespace they live (as kubelet allows:
 /// the namespaced ones only).
 pub fn sysctl_namespace(name: &str) -> Option<&'static str> {

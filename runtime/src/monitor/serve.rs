@@ -12,14 +12,16 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
+use super::containers::Containers;
 use super::namespaces;
-use super::protocol::{MonitorConfig, PING, SHUTDOWN};
+use super::protocol::{MonitorConfig, Request, Response, PING, SHUTDOWN};
 
 pub(super) struct Monitor {
     listener: UnixListener,
     signals: SignalFd,
     /// PID 1 of the pod's PID namespace, when the pod shares one.
     pod_init: Option<Pid>,
+    containers: Containers,
 }
 
 fn handled_signals() -> SigSet {
@@ -78,6 +80,7 @@ pub(super) fn setup(config: &MonitorConfig) -> Result<Monitor, String> {
         listener,
         signals,
         pod_init,
+        containers: Containers::new(config.pod_dir.join("runc")),
     })
 }
 
@@ -100,11 +103,22 @@ impl Monitor {
     /// Runs until SIGTERM/SIGINT or a shutdown request; returns the exit code.
     pub(super) fn serve(mut self) -> i32 {
         loop {
-            let (listener_ready, signal_ready) = {
-                let mut fds = [
+            let streams: Vec<_> = self
+                .containers
+                .readable()
+                .into_iter()
+                .map(|(fd, id, stream)| (fd.try_clone_to_owned(), id, stream))
+                .collect();
+            let (listener_ready, signal_ready, ready_streams) = {
+                let mut fds = vec![
                     PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
                 ];
+                for (fd, _, _) in &streams {
+                    if let Ok(fd) = fd {
+                        fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                    }
+                }
                 if let Err(e) = poll(&mut fds, PollTimeout::NONE) {
                     if e == nix::errno::Errno::EINTR {
                         continue;
@@ -113,12 +127,22 @@ impl Monitor {
                     return 1;
                 }
                 let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-                (ready(&fds[0]), ready(&fds[1]))
+                let ready_streams: Vec<_> = streams
+                    .iter()
+                    .filter(|(fd, _, _)| fd.is_ok())
+                    .zip(fds.iter().skip(2))
+                    .filter(|(_, fd)| ready(fd))
+                    .map(|((_, id, stream), _)| (id.clone(), *stream))
+                    .collect();
+                (ready(&fds[0]), ready(&fds[1]), ready_streams)
             };
+            for (id, stream) in ready_streams {
+                self.containers.read(&id, stream);
+            }
             if signal_ready {
                 while let Ok(Some(info)) = self.signals.read_signal() {
                     match Signal::try_from(info.ssi_signo as i32) {
-                        Ok(Signal::SIGCHLD) => reap(),
+                        Ok(Signal::SIGCHLD) => self.reap(),
                         Ok(Signal::SIGTERM) | Ok(Signal::SIGINT) => return self.stop(),
                         _ => {}
                     }
@@ -126,11 +150,94 @@ impl Monitor {
             }
             if listener_ready {
                 if let Ok((stream, _)) = self.listener.accept() {
-                    if answer(stream) == Some(SHUTDOWN) {
+                    if self.answer(stream) == Some(SHUTDOWN) {
                         return self.stop();
                     }
                 }
             }
+        }
+    }
+
+    /// Collects every exited child; container inits get their exit recorded.
+    fn reap(&mut self) {
+        while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            if status == WaitStatus::StillAlive {
+                break;
+            }
+            self.containers.reaped(status);
+        }
+    }
+
+    /// Answers one control connection; returns the request when it was a plain command.
+    fn answer(&mut self, stream: UnixStream) -> Option<&'static str> {
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
+        let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line).ok()?;
+        let mut out = &stream;
+        let line = line.trim();
+        if line.starts_with('{') {
+            let response = match serde_json::from_str::<Request>(line) {
+                Ok(request) => self.handle(request),
+                Err(e) => Response {
+                    ok: false,
+                    error: Some(format!("bad request: {e}")),
+                    ..Default::default()
+                },
+            };
+            let _ = writeln!(
+                out,
+                "{}",
+                serde_json::to_string(&response).unwrap_or_default()
+            );
+            return None;
+        }
+        match line {
+            PING => {
+                let _ = writeln!(out, "pong {}", std::process::id());
+                Some(PING)
+            }
+            SHUTDOWN => {
+                let _ = writeln!(out, "bye");
+                Some(SHUTDOWN)
+            }
+            other => {
+                let _ = writeln!(out, "error: unknown request {other:?}");
+                None
+            }
+        }
+    }
+
+    fn handle(&mut self, request: Request) -> Response {
+        let result = match request {
+            Request::Create {
+                id,
+                bundle,
+                log_path,
+                exit_file,
+                cgroup,
+            } => self
+                .containers
+                .create(&id, &bundle, &log_path, exit_file, cgroup)
+                .map(Some),
+            Request::Start { id } => self.containers.start(&id).map(|()| None),
+            Request::Signal { id, signal } => self.containers.signal(&id, signal).map(|()| None),
+            Request::ReopenLog { id } => self.containers.reopen_log(&id).map(|()| None),
+            Request::Delete { id } => self.containers.delete(&id).map(|()| None),
+        };
+        // A container may have exited while we were busy: record it now.
+        self.reap();
+        match result {
+            Ok(pid) => Response {
+                ok: true,
+                pid,
+                error: None,
+            },
+            Err(e) => Response {
+                ok: false,
+                pid: None,
+                error: Some(e),
+            },
         }
     }
 
@@ -140,37 +247,5 @@ impl Monitor {
             let _ = waitpid(init, None);
         }
         0
-    }
-}
-
-/// Collects every exited child (containers will report through here).
-fn reap() {
-    while let Ok(status) = waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-        if status == WaitStatus::StillAlive {
-            break;
-        }
-    }
-}
-
-/// Answers one control connection; returns the request when it was understood.
-fn answer(stream: UnixStream) -> Option<&'static str> {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    let _ = stream.set_write_timeout(Some(Duration::from_secs(2)));
-    let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line).ok()?;
-    let mut out = &stream;
-    match line.trim() {
-        PING => {
-            let _ = writeln!(out, "pong {}", std::process::id());
-            Some(PING)
-        }
-        SHUTDOWN => {
-            let _ = writeln!(out, "bye");
-            Some(SHUTDOWN)
-        }
-        other => {
-            let _ = writeln!(out, "error: unknown request {other:?}");
-            None
-        }
     }
 }

@@ -1,0 +1,94 @@
+//! `berthd init`: the OCI executor. A fresh single-threaded process per operation that drives
+//! youki's libcontainer, which clones the *calling* process and changes process-wide state
+//! (cwd, dumpable, oom_score_adj): so it never runs inside the agent or the monitor.
+//!
+//! `berthd init create <state root> <id> <bundle> <report file>`: builds the container from
+//!   `<bundle>/config.json`; its init inherits our stdin/stdout/stderr (the monitor's pipes)
+//!   and waits for `start`. Writes `<pid>` (or `error: …`) to the report file.
+//! `berthd init start <state root> <id> <report file>`: lets the init exec the entrypoint.
+//! `berthd init delete <state root> <id> <report file>`: removes libcontainer's state and the
+//!   container's cgroups (the process must be gone).
+
+use std::path::{Path, PathBuf};
+
+use libcontainer::container::builder::ContainerBuilder;
+use libcontainer::container::Container;
+use libcontainer::syscall::syscall::SyscallType;
+
+/// Entry point; returns the exit code. Must be called before any thread exists.
+pub fn run(args: &[String]) -> i32 {
+    let (op, rest) = match args.split_first() {
+        Some((op, rest)) => (op.as_str(), rest),
+        None => return usage(),
+    };
+    let report = match rest.last() {
+        Some(r) => PathBuf::from(r),
+        None => return usage(),
+    };
+    let result = match (op, rest) {
+        ("create", [root, id, bundle, _]) => {
+            create(Path::new(root), id, Path::new(bundle)).map(|pid| pid.to_string())
+        }
+        ("start", [root, id, _]) => start(Path::new(root), id).map(|()| "started".to_string()),
+        ("delete", [root, id, _]) => delete(Path::new(root), id).map(|()| "deleted".to_string()),
+        _ => return usage(),
+    };
+    let (line, code) = match result {
+        Ok(line) => (line, 0),
+        Err(e) => (format!("error: {}", e.replace('\n', " ")), 1),
+    };
+    if let Err(e) = write_report(&report, &line) {
+        eprintln!("berthd init: write report {}: {e}", report.display());
+        return 2;
+    }
+    code
+}
+
+fn usage() -> i32 {
+    eprintln!("usage: berthd init create|start|delete <state root> <id> [<bundle>] <report file>");
+    2
+}
+
+fn write_report(path: &Path, line: &str) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{line}\n"))?;
+    std::fs::rename(tmp, path)
+}
+
+fn create(root: &Path, id: &str, bundle: &Path) -> Result<i32, String> {
+    std::fs::create_dir_all(root).map_err(|e| format!("create {}: {e}", root.display()))?;
+    let container = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
+        .with_root_path(root)
+        .and_then(|b| b.validate_id())
+        .map_err(|e| format!("container {id}: {e}"))?
+        .as_init(bundle)
+        .with_systemd(false)
+        .with_detach(true)
+        .build()
+        .map_err(|e| format!("create container {id}: {e}"))?;
+    container
+        .pid()
+        .map(|p| p.as_raw())
+        .ok_or_else(|| format!("container {id}: created without a pid"))
+}
+
+fn load(root: &Path, id: &str) -> Result<Container, String> {
+    Container::load(root.join(id)).map_err(|e| format!("load container {id}: {e}"))
+}
+
+fn start(root: &Path, id: &str) -> Result<(), String> {
+    load(root, id)?
+        .start()
+        .map_err(|e| format!("start container {id}: {e}"))
+}
+
+fn delete(root: &Path, id: &str) -> Result<(), String> {
+    match load(root, id) {
+        Ok(mut c) => c
+            .delete(true)
+            .map_err(|e| format!("delete container {id}: {e}")),
+        // Never created, or already deleted.
+        Err(_) if !root.join(id).exists() => Ok(()),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,297 @@
+//! The containers a pod monitor supervises: built and started through `berthd init`, their
+//! init processes re-parented to the monitor (its subreaper), their stdout/stderr read into CRI
+//! log files, their exits recorded atomically.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::SystemTime;
+
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::WaitStatus;
+use nix::unistd::Pid;
+
+use super::log::{LogWriter, Stream};
+use super::protocol::ExitRecord;
+
+struct Supervised {
+    pid: i32,
+    stdout: Option<std::fs::File>,
+    stderr: Option<std::fs::File>,
+    log: LogWriter,
+    exit_file: PathBuf,
+    cgroup: Option<PathBuf>,
+    exited: bool,
+}
+
+pub(super) struct Containers {
+    /// libcontainer's state root for this pod.
+    root: PathBuf,
+    by_id: HashMap<String, Supervised>,
+}
+
+fn now_nanos() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Runs `berthd init <op> …` to completion and returns its report line.
+fn executor(
+    args: &[&std::ffi::OsStr],
+    report: &Path,
+    stdout: Stdio,
+    stderr: Stdio,
+) -> Result<String, String> {
+    let _ = std::fs::remove_file(report);
+    let status = Command::new("/proc/self/exe")
+        .arg("init")
+        .args(args)
+        .arg(report)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .status()
+        .map_err(|e| format!("run berthd init: {e}"))?;
+    let line = std::fs::read_to_string(report).unwrap_or_default();
+    let _ = std::fs::remove_file(report);
+    let line = line.trim().to_string();
+    match line.strip_prefix("error: ") {
+        Some(e) => Err(e.to_string()),
+        None if status.success() => Ok(line),
+        None => Err(format!("berthd init exited with {status} and no report")),
+    }
+}
+
+/// Whether the container's memory cgroup recorded an OOM kill (v1 `memory.oom_control`, v2
+/// `memory.events`).
+fn oom_killed(cgroup: &Path) -> bool {
+    let relative = cgroup.strip_prefix("/").unwrap_or(cgroup);
+    for h in crate::cgroups::hierarchies() {
+        let file = if h.v2 {
+            h.mountpoint.join(relative).join("memory.events")
+        } else if h.controllers.iter().any(|c| c == "memory") {
+            h.mountpoint.join(relative).join("memory.oom_control")
+        } else {
+            continue;
+        };
+        if let Ok(text) = std::fs::read_to_string(file) {
+            let killed = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("oom_kill "))
+                .any(|n| n.trim().parse::<u64>().unwrap_or(0) > 0);
+            if killed {
+                return true;
+            }
+        }
+    }
+    false
+}
+
+impl Containers {
+    pub(super) fn new(root: PathBuf) -> Containers {
+        Containers {
+            root,
+            by_id: HashMap::new(),
+        }
+    }
+
+    fn report_path(&self, id: &str, op: &str) -> PathBuf {
+        self.root.join(format!("{id}.{op}.report"))
+    }
+
+    pub(super) fn create(
+        &mut self,
+        id: &str,
+        bundle: &Path,
+        log_path: &Path,
+        exit_file: PathBuf,
+        cgroup: Option<PathBuf>,
+    ) -> Result<i32, String> {
+        if self.by_id.contains_key(id) {
+            return Err(format!("container {id} already exists in this pod"));
+        }
+        std::fs::create_dir_all(&self.root)
+            .map_err(|e| format!("create {}: {e}", self.root.display()))?;
+        let log = LogWriter::open(log_path)
+            .map_err(|e| format!("open log {}: {e}", log_path.display()))?;
+        let (out_r, out_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+        let (err_r, err_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+        let report = self.report_path(id, "create");
+        let result = executor(
+            &[
+                "create".as_ref(),
+                self.root.as_os_str(),
+                id.as_ref(),
+                bundle.as_os_str(),
+            ],
+            &report,
+            Stdio::from(out_w),
+            Stdio::from(err_w),
+        );
+        let pid: i32 = result?
+            .parse()
+            .map_err(|_| "berthd init create reported no pid".to_string())?;
+        let nonblocking = |fd: OwnedFd| {
+            let _ = nix::fcntl::fcntl(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+            );
+            std::fs::File::from(fd)
+        };
+        self.by_id.insert(
+            id.to_string(),
+            Supervised {
+                pid,
+                stdout: Some(nonblocking(out_r)),
+                stderr: Some(nonblocking(err_r)),
+                log,
+                exit_file,
+                cgroup,
+                exited: false,
+            },
+        );
+        Ok(pid)
+    }
+
+    pub(super) fn start(&mut self, id: &str) -> Result<(), String> {
+        if !self.by_id.contains_key(id) {
+            return Err(format!("container {id} is not in this pod"));
+        }
+        let report = self.report_path(id, "start");
+        executor(
+            &["start".as_ref(), self.root.as_os_str(), id.as_ref()],
+            &report,
+            Stdio::null(),
+            Stdio::null(),
+        )
+        .map(|_| ())
+    }
+
+    pub(super) fn signal(&self, id: &str, signal: i32) -> Result<(), String> {
+        let c = self
+            .by_id
+            .get(id)
+            .ok_or_else(|| format!("container {id} is not in this pod"))?;
+        if c.exited {
+            return Ok(());
+        }
+        let signal = Signal::try_from(signal).map_err(|e| format!("signal {signal}: {e}"))?;
+        match kill(Pid::from_raw(c.pid), signal) {
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(e) => Err(format!("signal container {id}: {e}")),
+        }
+    }
+
+    pub(super) fn reopen_log(&mut self, id: &str) -> Result<(), String> {
+        let c = self
+            .by_id
+            .get_mut(id)
+            .ok_or_else(|| format!("container {id} is not in this pod"))?;
+        c.log.reopen().map_err(|e| format!("reopen log: {e}"))
+    }
+
+    /// libcontainer's state and cgroups go; the monitor forgets the container.
+    pub(super) fn delete(&mut self, id: &str) -> Result<(), String> {
+        if let Some(c) = self.by_id.get(id) {
+            if !c.exited {
+                return Err(format!("container {id} is still running"));
+            }
+        }
+        let report = self.report_path(id, "delete");
+        executor(
+            &["delete".as_ref(), self.root.as_os_str(), id.as_ref()],
+            &report,
+            Stdio::null(),
+            Stdio::null(),
+        )?;
+        self.by_id.remove(id);
+        Ok(())
+    }
+
+    /// Called for every reaped child: records the exit of a container's init.
+    pub(super) fn reaped(&mut self, status: WaitStatus) {
+        let (pid, exit_code, signal) = match status {
+            WaitStatus::Exited(pid, code) => (pid, code, None),
+            WaitStatus::Signaled(pid, sig, _) => (pid, 128 + sig as i32, Some(sig as i32)),
+            _ => return,
+        };
+        let Some((id, c)) = self.by_id.iter_mut().find(|(_, c)| c.pid == pid.as_raw()) else {
+            return;
+        };
+        c.exited = true;
+        // Whatever the container wrote before it died goes to the log before the record.
+        drain(c);
+        let oom = c.cgroup.as_deref().is_some_and(oom_killed);
+        let record = ExitRecord::new(exit_code, signal, now_nanos(), oom);
+        match serde_json::to_vec(&record) {
+            Ok(bytes) => {
+                let tmp = c.exit_file.with_extension("tmp");
+                let written =
+                    std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &c.exit_file));
+                if let Err(e) = written {
+                    eprintln!("monitor: container {id}: write exit record: {e}");
+                }
+            }
+            Err(e) => eprintln!("monitor: container {id}: exit record: {e}"),
+        }
+    }
+
+    /// The pipe ends to poll, with which container and stream each belongs to.
+    pub(super) fn readable(&self) -> Vec<(BorrowedFd<'_>, String, Stream)> {
+        let mut out = Vec::new();
+        for (id, c) in &self.by_id {
+            if let Some(f) = &c.stdout {
+                out.push((f.as_fd(), id.clone(), Stream::Stdout));
+            }
+            if let Some(f) = &c.stderr {
+                out.push((f.as_fd(), id.clone(), Stream::Stderr));
+            }
+        }
+        out
+    }
+
+    /// Reads what a pipe has into the container's log; at EOF the stream is closed.
+    pub(super) fn read(&mut self, id: &str, stream: Stream) {
+        if let Some(c) = self.by_id.get_mut(id) {
+            read_stream(c, stream);
+        }
+    }
+}
+
+fn read_stream(c: &mut Supervised, stream: Stream) {
+    let mut buf = [0u8; 32 * 1024];
+    loop {
+        let file = match stream {
+            Stream::Stdout => c.stdout.as_mut(),
+            Stream::Stderr => c.stderr.as_mut(),
+        };
+        let Some(file) = file else { return };
+        match file.read(&mut buf) {
+            Ok(0) => {
+                let _ = c.log.close_stream(stream, SystemTime::now());
+                match stream {
+                    Stream::Stdout => c.stdout = None,
+                    Stream::Stderr => c.stderr = None,
+                }
+                return;
+            }
+            Ok(n) => {
+                if let Err(e) = c.log.write(stream, &buf[..n], SystemTime::now()) {
+                    eprintln!("monitor: write log: {e}");
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return,
+        }
+    }
+}
+
+fn drain(c: &mut Supervised) {
+    read_stream(c, Stream::Stdout);
+    read_stream(c, Stream::Stderr);
+}

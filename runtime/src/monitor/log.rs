@@ -1,0 +1,672 @@
+//! The CRI container log writer: turns what a container writes on stdout and stderr into the
+//! records kubelet reads (`pkg/kubelet/kuberuntime/logs`):
+//!
+//! ```text
+//! <RFC3339Nano timestamp> <stdout|stderr> <P|F> <content>\n
+//! ```
+//!
+//! Line handling follows containerd (`internal/cri/io/logger.go`), the runtime berth is compared
+//! against: only `\n` ends a line and a `\r` right before it is dropped with it; content longer
+//! than the line limit is cut into `P` records of exactly the limit and a last `F` record; a
+//! line cut off by the end of its stream is written as `P` (kubelet then prints it without a
+//! newline, exactly as the container wrote it). The writer is synchronous and allocation-light:
+//! the monitor is single-threaded and small.
+
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// The default line limit, containerd's `max_container_log_line_size`.
+pub const DEFAULT_MAX_LINE: usize = 16 * 1024;
+
+/// Capacity kept by the batch and pending buffers between calls; a larger one, grown by a big
+/// chunk or an unlimited line, is given back so a monitor's RSS stays small.
+const KEEP_CAPACITY: usize = 64 * 1024;
+
+const PARTIAL: u8 = b'P';
+const FULL: u8 = b'F';
+
+/// Which of the container's output streams a chunk came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    /// The name kubelet expects in the record.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Stream::Stdout => 0,
+            Stream::Stderr => 1,
+        }
+    }
+}
+
+/// Writes one container's log file. Each stream keeps the bytes of its unfinished line, so
+/// stdout and stderr may be fed in any interleaving.
+pub struct LogWriter {
+    path: PathBuf,
+    file: File,
+    max_line: usize,
+    /// Per stream: the start of a line whose `\n` has not arrived yet. At most `max_line`
+    /// bytes, or `max_line + 1` when the last one is a `\r` that may still be a terminator.
+    pending: [Vec<u8>; 2],
+    /// The records of one call, written with one write(2).
+    batch: Vec<u8>,
+    /// Bytes written to the log, across reopens (a counter for metrics).
+    bytes_written: u64,
+}
+
+impl LogWriter {
+    /// Opens (appending, creating with mode 0640) the log file at `path`; its directory must
+    /// exist (kubelet creates it).
+    pub fn open(path: &Path) -> io::Result<LogWriter> {
+        Ok(LogWriter {
+            path: path.to_path_buf(),
+            file: open_log(path)?,
+            max_line: DEFAULT_MAX_LINE,
+            pending: [Vec::new(), Vec::new()],
+            batch: Vec::new(),
+            bytes_written: 0,
+        })
+    }
+
+    /// Sets the line limit. 0 is taken as 1 (every record needs a byte to make progress);
+    /// `usize::MAX` means no limit, at the cost of holding a whole unfinished line in memory.
+    pub fn with_max_line(mut self, n: usize) -> LogWriter {
+        self.max_line = n.max(1);
+        self
+    }
+
+    /// The log file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes written to the log file(s) so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written
+    }
+
+    /// Logs `chunk`, read from `stream` at `now`: every line it completes, and `P` records for
+    /// an unfinished line that is known to exceed the limit. All records of the chunk share the
+    /// timestamp and go out in one write(2) (more only if the kernel writes short). On an error
+    /// the chunk's records are lost but the line state stays consistent, so the caller can log
+    /// the error and keep draining the pipe, as containerd does.
+    pub fn write(&mut self, stream: Stream, chunk: &[u8], now: SystemTime) -> io::Result<()> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        let timestamp = format_rfc3339_nano(now);
+        self.batch.clear();
+        let mut records = Records {
+            out: &mut self.batch,
+            head: &timestamp,
+            stream,
+            max_line: self.max_line,
+        };
+        let pending = &mut self.pending[stream.index()];
+        let mut rest = chunk;
+        while let Some(i) = rest.iter().position(|&b| b == b'\n') {
+            records.line(pending, &rest[..i]);
+            pending.clear();
+            rest = &rest[i + 1..];
+        }
+        if !rest.is_empty() {
+            records.unfinished(pending, rest);
+        }
+        shrink(pending);
+        self.write_batch()
+    }
+
+    /// The stream reached EOF: its unfinished line, if any, is written as a `P` record with the
+    /// content as the container left it (containerd does the same; kubelet prints it without
+    /// adding a newline).
+    pub fn close_stream(&mut self, stream: Stream, now: SystemTime) -> io::Result<()> {
+        let pending = std::mem::take(&mut self.pending[stream.index()]);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let timestamp = format_rfc3339_nano(now);
+        self.batch.clear();
+        Records {
+            out: &mut self.batch,
+            head: &timestamp,
+            stream,
+            max_line: self.max_line,
+        }
+        .emit(&pending, &[], PARTIAL);
+        self.write_batch()
+    }
+
+    /// Opens the path anew, after kubelet renamed the file to rotate it (ReopenContainerLog).
+    /// The renamed file keeps what was written to it; unfinished lines continue in the new one.
+    /// If the new file cannot be opened the old one stays in use, so no output is dropped.
+    pub fn reopen(&mut self) -> io::Result<()> {
+        self.file = open_log(&self.path)?;
+        Ok(())
+    }
+
+    fn write_batch(&mut self) -> io::Result<()> {
+        let mut done = 0;
+        let result = loop {
+            if done == self.batch.len() {
+                break Ok(());
+            }
+            match self.file.write(&self.batch[done..]) {
+                Ok(0) => break Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(n) => {
+                    done += n;
+                    self.bytes_written += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => break Err(e),
+            }
+        };
+        self.batch.clear();
+        shrink(&mut self.batch);
+        result.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("write container log {}: {e}", self.path.display()),
+            )
+        })
+    }
+}
+
+fn open_log(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o640)
+        .open(path)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("open container log {}: {e}", path.display()),
+            )
+        })
+}
+
+fn shrink(buf: &mut Vec<u8>) {
+    if buf.capacity() > KEEP_CAPACITY {
+        buf.shrink_to(KEEP_CAPACITY);
+    }
+}
+
+/// Appends the records of one call to `out`. Content is passed as two slices, the stream's
+/// pending bytes and the new bytes, so a long line is never copied twice.
+struct Records<'a> {
+    out: &'a mut Vec<u8>,
+    head: &'a str,
+    stream: Stream,
+    max_line: usize,
+}
+
+impl Records<'_> {
+    fn push(&mut self, tag: u8, a: &[u8], b: &[u8]) {
+        self.out.extend_from_slice(self.head.as_bytes());
+        self.out.push(b' ');
+        self.out.extend_from_slice(self.stream.as_str().as_bytes());
+        self.out.extend_from_slice(&[b' ', tag, b' ']);
+        self.out.extend_from_slice(a);
+        self.out.extend_from_slice(b);
+        self.out.push(b'\n');
+    }
+
+    /// Writes the content `a ++ b` as `P` records of `max_line` bytes and a last one tagged
+    /// `last` (possibly empty: an empty line is an `F` record with no content).
+    fn emit(&mut self, a: &[u8], b: &[u8], last: u8) {
+        let total = a.len() + b.len();
+        let mut off = 0;
+        while total - off > self.max_line {
+            let (x, y) = span(a, b, off, off + self.max_line);
+            self.push(PARTIAL, x, y);
+            off += self.max_line;
+        }
+        let (x, y) = span(a, b, off, total);
+        self.push(last, x, y);
+    }
+
+    /// A line ended: `pending ++ line` is its content, `line` without the `\n`. A `\r` before
+    /// the `\n` is dropped (containerd's readLine drops "\r\n" as a whole).
+    fn line(&mut self, pending: &[u8], line: &[u8]) {
+        let (a, b) = match line.strip_suffix(b"\r") {
+            Some(l) => (pending, l),
+            None if line.is_empty() => (pending.strip_suffix(b"\r").unwrap_or(pending), line),
+            None => (pending, line),
+        };
+        self.emit(a, b, FULL);
+    }
+
+    /// `more` continues the line in `pending` without ending it. Whole `max_line` pieces are
+    /// written as `P` records once the line is sure to be longer than them; the rest is kept.
+    /// A lone trailing `\r` does not make it sure: a `\n` may follow and drop it, and a line of
+    /// exactly `max_line` bytes must stay one `F` record however the pipe cut it.
+    fn unfinished(&mut self, pending: &mut Vec<u8>, more: &[u8]) {
+        let total = pending.len() + more.len();
+        let ends_in_cr = more.last() == Some(&b'\r');
+        let mut off = 0;
+        loop {
+            let rest = total - off;
+            let sure = rest > self.max_line && (rest - self.max_line > 1 || !ends_in_cr);
+            if !sure {
+                break;
+            }
+            let (x, y) = span(pending, more, off, off + self.max_line);
+            self.push(PARTIAL, x, y);
+            off += self.max_line;
+        }
+        let from_pending = off.min(pending.len());
+        let from_more = off - from_pending;
+        pending.drain(..from_pending);
+        pending.extend_from_slice(&more[from_more..]);
+    }
+}
+
+/// The bytes `start..end` of the concatenation `a ++ b`, as a piece of each.
+fn span<'a>(a: &'a [u8], b: &'a [u8], start: usize, end: usize) -> (&'a [u8], &'a [u8]) {
+    let cut = |i: usize| i.min(a.len());
+    (
+        &a[cut(start)..cut(end)],
+        &b[start - cut(start)..end - cut(end)],
+    )
+}
+
+/// Formats `t` in UTC as Go's `time.RFC3339Nano` does (`2006-01-02T15:04:05.999999999Z07:00`):
+/// trailing zeros of the fraction trimmed, no fraction at all on a whole second, `Z` for UTC.
+pub fn format_rfc3339_nano(t: SystemTime) -> String {
+    let (secs, nanos) = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => (
+            i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+            d.subsec_nanos(),
+        ),
+        Err(e) => {
+            // Before 1970: floor to the second below, so the fraction counts forward from it.
+            let d = e.duration();
+            let secs = -i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+            match d.subsec_nanos() {
+                0 => (secs, 0),
+                n => (secs - 1, 1_000_000_000 - n),
+            }
+        }
+    };
+    let (year, month, day) = civil_from_days(secs.div_euclid(86_400));
+    let second_of_day = secs.rem_euclid(86_400);
+    let mut s = String::with_capacity(30);
+    // Go pads the year to four digits after the sign.
+    if year < 0 {
+        s.push('-');
+    }
+    let _ = write!(
+        s,
+        "{:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+        year.unsigned_abs(),
+        second_of_day / 3600,
+        second_of_day / 60 % 60,
+        second_of_day % 60,
+    );
+    if nanos != 0 {
+        let fraction = format!("{nanos:09}");
+        s.push('.');
+        s.push_str(fraction.trim_end_matches('0'));
+    }
+    s.push('Z');
+    s
+}
+
+/// The proleptic Gregorian (year, month, day) of a day counted from 1970-01-01, after Howard
+/// Hinnant's `civil_from_days`: shift to years starting on March 1st so the leap day is last,
+/// then split into 400-year eras of 146097 days.
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468; // days from 0000-03-01
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097); // [0, 146096]
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365; // [0, 399]
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100); // [0, 365]
+    let month_from_march = (5 * day_of_year + 2) / 153; // [0, 11]
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1; // [1, 31]
+    let month = if month_from_march < 10 {
+        month_from_march + 3
+    } else {
+        month_from_march - 9
+    }; // [1, 12]
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month as u32, day as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    /// A fresh directory under the system temp dir, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> TempDir {
+            static NEXT: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "berth-log-test-{}-{}",
+                std::process::id(),
+                NEXT.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        fn log(&self) -> PathBuf {
+            self.0.join("0.log")
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn at(secs: u64, nanos: u32) -> SystemTime {
+        UNIX_EPOCH + Duration::new(secs, nanos)
+    }
+
+    /// 2023-11-14T22:13:20.5Z, the instant every writer test logs at.
+    fn now() -> SystemTime {
+        at(1_700_000_000, 500_000_000)
+    }
+
+    const TS: &str = "2023-11-14T22:13:20.5Z";
+
+    /// The file's records as (stream, tag, content), checking each one's timestamp.
+    fn records(path: &Path) -> Vec<(String, String, Vec<u8>)> {
+        let data = std::fs::read(path).unwrap();
+        assert!(data.is_empty() || data.ends_with(b"\n"), "torn record");
+        data.split(|&b| b == b'\n')
+            .filter(|r| !r.is_empty())
+            .map(|r| {
+                let mut parts = r.splitn(4, |&b| b == b' ');
+                let ts = parts.next().unwrap();
+                assert_eq!(ts, TS.as_bytes());
+                let stream = String::from_utf8(parts.next().unwrap().to_vec()).unwrap();
+                let tag = String::from_utf8(parts.next().unwrap().to_vec()).unwrap();
+                (stream, tag, parts.next().unwrap_or_default().to_vec())
+            })
+            .collect()
+    }
+
+    fn rec(stream: &str, tag: &str, content: &[u8]) -> (String, String, Vec<u8>) {
+        (stream.to_string(), tag.to_string(), content.to_vec())
+    }
+
+    #[test]
+    fn single_line_is_one_full_record() {
+        let dir = TempDir::new();
+        let mut w = LogWriter::open(&dir.log()).unwrap();
+        w.write(Stream::Stdout, b"hello world\n", now()).unwrap();
+        let expected = format!("{TS} stdout F hello world\n");
+        assert_eq!(std::fs::read_to_string(dir.log()).unwrap(), expected);
+        assert_eq!(w.bytes_written(), expected.len() as u64);
+    }
+
+    #[test]
+    fn several_lines_in_one_chunk_are_separate_records() {
+        let dir = TempDir::new();
+        let mut w = LogWriter::open(&dir.log()).unwrap();
+        w.write(Stream::Stdout, b"a\n\nbc\nd", now()).unwrap();
+        assert_eq!(
+            records(&dir.log()),
+            vec![
+                rec("stdout", "F", b"a"),
+                rec("stdout", "F", b""),
+                rec("stdout", "F", b"bc"),
+            ]
+        );
+    }
+
+    #[test]
+    fn line_split_across_chunks_is_joined() {
+        let dir = TempDir::new();
+        let mut w = LogWriter::open(&dir.log()).unwrap();
+        w.write(Stream::Stdout, b"hel", now()).unwrap();
+        assert_eq!(w.bytes_written(), 0);
+        w.write(Stream::Stdout, b"lo wo", now()).unwrap();
+        w.write(Stream::Stdout, b"rld\nnext\n", now()).unwrap();
+        assert_eq!(
+            records(&dir.log()),
+            vec![
+                rec("stdout", "F", b"hello world"),
+                rec("stdout", "F", b"next")
+            ]
+        );
+    }
+
+    #[test]
+    fn crlf_terminator_drops_the_cr_like_containerd() {
+        let dir = TempDir::new();
+        let mut w = LogWriter::open(&dir.log()).unwrap();
+        // Only the `\r` right before `\n` goes; others are content. "\r\n" may straddle chunks.
+        w.write(Stream::Stdout, b"a\r\nb\r\r\nc\rd\n", now())
+            .unwrap();
+        w.write(Stream::Stdout, b"e\r", now()).unwrap();
+        w.write(Stream::Stdout, b"\n\r", now()).unwrap();
+        w.close_stream(Stream::Stdout, now()).unwrap();
+        assert_eq!(
+            records(&dir.log()),
+            vec![
+                rec("stdout", "F", b"a"),
+                rec("stdout", "F", b"b\r"),
+                rec("stdout", "F", b"c\rd"),
+                rec("stdout", "F", b"e"),
+                // Cut off by EOF: no `\n` follows, so the `\r` is content.
+                rec("stdout", "P", b"\r"),
+            ]
+        );
+    }
+
+    #[test]
+    fn forty_kib_line_is_partial_partial_full() {
+        let line: Vec<u8> = (0..40 * 1024).map(|i| b'a' + (i % 26) as u8).collect();
+        let expected = vec![
+            rec("stdout", "P", &line[..16384]),
+            rec("stdout", "P", &line[16384..32768]),
+            rec("stdout", "F", &line[32768..]),
+        ];
+        // In one chunk, and as a pipe would deliver it (4 KiB reads, then the newline).
+        let dir = TempDir::new();
+        let mut w = LogWriter::open(&dir.log()).unwrap();
+        w.write(Stream::Stdout, &[line.as_slice(), b"\n"].concat(), now())
+            .unwrap();
+        assert_eq!(records(&dir.log()), expected);
+        assert_eq!(expected[2].2.len(), 8192);
+
+        let dir = TempDir::new();
+        let mut w = LogWriter::open(&dir.log()).unwrap();
+        for piece in line.chunks(4096) {
+            w.write(Stream::Stdout, piece, now()).unwrap();
+        }
+        assert_eq!(records(&dir.log()).len(), 2, "P records flushed early");
+        w.write(Stream::Stdout, b"\n", now()).unwrap();
+        assert_eq!(records(&dir.log()), expected);
+    }
+
+    #[test]
+    fn line_of_exactly_max_is_one_full_record() {
+        let line = vec![b'x'; 16384];
+        let dir = TempDir::new();
+        let mut w = LogWriter::open(&dir.log()).unwrap();
+        w.write(Stream::Stdout, &line, now()).unwrap();
+        w.write(Stream::Stdout, b"\n", now()).unwrap();
+        w.write(Stream::Stdout, &[line.as_slice(), b"\r\n"].concat(), now())
+            .unwrap();
+        assert_eq!(
+            records(&dir.log()),
+            vec![rec("stdout", "F", &line), rec("stdout", "F", &line)]
+        );
+    }
+
+    #[test]
+    fn cr_at_the_limit_waits_for_the_next_byte() {
+        let dir = TempDir::new();
+        let mut w = LogWriter::open(&dir.log()).unwrap().with_max_line(4);
+        w.write(Stream::Stdout, b"abcd\r", now()).unwrap();
+        assert_eq!(w.bytes_written(), 0);
+        w.write(Stream::Stdout, b"\n", now()).unwrap();
+        w.write(Stream::Stdout, b"efgh\r", now()).unwrap();
+        w.write(Stream::Stdout, b"i\n", now()).unwrap();
+        w.write(Stream::Stdout, b"abcdefghij\n", now()).unwrap();
+        assert_eq!(
+            records(&dir.log()),
+            vec![
+                rec("stdout", "F", b"abcd"),
+                rec("stdout", "P", b"efgh"),
+                rec("stdout", "F", b"\ri"),
+                rec("stdout", "P", b"abcd"),
+                rec("stdout", "P", b"efgh"),
+                rec("stdout", "F", b"ij"),
+            ]
+        );
+    }
+
+    #[test]
+    fn stdout_and_stderr_keep_their_own_pending_bytes() {
+        let dir = TempDir::new();
+        let mut w = LogWriter::open(&dir.log()).unwrap();
+        w.write(Stream::Stdout, b"out-", now()).unwrap();
+        w.write(Stream::Stderr, b"err-", now()).unwrap();
+        w.write(Stream::Stdout, b"one\nout-", now()).unwrap();
+        w.write(Stream::Stderr, b"one\n", now()).unwrap();
+        w.write(Stream::Stdout, b"two\n", now()).unwrap();
+        assert_eq!(
+            records(&dir.log()),
+            vec![
+                rec("stdout", "F", b"out-one"),
+                rec("stderr", "F", b"err-one"),
+                rec("stdout", "F", b"out-two"),
+            ]
+        );
+    }
+
+    #[test]
+    fn eof_writes_pending_partial_line_as_p() {
+        let dir = TempDir::new();
+        let mut w = LogWriter::open(&dir.log()).unwrap();
+        w.write(Stream::Stderr, b"done\nno newline", now()).unwrap();
+        w.close_stream(Stream::Stderr, now()).unwrap();
+        // Nothing pending: closing again or closing the other stream writes nothing.
+        w.close_stream(Stream::Stderr, now()).unwrap();
+        w.close_stream(Stream::Stdout, now()).unwrap();
+        assert_eq!(
+            records(&dir.log()),
+            vec![
+                rec("stderr", "F", b"done"),
+                rec("stderr", "P", b"no newline")
+            ]
+        );
+    }
+
+    #[test]
+    fn reopen_after_rename_writes_to_a_new_file() {
+        let dir = TempDir::new();
+        let mut w = LogWriter::open(&dir.log()).unwrap();
+        w.write(Stream::Stdout, b"before\nhalf ", now()).unwrap();
+        let rotated = dir.0.join("0.log.20231114-221320");
+        std::fs::rename(dir.log(), &rotated).unwrap();
+        w.write(Stream::Stdout, b"still old\n", now()).unwrap();
+        w.reopen().unwrap();
+        w.write(Stream::Stdout, b"after\n", now()).unwrap();
+        assert_eq!(
+            records(&rotated),
+            vec![
+                rec("stdout", "F", b"before"),
+                rec("stdout", "F", b"half still old")
+            ]
+        );
+        assert_eq!(records(&dir.log()), vec![rec("stdout", "F", b"after")]);
+        let total = std::fs::metadata(&rotated).unwrap().len()
+            + std::fs::metadata(dir.log()).unwrap().len();
+        assert_eq!(w.bytes_written(), total);
+    }
+
+    #[test]
+    fn open_creates_0640_and_appends() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = TempDir::new();
+        std::fs::write(dir.log(), format!("{TS} stdout F earlier\n")).unwrap();
+        let mut w = LogWriter::open(&dir.log()).unwrap();
+        w.write(Stream::Stdout, b"later\n", now()).unwrap();
+        assert_eq!(
+            records(&dir.log()),
+            vec![rec("stdout", "F", b"earlier"), rec("stdout", "F", b"later")]
+        );
+
+        let fresh = dir.0.join("1.log");
+        LogWriter::open(&fresh).unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        // The process umask can only remove bits.
+        assert_eq!(mode & 0o777 & !0o640, 0);
+        assert!(LogWriter::open(&dir.0.join("missing/0.log")).is_err());
+    }
+
+    #[test]
+    fn empty_chunks_are_no_ops() {
+        let dir = TempDir::new();
+        let mut w = LogWriter::open(&dir.log()).unwrap();
+        w.write(Stream::Stdout, b"", now()).unwrap();
+        w.write(Stream::Stdout, b"x", now()).unwrap();
+        w.write(Stream::Stdout, b"", now()).unwrap();
+        assert_eq!(w.bytes_written(), 0);
+        assert_eq!(std::fs::metadata(dir.log()).unwrap().len(), 0);
+        w.write(Stream::Stdout, b"\n", now()).unwrap();
+        assert_eq!(records(&dir.log()), vec![rec("stdout", "F", b"x")]);
+    }
+
+    #[test]
+    fn timestamps_format_like_go_rfc3339_nano() {
+        let cases = [
+            (at(0, 0), "1970-01-01T00:00:00Z"),
+            (at(0, 1), "1970-01-01T00:00:00.000000001Z"),
+            (at(1_000_000_000, 0), "2001-09-09T01:46:40Z"),
+            (at(1_700_000_000, 500_000_000), "2023-11-14T22:13:20.5Z"),
+            (
+                at(1_700_000_000, 123_456_789),
+                "2023-11-14T22:13:20.123456789Z",
+            ),
+            (at(1_700_000_000, 120_000_000), "2023-11-14T22:13:20.12Z"),
+            (at(951_782_400, 0), "2000-02-29T00:00:00Z"),
+            (at(1_709_164_800, 0), "2024-02-29T00:00:00Z"),
+            (at(2_147_483_647, 0), "2038-01-19T03:14:07Z"),
+            (at(2_147_483_648, 0), "2038-01-19T03:14:08Z"),
+            (at(4_102_444_800, 0), "2100-01-01T00:00:00Z"),
+            (at(4_107_542_400, 0), "2100-03-01T00:00:00Z"),
+            (
+                at(253_402_300_799, 999_999_999),
+                "9999-12-31T23:59:59.999999999Z",
+            ),
+            (UNIX_EPOCH - Duration::from_secs(1), "1969-12-31T23:59:59Z"),
+            (
+                UNIX_EPOCH - Duration::from_millis(500),
+                "1969-12-31T23:59:59.5Z",
+            ),
+            (
+                UNIX_EPOCH - Duration::from_secs(62_135_596_800),
+                "0001-01-01T00:00:00Z",
+            ),
+        ];
+        for (t, expected) in cases {
+            assert_eq!(format_rfc3339_nano(t), expected, "{t:?}");
+        }
+    }
+}
