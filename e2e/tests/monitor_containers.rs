@@ -27,6 +27,36 @@ impl Drop for Bundle {
     }
 }
 
+/// The test's cgroup parent in every hierarchy: on drop, whatever still runs in it is killed and
+/// the cgroups are removed, even when the test failed halfway.
+struct CgroupCleanup {
+    top: String,
+}
+
+impl Drop for CgroupCleanup {
+    fn drop(&mut self) {
+        for h in berth_runtime::cgroups::hierarchies() {
+            let top = h.mountpoint.join(&self.top);
+            let Ok(children) = std::fs::read_dir(&top) else {
+                continue;
+            };
+            for child in children.flatten().filter(|c| c.path().is_dir()) {
+                let procs =
+                    std::fs::read_to_string(child.path().join("cgroup.procs")).unwrap_or_default();
+                for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(50));
+                let _ = std::fs::remove_dir(child.path());
+            }
+            let _ = std::fs::remove_dir(&top);
+        }
+    }
+}
+
 fn request(pod_dir: &Path, request: &Request) -> Response {
     let (_dir, path) = short_socket_path(pod_dir, "monitor.sock").unwrap();
     let stream = UnixStream::connect(path).unwrap();
@@ -208,6 +238,9 @@ async fn monitor_runs_containers_logs_them_and_records_exits() {
     let agent = TestAgent::start().await;
     let pod = pod_with_image(&agent, &registry).await;
     let suffix = std::process::id();
+    let _cgroups = CgroupCleanup {
+        top: format!("berth-e2e-{suffix}"),
+    };
 
     // Exit 7 with output on both streams.
     let id = format!("exit7-{suffix}");
@@ -292,9 +325,6 @@ async fn monitor_runs_containers_logs_them_and_records_exits() {
         })
         .await
         .unwrap();
-    for c in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-        let _ = std::fs::remove_dir(c.path().join(format!("berth-e2e-{suffix}")));
-    }
     assert!(
         mounts_under(agent.dir()).is_empty(),
         "{:?}",
