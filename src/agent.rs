@@ -9,9 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_cri::authority::AuthorityFix;
-use berth_cri::{CriMetrics, CriOptions};
+use berth_cri::{Backends, CriMetrics, CriOptions};
 use berth_image::{ImageMetrics, Images};
 use berth_podsandbox::{PodNetwork, SandboxMetrics, Sandboxes};
+use berth_runtime::containers::Containers;
 use prometheus_client::registry::Registry;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
@@ -57,6 +58,8 @@ pub enum AgentError {
     },
     #[error("image store: {0}")]
     Images(berth_image::ImageError),
+    #[error("containers: {0}")]
+    Containers(std::io::Error),
     #[error("pod sandboxes: {0}")]
     Sandboxes(std::io::Error),
     #[error("signal handler: {0}")]
@@ -223,6 +226,15 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         .await
         .map_err(AgentError::Sandboxes)?;
     let sandboxes = Arc::new(sandboxes);
+    let host = berth_runtime::spec::HostInfo::probe(config.runtime.cgroup_driver)
+        .map_err(AgentError::Containers)?;
+    let containers =
+        Containers::open(&config.state, &config.root, host).map_err(AgentError::Containers)?;
+    let backends = Arc::new(Backends {
+        images,
+        sandboxes,
+        containers: Arc::new(containers),
+    });
 
     let metrics_task = metrics_listener.map(|l| {
         let registry = registry.clone();
@@ -238,7 +250,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         config_json: serde_json::to_string(&config).unwrap_or_else(|_| "{}".to_string()),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = berth_cri::router(options, images, sandboxes, cri_metrics.clone())
+    let server = berth_cri::router(options, backends, cri_metrics.clone())
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(listener).map(|c| c.map(AuthorityFix::new)),
             async {

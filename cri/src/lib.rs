@@ -15,6 +15,7 @@ use std::sync::{Arc, RwLock};
 
 use berth_image::Images;
 use berth_podsandbox::Sandboxes;
+use berth_runtime::containers::Containers;
 use berth_runtime::CgroupDriver;
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
@@ -43,11 +44,18 @@ pub(crate) struct Shared {
     pod_cidr: RwLock<String>,
 }
 
+/// The parts of berth the CRI services drive.
+pub struct Backends {
+    pub images: Arc<Images>,
+    pub sandboxes: Arc<Sandboxes>,
+    pub containers: Arc<Containers>,
+}
+
 /// The CRI RuntimeService implementation.
 #[derive(Clone)]
 pub struct RuntimeService {
     shared: Arc<Shared>,
-    sandboxes: Arc<Sandboxes>,
+    backends: Arc<Backends>,
 }
 
 /// The CRI ImageService implementation.
@@ -59,20 +67,24 @@ pub struct ImageService {
 /// Builds the tonic router serving both CRI services, wrapped in the metrics and tracing layer.
 pub fn router(
     options: CriOptions,
-    images: Arc<Images>,
-    sandboxes: Arc<Sandboxes>,
+    backends: Arc<Backends>,
     metrics: Arc<CriMetrics>,
 ) -> Router<tower::layer::util::Stack<ObserveLayer, tower::layer::util::Identity>> {
     let shared = Arc::new(Shared {
         options,
         pod_cidr: RwLock::new(String::new()),
     });
-    let runtime = RuntimeServiceServer::new(RuntimeService { shared, sandboxes })
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE);
-    let image = ImageServiceServer::new(ImageService { images })
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let runtime = RuntimeServiceServer::new(RuntimeService {
+        shared,
+        backends: backends.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_SIZE)
+    .max_encoding_message_size(MAX_MESSAGE_SIZE);
+    let image = ImageServiceServer::new(ImageService {
+        images: backends.images.clone(),
+    })
+    .max_decoding_message_size(MAX_MESSAGE_SIZE)
+    .max_encoding_message_size(MAX_MESSAGE_SIZE);
     Server::builder()
         .layer(ObserveLayer::new(metrics))
         .add_service(runtime)

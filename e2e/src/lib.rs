@@ -254,6 +254,61 @@ impl Drop for TestAgent {
                 self.log()
             );
         }
+        // A test that failed halfway leaves pods behind (monitors outlive the agent by design):
+        // end them and their containers, unmount what is ours, so nothing leaks.
+        cleanup_leftovers(self.dir.path(), &self.paths.state);
+    }
+}
+
+/// Kills containers (through their cgroups) and every process naming `dir` (monitors, pod
+/// inits, executors), then unmounts everything under `dir`, deepest first.
+pub fn cleanup_leftovers(dir: &Path, state: &Path) {
+    if let Ok(entries) = std::fs::read_dir(state.join("containers")) {
+        for entry in entries.flatten() {
+            let record = std::fs::read(entry.path().join("container.json")).unwrap_or_default();
+            let cgroup = serde_json::from_slice::<serde_json::Value>(&record)
+                .ok()
+                .and_then(|v| v["cgroup"].as_str().map(str::to_string));
+            if let Some(cgroup) = cgroup {
+                kill_cgroup(&cgroup);
+            }
+        }
+    }
+    let needle = dir.to_string_lossy().into_owned();
+    let leftovers = network::processes_mentioning(&needle);
+    for pid in &leftovers {
+        let _ = kill(Pid::from_raw(*pid as i32), Signal::SIGKILL);
+    }
+    if !leftovers.is_empty() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut mounts = network::mounts_under(dir);
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for m in mounts {
+        let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// SIGKILLs every process in the cgroup (all hierarchies) and removes it.
+pub fn kill_cgroup(cgroup: &str) {
+    let relative = cgroup.trim_start_matches('/');
+    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return;
+    };
+    let dirs: Vec<PathBuf> = hierarchies
+        .flatten()
+        .map(|h| h.path().join(relative))
+        .filter(|d| d.is_dir())
+        .collect();
+    for d in &dirs {
+        let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    for d in &dirs {
+        let _ = std::fs::remove_dir(d);
     }
 }
 

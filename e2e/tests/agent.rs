@@ -96,14 +96,11 @@ async fn unimplemented_rpcs_say_so_by_name() {
     let err = agent
         .runtime()
         .await
-        .create_container(CreateContainerRequest::default())
+        .port_forward(PortForwardRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
-    assert_eq!(
-        err.message(),
-        "berth: CreateContainer is not implemented yet"
-    );
+    assert_eq!(err.message(), "berth: PortForward is not implemented yet");
 
     let err = agent
         .runtime()
@@ -130,7 +127,7 @@ async fn metrics_count_the_rpcs_just_made() {
             .unwrap();
     }
     let _ = client
-        .list_containers(ListContainersRequest::default())
+        .container_stats(ContainerStatsRequest::default())
         .await;
     let text = agent.scrape();
     assert!(
@@ -139,7 +136,7 @@ async fn metrics_count_the_rpcs_just_made() {
     );
     assert!(
         text.contains(
-            r#"berth_cri_operations_total{operation="ListContainers",code="Unimplemented"} 1"#
+            r#"berth_cri_operations_total{operation="ContainerStats",code="Unimplemented"} 1"#
         ),
         "{text}"
     );

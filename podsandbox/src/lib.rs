@@ -129,6 +129,11 @@ impl Sandboxes {
         SandboxRecord::dir(&self.state, id)
     }
 
+    /// The sandbox's directory under `<state>/pods`.
+    pub fn pod_dir_path(&self, id: &str) -> PathBuf {
+        self.pod_dir(id)
+    }
+
     /// The pinned network namespace of a sandbox.
     pub fn netns_path(&self, id: &str) -> PathBuf {
         ns_path(&self.pod_dir(id), "net")
@@ -306,10 +311,9 @@ impl Sandboxes {
             undo.push("stop monitor, unpin namespaces", {
                 let dir = dir.clone();
                 move || {
-                    if let Ok(r) = SandboxRecord::load(&dir) {
-                        if let Some(m) = r.monitor {
-                            monitor_client::stop(&dir, &m);
-                        }
+                    match SandboxRecord::load(&dir).ok().and_then(|r| r.monitor) {
+                        Some(m) => monitor_client::stop(&dir, &m),
+                        None => monitor_client::kill_unreported(&dir),
                     }
                     let _ = berth_runtime::monitor::unpin_all(&dir);
                 }
@@ -394,10 +398,13 @@ impl Sandboxes {
                 }
             }
         }
-        if let Some(m) = record.monitor {
-            let dir2 = dir.clone();
-            let _ = tokio::task::spawn_blocking(move || monitor_client::stop(&dir2, &m)).await;
-        }
+        let monitor = record.monitor;
+        let dir2 = dir.clone();
+        let _ = tokio::task::spawn_blocking(move || match monitor {
+            Some(m) => monitor_client::stop(&dir2, &m),
+            None => monitor_client::kill_unreported(&dir2),
+        })
+        .await;
         let _ = berth_runtime::monitor::unpin_all(&dir);
         if record.shm_mounted {
             let _ = umount2(&dir.join("shm"), MntFlags::MNT_DETACH);

@@ -110,3 +110,22 @@ pub fn stop(pod_dir: &Path, monitor: &MonitorProcess) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// Ends a monitor whose start was never reported (it hung, or the agent died meanwhile): the
+/// pid it wrote first thing, checked against its command line, and its whole process group
+/// (the pod's init is in it).
+pub fn kill_unreported(pod_dir: &Path) {
+    let Ok(pid) = std::fs::read_to_string(pod_dir.join(protocol::PID_FILE)) else {
+        return;
+    };
+    let Ok(pid) = pid.trim().parse::<i32>() else {
+        return;
+    };
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    if !String::from_utf8_lossy(&cmdline).contains(&*pod_dir.to_string_lossy()) {
+        return;
+    }
+    // The monitor leads its own session and process group.
+    let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
+    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+}

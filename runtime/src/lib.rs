@@ -37,6 +37,8 @@ impl fmt::Display for CgroupDriver {
 }
 
 pub mod cgroups;
+pub mod containers;
+pub mod exec_sync;
 pub mod executor;
 pub mod monitor;
 pub mod spec;

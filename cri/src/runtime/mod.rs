@@ -1,5 +1,10 @@
 //! The CRI RuntimeService: one file per RPC.
 
+mod container_convert;
+mod container_create;
+mod container_exec;
+mod container_lifecycle;
+mod container_status;
 mod runtime_config;
 mod sandbox_convert;
 mod sandbox_list;
@@ -38,7 +43,7 @@ cri_service! {
             &self,
             request: Request<StatusRequest>,
         ) -> Result<Response<StatusResponse>, Status> {
-            let network = self.sandboxes.network_ready();
+            let network = self.backends.sandboxes.network_ready();
             status::status(&self.shared, network, request.into_inner()).map(Response::new)
         }
 
@@ -61,35 +66,93 @@ cri_service! {
             &self,
             request: Request<RunPodSandboxRequest>,
         ) -> Result<Response<RunPodSandboxResponse>, Status> {
-            sandbox_run::run_pod_sandbox(&self.sandboxes, request.into_inner()).await.map(Response::new)
+            sandbox_run::run_pod_sandbox(&self.backends.sandboxes, request.into_inner()).await.map(Response::new)
         }
 
         async fn stop_pod_sandbox(
             &self,
             request: Request<StopPodSandboxRequest>,
         ) -> Result<Response<StopPodSandboxResponse>, Status> {
-            sandbox_stop::stop_pod_sandbox(&self.sandboxes, request.into_inner()).await.map(Response::new)
+            sandbox_stop::stop_pod_sandbox(&self.backends, request.into_inner()).await.map(Response::new)
         }
 
         async fn remove_pod_sandbox(
             &self,
             request: Request<RemovePodSandboxRequest>,
         ) -> Result<Response<RemovePodSandboxResponse>, Status> {
-            sandbox_remove::remove_pod_sandbox(&self.sandboxes, request.into_inner()).await.map(Response::new)
+            sandbox_remove::remove_pod_sandbox(&self.backends, request.into_inner()).await.map(Response::new)
         }
 
         async fn pod_sandbox_status(
             &self,
             request: Request<PodSandboxStatusRequest>,
         ) -> Result<Response<PodSandboxStatusResponse>, Status> {
-            sandbox_status::pod_sandbox_status(&self.sandboxes, request.into_inner()).map(Response::new)
+            sandbox_status::pod_sandbox_status(&self.backends.sandboxes, request.into_inner()).map(Response::new)
         }
 
         async fn list_pod_sandbox(
             &self,
             request: Request<ListPodSandboxRequest>,
         ) -> Result<Response<ListPodSandboxResponse>, Status> {
-            sandbox_list::list_pod_sandbox(&self.sandboxes, request.into_inner()).map(Response::new)
+            sandbox_list::list_pod_sandbox(&self.backends.sandboxes, request.into_inner()).map(Response::new)
+        }
+
+        async fn create_container(
+            &self,
+            request: Request<CreateContainerRequest>,
+        ) -> Result<Response<CreateContainerResponse>, Status> {
+            container_create::create_container(&self.backends, request.into_inner()).await.map(Response::new)
+        }
+
+        async fn start_container(
+            &self,
+            request: Request<StartContainerRequest>,
+        ) -> Result<Response<StartContainerResponse>, Status> {
+            container_lifecycle::start_container(&self.backends.containers, request.into_inner()).await.map(Response::new)
+        }
+
+        async fn stop_container(
+            &self,
+            request: Request<StopContainerRequest>,
+        ) -> Result<Response<StopContainerResponse>, Status> {
+            container_lifecycle::stop_container(&self.backends.containers, request.into_inner()).await.map(Response::new)
+        }
+
+        async fn remove_container(
+            &self,
+            request: Request<RemoveContainerRequest>,
+        ) -> Result<Response<RemoveContainerResponse>, Status> {
+            container_lifecycle::remove_container(&self.backends.containers, request.into_inner()).await.map(Response::new)
+        }
+
+        async fn reopen_container_log(
+            &self,
+            request: Request<ReopenContainerLogRequest>,
+        ) -> Result<Response<ReopenContainerLogResponse>, Status> {
+            container_lifecycle::reopen_container_log(&self.backends.containers, request.into_inner())
+                .await
+                .map(Response::new)
+        }
+
+        async fn container_status(
+            &self,
+            request: Request<ContainerStatusRequest>,
+        ) -> Result<Response<ContainerStatusResponse>, Status> {
+            container_status::container_status(&self.backends.containers, request.into_inner()).map(Response::new)
+        }
+
+        async fn list_containers(
+            &self,
+            request: Request<ListContainersRequest>,
+        ) -> Result<Response<ListContainersResponse>, Status> {
+            container_status::list_containers(&self.backends.containers, request.into_inner()).map(Response::new)
+        }
+
+        async fn exec_sync(
+            &self,
+            request: Request<ExecSyncRequest>,
+        ) -> Result<Response<ExecSyncResponse>, Status> {
+            container_exec::exec_sync(&self.backends.containers, request.into_inner()).await.map(Response::new)
         }
 
         async fn get_container_events(
@@ -100,15 +163,7 @@ cri_service! {
         }
     }
     unimplemented {
-        create_container => CreateContainer(CreateContainerRequest) -> CreateContainerResponse;
-        start_container => StartContainer(StartContainerRequest) -> StartContainerResponse;
-        stop_container => StopContainer(StopContainerRequest) -> StopContainerResponse;
-        remove_container => RemoveContainer(RemoveContainerRequest) -> RemoveContainerResponse;
-        list_containers => ListContainers(ListContainersRequest) -> ListContainersResponse;
-        container_status => ContainerStatus(ContainerStatusRequest) -> ContainerStatusResponse;
         update_container_resources => UpdateContainerResources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse;
-        reopen_container_log => ReopenContainerLog(ReopenContainerLogRequest) -> ReopenContainerLogResponse;
-        exec_sync => ExecSync(ExecSyncRequest) -> ExecSyncResponse;
         exec => Exec(ExecRequest) -> ExecResponse;
         attach => Attach(AttachRequest) -> AttachResponse;
         port_forward => PortForward(PortForwardRequest) -> PortForwardResponse;

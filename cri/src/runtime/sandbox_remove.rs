@@ -1,20 +1,27 @@
-//! RemovePodSandbox: idempotent; an unknown sandbox is already removed.
+//! RemovePodSandbox: its containers (stopped and removed), then the sandbox. Idempotent; an
+//! unknown sandbox is already removed.
 
 use std::sync::Arc;
 
-use berth_podsandbox::Sandboxes;
 use k8s_cri::v1::{RemovePodSandboxRequest, RemovePodSandboxResponse};
 use tonic::Status;
 
+use super::container_lifecycle::stop_pod_containers;
 use super::sandbox_convert::sandbox_error;
+use crate::Backends;
 
 pub(super) async fn remove_pod_sandbox(
-    sandboxes: &Arc<Sandboxes>,
+    backends: &Arc<Backends>,
     request: RemovePodSandboxRequest,
 ) -> Result<RemovePodSandboxResponse, Status> {
     crate::metrics::record_pod(&request.pod_sandbox_id);
-    if let Some(id) = sandboxes.resolve(&request.pod_sandbox_id) {
-        sandboxes.remove(&id).await.map_err(sandbox_error)?;
+    if let Some(id) = backends.sandboxes.resolve(&request.pod_sandbox_id) {
+        stop_pod_containers(&backends.containers, &id, true).await?;
+        backends
+            .sandboxes
+            .remove(&id)
+            .await
+            .map_err(sandbox_error)?;
     }
     Ok(RemovePodSandboxResponse {})
 }

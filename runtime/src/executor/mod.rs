@@ -9,6 +9,8 @@
 //! `berthd init delete <state root> <id> <report file>`: removes libcontainer's state and the
 //!   container's cgroups (the process must be gone).
 
+mod exec;
+
 use std::path::{Path, PathBuf};
 
 use libcontainer::container::builder::ContainerBuilder;
@@ -17,6 +19,7 @@ use libcontainer::syscall::syscall::SyscallType;
 
 /// Entry point; returns the exit code. Must be called before any thread exists.
 pub fn run(args: &[String]) -> i32 {
+    reset_signals();
     let (op, rest) = match args.split_first() {
         Some((op, rest)) => (op.as_str(), rest),
         None => return usage(),
@@ -31,6 +34,14 @@ pub fn run(args: &[String]) -> i32 {
         }
         ("start", [root, id, _]) => start(Path::new(root), id).map(|()| "started".to_string()),
         ("delete", [root, id, _]) => delete(Path::new(root), id).map(|()| "deleted".to_string()),
+        // `exec <root> <id> <report> -- <cmd>…` reports and exits as the exec'd process does.
+        ("exec", [root, id, report, cmd @ ..]) => {
+            let cmd = match cmd {
+                [sep, rest @ ..] if sep == "--" => rest,
+                _ => cmd,
+            };
+            return exec::run(Path::new(root), id, Path::new(report), cmd);
+        }
         _ => return usage(),
     };
     let (line, code) = match result {
@@ -42,6 +53,22 @@ pub fn run(args: &[String]) -> i32 {
         return 2;
     }
     code
+}
+
+/// Containers inherit our signal state through libcontainer's clone: give them a clean one.
+/// The monitor blocks SIGCHLD/SIGTERM/SIGINT for its signalfd and Rust ignores SIGPIPE; a
+/// container must see neither (a shell that traps TERM would never get it).
+fn reset_signals() {
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+    let default = SigAction::new(SigHandler::SigDfl, SaFlags::empty(), SigSet::empty());
+    for signal in Signal::iterator() {
+        if matches!(signal, Signal::SIGKILL | Signal::SIGSTOP) {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL runs no code of ours in a signal context.
+        let _ = unsafe { sigaction(signal, &default) };
+    }
+    let _ = SigSet::empty().thread_set_mask();
 }
 
 fn usage() -> i32 {

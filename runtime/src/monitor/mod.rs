@@ -49,6 +49,11 @@ pub fn run(config_path: &Path) -> i32 {
         }
     }
     let _ = nix::unistd::setsid();
+    // Known before anything can fail, so that an agent giving up on us can find and end us.
+    let _ = std::fs::write(
+        config.pod_dir.join(protocol::PID_FILE),
+        std::process::id().to_string(),
+    );
     // SAFETY: prctl with PR_SET_CHILD_SUBREAPER takes an integer flag and no pointers.
     if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
         report(&error_line(&format!(

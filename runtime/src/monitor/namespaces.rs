@@ -20,10 +20,6 @@ pub(super) fn create(config: &MonitorConfig) -> Result<(), String> {
     if config.new_uts {
         flags |= CloneFlags::CLONE_NEWUTS;
     }
-    if config.pod_pid {
-        // Affects our children only: the first one becomes the pod's PID 1.
-        flags |= CloneFlags::CLONE_NEWPID;
-    }
     if !flags.is_empty() {
         unshare(flags).map_err(|e| format!("unshare namespaces: {e}"))?;
     }

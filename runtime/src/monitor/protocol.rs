@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 pub const CONFIG_FILE: &str = "monitor.json";
 pub const SOCKET_FILE: &str = "monitor.sock";
 pub const LOG_FILE: &str = "monitor.log";
+/// The monitor's pid, written first thing after it detached.
+pub const PID_FILE: &str = "monitor.pid";
 pub const NS_DIR: &str = "ns";
 
 /// How the monitor must set the pod up before it reports ready.

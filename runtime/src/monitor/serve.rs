@@ -55,15 +55,12 @@ pub(super) fn setup(config: &MonitorConfig) -> Result<Monitor, String> {
         }
     }
     let pod_init = if config.pod_pid {
-        // SAFETY: still single-threaded; the child only runs the reaping loop below.
-        match unsafe { fork() } {
-            Ok(ForkResult::Child) => pod_init_loop(),
-            Ok(ForkResult::Parent { child }) => {
-                namespaces::pin(&config.pod_dir, child.as_raw() as u32, "pid")?;
-                Some(child)
-            }
-            Err(e) => return Err(format!("fork the pod's init: {e}")),
+        let init = spawn_pod_init()?;
+        if let Err(e) = namespaces::pin(&config.pod_dir, init.as_raw() as u32, "pid") {
+            kill_init(init);
+            return Err(e);
         }
+        Some(init)
     } else {
         None
     };
@@ -72,10 +69,22 @@ pub(super) fn setup(config: &MonitorConfig) -> Result<Monitor, String> {
     let (_dir, short) =
         super::protocol::short_socket_path(&config.pod_dir, super::protocol::SOCKET_FILE)
             .map_err(|e| format!("open {}: {e}", config.pod_dir.display()))?;
-    let listener =
-        UnixListener::bind(&short).map_err(|e| format!("bind {}: {e}", socket.display()))?;
-    let signals = SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-        .map_err(|e| format!("signalfd: {e}"))?;
+    let bound = UnixListener::bind(&short)
+        .map_err(|e| format!("bind {}: {e}", socket.display()))
+        .and_then(|listener| {
+            SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+                .map(|signals| (listener, signals))
+                .map_err(|e| format!("signalfd: {e}"))
+        });
+    let (listener, signals) = match bound {
+        Ok(b) => b,
+        Err(e) => {
+            if let Some(init) = pod_init {
+                kill_init(init);
+            }
+            return Err(e);
+        }
+    };
     Ok(Monitor {
         listener,
         signals,
@@ -84,8 +93,73 @@ pub(super) fn setup(config: &MonitorConfig) -> Result<Monitor, String> {
     })
 }
 
+fn kill_init(init: Pid) {
+    let _ = kill(init, Signal::SIGKILL);
+    let _ = waitpid(init, None);
+}
+
+/// Starts PID 1 of a new PID namespace for the pod. The monitor itself stays in the host's
+/// namespace: its children (`berthd init`) must be too, or the containers they leave behind
+/// would be re-parented to the pod's init instead of to the monitor (their subreaper) and their
+/// exits would never reach it. So an intermediate child unshares the PID namespace, forks the
+/// init (which the monitor adopts once the intermediate exits) and reports its pid.
+fn spawn_pod_init() -> Result<Pid, String> {
+    let (read, write) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    // SAFETY: single-threaded; the child only unshares, forks and writes a pid.
+    match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            drop(read);
+            let code = match nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWPID) {
+                // SAFETY: the intermediate is single-threaded too.
+                Ok(()) => match unsafe { fork() } {
+                    Ok(ForkResult::Child) => {
+                        drop(write);
+                        pod_init_loop()
+                    }
+                    Ok(ForkResult::Parent { child }) => {
+                        let _ = nix::unistd::write(&write, child.as_raw().to_string().as_bytes());
+                        0
+                    }
+                    Err(_) => 1,
+                },
+                Err(_) => 1,
+            };
+            // SAFETY: _exit skips Rust destructors and atexit handlers, which belong to the parent.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(write);
+            let mut buf = String::new();
+            let _ = std::io::Read::read_to_string(&mut std::fs::File::from(read), &mut buf);
+            let _ = waitpid(child, None);
+            buf.trim()
+                .parse::<i32>()
+                .map(Pid::from_raw)
+                .map_err(|_| "could not start the pod's init in a new PID namespace".to_string())
+        }
+        Err(e) => Err(format!("fork: {e}")),
+    }
+}
+
 /// PID 1 of a shared pod PID namespace: reap whatever is re-parented to us, forever.
 fn pod_init_loop() -> ! {
+    // Hold nothing of the monitor's: no pipe to the agent, no socket, no log.
+    if let Ok(null) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+    {
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 onto the standard descriptors and close_range above them; no Rust
+        // object of this process uses those descriptors afterwards.
+        unsafe {
+            libc::dup2(null.as_raw_fd(), 0);
+            libc::dup2(null.as_raw_fd(), 1);
+            libc::dup2(null.as_raw_fd(), 2);
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+        }
+        std::mem::forget(null);
+    }
     // SAFETY: PR_SET_NAME with a NUL-terminated static name.
     unsafe { libc::prctl(libc::PR_SET_NAME, c"berth-pod-init".as_ptr(), 0, 0, 0) };
     let mask = handled_signals();

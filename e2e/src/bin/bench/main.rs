@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod containers;
 mod sandboxes;
 
 use berth_e2e::images::ImageBuilder;
@@ -24,6 +25,8 @@ const PULLS: usize = 5;
 const LAB_HOSTS: &str = "/etc/containerd/lab-certs.d";
 /// The lab's CNI network (bridge crilab0, 10.88.0.0/16), shared with containerd.
 const LAB_CONFLIST: &str = "/etc/cni/net.d/10-crilab.conflist";
+/// The lab containerd's pid file (../shared/lab/containerd.sh).
+const LAB_CONTAINERD_PID: &str = "/run/containerd-lab/containerd.pid";
 const CONNECTS: usize = 300;
 
 pub(crate) struct Figures {
@@ -263,6 +266,15 @@ async fn main() {
         .into_owned();
     let is_monitor = move |_: &str, cmdline: &str| cmdline.contains(&pods_dir);
     sandboxes::measure(&agent.paths.socket, "berth", &is_monitor, &mut berth).await;
+    containers::measure(
+        &agent.paths.socket,
+        "berth",
+        &images[0].1,
+        agent.pid(),
+        &is_monitor,
+        &mut berth,
+    )
+    .await;
     berth.rows.push((
         "agent RSS idle (before the RPCs)".into(),
         idle_rss
@@ -283,6 +295,19 @@ async fn main() {
             let is_shim =
                 |comm: &str, _: &str| comm.starts_with("containerd-shim") || comm == "pause";
             sandboxes::measure(&peer, "peer", &is_shim, &mut figures).await;
+            let containerd_pid = std::fs::read_to_string(LAB_CONTAINERD_PID)
+                .ok()
+                .and_then(|p| p.trim().parse().ok())
+                .unwrap_or(0);
+            containers::measure(
+                &peer,
+                "peer",
+                &images[0].1,
+                containerd_pid,
+                &is_shim,
+                &mut figures,
+            )
+            .await;
         }
         all.push(figures);
     }

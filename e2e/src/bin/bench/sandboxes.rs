@@ -13,7 +13,7 @@ use crate::{percentile, Figures};
 const RUNS: usize = 20;
 const MEMORY_PODS: usize = 10;
 
-fn config(tag: &str, i: usize) -> PodSandboxConfig {
+pub(crate) fn pod_config(tag: &str, i: usize) -> PodSandboxConfig {
     let unique = format!("{}-{}-{i}", std::process::id(), tag);
     PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
@@ -40,7 +40,7 @@ fn config(tag: &str, i: usize) -> PodSandboxConfig {
 }
 
 /// Sum of VmRSS (KiB) of the processes `is_helper` picks by pid and command line.
-fn helpers_rss_kib(is_helper: &dyn Fn(&str, &str) -> bool) -> u64 {
+pub(crate) fn helpers_rss_kib(is_helper: &dyn Fn(&str, &str) -> bool) -> u64 {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
     };
@@ -108,7 +108,7 @@ pub async fn measure(
     let mut teardowns = Vec::with_capacity(RUNS);
     for i in 0..RUNS + 2 {
         let t = Instant::now();
-        let id = run(&mut client, config(tag, i)).await;
+        let id = run(&mut client, pod_config(tag, i)).await;
         let ran = t.elapsed();
         let t = Instant::now();
         stop_remove(&mut client, &id).await;
@@ -136,7 +136,7 @@ pub async fn measure(
     let before = helpers_rss_kib(is_helper);
     let mut ids = Vec::new();
     for i in 0..MEMORY_PODS {
-        ids.push(run(&mut client, config(&format!("{tag}-mem"), i)).await);
+        ids.push(run(&mut client, pod_config(&format!("{tag}-mem"), i)).await);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = helpers_rss_kib(is_helper);

@@ -1,0 +1,275 @@
+//! CRI container messages ↔ `berth_runtime` types; errors → gRPC status.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use berth_podsandbox::record::SandboxRecord;
+use berth_podsandbox::spec::NamespaceMode as PodMode;
+use berth_runtime::containers::{ContainerError, ContainerRecord, ContainerState};
+use berth_runtime::spec as rspec;
+use k8s_cri::v1 as cri;
+use tonic::Status;
+
+fn mode(m: i32) -> rspec::NamespaceMode {
+    match cri::NamespaceMode::try_from(m) {
+        Ok(cri::NamespaceMode::Container) => rspec::NamespaceMode::Container,
+        Ok(cri::NamespaceMode::Node) => rspec::NamespaceMode::Node,
+        Ok(cri::NamespaceMode::Target) => rspec::NamespaceMode::Target,
+        _ => rspec::NamespaceMode::Pod,
+    }
+}
+
+/// kubelet's `ContainerConfig` as the runtime crate's input. The log path becomes absolute:
+/// the pod's log directory joined with the container's relative path.
+pub(super) fn container_spec(
+    config: cri::ContainerConfig,
+    log_directory: &str,
+) -> Result<rspec::ContainerSpec, Status> {
+    let metadata = config
+        .metadata
+        .ok_or_else(|| Status::invalid_argument("berth: container config needs metadata"))?;
+    if metadata.name.is_empty() {
+        return Err(Status::invalid_argument(
+            "berth: container config needs a name",
+        ));
+    }
+    let linux = config.linux.unwrap_or_default();
+    let r = linux.resources.unwrap_or_default();
+    let s = linux.security_context.unwrap_or_default();
+    let ns = s.namespace_options.clone().unwrap_or_default();
+    let caps = s.capabilities.clone().unwrap_or_default();
+    let log_path = if log_directory.is_empty() || config.log_path.is_empty() {
+        String::new()
+    } else {
+        PathBuf::from(log_directory)
+            .join(&config.log_path)
+            .display()
+            .to_string()
+    };
+    Ok(rspec::ContainerSpec {
+        metadata: rspec::ContainerMetadata {
+            name: metadata.name,
+            attempt: metadata.attempt,
+        },
+        command: config.command,
+        args: config.args,
+        working_dir: config.working_dir,
+        envs: config
+            .envs
+            .into_iter()
+            .map(|kv| rspec::EnvVar {
+                key: kv.key,
+                value: kv.value,
+            })
+            .collect(),
+        mounts: config
+            .mounts
+            .into_iter()
+            .map(|m| rspec::Mount {
+                container_path: m.container_path.into(),
+                host_path: m.host_path.into(),
+                readonly: m.readonly,
+                propagation: match cri::MountPropagation::try_from(m.propagation) {
+                    Ok(cri::MountPropagation::PropagationHostToContainer) => {
+                        rspec::Propagation::HostToContainer
+                    }
+                    Ok(cri::MountPropagation::PropagationBidirectional) => {
+                        rspec::Propagation::Bidirectional
+                    }
+                    _ => rspec::Propagation::Private,
+                },
+                selinux_relabel: m.selinux_relabel,
+            })
+            .collect(),
+        devices: config
+            .devices
+            .into_iter()
+            .map(|d| rspec::Device {
+                container_path: d.container_path.into(),
+                host_path: d.host_path.into(),
+                permissions: d.permissions,
+            })
+            .collect(),
+        labels: config.labels.into_iter().collect(),
+        annotations: config.annotations.into_iter().collect(),
+        log_path,
+        stdin: config.stdin,
+        stdin_once: config.stdin_once,
+        tty: config.tty,
+        resources: rspec::Resources {
+            cpu_period: r.cpu_period,
+            cpu_quota: r.cpu_quota,
+            cpu_shares: r.cpu_shares,
+            memory_limit_in_bytes: r.memory_limit_in_bytes,
+            oom_score_adj: r.oom_score_adj,
+            cpuset_cpus: r.cpuset_cpus,
+            cpuset_mems: r.cpuset_mems,
+            hugepage_limits: r
+                .hugepage_limits
+                .into_iter()
+                .map(|h| rspec::HugepageLimit {
+                    page_size: h.page_size,
+                    limit: h.limit,
+                })
+                .collect(),
+            unified: r.unified.into_iter().collect(),
+            memory_swap_limit_in_bytes: r.memory_swap_limit_in_bytes,
+        },
+        security: rspec::SecurityContext {
+            capabilities: rspec::CapabilityChanges {
+                add: caps.add_capabilities,
+                drop: caps.drop_capabilities,
+            },
+            privileged: s.privileged,
+            namespace_options: rspec::NamespaceOptions {
+                network: mode(ns.network),
+                pid: mode(ns.pid),
+                ipc: mode(ns.ipc),
+                target_id: ns.target_id,
+            },
+            run_as_user: s.run_as_user.map(|v| v.value),
+            run_as_group: s.run_as_group.map(|v| v.value),
+            run_as_username: (!s.run_as_username.is_empty()).then_some(s.run_as_username),
+            readonly_rootfs: s.readonly_rootfs,
+            supplemental_groups: s.supplemental_groups,
+            no_new_privs: s.no_new_privs,
+            masked_paths: (!s.masked_paths.is_empty()).then_some(s.masked_paths),
+            readonly_paths: (!s.readonly_paths.is_empty()).then_some(s.readonly_paths),
+            ..Default::default()
+        },
+    })
+}
+
+/// What a container takes from its pod.
+pub(super) fn sandbox_info(pod: &SandboxRecord, pod_dir: &std::path::Path) -> rspec::SandboxInfo {
+    let ns = |kind: &str, own: bool| own.then(|| pod_dir.join("ns").join(kind));
+    let host_net = pod.spec.namespaces.network == PodMode::Node;
+    let host_ipc = pod.spec.namespaces.ipc == PodMode::Node;
+    rspec::SandboxInfo {
+        id: pod.id.clone(),
+        hostname: pod.spec.hostname.clone(),
+        resolv_conf: Some(pod_dir.join("resolv.conf")),
+        hosts: Some(pod_dir.join("hosts")),
+        hostname_file: Some(pod_dir.join("hostname")),
+        shm: (!host_ipc).then(|| pod_dir.join("shm")),
+        net_ns: ns("net", !host_net),
+        ipc_ns: ns("ipc", !host_ipc),
+        uts_ns: ns("uts", !host_net),
+        pid_ns: ns("pid", pod.spec.namespaces.pid == PodMode::Pod),
+        cgroup_parent: pod.spec.cgroup_parent.clone(),
+        privileged: true,
+    }
+}
+
+pub(super) fn cri_state(s: ContainerState) -> i32 {
+    (match s {
+        ContainerState::Created => cri::ContainerState::ContainerCreated,
+        ContainerState::Running => cri::ContainerState::ContainerRunning,
+        ContainerState::Exited => cri::ContainerState::ContainerExited,
+        ContainerState::Unknown => cri::ContainerState::ContainerUnknown,
+    }) as i32
+}
+
+pub(super) fn cri_metadata(r: &ContainerRecord) -> cri::ContainerMetadata {
+    cri::ContainerMetadata {
+        name: r.config.metadata.name.clone(),
+        attempt: r.config.metadata.attempt,
+    }
+}
+
+pub(super) fn cri_container(r: &ContainerRecord) -> cri::Container {
+    cri::Container {
+        id: r.id.clone(),
+        pod_sandbox_id: r.sandbox_id.clone(),
+        metadata: Some(cri_metadata(r)),
+        image: Some(cri::ImageSpec {
+            image: r.image.clone(),
+            ..Default::default()
+        }),
+        image_ref: r.image_id.clone(),
+        state: cri_state(r.state()),
+        created_at: r.created_at,
+        labels: r
+            .config
+            .labels
+            .clone()
+            .into_iter()
+            .collect::<HashMap<_, _>>(),
+        annotations: r
+            .config
+            .annotations
+            .clone()
+            .into_iter()
+            .collect::<HashMap<_, _>>(),
+        image_id: r.image_id.clone(),
+    }
+}
+
+pub(super) fn cri_container_status(r: &ContainerRecord) -> cri::ContainerStatus {
+    let exit = r.exit.as_ref();
+    cri::ContainerStatus {
+        id: r.id.clone(),
+        metadata: Some(cri_metadata(r)),
+        state: cri_state(r.state()),
+        created_at: r.created_at,
+        started_at: r.started_at,
+        finished_at: exit.map(|e| e.finished_at).unwrap_or(0),
+        exit_code: exit.map(|e| e.exit_code).unwrap_or(0),
+        image: Some(cri::ImageSpec {
+            image: r.image.clone(),
+            ..Default::default()
+        }),
+        image_ref: r.image_id.clone(),
+        reason: exit.map(|e| e.reason.clone()).unwrap_or_default(),
+        message: String::new(),
+        labels: r.config.labels.clone().into_iter().collect(),
+        annotations: r.config.annotations.clone().into_iter().collect(),
+        mounts: r
+            .config
+            .mounts
+            .iter()
+            .map(|m| cri::Mount {
+                container_path: m.container_path.display().to_string(),
+                host_path: m.host_path.display().to_string(),
+                readonly: m.readonly,
+                selinux_relabel: m.selinux_relabel,
+                propagation: (match m.propagation {
+                    rspec::Propagation::Private => cri::MountPropagation::PropagationPrivate,
+                    rspec::Propagation::HostToContainer => {
+                        cri::MountPropagation::PropagationHostToContainer
+                    }
+                    rspec::Propagation::Bidirectional => {
+                        cri::MountPropagation::PropagationBidirectional
+                    }
+                }) as i32,
+                ..Default::default()
+            })
+            .collect(),
+        log_path: r.log_path.display().to_string(),
+        resources: Some(cri::ContainerResources {
+            linux: Some(cri::LinuxContainerResources {
+                cpu_period: r.config.resources.cpu_period,
+                cpu_quota: r.config.resources.cpu_quota,
+                cpu_shares: r.config.resources.cpu_shares,
+                memory_limit_in_bytes: r.config.resources.memory_limit_in_bytes,
+                oom_score_adj: r.config.resources.oom_score_adj,
+                cpuset_cpus: r.config.resources.cpuset_cpus.clone(),
+                cpuset_mems: r.config.resources.cpuset_mems.clone(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        image_id: r.image_id.clone(),
+        user: None,
+    }
+}
+
+pub(super) fn container_error(e: ContainerError) -> Status {
+    let message = format!("berth: {e}");
+    match e {
+        ContainerError::NotFound(_) => Status::not_found(message),
+        ContainerError::InvalidArgument(_) => Status::invalid_argument(message),
+        ContainerError::FailedPrecondition(_) => Status::failed_precondition(message),
+        ContainerError::Failed { .. } => Status::unknown(message),
+    }
+}

@@ -1,0 +1,60 @@
+//! ExecSync: a command in a running container's namespaces and cgroup, through `berthd init
+//! exec`; output captured (16 MiB per stream), killed on timeout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_runtime::containers::{ContainerState, Containers};
+use berth_runtime::exec_sync::{exec_sync as run_exec, ExecError};
+use k8s_cri::v1::{ExecSyncRequest, ExecSyncResponse};
+use tonic::Status;
+
+pub(super) async fn exec_sync(
+    c: &Arc<Containers>,
+    r: ExecSyncRequest,
+) -> Result<ExecSyncResponse, Status> {
+    crate::metrics::record_container(&r.container_id);
+    let record = c
+        .resolve(&r.container_id)
+        .and_then(|id| c.get(&id))
+        .ok_or_else(|| {
+            Status::not_found(format!("berth: container {:?} not found", r.container_id))
+        })?;
+    if record.state() != ContainerState::Running {
+        return Err(Status::failed_precondition(format!(
+            "berth: container {} is not running",
+            record.id
+        )));
+    }
+    if r.cmd.is_empty() {
+        return Err(Status::invalid_argument("berth: ExecSync needs a command"));
+    }
+    let berthd = std::env::current_exe()
+        .map_err(|e| Status::internal(format!("berth: find our binary: {e}")))?;
+    let timeout = Duration::from_secs(r.timeout.max(0) as u64);
+    match run_exec(
+        &berthd,
+        &record.pod_dir.join("runc"),
+        &record.id,
+        &r.cmd,
+        timeout,
+    )
+    .await
+    {
+        Ok(out) => Ok(ExecSyncResponse {
+            stdout: out.stdout,
+            stderr: out.stderr,
+            exit_code: out.exit_code,
+        }),
+        Err(ExecError::TimedOut(d)) => Err(Status::deadline_exceeded(format!(
+            "berth: ExecSync in container {}: command {:?} timed out after {}s and was killed",
+            record.id,
+            r.cmd,
+            d.as_secs()
+        ))),
+        Err(ExecError::Failed(e)) => Err(Status::unknown(format!(
+            "berth: ExecSync in container {}: {e}",
+            record.id
+        ))),
+    }
+}

@@ -1,0 +1,191 @@
+//! Container figures: CreateContainer+StartContainer until Running, ExecSync of `true`, and the
+//! memory of the agent plus its per-pod helpers with 1, 10 and 30 running pods.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use berth_e2e::connect;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::*;
+use tonic::transport::Channel;
+
+use crate::sandboxes::{helpers_rss_kib, pod_config};
+use crate::{percentile, Figures};
+
+const RUNS: usize = 20;
+
+fn container(image: &str, name: &str) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: image.into(),
+            ..Default::default()
+        }),
+        command: vec!["sleep".into(), "3600".into()],
+        linux: Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Pod as i32,
+                    pid: NamespaceMode::Container as i32,
+                    ipc: NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn run_pod(c: &mut RuntimeServiceClient<Channel>, config: PodSandboxConfig) -> String {
+    c.run_pod_sandbox(RunPodSandboxRequest {
+        config: Some(config),
+        runtime_handler: String::new(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("RunPodSandbox: {e}"))
+    .into_inner()
+    .pod_sandbox_id
+}
+
+async fn start_container(
+    c: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+    config: &PodSandboxConfig,
+    image: &str,
+    name: &str,
+) -> String {
+    let id = c
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(container(image, name)),
+            sandbox_config: Some(config.clone()),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}"))
+        .into_inner()
+        .container_id;
+    c.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer: {e}"));
+    id
+}
+
+async fn remove_pod(c: &mut RuntimeServiceClient<Channel>, pod: &str) {
+    let _ = c
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.into(),
+        })
+        .await;
+    let _ = c
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod.into(),
+        })
+        .await;
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+pub async fn measure(
+    socket: &Path,
+    tag: &str,
+    image: &str,
+    agent_pid: u32,
+    is_helper: &dyn Fn(&str, &str) -> bool,
+    figures: &mut Figures,
+) {
+    let mut c = RuntimeServiceClient::new(connect(socket).await.expect("connect"));
+    let config = pod_config(&format!("{tag}-ctr"), 0);
+    let pod = run_pod(&mut c, config.clone()).await;
+    let mut starts = Vec::new();
+    for i in 0..RUNS + 2 {
+        let t = Instant::now();
+        let id = start_container(&mut c, &pod, &config, image, &format!("c{i}")).await;
+        let took = t.elapsed();
+        if i >= 2 {
+            starts.push(took);
+        }
+        let _ = c
+            .stop_container(StopContainerRequest {
+                container_id: id.clone(),
+                timeout: 0,
+            })
+            .await;
+        let _ = c
+            .remove_container(RemoveContainerRequest { container_id: id })
+            .await;
+    }
+    starts.sort();
+    figures.rows.push((
+        "Create+Start container, median".into(),
+        format!("{:.1} ms", percentile(&starts, 0.5).as_secs_f64() * 1e3),
+    ));
+
+    let id = start_container(&mut c, &pod, &config, image, "exec").await;
+    let mut execs = Vec::new();
+    let mut failed = None;
+    for _ in 0..50 {
+        let t = Instant::now();
+        match c
+            .exec_sync(ExecSyncRequest {
+                container_id: id.clone(),
+                cmd: vec!["true".into()],
+                timeout: 10,
+            })
+            .await
+        {
+            Ok(_) => execs.push(t.elapsed()),
+            Err(e) => {
+                failed = Some(e.code());
+                break;
+            }
+        }
+    }
+    execs.sort();
+    figures.rows.push((
+        "ExecSync of true, median".into(),
+        match failed {
+            None => format!("{:.1} ms", percentile(&execs, 0.5).as_secs_f64() * 1e3),
+            Some(code) => format!("{code:?}"),
+        },
+    ));
+    remove_pod(&mut c, &pod).await;
+
+    // Memory: the agent plus every per-pod helper, with N pods each running one container.
+    let mut pods = Vec::new();
+    for target in [1usize, 10, 30] {
+        while pods.len() < target {
+            let cfg = pod_config(&format!("{tag}-mem"), pods.len());
+            let p = run_pod(&mut c, cfg.clone()).await;
+            start_container(&mut c, &p, &cfg, image, "sleeper").await;
+            pods.push(p);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let total = rss_kib(agent_pid) + helpers_rss_kib(is_helper);
+        figures.rows.push((
+            format!("agent + helpers RSS, {target} pods"),
+            format!("{:.1} MiB", total as f64 / 1024.0),
+        ));
+    }
+    for p in &pods {
+        remove_pod(&mut c, p).await;
+    }
+}

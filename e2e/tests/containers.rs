@@ -1,0 +1,592 @@
+//! Containers through the CRI: a real berthd, its monitors and executor, real images.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use berth_e2e::images::ImageBuilder;
+use berth_e2e::network::{mounts_under, processes_mentioning};
+use berth_e2e::registry::TestRegistry;
+use berth_e2e::{RuntimeClient, TempDir, TestAgent};
+use k8s_cri::v1::*;
+
+struct Fixture {
+    agent: TestAgent,
+    _registry: TestRegistry,
+    image: String,
+    logs: TempDir,
+}
+
+async fn fixture() -> Fixture {
+    let registry = TestRegistry::start();
+    let pushed = ImageBuilder::with_passwd().push(&registry, "test/ctr", "v1");
+    let agent = TestAgent::start().await;
+    agent
+        .image()
+        .await
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: pushed.image_ref(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    Fixture {
+        agent,
+        _registry: registry,
+        image: pushed.image_ref(),
+        logs: TempDir::new("berth-e2e-logs"),
+    }
+}
+
+fn pod_config(f: &Fixture, name: &str) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: f.logs.path().join(name).display().to_string(),
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: format!("/berth-e2e-{}/{name}", std::process::id()),
+            security_context: Some(LinuxSandboxSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    pid: NamespaceMode::Container as i32,
+                    ipc: NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn container_config(f: &Fixture, name: &str, command: &[&str]) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: f.image.clone(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}/0.log"),
+        linux: Some(LinuxContainerConfig {
+            security_context: Some(LinuxContainerSecurityContext {
+                namespace_options: Some(NamespaceOption {
+                    network: NamespaceMode::Node as i32,
+                    pid: NamespaceMode::Container as i32,
+                    ipc: NamespaceMode::Pod as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn run_pod(c: &mut RuntimeClient, config: PodSandboxConfig) -> String {
+    c.run_pod_sandbox(RunPodSandboxRequest {
+        config: Some(config),
+        runtime_handler: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .pod_sandbox_id
+}
+
+async fn create(
+    c: &mut RuntimeClient,
+    pod: &str,
+    config: ContainerConfig,
+    pod_config: PodSandboxConfig,
+) -> String {
+    c.create_container(CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(config),
+        sandbox_config: Some(pod_config),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .container_id
+}
+
+async fn status(c: &mut RuntimeClient, id: &str) -> ContainerStatus {
+    c.container_status(ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .status
+    .unwrap()
+}
+
+async fn wait_exited(c: &mut RuntimeClient, id: &str) -> ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status(c, id).await;
+        if s.state == ContainerState::ContainerExited as i32 {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "container {id} did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn assert_clean(f: &Fixture, pod_name: &str) {
+    let agent = &f.agent;
+    assert!(
+        mounts_under(agent.dir()).is_empty(),
+        "mounts: {:?}",
+        mounts_under(agent.dir())
+    );
+    let procs = processes_mentioning(&agent.paths.state.join("pods").to_string_lossy());
+    assert!(procs.is_empty(), "processes left: {procs:?}");
+    let left: Vec<_> = std::fs::read_dir(agent.paths.state.join("containers"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "container dirs left: {left:?}");
+    let pod_cgroup = format!(
+        "/sys/fs/cgroup/memory/berth-e2e-{}/{pod_name}",
+        std::process::id()
+    );
+    let nested: Vec<_> = std::fs::read_dir(&pod_cgroup)
+        .map(|r| {
+            r.flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(nested.is_empty(), "container cgroups left: {nested:?}");
+}
+
+struct CgroupTop;
+
+impl Drop for CgroupTop {
+    fn drop(&mut self) {
+        for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let top = h.path().join(format!("berth-e2e-{}", std::process::id()));
+            if let Ok(pods) = std::fs::read_dir(&top) {
+                for pod in pods.flatten().filter(|p| p.path().is_dir()) {
+                    let _ = std::fs::remove_dir(pod.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&top);
+        }
+    }
+}
+
+#[tokio::test]
+async fn container_lifecycle_exit_codes_logs_and_status() {
+    let _top = CgroupTop;
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "life");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+
+    // Exit 1 with output; the status says Error with code 1.
+    let mut cfg = container_config(
+        &f,
+        "fails",
+        &["sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 1"],
+    );
+    cfg.labels = HashMap::from([("role".to_string(), "test".to_string())]);
+    let id = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
+    assert_eq!(
+        status(&mut c, &id).await.state,
+        ContainerState::ContainerCreated as i32
+    );
+    c.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    let s = wait_exited(&mut c, &id).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (1, "Error"));
+    assert!(s.started_at > 0 && s.finished_at >= s.started_at);
+    let log = std::fs::read_to_string(&s.log_path).unwrap();
+    assert!(
+        log.contains(" stdout F to-stdout\n") && log.contains(" stderr F to-stderr\n"),
+        "{log}"
+    );
+    assert_eq!(s.image_ref.len(), 71, "the image id");
+
+    // Exit 0 → Completed; a non-root user from the image's /etc/passwd.
+    let mut cfg = container_config(&f, "completes", &["sh", "-c", "id -u; id -g"]);
+    cfg.linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .run_as_username = "tester".into();
+    let ok = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
+    c.start_container(StartContainerRequest {
+        container_id: ok.clone(),
+    })
+    .await
+    .unwrap();
+    let s = wait_exited(&mut c, &ok).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
+    let log = std::fs::read_to_string(&s.log_path).unwrap();
+    assert!(log.contains(" stdout F 1000\n"), "uid of tester: {log}");
+
+    // Read-only rootfs: writing fails.
+    let mut cfg = container_config(
+        &f,
+        "readonly",
+        &["sh", "-c", "touch /x && echo wrote || echo refused"],
+    );
+    cfg.linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .readonly_rootfs = true;
+    let ro = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
+    c.start_container(StartContainerRequest {
+        container_id: ro.clone(),
+    })
+    .await
+    .unwrap();
+    let s = wait_exited(&mut c, &ro).await;
+    assert!(std::fs::read_to_string(&s.log_path)
+        .unwrap()
+        .contains(" stdout F refused\n"));
+
+    // List filters.
+    let list = c
+        .list_containers(ListContainersRequest {
+            filter: Some(ContainerFilter {
+                label_selector: HashMap::from([("role".to_string(), "test".to_string())]),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0].id, id);
+    let by_pod = c
+        .list_containers(ListContainersRequest {
+            filter: Some(ContainerFilter {
+                pod_sandbox_id: pod[..12].to_string(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(by_pod.len(), 3);
+
+    // Stop and remove are idempotent; unknown ids are fine; the status of a removed one is NotFound.
+    for x in [&id, &ok, &ro] {
+        c.stop_container(StopContainerRequest {
+            container_id: x.to_string(),
+            timeout: 1,
+        })
+        .await
+        .unwrap();
+        c.remove_container(RemoveContainerRequest {
+            container_id: x.to_string(),
+        })
+        .await
+        .unwrap();
+        c.remove_container(RemoveContainerRequest {
+            container_id: x.to_string(),
+        })
+        .await
+        .unwrap();
+    }
+    c.stop_container(StopContainerRequest {
+        container_id: "feedbeef".into(),
+        timeout: 1,
+    })
+    .await
+    .unwrap();
+    let err = c
+        .container_status(ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    c.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    assert_clean(&f, "life");
+}
+
+#[tokio::test]
+async fn stop_sends_sigterm_then_sigkill_after_the_timeout() {
+    let _top = CgroupTop;
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "stopper");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    // Traps SIGTERM and exits 0: graceful stop.
+    let graceful = create(
+        &mut c,
+        &pod,
+        container_config(
+            &f,
+            "graceful",
+            &[
+                "sh",
+                "-c",
+                "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+            ],
+        ),
+        pod_cfg.clone(),
+    )
+    .await;
+    // Ignores SIGTERM: killed after the timeout.
+    let stubborn = create(
+        &mut c,
+        &pod,
+        container_config(
+            &f,
+            "stubborn",
+            &["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"],
+        ),
+        pod_cfg.clone(),
+    )
+    .await;
+    for id in [&graceful, &stubborn] {
+        c.start_container(StartContainerRequest {
+            container_id: id.to_string(),
+        })
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.stop_container(StopContainerRequest {
+        container_id: graceful.clone(),
+        timeout: 10,
+    })
+    .await
+    .unwrap();
+    assert_eq!(status(&mut c, &graceful).await.exit_code, 0);
+    let t = Instant::now();
+    c.stop_container(StopContainerRequest {
+        container_id: stubborn.clone(),
+        timeout: 1,
+    })
+    .await
+    .unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(900));
+    let s = status(&mut c, &stubborn).await;
+    assert_eq!(s.exit_code, 137);
+    // StopPodSandbox stops what still runs; RemovePodSandbox removes the containers.
+    c.stop_pod_sandbox(StopPodSandboxRequest {
+        pod_sandbox_id: pod.clone(),
+    })
+    .await
+    .unwrap();
+    c.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    let left = c
+        .list_containers(ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert!(left.is_empty());
+    assert_clean(&f, "stopper");
+}
+
+#[tokio::test]
+async fn containers_and_their_logs_survive_an_agent_kill() {
+    let _top = CgroupTop;
+    let mut f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "survive");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let ticker = create(
+        &mut c,
+        &pod,
+        container_config(
+            &f,
+            "ticker",
+            &[
+                "sh",
+                "-c",
+                "i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.05; done",
+            ],
+        ),
+        pod_cfg.clone(),
+    )
+    .await;
+    let short = create(
+        &mut c,
+        &pod,
+        container_config(&f, "short", &["sh", "-c", "sleep 1; exit 3"]),
+        pod_cfg.clone(),
+    )
+    .await;
+    for id in [&ticker, &short] {
+        c.start_container(StartContainerRequest {
+            container_id: id.to_string(),
+        })
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    f.agent.stop_with(nix::sys::signal::Signal::SIGKILL);
+    // While the agent is down the short one exits and the ticker keeps logging.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    f.agent
+        .restart_with(nix::sys::signal::Signal::SIGKILL)
+        .await;
+    let mut c = f.agent.runtime().await;
+    assert_eq!(
+        status(&mut c, &ticker).await.state,
+        ContainerState::ContainerRunning as i32
+    );
+    let s = status(&mut c, &short).await;
+    assert_eq!(
+        (s.state, s.exit_code, s.reason.as_str()),
+        (ContainerState::ContainerExited as i32, 3, "Error")
+    );
+    c.stop_container(StopContainerRequest {
+        container_id: ticker.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    let s = status(&mut c, &ticker).await;
+    let log = std::fs::read_to_string(&s.log_path).unwrap();
+    let ticks: Vec<u64> = log
+        .lines()
+        .filter_map(|l| l.rsplit("tick ").next()?.parse().ok())
+        .collect();
+    assert!(ticks.len() > 20, "{} ticks", ticks.len());
+    for (i, t) in ticks.iter().enumerate() {
+        assert_eq!(*t, i as u64, "no line lost or repeated across the restart");
+    }
+    c.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    assert_clean(&f, "survive");
+}
+
+#[tokio::test]
+async fn a_hundred_create_start_stop_remove_cycles_leave_nothing() {
+    let _top = CgroupTop;
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "cycles");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    for i in 0..100 {
+        let mut cfg = container_config(&f, "cycle", &["sleep", "30"]);
+        cfg.metadata.as_mut().unwrap().attempt = i;
+        let id = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
+        c.start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap();
+        c.stop_container(StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await
+        .unwrap();
+        c.remove_container(RemoveContainerRequest { container_id: id })
+            .await
+            .unwrap();
+    }
+    c.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    assert_clean(&f, "cycles");
+}
+
+#[tokio::test]
+async fn exec_sync_returns_output_and_code_and_times_out() {
+    let _top = CgroupTop;
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "execs");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let id = create(
+        &mut c,
+        &pod,
+        container_config(&f, "target", &["sleep", "1000"]),
+        pod_cfg.clone(),
+    )
+    .await;
+    let exec = |cmd: &[&str], timeout: i64| ExecSyncRequest {
+        container_id: id.clone(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        timeout,
+    };
+    let err = c.exec_sync(exec(&["true"], 5)).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::FailedPrecondition,
+        "not started yet: {err:?}"
+    );
+    c.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    let r = c
+        .exec_sync(exec(&["sh", "-c", "echo out; echo err >&2; exit 3"], 10))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (r.stdout.as_slice(), r.stderr.as_slice(), r.exit_code),
+        (&b"out\n"[..], &b"err\n"[..], 3)
+    );
+    let err = c.exec_sync(exec(&["sleep", "60"], 1)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
+    assert!(err.message().contains("timed out"), "{}", err.message());
+    for _ in 0..50 {
+        assert_eq!(
+            c.exec_sync(exec(&["true"], 10))
+                .await
+                .unwrap()
+                .into_inner()
+                .exit_code,
+            0
+        );
+    }
+    c.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    assert_clean(&f, "execs");
+}
