@@ -217,6 +217,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let image_metrics = ImageMetrics::register(&mut registry);
     let cni_metrics = berth_cni::CniMetrics::register(&mut registry);
     let sandbox_metrics = SandboxMetrics::register(&mut registry);
+    let container_metrics = berth_runtime::containers::ContainerMetrics::register(&mut registry);
     let registry = Arc::new(registry);
     let images = Images::open(&config.root, config.registry.clone(), image_metrics)
         .map_err(AgentError::Images)?;
@@ -228,8 +229,8 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let sandboxes = Arc::new(sandboxes);
     let host = berth_runtime::spec::HostInfo::probe(config.runtime.cgroup_driver)
         .map_err(AgentError::Containers)?;
-    let containers =
-        Containers::open(&config.state, &config.root, host).map_err(AgentError::Containers)?;
+    let containers = Containers::open(&config.state, &config.root, host, container_metrics)
+        .map_err(AgentError::Containers)?;
     let backends = Arc::new(Backends {
         images,
         sandboxes,

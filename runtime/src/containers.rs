@@ -64,6 +64,16 @@ pub struct ContainerRecord {
     pub exit: Option<ExitRecord>,
     /// Where the container's writable layer lives (`<root>/containers/<id>`).
     pub layer_dir: PathBuf,
+    /// The identity the container's process runs with, as resolved into the spec.
+    #[serde(default)]
+    pub user: Option<ProcessUser>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessUser {
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
 }
 
 impl ContainerRecord {
@@ -91,11 +101,51 @@ pub struct CreateInput {
     pub layers: Vec<PathBuf>,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+/// Container metric families. Operation durations are the CRI layer's
+/// `berth_cri_operation_duration_seconds{operation="CreateContainer"|…}`.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerMetrics {
+    by_state: prometheus_client::metrics::family::Family<
+        StateLabel,
+        prometheus_client::metrics::gauge::Gauge,
+    >,
+    oom_kills: prometheus_client::metrics::counter::Counter,
+    log_bytes: prometheus_client::metrics::counter::Counter,
+}
+
+impl ContainerMetrics {
+    pub fn register(registry: &mut prometheus_client::registry::Registry) -> ContainerMetrics {
+        let m = ContainerMetrics::default();
+        registry.register(
+            "berth_containers",
+            "Containers by state (created, running, exited)",
+            m.by_state.clone(),
+        );
+        registry.register(
+            "berth_container_oom_kills",
+            "Containers whose exit was an OOM kill",
+            m.oom_kills.clone(),
+        );
+        registry.register(
+            "berth_container_log_bytes",
+            "CRI log bytes written by pod monitors, counted when a container's exit is seen",
+            m.log_bytes.clone(),
+        );
+        m
+    }
+}
+
 pub struct Containers {
     state: PathBuf,
     root: PathBuf,
     host: HostInfo,
     records: Mutex<BTreeMap<String, ContainerRecord>>,
+    metrics: ContainerMetrics,
 }
 
 fn now_nanos() -> i64 {
@@ -149,7 +199,12 @@ pub fn monitor_request(pod_dir: &Path, request: &Request) -> Result<Response, St
 
 impl Containers {
     /// Loads the records under `<state>/containers`.
-    pub fn open(state: &Path, root: &Path, host: HostInfo) -> std::io::Result<Containers> {
+    pub fn open(
+        state: &Path,
+        root: &Path,
+        host: HostInfo,
+        metrics: ContainerMetrics,
+    ) -> std::io::Result<Containers> {
         let dir = state.join("containers");
         std::fs::create_dir_all(&dir)?;
         std::fs::create_dir_all(root.join("containers"))?;
@@ -171,6 +226,7 @@ impl Containers {
             root: root.to_path_buf(),
             host,
             records: Mutex::new(records),
+            metrics,
         })
     }
 
@@ -189,8 +245,20 @@ impl Containers {
             if let Ok(bytes) = std::fs::read(self.dir(id).join(EXIT_FILE)) {
                 if let Ok(exit) = serde_json::from_slice::<ExitRecord>(&bytes) {
                     r.exit = Some(exit.clone());
-                    if let Some(stored) = self.lock().get_mut(id) {
-                        stored.exit = Some(exit);
+                    let first_seen = match self.lock().get_mut(id) {
+                        Some(stored) if stored.exit.is_none() => {
+                            stored.exit = Some(exit.clone());
+                            true
+                        }
+                        _ => false,
+                    };
+                    if first_seen {
+                        if exit.reason == "OOMKilled" {
+                            self.metrics.oom_kills.inc();
+                        }
+                        self.metrics.log_bytes.inc_by(exit.log_bytes);
+                        // Persist it, so a restarted agent does not count it again.
+                        let _ = self.save(&r);
                     }
                 }
             }
@@ -215,7 +283,19 @@ impl Containers {
 
     pub fn list(&self) -> Vec<ContainerRecord> {
         let ids: Vec<String> = self.lock().keys().cloned().collect();
-        ids.iter().filter_map(|id| self.get(id)).collect()
+        let all: Vec<ContainerRecord> = ids.iter().filter_map(|id| self.get(id)).collect();
+        for (state, label) in [
+            (ContainerState::Created, "created"),
+            (ContainerState::Running, "running"),
+            (ContainerState::Exited, "exited"),
+        ] {
+            let n = all.iter().filter(|r| r.state() == state).count();
+            self.metrics
+                .by_state
+                .get_or_create(&StateLabel { state: label })
+                .set(n as i64);
+        }
+        all
     }
 
     pub fn in_sandbox(&self, sandbox_id: &str) -> Vec<String> {
@@ -344,6 +424,11 @@ impl Containers {
             host: &self.host,
         })
         .map_err(|e| ContainerError::InvalidArgument(format!("container {id}: {e}")))?;
+        let user = generated.process().as_ref().map(|p| ProcessUser {
+            uid: p.user().uid(),
+            gid: p.user().gid(),
+            additional_gids: p.user().additional_gids().clone().unwrap_or_default(),
+        });
         let cgroup = generated
             .linux()
             .as_ref()
@@ -366,6 +451,7 @@ impl Containers {
             started_at: 0,
             exit: None,
             layer_dir: layer_dir.to_path_buf(),
+            user,
         };
         self.save(&record)?;
         let response = monitor_request(
@@ -512,6 +598,59 @@ impl Containers {
         monitor_request(&record.pod_dir, &Request::ReopenLog { id: id.to_string() })
             .map(|_| ())
             .map_err(|e| self.failed(id, "reopen log", e))
+    }
+
+    /// UpdateContainerResources: the new limits (a zero or empty field keeps its value, as with
+    /// `runc update`) into the container's live cgroup, then into its record. An exited
+    /// container's cgroup is gone, and a CRI container never starts again.
+    pub fn update_resources(
+        &self,
+        id: &str,
+        resources: spec::Resources,
+    ) -> Result<(), ContainerError> {
+        use crate::resources_update::{self as update, UpdateError};
+        // One update at a time, so that the cgroup and the record end with the same values.
+        static UPDATES: Mutex<()> = Mutex::new(());
+        let _one = UPDATES.lock().unwrap_or_else(|e| e.into_inner());
+        let record = self
+            .get(id)
+            .ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
+        if record.state() == ContainerState::Exited {
+            return Err(ContainerError::FailedPrecondition(format!(
+                "container {id} has exited: its resources cannot change"
+            )));
+        }
+        let cgroup = record.cgroup.clone().ok_or_else(|| {
+            ContainerError::FailedPrecondition(format!("container {id} has no cgroup"))
+        })?;
+        let invalid = |e: String| ContainerError::InvalidArgument(format!("container {id}: {e}"));
+        let old = &record.config.resources;
+        let merged = update::merge(old, &resources);
+        let linux =
+            spec::resources::resources(&merged, &self.host).map_err(|e| invalid(e.to_string()))?;
+        let oom_score_adj = (merged.oom_score_adj != old.oom_score_adj)
+            .then(|| {
+                spec::resources::oom_score_adj(merged.oom_score_adj, self.host.min_oom_score_adj)
+            })
+            .transpose()
+            .map_err(|e| invalid(e.to_string()))?;
+        update::update_cgroup(&cgroup, &linux).map_err(|e| match e {
+            UpdateError::Invalid(m) => invalid(m),
+            UpdateError::Refused(m) => self.failed(id, "update resources", m),
+        })?;
+        if let Some(adj) = oom_score_adj.filter(|_| record.pid > 0) {
+            update::set_oom_score_adj(record.pid, adj)
+                .map_err(|e| self.failed(id, "update oom_score_adj", e))?;
+        }
+        let updated = {
+            let mut records = self.lock();
+            let r = records
+                .get_mut(id)
+                .ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
+            r.config.resources = merged;
+            r.clone()
+        };
+        self.save(&updated)
     }
 }
 

@@ -41,4 +41,5 @@ pub mod containers;
 pub mod exec_sync;
 pub mod executor;
 pub mod monitor;
+pub mod resources_update;
 pub mod spec;

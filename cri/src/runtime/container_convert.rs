@@ -96,25 +96,7 @@ pub(super) fn container_spec(
         stdin: config.stdin,
         stdin_once: config.stdin_once,
         tty: config.tty,
-        resources: rspec::Resources {
-            cpu_period: r.cpu_period,
-            cpu_quota: r.cpu_quota,
-            cpu_shares: r.cpu_shares,
-            memory_limit_in_bytes: r.memory_limit_in_bytes,
-            oom_score_adj: r.oom_score_adj,
-            cpuset_cpus: r.cpuset_cpus,
-            cpuset_mems: r.cpuset_mems,
-            hugepage_limits: r
-                .hugepage_limits
-                .into_iter()
-                .map(|h| rspec::HugepageLimit {
-                    page_size: h.page_size,
-                    limit: h.limit,
-                })
-                .collect(),
-            unified: r.unified.into_iter().collect(),
-            memory_swap_limit_in_bytes: r.memory_swap_limit_in_bytes,
-        },
+        resources: resources(r),
         security: rspec::SecurityContext {
             capabilities: rspec::CapabilityChanges {
                 add: caps.add_capabilities,
@@ -138,6 +120,29 @@ pub(super) fn container_spec(
             ..Default::default()
         },
     })
+}
+
+/// CRI resources as the runtime crate's (used by CreateContainer and UpdateContainerResources).
+pub(super) fn resources(r: cri::LinuxContainerResources) -> rspec::Resources {
+    rspec::Resources {
+        cpu_period: r.cpu_period,
+        cpu_quota: r.cpu_quota,
+        cpu_shares: r.cpu_shares,
+        memory_limit_in_bytes: r.memory_limit_in_bytes,
+        oom_score_adj: r.oom_score_adj,
+        cpuset_cpus: r.cpuset_cpus,
+        cpuset_mems: r.cpuset_mems,
+        hugepage_limits: r
+            .hugepage_limits
+            .into_iter()
+            .map(|h| rspec::HugepageLimit {
+                page_size: h.page_size,
+                limit: h.limit,
+            })
+            .collect(),
+        unified: r.unified.into_iter().collect(),
+        memory_swap_limit_in_bytes: r.memory_swap_limit_in_bytes,
+    }
 }
 
 /// What a container takes from its pod.
@@ -260,7 +265,13 @@ pub(super) fn cri_container_status(r: &ContainerRecord) -> cri::ContainerStatus 
             ..Default::default()
         }),
         image_id: r.image_id.clone(),
-        user: None,
+        user: r.user.as_ref().map(|u| cri::ContainerUser {
+            linux: Some(cri::LinuxContainerUser {
+                uid: u.uid as i64,
+                gid: u.gid as i64,
+                supplemental_groups: u.additional_gids.iter().map(|g| *g as i64).collect(),
+            }),
+        }),
     }
 }
 

@@ -5,6 +5,7 @@ mod container_create;
 mod container_exec;
 mod container_lifecycle;
 mod container_status;
+mod container_update;
 mod runtime_config;
 mod sandbox_convert;
 mod sandbox_list;
@@ -148,6 +149,15 @@ cri_service! {
             container_status::list_containers(&self.backends.containers, request.into_inner()).map(Response::new)
         }
 
+        async fn update_container_resources(
+            &self,
+            request: Request<UpdateContainerResourcesRequest>,
+        ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
+            container_update::update_container_resources(&self.backends.containers, request.into_inner())
+                .await
+                .map(Response::new)
+        }
+
         async fn exec_sync(
             &self,
             request: Request<ExecSyncRequest>,
@@ -163,7 +173,6 @@ cri_service! {
         }
     }
     unimplemented {
-        update_container_resources => UpdateContainerResources(UpdateContainerResourcesRequest) -> UpdateContainerResourcesResponse;
         exec => Exec(ExecRequest) -> ExecResponse;
         attach => Attach(AttachRequest) -> AttachResponse;
         port_forward => PortForward(PortForwardRequest) -> PortForwardResponse;

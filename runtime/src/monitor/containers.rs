@@ -226,7 +226,8 @@ impl Containers {
         // Whatever the container wrote before it died goes to the log before the record.
         drain(c);
         let oom = c.cgroup.as_deref().is_some_and(oom_killed);
-        let record = ExitRecord::new(exit_code, signal, now_nanos(), oom);
+        let mut record = ExitRecord::new(exit_code, signal, now_nanos(), oom);
+        record.log_bytes = c.log.bytes_written();
         match serde_json::to_vec(&record) {
             Ok(bytes) => {
                 let tmp = c.exit_file.with_extension("tmp");

@@ -133,6 +133,9 @@ pub struct ExitRecord {
     pub finished_at: i64,
     /// `Completed`, `Error` or `OOMKilled`, as kubelet expects.
     pub reason: String,
+    /// Log bytes the monitor wrote for this container over its life.
+    #[serde(default)]
+    pub log_bytes: u64,
 }
 
 impl ExitRecord {
@@ -154,6 +157,7 @@ impl ExitRecord {
             signal,
             finished_at,
             reason: reason.to_string(),
+            log_bytes: 0,
         }
     }
 }
