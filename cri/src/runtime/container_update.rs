@@ -9,8 +9,6 @@ use tonic::Status;
 
 use super::container_convert::container_error;
 
-/// The CRI message as the runtime crate's `Resources` (the same fields CreateContainer copies).
-
 pub(super) async fn update_container_resources(
     c: &Arc<Containers>,
     r: UpdateContainerResourcesRequest,
