@@ -832,3 +832,45 @@ async fn oom_kill_user_reopen_log_and_metrics() {
     .unwrap();
     assert_clean(&f, "oomlog");
 }
+
+#[tokio::test]
+async fn stdin_is_an_open_pipe_only_when_asked_for() {
+    let _top = CgroupTop;
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "stdin");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let reader = |stdin: bool, name: &str| {
+        let mut cfg = container_config(&f, name, &["sh", "-c", "read line; echo got-eof"]);
+        cfg.stdin = stdin;
+        cfg
+    };
+    let with = create(&mut c, &pod, reader(true, "with-stdin"), pod_cfg.clone()).await;
+    let without = create(
+        &mut c,
+        &pod,
+        reader(false, "without-stdin"),
+        pod_cfg.clone(),
+    )
+    .await;
+    for id in [&with, &without] {
+        c.start_container(StartContainerRequest {
+            container_id: id.to_string(),
+        })
+        .await
+        .unwrap();
+    }
+    // Without stdin, `read` sees EOF at once; with it, it waits on the open pipe.
+    assert_eq!(wait_exited(&mut c, &without).await.exit_code, 0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        status(&mut c, &with).await.state,
+        ContainerState::ContainerRunning as i32
+    );
+    c.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    assert_clean(&f, "stdin");
+}

@@ -251,6 +251,7 @@ fn create_and_start(pod: &Pod, bundle: &Bundle, id: &str) -> (i32, PathBuf) {
             log_path: bundle.dir.join("log"),
             exit_file: exit_file.clone(),
             cgroup: Some(PathBuf::from(format!("{}/{id}", cgroup_parent()))),
+            stdin: false,
         },
     );
     let pid = r.pid.unwrap_or(0) as i32;

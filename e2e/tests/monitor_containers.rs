@@ -226,6 +226,7 @@ fn create(pod: &Pod, bundle: &Bundle, id: &str) -> PathBuf {
                 "/berth-e2e-{}/{id}",
                 std::process::id()
             ))),
+            stdin: false,
         },
     );
     assert!(r.ok && r.pid.unwrap_or(0) > 1, "{r:?}");

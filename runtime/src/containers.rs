@@ -462,6 +462,7 @@ impl Containers {
                 log_path,
                 exit_file: dir.join(EXIT_FILE),
                 cgroup,
+                stdin: record.config.stdin,
             },
         )
         .map_err(fail("create in the pod's monitor"))?;

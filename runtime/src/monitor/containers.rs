@@ -24,6 +24,8 @@ struct Supervised {
     exit_file: PathBuf,
     cgroup: Option<PathBuf>,
     exited: bool,
+    /// The write end of the container's stdin pipe, held open so reads block instead of EOF.
+    _stdin: Option<OwnedFd>,
 }
 
 pub(super) struct Containers {
@@ -43,6 +45,7 @@ fn now_nanos() -> i64 {
 fn executor(
     args: &[&std::ffi::OsStr],
     report: &Path,
+    stdin: Stdio,
     stdout: Stdio,
     stderr: Stdio,
 ) -> Result<String, String> {
@@ -51,7 +54,7 @@ fn executor(
         .arg("init")
         .args(args)
         .arg(report)
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(stdout)
         .stderr(stderr)
         .status()
@@ -110,6 +113,7 @@ impl Containers {
         log_path: &Path,
         exit_file: PathBuf,
         cgroup: Option<PathBuf>,
+        stdin: bool,
     ) -> Result<i32, String> {
         if self.by_id.contains_key(id) {
             return Err(format!("container {id} already exists in this pod"));
@@ -120,6 +124,12 @@ impl Containers {
             .map_err(|e| format!("open log {}: {e}", log_path.display()))?;
         let (out_r, out_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
         let (err_r, err_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+        let (stdin_for_container, stdin_held) = if stdin {
+            let (r, w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+            (Stdio::from(r), Some(w))
+        } else {
+            (Stdio::null(), None)
+        };
         let report = self.report_path(id, "create");
         let result = executor(
             &[
@@ -129,6 +139,7 @@ impl Containers {
                 bundle.as_os_str(),
             ],
             &report,
+            stdin_for_container,
             Stdio::from(out_w),
             Stdio::from(err_w),
         );
@@ -152,6 +163,7 @@ impl Containers {
                 exit_file,
                 cgroup,
                 exited: false,
+                _stdin: stdin_held,
             },
         );
         Ok(pid)
@@ -165,6 +177,7 @@ impl Containers {
         executor(
             &["start".as_ref(), self.root.as_os_str(), id.as_ref()],
             &report,
+            Stdio::null(),
             Stdio::null(),
             Stdio::null(),
         )
@@ -205,6 +218,7 @@ impl Containers {
         executor(
             &["delete".as_ref(), self.root.as_os_str(), id.as_ref()],
             &report,
+            Stdio::null(),
             Stdio::null(),
             Stdio::null(),
         )?;

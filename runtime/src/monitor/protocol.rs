@@ -97,6 +97,10 @@ pub enum Request {
         exit_file: PathBuf,
         /// The container's cgroup (cgroupfs path), to read OOM kills from before it goes.
         cgroup: Option<PathBuf>,
+        /// Give the container an open stdin pipe (CRI `stdin`), held by the monitor; without it
+        /// stdin is /dev/null.
+        #[serde(default)]
+        stdin: bool,
     },
     Start {
         id: String,

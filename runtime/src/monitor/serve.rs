@@ -290,9 +290,10 @@ impl Monitor {
                 log_path,
                 exit_file,
                 cgroup,
+                stdin,
             } => self
                 .containers
-                .create(&id, &bundle, &log_path, exit_file, cgroup)
+                .create(&id, &bundle, &log_path, exit_file, cgroup, stdin)
                 .map(Some),
             Request::Start { id } => self.containers.start(&id).map(|()| None),
             Request::Signal { id, signal } => self.containers.signal(&id, signal).map(|()| None),
