@@ -874,3 +874,40 @@ async fn stdin_is_an_open_pipe_only_when_asked_for() {
     .unwrap();
     assert_clean(&f, "stdin");
 }
+
+#[tokio::test]
+async fn tty_containers_run_on_a_terminal_and_log_one_stream() {
+    let _top = CgroupTop;
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "tty");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let mut cfg = container_config(
+        &f,
+        "term",
+        &["sh", "-c", "test -t 1 && echo is-a-tty; echo to-stderr >&2"],
+    );
+    cfg.tty = true;
+    let id = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
+    c.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    let s = wait_exited(&mut c, &id).await;
+    assert_eq!(s.exit_code, 0);
+    // The monitor may still be draining the terminal when the exit is recorded.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let log = std::fs::read_to_string(&s.log_path).unwrap();
+    assert!(log.contains(" stdout F is-a-tty\n"), "{log}");
+    assert!(
+        log.contains(" stdout F to-stderr\n"),
+        "a terminal has one stream: {log}"
+    );
+    c.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    assert_clean(&f, "tty");
+}

@@ -252,6 +252,7 @@ fn create_and_start(pod: &Pod, bundle: &Bundle, id: &str) -> (i32, PathBuf) {
             exit_file: exit_file.clone(),
             cgroup: Some(PathBuf::from(format!("{}/{id}", cgroup_parent()))),
             stdin: false,
+            tty: false,
         },
     );
     let pid = r.pid.unwrap_or(0) as i32;

@@ -227,6 +227,7 @@ fn create(pod: &Pod, bundle: &Bundle, id: &str) -> PathBuf {
                 std::process::id()
             ))),
             stdin: false,
+            tty: false,
         },
     );
     assert!(r.ok && r.pid.unwrap_or(0) > 1, "{r:?}");

@@ -161,13 +161,12 @@ fn new_id() -> std::io::Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+/// Replaces a record whole (temp file + rename), so a killed agent never leaves half of one.
+/// No fsync: container records live in the state dir, a tmpfs (`/run/berth`) that a power loss
+/// empties anyway; syncing would only slow CreateContainer/StartContainer down.
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
+    std::fs::File::create(&tmp)?.write_all(bytes)?;
     std::fs::rename(tmp, path)
 }
 
@@ -463,6 +462,7 @@ impl Containers {
                 exit_file: dir.join(EXIT_FILE),
                 cgroup,
                 stdin: record.config.stdin,
+                tty: record.config.tty,
             },
         )
         .map_err(fail("create in the pod's monitor"))?;

@@ -2,7 +2,7 @@
 //! youki's libcontainer, which clones the *calling* process and changes process-wide state
 //! (cwd, dumpable, oom_score_adj): so it never runs inside the agent or the monitor.
 //!
-//! `berthd init create <state root> <id> <bundle> <report file>`: builds the container from
+//! `berthd init create <state root> <id> <bundle> <console socket|-> <report file>`: builds the container from
 //!   `<bundle>/config.json`; its init inherits our stdin/stdout/stderr (the monitor's pipes)
 //!   and waits for `start`. Writes `<pid>` (or `error: …`) to the report file.
 //! `berthd init start <state root> <id> <report file>`: lets the init exec the entrypoint.
@@ -29,8 +29,9 @@ pub fn run(args: &[String]) -> i32 {
         None => return usage(),
     };
     let result = match (op, rest) {
-        ("create", [root, id, bundle, _]) => {
-            create(Path::new(root), id, Path::new(bundle)).map(|pid| pid.to_string())
+        ("create", [root, id, bundle, console, _]) => {
+            let console = (console != "-").then(|| PathBuf::from(console));
+            create(Path::new(root), id, Path::new(bundle), console).map(|pid| pid.to_string())
         }
         ("start", [root, id, _]) => start(Path::new(root), id).map(|()| "started".to_string()),
         ("delete", [root, id, _]) => delete(Path::new(root), id).map(|()| "deleted".to_string()),
@@ -82,12 +83,13 @@ fn write_report(path: &Path, line: &str) -> std::io::Result<()> {
     std::fs::rename(tmp, path)
 }
 
-fn create(root: &Path, id: &str, bundle: &Path) -> Result<i32, String> {
+fn create(root: &Path, id: &str, bundle: &Path, console: Option<PathBuf>) -> Result<i32, String> {
     std::fs::create_dir_all(root).map_err(|e| format!("create {}: {e}", root.display()))?;
     let container = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
         .with_root_path(root)
         .and_then(|b| b.validate_id())
         .map_err(|e| format!("container {id}: {e}"))?
+        .with_console_socket(console)
         .as_init(bundle)
         .with_systemd(false)
         .with_detach(true)

@@ -106,6 +106,7 @@ impl Containers {
         self.root.join(format!("{id}.{op}.report"))
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn create(
         &mut self,
         id: &str,
@@ -114,6 +115,7 @@ impl Containers {
         exit_file: PathBuf,
         cgroup: Option<PathBuf>,
         stdin: bool,
+        tty: bool,
     ) -> Result<i32, String> {
         if self.by_id.contains_key(id) {
             return Err(format!("container {id} already exists in this pod"));
@@ -122,13 +124,36 @@ impl Containers {
             .map_err(|e| format!("create {}: {e}", self.root.display()))?;
         let log = LogWriter::open(log_path)
             .map_err(|e| format!("open log {}: {e}", log_path.display()))?;
-        let (out_r, out_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
-        let (err_r, err_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
-        let (stdin_for_container, stdin_held) = if stdin {
+        let (stdin_for_container, stdin_held) = if stdin && !tty {
             let (r, w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
             (Stdio::from(r), Some(w))
         } else {
             (Stdio::null(), None)
+        };
+        // With a terminal the container's stdio is the pty's slave: libcontainer sends us the
+        // master over a console socket, and everything it prints is the stdout stream.
+        let console = if tty {
+            let name = format!("{id}.console.sock");
+            let path = self.root.join(&name);
+            let _ = std::fs::remove_file(&path);
+            let (_dir, short) = super::protocol::short_socket_path(&self.root, &name)
+                .map_err(|e| format!("console socket: {e}"))?;
+            let listener = std::os::unix::net::UnixListener::bind(short)
+                .map_err(|e| format!("bind console socket {}: {e}", path.display()))?;
+            Some((listener, path))
+        } else {
+            None
+        };
+        let console_arg = console
+            .as_ref()
+            .map(|(_, p)| p.clone().into_os_string())
+            .unwrap_or_else(|| "-".into());
+        let (pipes, stdout, stderr) = if tty {
+            (None, Stdio::null(), Stdio::null())
+        } else {
+            let (out_r, out_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+            let (err_r, err_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+            (Some((out_r, err_r)), Stdio::from(out_w), Stdio::from(err_w))
         };
         let report = self.report_path(id, "create");
         let result = executor(
@@ -137,11 +162,12 @@ impl Containers {
                 self.root.as_os_str(),
                 id.as_ref(),
                 bundle.as_os_str(),
+                console_arg.as_os_str(),
             ],
             &report,
             stdin_for_container,
-            Stdio::from(out_w),
-            Stdio::from(err_w),
+            stdout,
+            stderr,
         );
         let pid: i32 = result?
             .parse()
@@ -153,12 +179,21 @@ impl Containers {
             );
             std::fs::File::from(fd)
         };
+        let (stdout, stderr) = match (pipes, console) {
+            (Some((out_r, err_r)), _) => (Some(nonblocking(out_r)), Some(nonblocking(err_r))),
+            (None, Some((listener, path))) => {
+                let master = receive_terminal(&listener);
+                let _ = std::fs::remove_file(&path);
+                (Some(nonblocking(master?)), None)
+            }
+            (None, None) => (None, None),
+        };
         self.by_id.insert(
             id.to_string(),
             Supervised {
                 pid,
-                stdout: Some(nonblocking(out_r)),
-                stderr: Some(nonblocking(err_r)),
+                stdout,
+                stderr,
                 log,
                 exit_file,
                 cgroup,
@@ -277,6 +312,37 @@ impl Containers {
     }
 }
 
+/// The pty master libcontainer sent on the console socket during create (SCM_RIGHTS).
+fn receive_terminal(listener: &std::os::unix::net::UnixListener) -> Result<OwnedFd, String> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let _ = listener.set_nonblocking(true);
+    let (stream, _) = listener
+        .accept()
+        .map_err(|e| format!("the container sent no terminal: {e}"))?;
+    let mut buf = [0u8; 256];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = nix::sys::socket::recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        nix::sys::socket::MsgFlags::empty(),
+    )
+    .map_err(|e| format!("receive the terminal: {e}"))?;
+    for cmsg in msg
+        .cmsgs()
+        .map_err(|e| format!("receive the terminal: {e}"))?
+    {
+        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = cmsg {
+            if let Some(fd) = fds.first() {
+                // SAFETY: the kernel just installed this descriptor for us; nothing else owns it.
+                return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
+            }
+        }
+    }
+    Err("the console socket message carried no terminal".to_string())
+}
+
 fn read_stream(c: &mut Supervised, stream: Stream) {
     let mut buf = [0u8; 32 * 1024];
     loop {
@@ -301,7 +367,15 @@ fn read_stream(c: &mut Supervised, stream: Stream) {
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(_) => return,
+            // A pty master reads EIO once the last slave is closed: the stream is over.
+            Err(_) => {
+                let _ = c.log.close_stream(stream, SystemTime::now());
+                match stream {
+                    Stream::Stdout => c.stdout = None,
+                    Stream::Stderr => c.stderr = None,
+                }
+                return;
+            }
         }
     }
 }

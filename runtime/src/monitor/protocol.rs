@@ -101,6 +101,9 @@ pub enum Request {
         /// stdin is /dev/null.
         #[serde(default)]
         stdin: bool,
+        /// Run the container on a pseudo-terminal (CRI `tty`); its output is one stream.
+        #[serde(default)]
+        tty: bool,
     },
     Start {
         id: String,

@@ -291,9 +291,10 @@ impl Monitor {
                 exit_file,
                 cgroup,
                 stdin,
+                tty,
             } => self
                 .containers
-                .create(&id, &bundle, &log_path, exit_file, cgroup, stdin)
+                .create(&id, &bundle, &log_path, exit_file, cgroup, stdin, tty)
                 .map(Some),
             Request::Start { id } => self.containers.start(&id).map(|()| None),
             Request::Signal { id, signal } => self.containers.signal(&id, signal).map(|()| None),
