@@ -911,3 +911,55 @@ async fn tty_containers_run_on_a_terminal_and_log_one_stream() {
     .unwrap();
     assert_clean(&f, "tty");
 }
+
+#[tokio::test]
+async fn bind_mounts_reach_the_host_and_missing_sources_are_created() {
+    let _top = CgroupTop;
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "mounts");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let shared = f.logs.path().join("shared-dir");
+    let readonly = f.logs.path().join("ro-dir");
+    std::fs::create_dir_all(&readonly).unwrap();
+    std::fs::write(readonly.join("given"), "from the host\n").unwrap();
+    let mut cfg = container_config(
+        &f,
+        "mounter",
+        &["sh", "-c", "echo hi > /data/out; cat /ro/given; touch /ro/x 2>/dev/null && echo ro-writable || echo ro-refused"],
+    );
+    cfg.mounts = vec![
+        Mount {
+            container_path: "/data".into(),
+            host_path: shared.display().to_string(),
+            ..Default::default()
+        },
+        Mount {
+            container_path: "/ro".into(),
+            host_path: readonly.display().to_string(),
+            readonly: true,
+            ..Default::default()
+        },
+    ];
+    let id = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
+    c.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    let s = wait_exited(&mut c, &id).await;
+    assert_eq!(s.exit_code, 0);
+    assert_eq!(std::fs::read_to_string(shared.join("out")).unwrap(), "hi\n");
+    let log = std::fs::read_to_string(&s.log_path).unwrap();
+    assert!(
+        log.contains(" stdout F from the host\n") && log.contains(" stdout F ro-refused\n"),
+        "{log}"
+    );
+    assert_eq!(s.mounts.len(), 2);
+    c.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    assert_clean(&f, "mounts");
+}

@@ -436,7 +436,8 @@ async fn exec_sync_runs_in_the_container_caps_output_and_kills_on_timeout() {
     // Many execs in a row leave no zombie behind, in the monitor or here.
     let mut times = Vec::new();
     let all = Instant::now();
-    for _ in 0..200 {
+    // Thousands of calls, as kubelet's exec probes make over a day (each ~10 ms here).
+    for _ in 0..2000 {
         let started = Instant::now();
         let out = exec(args(&["true"]), Duration::from_secs(10))
             .await
@@ -444,8 +445,8 @@ async fn exec_sync_runs_in_the_container_caps_output_and_kills_on_timeout() {
         times.push(started.elapsed());
         assert_eq!(out.exit_code, 0, "{}", text(&out.stderr));
         assert!(
-            all.elapsed() < Duration::from_secs(60),
-            "200 execs took too long"
+            all.elapsed() < Duration::from_secs(180),
+            "2000 execs took too long"
         );
     }
     times.sort();

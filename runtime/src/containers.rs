@@ -408,6 +408,14 @@ impl Containers {
         }
         let mut config = input.config.clone();
         config.log_path = log_path.display().to_string();
+        // As containerd: a bind mount's missing host directory is created.
+        for m in &config.mounts {
+            if !m.host_path.exists() {
+                std::fs::create_dir_all(&m.host_path).map_err(|e| {
+                    fail("mount source")(format!("create {}: {e}", m.host_path.display()))
+                })?;
+            }
+        }
         let devices =
             spec::devices::nodes_for(&config).map_err(|e| fail("devices")(e.to_string()))?;
         let generated = spec::generate(&SpecInput {
