@@ -6,6 +6,7 @@
 
 pub mod fault;
 pub mod images;
+pub mod monitor_fixture;
 pub mod network;
 pub mod registry;
 

@@ -2,61 +2,20 @@
 //! `berthd init exec` in a real container (a pod, a busybox image, `sleep 1000` started through
 //! the pod monitor, as in monitor_containers.rs).
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use berth_e2e::images::ImageBuilder;
+use berth_e2e::monitor_fixture::{
+    bundle, create, pod_with_image, request, wait_exit, Bundle, CgroupCleanup, Pod,
+};
 use berth_e2e::network::{mounts_under, processes_mentioning};
 use berth_e2e::registry::TestRegistry;
 use berth_e2e::{berthd_path, TestAgent};
-use berth_image::digest::{chain_ids, Digest};
 use berth_runtime::exec_sync::{exec_sync, ExecError, ExecOutput, OUTPUT_CAP};
-use berth_runtime::monitor::protocol::{short_socket_path, ExitRecord, Request, Response};
-use berth_runtime::spec::{self, ContainerSpec, HostInfo, ImageConfig, SandboxInfo, SpecInput};
-use berth_runtime::CgroupDriver;
-use k8s_cri::v1::*;
+use berth_runtime::monitor::protocol::Request;
+use k8s_cri::v1::RemovePodSandboxRequest;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-
-/// One container's bundle: an overlay rootfs over the image's snapshot, unmounted on drop.
-struct Bundle {
-    dir: PathBuf,
-}
-
-impl Drop for Bundle {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.dir.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
-/// The test's cgroup parent in every hierarchy: on drop, whatever still runs in it is killed and
-/// the cgroups are removed, even when the test failed halfway.
-struct CgroupCleanup {
-    top: String,
-}
-
-impl Drop for CgroupCleanup {
-    fn drop(&mut self) {
-        for h in berth_runtime::cgroups::hierarchies() {
-            let top = h.mountpoint.join(&self.top);
-            let Ok(children) = std::fs::read_dir(&top) else {
-                continue;
-            };
-            for child in children.flatten().filter(|c| c.path().is_dir()) {
-                let procs =
-                    std::fs::read_to_string(child.path().join("cgroup.procs")).unwrap_or_default();
-                for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
-                    let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-                }
-                std::thread::sleep(Duration::from_millis(50));
-                let _ = std::fs::remove_dir(child.path());
-            }
-            let _ = std::fs::remove_dir(&top);
-        }
-    }
-}
 
 /// A pod the test did not get to remove through the agent (it failed): its monitor is killed and
 /// everything mounted under the agent's directory is detached.
@@ -81,182 +40,13 @@ impl Drop for PodCleanup {
     }
 }
 
-fn request(pod_dir: &Path, request: &Request) -> Response {
-    let (_dir, path) = short_socket_path(pod_dir, "monitor.sock").unwrap();
-    let stream = UnixStream::connect(path).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    writeln!(&stream, "{}", serde_json::to_string(request).unwrap()).unwrap();
-    let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line).unwrap();
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
-}
-
-fn wait_exit(file: &Path) -> ExitRecord {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Ok(bytes) = std::fs::read(file) {
-            return serde_json::from_slice(&bytes).unwrap();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no exit record at {}",
-            file.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-struct Pod {
-    id: String,
-    dir: PathBuf,
-    lower: PathBuf,
-}
-
-async fn pod_with_image(agent: &TestAgent, registry: &TestRegistry) -> Pod {
-    let image = ImageBuilder::busybox().push(registry, "test/exec", "v1");
-    agent
-        .image()
-        .await
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.image_ref(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let diffs: Vec<Digest> = image.diff_ids.iter().map(|d| d.parse().unwrap()).collect();
-    let lower = agent
-        .paths
-        .root
-        .join("snapshots")
-        .join(chain_ids(&diffs)[0].hex())
-        .join("fs");
-    let config = PodSandboxConfig {
-        metadata: Some(PodSandboxMetadata {
-            name: "exec-test".into(),
-            uid: "uid-exec-test".into(),
-            namespace: "default".into(),
-            attempt: 0,
-        }),
-        hostname: "exec".into(),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Node as i32,
-                    pid: NamespaceMode::Container as i32,
-                    ipc: NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-    let id = agent
-        .runtime()
-        .await
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
-    let dir = agent.paths.state.join("pods").join(&id);
-    Pod { id, dir, lower }
-}
-
 fn cgroup_parent() -> String {
     format!("/berth-e2e-exec-{}", std::process::id())
 }
 
-/// Writes a bundle for `command` with the generated spec.
-fn bundle(agent: &TestAgent, pod: &Pod, id: &str, command: &[&str]) -> Bundle {
-    let dir = agent.dir().join("containers").join(id);
-    for d in ["rootfs", "upper", "work"] {
-        std::fs::create_dir_all(dir.join(d)).unwrap();
-    }
-    let options = format!(
-        "lowerdir={},upperdir={},workdir={}",
-        pod.lower.display(),
-        dir.join("upper").display(),
-        dir.join("work").display()
-    );
-    nix::mount::mount(
-        Some("overlay"),
-        &dir.join("rootfs"),
-        Some("overlay"),
-        nix::mount::MsFlags::empty(),
-        Some(options.as_str()),
-    )
-    .unwrap();
-    let bundle = Bundle { dir: dir.clone() };
-    let mut config = ContainerSpec {
-        command: command.iter().map(|s| s.to_string()).collect(),
-        log_path: dir.join("log").display().to_string(),
-        ..Default::default()
-    };
-    config.metadata.name = id.to_string();
-    config.security.namespace_options.network = spec::NamespaceMode::Node;
-    config.security.namespace_options.pid = spec::NamespaceMode::Container;
-    config.security.namespace_options.ipc = spec::NamespaceMode::Pod;
-    let sandbox = SandboxInfo {
-        id: pod.id.clone(),
-        hostname: "exec".into(),
-        resolv_conf: Some(pod.dir.join("resolv.conf")),
-        hosts: Some(pod.dir.join("hosts")),
-        hostname_file: Some(pod.dir.join("hostname")),
-        shm: Some(pod.dir.join("shm")),
-        ipc_ns: Some(pod.dir.join("ns/ipc")),
-        cgroup_parent: cgroup_parent(),
-        ..Default::default()
-    };
-    let image = ImageConfig {
-        env: vec!["PATH=/bin".into()],
-        ..Default::default()
-    };
-    let host = HostInfo::probe(CgroupDriver::Cgroupfs).unwrap();
-    let rootfs = dir.join("rootfs");
-    let spec = spec::generate(&SpecInput {
-        container_id: id,
-        rootfs: &rootfs,
-        config: &config,
-        sandbox: &sandbox,
-        image: &image,
-        etc_passwd: None,
-        etc_group: None,
-        device_nodes: &[],
-        target_pid_namespace: None,
-        host: &host,
-    })
-    .unwrap();
-    spec.save(dir.join("config.json")).unwrap();
-    bundle
-}
-
 /// Creates and starts the container; returns its init's pid and its exit file.
 fn create_and_start(pod: &Pod, bundle: &Bundle, id: &str) -> (i32, PathBuf) {
-    let exit_file = bundle.dir.join("exit.json");
-    let r = request(
-        &pod.dir,
-        &Request::Create {
-            id: id.into(),
-            bundle: bundle.dir.clone(),
-            log_path: bundle.dir.join("log"),
-            exit_file: exit_file.clone(),
-            cgroup: Some(PathBuf::from(format!("{}/{id}", cgroup_parent()))),
-            stdin: false,
-            tty: false,
-        },
-    );
-    let pid = r.pid.unwrap_or(0) as i32;
-    assert!(r.ok && pid > 1, "{r:?}");
+    let (pid, exit_file) = create(pod, bundle, id, &cgroup_parent());
     assert!(request(&pod.dir, &Request::Start { id: id.into() }).ok);
     (pid, exit_file)
 }
@@ -328,14 +118,14 @@ fn text(bytes: &[u8]) -> String {
 async fn exec_sync_runs_in_the_container_caps_output_and_kills_on_timeout() {
     let registry = TestRegistry::start();
     let agent = TestAgent::start().await;
-    let pod = pod_with_image(&agent, &registry).await;
+    let pod = pod_with_image(&agent, &registry, "exec").await;
     let mut pod_cleanup = PodCleanup {
         pod_dir: pod.dir.clone(),
         agent_dir: agent.dir().to_path_buf(),
         removed: false,
     };
     let id = format!("exec-{}", std::process::id());
-    let b = bundle(&agent, &pod, &id, &["sleep", "1000"]);
+    let b = bundle(&agent, &pod, &id, &["sleep", "1000"], 0, &cgroup_parent());
     let _cgroups = CgroupCleanup {
         top: cgroup_parent().trim_start_matches('/').to_string(),
     };

@@ -65,13 +65,6 @@ fn now_nanos() -> i64 {
         .unwrap_or(0)
 }
 
-/// 64 random hex digits, like containerd's ids.
-fn new_id() -> Result<String, std::io::Error> {
-    let mut bytes = [0u8; 32];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 impl Sandboxes {
     /// Loads every record under `<state>/pods` and reconciles it with reality: a sandbox whose
     /// build never finished is rolled back; a ready one whose monitor died becomes NotReady.
@@ -155,18 +148,8 @@ impl Sandboxes {
 
     /// Full id from an id or a unique prefix (as crictl passes them).
     pub fn resolve(&self, id_or_prefix: &str) -> Option<String> {
-        if id_or_prefix.is_empty() {
-            return None;
-        }
-        let sandboxes = self.lock();
-        if sandboxes.contains_key(id_or_prefix) {
-            return Some(id_or_prefix.to_string());
-        }
-        let mut matches = sandboxes.keys().filter(|k| k.starts_with(id_or_prefix));
-        match (matches.next(), matches.next()) {
-            (Some(id), None) => Some(id.clone()),
-            _ => None,
-        }
+        let records = self.lock();
+        berth_runtime::ids::resolve_prefix(records.keys(), id_or_prefix)
     }
 
     pub fn list(&self) -> Vec<SandboxRecord> {
@@ -226,7 +209,7 @@ impl Sandboxes {
     }
 
     async fn build(&self, spec: SandboxSpec) -> Result<String, SandboxError> {
-        let id = new_id().map_err(|e| SandboxError::Failed {
+        let id = berth_runtime::ids::new_id().map_err(|e| SandboxError::Failed {
             id: String::new(),
             step: "make an id",
             message: e.to_string(),

@@ -155,12 +155,6 @@ fn now_nanos() -> i64 {
         .unwrap_or(0)
 }
 
-fn new_id() -> std::io::Result<String> {
-    let mut bytes = [0u8; 32];
-    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
 /// Replaces a record whole (temp file + rename), so a killed agent never leaves half of one.
 /// No fsync: container records live in the state dir, a tmpfs (`/run/berth`) that a power loss
 /// empties anyway; syncing would only slow CreateContainer/StartContainer down.
@@ -266,18 +260,8 @@ impl Containers {
     }
 
     pub fn resolve(&self, id_or_prefix: &str) -> Option<String> {
-        if id_or_prefix.is_empty() {
-            return None;
-        }
         let records = self.lock();
-        if records.contains_key(id_or_prefix) {
-            return Some(id_or_prefix.to_string());
-        }
-        let mut m = records.keys().filter(|k| k.starts_with(id_or_prefix));
-        match (m.next(), m.next()) {
-            (Some(id), None) => Some(id.clone()),
-            _ => None,
-        }
+        crate::ids::resolve_prefix(records.keys(), id_or_prefix)
     }
 
     pub fn list(&self) -> Vec<ContainerRecord> {
@@ -337,7 +321,7 @@ impl Containers {
                 )));
             }
         }
-        let id = new_id().map_err(|e| self.failed("", "make an id", e.to_string()))?;
+        let id = crate::ids::new_id().map_err(|e| self.failed("", "make an id", e.to_string()))?;
         let dir = self.dir(&id);
         let layer_dir = self.root.join("containers").join(&id);
         let rootfs = dir.join("rootfs");
