@@ -963,3 +963,50 @@ async fn bind_mounts_reach_the_host_and_missing_sources_are_created() {
     .unwrap();
     assert_clean(&f, "mounts");
 }
+
+#[tokio::test]
+async fn a_container_holds_no_descriptor_of_another() {
+    let _top = CgroupTop;
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "fds");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let first = create(
+        &mut c,
+        &pod,
+        container_config(&f, "first", &["sleep", "1000"]),
+        pod_cfg.clone(),
+    )
+    .await;
+    c.start_container(StartContainerRequest {
+        container_id: first.clone(),
+    })
+    .await
+    .unwrap();
+    let second = create(
+        &mut c,
+        &pod,
+        container_config(
+            &f,
+            "second",
+            &["sh", "-c", "ls /proc/self/fd | tr '\\n' ' '; echo"],
+        ),
+        pod_cfg.clone(),
+    )
+    .await;
+    c.start_container(StartContainerRequest {
+        container_id: second.clone(),
+    })
+    .await
+    .unwrap();
+    let s = wait_exited(&mut c, &second).await;
+    let log = std::fs::read_to_string(&s.log_path).unwrap();
+    // stdin, stdout, stderr, and the directory `ls` itself opened.
+    assert!(log.contains(" stdout F 0 1 2 3 \n"), "{log}");
+    c.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    assert_clean(&f, "fds");
+}

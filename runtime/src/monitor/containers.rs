@@ -125,7 +125,7 @@ impl Containers {
         let log = LogWriter::open(log_path)
             .map_err(|e| format!("open log {}: {e}", log_path.display()))?;
         let (stdin_for_container, stdin_held) = if stdin && !tty {
-            let (r, w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+            let (r, w) = cloexec_pipe().map_err(|e| format!("pipe: {e}"))?;
             (Stdio::from(r), Some(w))
         } else {
             (Stdio::null(), None)
@@ -151,8 +151,8 @@ impl Containers {
         let (pipes, stdout, stderr) = if tty {
             (None, Stdio::null(), Stdio::null())
         } else {
-            let (out_r, out_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
-            let (err_r, err_w) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+            let (out_r, out_w) = cloexec_pipe().map_err(|e| format!("pipe: {e}"))?;
+            let (err_r, err_w) = cloexec_pipe().map_err(|e| format!("pipe: {e}"))?;
             (Some((out_r, err_r)), Stdio::from(out_w), Stdio::from(err_w))
         };
         let report = self.report_path(id, "create");
@@ -383,4 +383,11 @@ fn read_stream(c: &mut Supervised, stream: Stream) {
 fn drain(c: &mut Supervised) {
     read_stream(c, Stream::Stdout);
     read_stream(c, Stream::Stderr);
+}
+
+/// A pipe whose ends are not inherited by anything the monitor starts later: one container's
+/// log pipe must not leak into the next container (std dup2s the ends a child should get onto
+/// its 0/1/2, which clears the flag there).
+fn cloexec_pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
 }
