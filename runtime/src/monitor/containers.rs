@@ -6,11 +6,10 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::SystemTime;
 
 use nix::sys::signal::{kill, Signal};
-use nix::sys::wait::WaitStatus;
+use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
 use super::log::{LogWriter, Stream};
@@ -41,31 +40,68 @@ fn now_nanos() -> i64 {
         .unwrap_or(0)
 }
 
-/// Runs `berthd init <op> …` to completion and returns its report line.
+/// Runs the executor (`berthd init <op> …`) to completion and returns its report line. The
+/// monitor is single-threaded, so instead of exec'ing the binary again it forks and runs the
+/// executor in the child, which is what `berthd init` would do after its own start-up: a fresh
+/// single-threaded process for libcontainer, saving an exec per create and start. `None` for a
+/// standard descriptor means /dev/null.
 fn executor(
     args: &[&std::ffi::OsStr],
     report: &Path,
-    stdin: Stdio,
-    stdout: Stdio,
-    stderr: Stdio,
+    stdin: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
 ) -> Result<String, String> {
+    use std::os::fd::AsRawFd;
     let _ = std::fs::remove_file(report);
-    let status = Command::new("/proc/self/exe")
-        .arg("init")
-        .args(args)
-        .arg(report)
-        .stdin(stdin)
-        .stdout(stdout)
-        .stderr(stderr)
-        .status()
-        .map_err(|e| format!("run berthd init: {e}"))?;
+    let null = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("open /dev/null: {e}"))?;
+    let mut argv: Vec<String> = args
+        .iter()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    argv.push(report.display().to_string());
+    // SAFETY: the monitor is single-threaded, so the child may run any code; it ends with
+    // _exit and never returns into the monitor's loop.
+    let child = match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => {
+            let fd = |f: &Option<OwnedFd>| {
+                f.as_ref()
+                    .map(|f| f.as_raw_fd())
+                    .unwrap_or(null.as_raw_fd())
+            };
+            // SAFETY: dup2 onto the standard descriptors of this child, which owns no Rust
+            // object for them; _exit skips the monitor's destructors and atexit handlers.
+            unsafe {
+                libc::dup2(fd(&stdin), 0);
+                libc::dup2(fd(&stdout), 1);
+                libc::dup2(fd(&stderr), 2);
+                let code = crate::executor::run(&argv);
+                libc::_exit(code)
+            }
+        }
+        Ok(nix::unistd::ForkResult::Parent { child }) => child,
+        Err(e) => return Err(format!("fork the executor: {e}")),
+    };
+    // Our copies of the child's ends go now, so the container holds the only writers.
+    drop((stdin, stdout, stderr, null));
+    let status = loop {
+        match waitpid(child, None) {
+            Err(nix::errno::Errno::EINTR) => continue,
+            other => break other,
+        }
+    };
+    let succeeded = matches!(status, Ok(WaitStatus::Exited(_, 0)));
     let line = std::fs::read_to_string(report).unwrap_or_default();
     let _ = std::fs::remove_file(report);
     let line = line.trim().to_string();
     match line.strip_prefix("error: ") {
         Some(e) => Err(e.to_string()),
-        None if status.success() => Ok(line),
-        None => Err(format!("berthd init exited with {status} and no report")),
+        None if succeeded => Ok(line),
+        None => Err(format!("the executor ended with {status:?} and no report")),
     }
 }
 
@@ -126,9 +162,9 @@ impl Containers {
             .map_err(|e| format!("open log {}: {e}", log_path.display()))?;
         let (stdin_for_container, stdin_held) = if stdin && !tty {
             let (r, w) = cloexec_pipe().map_err(|e| format!("pipe: {e}"))?;
-            (Stdio::from(r), Some(w))
+            (Some(r), Some(w))
         } else {
-            (Stdio::null(), None)
+            (None, None)
         };
         // With a terminal the container's stdio is the pty's slave: libcontainer sends us the
         // master over a console socket, and everything it prints is the stdout stream.
@@ -149,11 +185,11 @@ impl Containers {
             .map(|(_, p)| p.clone().into_os_string())
             .unwrap_or_else(|| "-".into());
         let (pipes, stdout, stderr) = if tty {
-            (None, Stdio::null(), Stdio::null())
+            (None, None, None)
         } else {
             let (out_r, out_w) = cloexec_pipe().map_err(|e| format!("pipe: {e}"))?;
             let (err_r, err_w) = cloexec_pipe().map_err(|e| format!("pipe: {e}"))?;
-            (Some((out_r, err_r)), Stdio::from(out_w), Stdio::from(err_w))
+            (Some((out_r, err_r)), Some(out_w), Some(err_w))
         };
         let report = self.report_path(id, "create");
         let result = executor(
@@ -212,9 +248,9 @@ impl Containers {
         executor(
             &["start".as_ref(), self.root.as_os_str(), id.as_ref()],
             &report,
-            Stdio::null(),
-            Stdio::null(),
-            Stdio::null(),
+            None,
+            None,
+            None,
         )
         .map(|_| ())
     }
@@ -253,9 +289,9 @@ impl Containers {
         executor(
             &["delete".as_ref(), self.root.as_os_str(), id.as_ref()],
             &report,
-            Stdio::null(),
-            Stdio::null(),
-            Stdio::null(),
+            None,
+            None,
+            None,
         )?;
         self.by_id.remove(id);
         Ok(())
