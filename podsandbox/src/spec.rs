@@ -65,6 +65,9 @@ pub struct SandboxSpec {
     pub namespaces: NamespaceModes,
     pub sysctls: BTreeMap<String, String>,
     pub runtime_handler: String,
+    /// Whether the pod may run privileged containers (its security context's `privileged`).
+    #[serde(default)]
+    pub privileged: bool,
 }
 
 impl SandboxSpec {

@@ -392,6 +392,8 @@ impl Containers {
         }
         let mut config = input.config.clone();
         config.log_path = log_path.display().to_string();
+        // As containerd: rslave/rshared only make sense from a slave/shared source mount.
+        check_propagation(&input.config.mounts).map_err(ContainerError::InvalidArgument)?;
         // As containerd: a bind mount's missing host directory is created.
         for m in &config.mounts {
             if !m.host_path.exists() {
@@ -647,6 +649,60 @@ impl Containers {
     }
 }
 
+/// Refuses HostToContainer (rslave) and Bidirectional (rshared) mounts whose source is not on a
+/// slave or shared mount, with containerd's reasoning: nothing would propagate.
+fn check_propagation(mounts: &[spec::Mount]) -> Result<(), String> {
+    let wanted: Vec<&spec::Mount> = mounts
+        .iter()
+        .filter(|m| m.propagation != spec::Propagation::Private)
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("read mountinfo: {e}"))?;
+    for m in wanted {
+        let (mountpoint, tags) = mount_of(&info, &m.host_path);
+        let ok = match m.propagation {
+            spec::Propagation::Bidirectional => tags.iter().any(|t| t.starts_with("shared:")),
+            _ => tags
+                .iter()
+                .any(|t| t.starts_with("shared:") || t.starts_with("master:")),
+        };
+        if !ok {
+            return Err(format!(
+                "path {} is mounted on {mountpoint} but it is not a {} mount",
+                m.host_path.display(),
+                if m.propagation == spec::Propagation::Bidirectional {
+                    "shared"
+                } else {
+                    "shared or slave"
+                }
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The mount point holding `path` (the longest matching one) and its propagation tags.
+fn mount_of(mountinfo: &str, path: &Path) -> (String, Vec<String>) {
+    let mut best: (String, Vec<String>) = ("/".to_string(), Vec::new());
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        let Some(point) = fields.get(4) else { continue };
+        if path.starts_with(point) && point.len() >= best.0.len() {
+            best = (
+                point.to_string(),
+                fields[6..sep].iter().map(|s| s.to_string()).collect(),
+            );
+        }
+    }
+    best
+}
+
 /// Waits until `file` exists, at most `timeout`.
 fn wait_for(file: &Path, timeout: Duration) -> bool {
     let deadline = Instant::now() + timeout;
@@ -684,6 +740,18 @@ pub fn parse_signal(s: &str) -> Option<i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn propagation_needs_a_shared_or_slave_source() {
+        let info = "\
+20 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+30 20 0:5 / /private rw - tmpfs tmpfs rw
+31 20 0:6 / /slave rw master:7 - tmpfs tmpfs rw
+";
+        assert_eq!(mount_of(info, Path::new("/private/x")).0, "/private");
+        assert_eq!(mount_of(info, Path::new("/slave/y")).1, ["master:7"]);
+        assert_eq!(mount_of(info, Path::new("/home/z")).1, ["shared:1"]);
+    }
 
     #[test]
     fn stop_signals_parse_by_name_or_number() {

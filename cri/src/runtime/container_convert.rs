@@ -162,7 +162,7 @@ pub(super) fn sandbox_info(pod: &SandboxRecord, pod_dir: &std::path::Path) -> rs
         uts_ns: ns("uts", !host_net),
         pid_ns: ns("pid", pod.spec.namespaces.pid == PodMode::Pod),
         cgroup_parent: pod.spec.cgroup_parent.clone(),
-        privileged: true,
+        privileged: pod.spec.privileged,
     }
 }
 

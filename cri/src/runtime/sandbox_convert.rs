@@ -73,6 +73,10 @@ pub(super) fn sandbox_spec(
         },
         sysctls: linux.sysctls.into_iter().collect(),
         runtime_handler,
+        privileged: linux
+            .security_context
+            .as_ref()
+            .is_some_and(|s| s.privileged),
     })
 }
 
