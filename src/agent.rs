@@ -219,7 +219,25 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let sandbox_metrics = SandboxMetrics::register(&mut registry);
     let container_metrics = berth_runtime::containers::ContainerMetrics::register(&mut registry);
     let registry = Arc::new(registry);
-    let images = Images::open(&config.root, config.registry.clone(), image_metrics)
+    let host = berth_runtime::spec::HostInfo::probe(config.runtime.cgroup_driver)
+        .map_err(AgentError::Containers)?;
+    let containers = Containers::open(&config.state, &config.root, host, container_metrics)
+        .map_err(AgentError::Containers)?;
+    // Containers first: the snapshots they are built on are leased before the image store's
+    // start-up GC runs, so it cannot take a running container's rootfs away.
+    let leases = containers
+        .list()
+        .into_iter()
+        .map(|c| {
+            let chains = c
+                .layers
+                .iter()
+                .filter_map(|l| Images::chain_of_snapshot_dir(l))
+                .collect();
+            (c.id, chains)
+        })
+        .collect();
+    let images = Images::open(&config.root, config.registry.clone(), image_metrics, leases)
         .map_err(AgentError::Images)?;
     let images = Arc::new(images);
     let network = PodNetwork::new(&config.cni, &config.state, cni_metrics);
@@ -227,10 +245,6 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         .await
         .map_err(AgentError::Sandboxes)?;
     let sandboxes = Arc::new(sandboxes);
-    let host = berth_runtime::spec::HostInfo::probe(config.runtime.cgroup_driver)
-        .map_err(AgentError::Containers)?;
-    let containers = Containers::open(&config.state, &config.root, host, container_metrics)
-        .map_err(AgentError::Containers)?;
     let backends = Arc::new(Backends {
         images,
         sandboxes,

@@ -1128,3 +1128,63 @@ async fn host_to_container_propagation_needs_a_slave_or_shared_source() {
     .unwrap();
     assert_clean(&f, "propagation");
 }
+
+#[tokio::test]
+async fn removing_the_image_of_a_running_container_keeps_its_rootfs() {
+    let _top = CgroupTop;
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "imagegone");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let id = create(
+        &mut c,
+        &pod,
+        container_config(&f, "keeps", &["sleep", "1000"]),
+        pod_cfg.clone(),
+    )
+    .await;
+    c.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    f.agent
+        .image()
+        .await
+        .remove_image(RemoveImageRequest {
+            image: Some(ImageSpec {
+                image: f.image.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let snapshots = f.agent.paths.root.join("snapshots");
+    assert!(
+        std::fs::read_dir(&snapshots).unwrap().count() > 0,
+        "the running container's layers stay"
+    );
+    let r = c
+        .exec_sync(ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["cat".into(), "/etc/passwd".into()],
+            timeout: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.exit_code, 0);
+    assert!(String::from_utf8_lossy(&r.stdout).contains("tester"));
+    // Once the container goes, so do the layers nothing else uses.
+    c.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        std::fs::read_dir(&snapshots).unwrap().count(),
+        0,
+        "released layers are collected"
+    );
+    assert_clean(&f, "imagegone");
+}

@@ -150,6 +150,9 @@ pub struct Images {
     downloads: Semaphore,
     /// Held while GC decides and deletes, and by pulls while they mark what they use.
     gc: Mutex<()>,
+    /// Snapshots containers are built on, by container: GC never removes them, whatever
+    /// happens to their image (RemoveImage must not break a running container's rootfs).
+    leases: Mutex<HashMap<String, Vec<ChainId>>>,
     metrics: ImageMetrics,
 }
 
@@ -163,10 +166,12 @@ fn now_nanos() -> i64 {
 impl Images {
     /// Opens the image storage under `root` and removes what no image references (leftovers of
     /// a crash between storing content and recording the image).
+    /// `leases` are the snapshots existing containers use (see [`Images::lease`]).
     pub fn open(
         root: &Path,
         config: RegistryConfig,
         metrics: ImageMetrics,
+        leases: HashMap<String, Vec<ChainId>>,
     ) -> Result<Images, ImageError> {
         let io = |source| ImageError::Io {
             path: root.to_path_buf(),
@@ -181,6 +186,7 @@ impl Images {
             in_use: InUse::default(),
             downloads: Semaphore::new(config.max_concurrent_downloads.max(1)),
             gc: Mutex::new(()),
+            leases: Mutex::new(leases),
             root: root.to_path_buf(),
             config,
             metrics,
@@ -213,7 +219,31 @@ impl Images {
         Ok(removed)
     }
 
-    /// Deletes blobs and snapshots no image record or running pull refers to.
+    /// Keeps `chains` (a container's layers) out of GC until [`Images::release`].
+    pub fn lease(&self, holder: &str, chains: Vec<ChainId>) {
+        let _gc = self.gc.lock().unwrap_or_else(|e| e.into_inner());
+        self.leases
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(holder.to_string(), chains);
+    }
+
+    /// Ends a container's lease and frees what only it kept alive (the layers of an image
+    /// removed while the container ran). Blocking.
+    pub fn release(&self, holder: &str) {
+        let had = {
+            let _gc = self.gc.lock().unwrap_or_else(|e| e.into_inner());
+            self.leases
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(holder)
+        };
+        if had.is_some() {
+            self.collect_garbage();
+        }
+    }
+
+    /// Deletes blobs and snapshots no image record, running pull or container refers to.
     pub fn collect_garbage(&self) {
         let _gc = self.gc.lock().unwrap_or_else(|e| e.into_inner());
         let mut live: HashSet<Digest> = HashSet::new();
@@ -221,6 +251,14 @@ impl Images {
             live.extend(r.blobs().cloned());
             live.extend(r.chain_ids.iter().cloned());
         }
+        live.extend(
+            self.leases
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .flatten()
+                .cloned(),
+        );
         live.extend(
             self.in_use
                 .counts
@@ -496,6 +534,12 @@ impl Images {
             .map_err(|e| layer_error(format!("commit snapshot: {e}")))?;
         self.metrics.layers_pulled.inc();
         Ok(())
+    }
+
+    /// The chain id of a snapshot dir given by [`Images::snapshot_dir`].
+    pub fn chain_of_snapshot_dir(dir: &Path) -> Option<ChainId> {
+        let hex = dir.parent()?.file_name()?.to_str()?;
+        format!("sha256:{hex}").parse().ok()
     }
 
     /// Where a snapshot's files are (overlay lowerdir) — for container rootfs mounts.

@@ -67,6 +67,9 @@ pub struct ContainerRecord {
     /// The identity the container's process runs with, as resolved into the spec.
     #[serde(default)]
     pub user: Option<ProcessUser>,
+    /// The image snapshots (overlay lower dirs) the rootfs is built on, bottom first.
+    #[serde(default)]
+    pub layers: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -445,6 +448,7 @@ impl Containers {
             exit: None,
             layer_dir: layer_dir.to_path_buf(),
             user,
+            layers: input.layers.clone(),
         };
         self.save(&record)?;
         let response = monitor_request(

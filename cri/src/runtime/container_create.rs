@@ -74,6 +74,8 @@ pub(super) async fn create_container(
         .await
         .map_err(|e| Status::internal(format!("berth: create task: {e}")))?
         .map_err(container_error)?;
+    // Its layers stay, whatever happens to the image, until the container is removed.
+    backends.images.lease(&id, image.chain_ids.clone());
     crate::metrics::record_container(&id);
     Ok(CreateContainerResponse { container_id: id })
 }

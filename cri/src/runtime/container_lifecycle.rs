@@ -9,6 +9,7 @@ use k8s_cri::v1::*;
 use tonic::Status;
 
 use super::container_convert::container_error;
+use crate::Backends;
 
 async fn blocking<T: Send + 'static>(
     containers: &Arc<Containers>,
@@ -46,14 +47,16 @@ pub(super) async fn stop_container(
     Ok(StopContainerResponse {})
 }
 
-/// CRI: removing an unknown container succeeds.
+/// CRI: removing an unknown container succeeds. Its image layers are released to GC.
 pub(super) async fn remove_container(
-    c: &Arc<Containers>,
+    b: &Arc<Backends>,
     r: RemoveContainerRequest,
 ) -> Result<RemoveContainerResponse, Status> {
     crate::metrics::record_container(&r.container_id);
-    if let Some(id) = c.resolve(&r.container_id) {
-        blocking(c, move |c| c.remove(&id)).await?;
+    if let Some(id) = b.containers.resolve(&r.container_id) {
+        let held = id.clone();
+        blocking(&b.containers, move |c| c.remove(&id)).await?;
+        release(b, held).await;
     }
     Ok(RemoveContainerResponse {})
 }
@@ -69,14 +72,21 @@ pub(super) async fn reopen_container_log(
     Ok(ReopenContainerLogResponse {})
 }
 
+/// Gives a removed container's image layers back to GC.
+async fn release(b: &Arc<Backends>, id: String) {
+    let images = b.images.clone();
+    let _ = tokio::task::spawn_blocking(move || images.release(&id)).await;
+}
+
 /// Stops and removes every container of a pod (StopPodSandbox / RemovePodSandbox).
 pub(super) async fn stop_pod_containers(
-    c: &Arc<Containers>,
+    b: &Arc<Backends>,
     sandbox_id: &str,
     remove: bool,
 ) -> Result<(), Status> {
-    for id in c.in_sandbox(sandbox_id) {
-        blocking(c, move |c| {
+    for id in b.containers.in_sandbox(sandbox_id) {
+        let held = id.clone();
+        blocking(&b.containers, move |c| {
             c.stop(&id, Duration::ZERO)?;
             if remove {
                 c.remove(&id)?;
@@ -84,6 +94,9 @@ pub(super) async fn stop_pod_containers(
             Ok(())
         })
         .await?;
+        if remove {
+            release(b, held).await;
+        }
     }
     Ok(())
 }

@@ -123,7 +123,7 @@ cri_service! {
             &self,
             request: Request<RemoveContainerRequest>,
         ) -> Result<Response<RemoveContainerResponse>, Status> {
-            container_lifecycle::remove_container(&self.backends.containers, request.into_inner()).await.map(Response::new)
+            container_lifecycle::remove_container(&self.backends, request.into_inner()).await.map(Response::new)
         }
 
         async fn reopen_container_log(

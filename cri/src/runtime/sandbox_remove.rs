@@ -16,7 +16,7 @@ pub(super) async fn remove_pod_sandbox(
 ) -> Result<RemovePodSandboxResponse, Status> {
     crate::metrics::record_pod(&request.pod_sandbox_id);
     if let Some(id) = backends.sandboxes.resolve(&request.pod_sandbox_id) {
-        stop_pod_containers(&backends.containers, &id, true).await?;
+        stop_pod_containers(backends, &id, true).await?;
         backends
             .sandboxes
             .remove(&id)

@@ -16,7 +16,7 @@ pub(super) async fn stop_pod_sandbox(
 ) -> Result<StopPodSandboxResponse, Status> {
     crate::metrics::record_pod(&request.pod_sandbox_id);
     if let Some(id) = backends.sandboxes.resolve(&request.pod_sandbox_id) {
-        stop_pod_containers(&backends.containers, &id, false).await?;
+        stop_pod_containers(backends, &id, false).await?;
         backends.sandboxes.stop(&id).await.map_err(sandbox_error)?;
     }
     Ok(StopPodSandboxResponse {})
