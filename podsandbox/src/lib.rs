@@ -58,13 +58,6 @@ pub struct Sandboxes {
     metrics: SandboxMetrics,
 }
 
-fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
 impl Sandboxes {
     /// Loads every record under `<state>/pods` and reconciles it with reality: a sandbox whose
     /// build never finished is rolled back; a ready one whose monitor died becomes NotReady.
@@ -219,7 +212,7 @@ impl Sandboxes {
             id: id.clone(),
             spec,
             state: SandboxState::Creating,
-            created_at: now_nanos(),
+            created_at: berth_runtime::ids::now_nanos(),
             monitor: None,
             network: NetworkStatus::default(),
             network_attached: false,

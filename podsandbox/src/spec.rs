@@ -5,20 +5,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// How a pod uses one kind of namespace (CRI `NamespaceMode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum NamespaceMode {
-    /// One namespace shared by the pod's containers.
-    #[default]
-    Pod,
-    /// Each container has its own.
-    Container,
-    /// The host's.
-    Node,
-    /// Another container's (only for PID).
-    Target,
-}
+/// How a pod uses one kind of namespace (CRI `NamespaceMode`): the same type containers use.
+pub use berth_runtime::spec::NamespaceMode;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct NamespaceModes {

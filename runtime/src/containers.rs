@@ -151,13 +151,6 @@ pub struct Containers {
     metrics: ContainerMetrics,
 }
 
-fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
 /// Replaces a record whole (temp file + rename), so a killed agent never leaves half of one.
 /// No fsync: container records live in the state dir, a tmpfs (`/run/berth`) that a power loss
 /// empties anyway; syncing would only slow CreateContainer/StartContainer down.
@@ -443,7 +436,7 @@ impl Containers {
             log_path: log_path.clone(),
             cgroup: cgroup.clone(),
             pid: 0,
-            created_at: now_nanos(),
+            created_at: crate::ids::now_nanos(),
             started_at: 0,
             exit: None,
             layer_dir: layer_dir.to_path_buf(),
@@ -484,7 +477,7 @@ impl Containers {
             .map_err(|e| self.failed(id, "start", e))?;
         let mut records = self.lock();
         if let Some(r) = records.get_mut(id) {
-            r.started_at = now_nanos();
+            r.started_at = crate::ids::now_nanos();
             let r = r.clone();
             drop(records);
             self.save(&r)?;

@@ -275,6 +275,17 @@ pub(super) fn cri_container_status(r: &ContainerRecord) -> cri::ContainerStatus 
     }
 }
 
+/// A container's record by id or unique prefix, or NotFound.
+pub(super) fn find_container(
+    containers: &berth_runtime::containers::Containers,
+    id: &str,
+) -> Result<ContainerRecord, Status> {
+    containers
+        .resolve(id)
+        .and_then(|id| containers.get(&id))
+        .ok_or_else(|| Status::not_found(format!("berth: container {id:?} not found")))
+}
+
 pub(super) fn container_error(e: ContainerError) -> Status {
     let message = format!("berth: {e}");
     match e {

@@ -9,17 +9,14 @@ use berth_runtime::exec_sync::{exec_sync as run_exec, ExecError};
 use k8s_cri::v1::{ExecSyncRequest, ExecSyncResponse};
 use tonic::Status;
 
+use super::container_convert::find_container;
+
 pub(super) async fn exec_sync(
     c: &Arc<Containers>,
     r: ExecSyncRequest,
 ) -> Result<ExecSyncResponse, Status> {
     crate::metrics::record_container(&r.container_id);
-    let record = c
-        .resolve(&r.container_id)
-        .and_then(|id| c.get(&id))
-        .ok_or_else(|| {
-            Status::not_found(format!("berth: container {:?} not found", r.container_id))
-        })?;
+    let record = find_container(c, &r.container_id)?;
     if record.state() != ContainerState::Running {
         return Err(Status::failed_precondition(format!(
             "berth: container {} is not running",

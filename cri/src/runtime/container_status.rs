@@ -7,6 +7,7 @@ use berth_runtime::containers::Containers;
 use k8s_cri::v1::*;
 use tonic::Status;
 
+use super::container_convert::find_container;
 use super::container_convert::{cri_container, cri_container_status, cri_state};
 
 pub(super) fn container_status(
@@ -14,12 +15,7 @@ pub(super) fn container_status(
     r: ContainerStatusRequest,
 ) -> Result<ContainerStatusResponse, Status> {
     crate::metrics::record_container(&r.container_id);
-    let record = c
-        .resolve(&r.container_id)
-        .and_then(|id| c.get(&id))
-        .ok_or_else(|| {
-            Status::not_found(format!("berth: container {:?} not found", r.container_id))
-        })?;
+    let record = find_container(c, &r.container_id)?;
     let mut info = HashMap::new();
     if r.verbose {
         let verbose = serde_json::json!({

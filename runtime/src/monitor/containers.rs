@@ -33,13 +33,6 @@ pub(super) struct Containers {
     by_id: HashMap<String, Supervised>,
 }
 
-fn now_nanos() -> i64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
 /// Runs the executor (`berthd init <op> …`) to completion and returns its report line. The
 /// monitor is single-threaded, so instead of exec'ing the binary again it forks and runs the
 /// executor in the child, which is what `berthd init` would do after its own start-up: a fresh
@@ -311,7 +304,7 @@ impl Containers {
         // Whatever the container wrote before it died goes to the log before the record.
         drain(c);
         let oom = c.cgroup.as_deref().is_some_and(oom_killed);
-        let mut record = ExitRecord::new(exit_code, signal, now_nanos(), oom);
+        let mut record = ExitRecord::new(exit_code, signal, crate::ids::now_nanos(), oom);
         record.log_bytes = c.log.bytes_written();
         match serde_json::to_vec(&record) {
             Ok(bytes) => {
