@@ -4,6 +4,7 @@
 //! state dir, socket and metrics port, waits until it answers `Version`, hands out CRI clients,
 //! and on drop stops it and removes everything it made. Tests must run as root.
 
+pub mod cri;
 pub mod fault;
 pub mod images;
 pub mod monitor_fixture;

@@ -123,18 +123,11 @@ pub async fn pod_with_image(agent: &TestAgent, registry: &TestRegistry, name: &s
             attempt: 0,
         }),
         hostname: name.to_string(),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Node as i32,
-                    pid: NamespaceMode::Container as i32,
-                    ipc: NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        linux: Some(crate::cri::pod_linux(crate::cri::namespaces(
+            NamespaceMode::Node,
+            NamespaceMode::Container,
+            NamespaceMode::Pod,
+        ))),
         ..Default::default()
     };
     let id = agent

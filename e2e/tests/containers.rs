@@ -52,16 +52,11 @@ fn pod_config(f: &Fixture, name: &str) -> PodSandboxConfig {
         log_directory: f.logs.path().join(name).display().to_string(),
         linux: Some(LinuxPodSandboxConfig {
             cgroup_parent: format!("/berth-e2e-{}/{name}", std::process::id()),
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Node as i32,
-                    pid: NamespaceMode::Container as i32,
-                    ipc: NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
+            ..berth_e2e::cri::pod_linux(berth_e2e::cri::namespaces(
+                NamespaceMode::Node,
+                NamespaceMode::Container,
+                NamespaceMode::Pod,
+            ))
         }),
         ..Default::default()
     }
@@ -79,18 +74,11 @@ fn container_config(f: &Fixture, name: &str, command: &[&str]) -> ContainerConfi
         }),
         command: command.iter().map(|s| s.to_string()).collect(),
         log_path: format!("{name}/0.log"),
-        linux: Some(LinuxContainerConfig {
-            security_context: Some(LinuxContainerSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Node as i32,
-                    pid: NamespaceMode::Container as i32,
-                    ipc: NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        linux: Some(berth_e2e::cri::container_linux(berth_e2e::cri::namespaces(
+            NamespaceMode::Node,
+            NamespaceMode::Container,
+            NamespaceMode::Pod,
+        ))),
         ..Default::default()
     }
 }

@@ -23,18 +23,11 @@ fn pod_config(name: &str) -> PodSandboxConfig {
         }),
         hostname: name.to_string(),
         labels: HashMap::from([("app".to_string(), name.to_string())]),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Pod as i32,
-                    pid: NamespaceMode::Container as i32,
-                    ipc: NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        linux: Some(berth_e2e::cri::pod_linux(berth_e2e::cri::namespaces(
+            NamespaceMode::Pod,
+            NamespaceMode::Container,
+            NamespaceMode::Pod,
+        ))),
         ..Default::default()
     }
 }

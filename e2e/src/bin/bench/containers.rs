@@ -25,18 +25,11 @@ fn container(image: &str, name: &str) -> ContainerConfig {
             ..Default::default()
         }),
         command: vec!["sleep".into(), "3600".into()],
-        linux: Some(LinuxContainerConfig {
-            security_context: Some(LinuxContainerSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Pod as i32,
-                    pid: NamespaceMode::Container as i32,
-                    ipc: NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        linux: Some(berth_e2e::cri::container_linux(berth_e2e::cri::namespaces(
+            NamespaceMode::Pod,
+            NamespaceMode::Container,
+            NamespaceMode::Pod,
+        ))),
         ..Default::default()
     }
 }

@@ -23,18 +23,11 @@ pub(crate) fn pod_config(tag: &str, i: usize) -> PodSandboxConfig {
             attempt: 0,
         }),
         hostname: "bench".to_string(),
-        linux: Some(LinuxPodSandboxConfig {
-            security_context: Some(LinuxSandboxSecurityContext {
-                namespace_options: Some(NamespaceOption {
-                    network: NamespaceMode::Pod as i32,
-                    pid: NamespaceMode::Container as i32,
-                    ipc: NamespaceMode::Pod as i32,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
+        linux: Some(berth_e2e::cri::pod_linux(berth_e2e::cri::namespaces(
+            NamespaceMode::Pod,
+            NamespaceMode::Container,
+            NamespaceMode::Pod,
+        ))),
         ..Default::default()
     }
 }
