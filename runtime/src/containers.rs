@@ -473,11 +473,14 @@ impl Containers {
                 record.state()
             )));
         }
+        // Stamped before the process may run: a container that exits at once must not show a
+        // finish time earlier than its start.
+        let started_at = crate::ids::now_nanos();
         monitor_request(&record.pod_dir, &Request::Start { id: id.to_string() })
             .map_err(|e| self.failed(id, "start", e))?;
         let mut records = self.lock();
         if let Some(r) = records.get_mut(id) {
-            r.started_at = crate::ids::now_nanos();
+            r.started_at = started_at;
             let r = r.clone();
             drop(records);
             self.save(&r)?;
