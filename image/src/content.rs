@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use crate::atomic::unique;
+use berth_common::atomic::unique;
 use crate::digest::Digest;
 
 #[derive(Debug, thiserror::Error)]
@@ -82,7 +82,7 @@ impl ContentStore {
             return Ok(());
         }
         let path = self.path(expected);
-        crate::atomic::write_atomic(&path, bytes).map_err(io_error(&path))
+        berth_common::atomic::write_atomic(&path, bytes).map_err(io_error(&path))
     }
 
     /// Starts writing a blob into a temp file.

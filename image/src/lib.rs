@@ -5,7 +5,6 @@
 //! `unpack`), crash-safe image records (`store`), and the facade that composes them for the
 //! CRI layer (`service::Images`). Nothing here knows gRPC.
 
-pub mod atomic;
 pub mod auth;
 pub mod content;
 pub mod digest;

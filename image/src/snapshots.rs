@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::atomic::unique;
+use berth_common::atomic::unique;
 use crate::digest::ChainId;
 
 const TMP_PREFIX: &str = "tmp-";
@@ -74,7 +74,7 @@ impl Snapshotter {
             .ok_or_else(|| std::io::Error::other("snapshot already committed"))?;
         let result = (|| {
             let json = serde_json::to_vec(&usage).map_err(std::io::Error::other)?;
-            crate::atomic::write_atomic(&dir.join("usage.json"), &json)?;
+            berth_common::atomic::write_atomic(&dir.join("usage.json"), &json)?;
             std::fs::rename(&dir, self.root.join(chain.hex()))
         })();
         if result.is_err() {

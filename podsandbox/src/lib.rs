@@ -142,7 +142,7 @@ impl Sandboxes {
     /// Full id from an id or a unique prefix (as crictl passes them).
     pub fn resolve(&self, id_or_prefix: &str) -> Option<String> {
         let records = self.lock();
-        berth_runtime::ids::resolve_prefix(records.keys(), id_or_prefix)
+        berth_common::ids::resolve_prefix(records.keys(), id_or_prefix)
     }
 
     pub fn list(&self) -> Vec<SandboxRecord> {
@@ -202,7 +202,7 @@ impl Sandboxes {
     }
 
     async fn build(&self, spec: SandboxSpec) -> Result<String, SandboxError> {
-        let id = berth_runtime::ids::new_id().map_err(|e| SandboxError::Failed {
+        let id = berth_common::ids::new_id().map_err(|e| SandboxError::Failed {
             id: String::new(),
             step: "make an id",
             message: e.to_string(),
@@ -212,7 +212,7 @@ impl Sandboxes {
             id: id.clone(),
             spec,
             state: SandboxState::Creating,
-            created_at: berth_runtime::ids::now_nanos(),
+            created_at: berth_common::ids::now_nanos(),
             monitor: None,
             network: NetworkStatus::default(),
             network_attached: false,
@@ -313,7 +313,7 @@ impl Sandboxes {
                 record.network_attached = true;
                 // The pod's own IP in its hosts file, now that it has one.
                 let ip = record.network.ips.first().map(String::as_str);
-                let _ = berth_image::atomic::write_atomic(
+                let _ = berth_common::atomic::write_atomic(
                     &dir.join("hosts"),
                     spec::hosts_file(&record.spec.hostname, ip).as_bytes(),
                 );
@@ -344,7 +344,7 @@ impl Sandboxes {
     fn write_files(&self, record: &SandboxRecord, dir: &Path) -> Result<(), String> {
         let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let write = |name: &str, text: String| {
-            berth_image::atomic::write_atomic(&dir.join(name), text.as_bytes())
+            berth_common::atomic::write_atomic(&dir.join(name), text.as_bytes())
                 .map_err(|e| format!("{name}: {e}"))
         };
         write(

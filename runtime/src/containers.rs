@@ -257,7 +257,7 @@ impl Containers {
 
     pub fn resolve(&self, id_or_prefix: &str) -> Option<String> {
         let records = self.lock();
-        crate::ids::resolve_prefix(records.keys(), id_or_prefix)
+        berth_common::ids::resolve_prefix(records.keys(), id_or_prefix)
     }
 
     pub fn list(&self) -> Vec<ContainerRecord> {
@@ -317,7 +317,7 @@ impl Containers {
                 )));
             }
         }
-        let id = crate::ids::new_id().map_err(|e| self.failed("", "make an id", e.to_string()))?;
+        let id = berth_common::ids::new_id().map_err(|e| self.failed("", "make an id", e.to_string()))?;
         let dir = self.dir(&id);
         let layer_dir = self.root.join("containers").join(&id);
         let rootfs = dir.join("rootfs");
@@ -436,7 +436,7 @@ impl Containers {
             log_path: log_path.clone(),
             cgroup: cgroup.clone(),
             pid: 0,
-            created_at: crate::ids::now_nanos(),
+            created_at: berth_common::ids::now_nanos(),
             started_at: 0,
             exit: None,
             layer_dir: layer_dir.to_path_buf(),
@@ -475,7 +475,7 @@ impl Containers {
         }
         // Stamped before the process may run: a container that exits at once must not show a
         // finish time earlier than its start.
-        let started_at = crate::ids::now_nanos();
+        let started_at = berth_common::ids::now_nanos();
         monitor_request(&record.pod_dir, &Request::Start { id: id.to_string() })
             .map_err(|e| self.failed(id, "start", e))?;
         let mut records = self.lock();

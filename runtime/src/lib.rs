@@ -40,7 +40,6 @@ pub mod cgroups;
 pub mod containers;
 pub mod exec_sync;
 pub mod executor;
-pub mod ids;
 pub mod monitor;
 pub mod resources_update;
 pub mod spec;

@@ -304,7 +304,7 @@ impl Containers {
         // Whatever the container wrote before it died goes to the log before the record.
         drain(c);
         let oom = c.cgroup.as_deref().is_some_and(oom_killed);
-        let mut record = ExitRecord::new(exit_code, signal, crate::ids::now_nanos(), oom);
+        let mut record = ExitRecord::new(exit_code, signal, berth_common::ids::now_nanos(), oom);
         record.log_bytes = c.log.bytes_written();
         match serde_json::to_vec(&record) {
             Ok(bytes) => {
