@@ -11,8 +11,8 @@ use std::time::Duration;
 use berth_cri::authority::AuthorityFix;
 use berth_cri::{Backends, CriMetrics, CriOptions};
 use berth_image::{ImageMetrics, Images};
+use berth_podsandbox::container::Containers;
 use berth_podsandbox::{PodNetwork, SandboxMetrics, Sandboxes};
-use berth_runtime::containers::Containers;
 use prometheus_client::registry::Registry;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
@@ -217,7 +217,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let image_metrics = ImageMetrics::register(&mut registry);
     let cni_metrics = berth_cni::CniMetrics::register(&mut registry);
     let sandbox_metrics = SandboxMetrics::register(&mut registry);
-    let container_metrics = berth_runtime::containers::ContainerMetrics::register(&mut registry);
+    let container_metrics = berth_podsandbox::container::ContainerMetrics::register(&mut registry);
     let registry = Arc::new(registry);
     let host = berth_runtime::spec::HostInfo::probe(config.runtime.cgroup_driver)
         .map_err(AgentError::Containers)?;

@@ -14,8 +14,8 @@ mod unimplemented;
 use std::sync::{Arc, RwLock};
 
 use berth_image::Images;
+use berth_podsandbox::container::Containers;
 use berth_podsandbox::Sandboxes;
-use berth_runtime::containers::Containers;
 use berth_runtime::CgroupDriver;
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;

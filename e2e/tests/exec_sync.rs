@@ -11,7 +11,7 @@ use berth_e2e::monitor_fixture::{
 use berth_e2e::network::{mounts_under, processes_mentioning};
 use berth_e2e::registry::TestRegistry;
 use berth_e2e::{berthd_path, TestAgent};
-use berth_runtime::exec_sync::{exec_sync, ExecError, ExecOutput, OUTPUT_CAP};
+use berth_podsandbox::container::{exec_sync, ExecError, ExecOutput, OUTPUT_CAP};
 use berth_runtime::monitor::protocol::Request;
 use k8s_cri::v1::RemovePodSandboxRequest;
 use nix::sys::signal::{kill, Signal};

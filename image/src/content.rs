@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 
-use berth_common::atomic::unique;
 use crate::digest::Digest;
+use berth_common::atomic::unique;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ContentError {

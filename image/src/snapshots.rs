@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use berth_common::atomic::unique;
 use crate::digest::ChainId;
+use berth_common::atomic::unique;
 
 const TMP_PREFIX: &str = "tmp-";
 

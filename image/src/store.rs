@@ -108,7 +108,8 @@ impl ImageStore {
             path: path.clone(),
             message: e.to_string(),
         })?;
-        berth_common::atomic::write_atomic(&path, &bytes).map_err(|source| StoreError::Io { path, source })
+        berth_common::atomic::write_atomic(&path, &bytes)
+            .map_err(|source| StoreError::Io { path, source })
     }
 
     fn unpersist(&self, id: &Digest) -> Result<(), StoreError> {

@@ -7,12 +7,14 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use berth_runtime::monitor::protocol::{self, MonitorConfig, StartReport};
+use berth_runtime::monitor::protocol::{
+    self, short_socket_path, MonitorConfig, Request, Response, StartReport, SOCKET_FILE,
+};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::io::AsyncBufReadExt;
 
-use crate::record::MonitorProcess;
+use crate::sandbox::record::MonitorProcess;
 
 /// How long a monitor may take to set the pod up and report.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -74,10 +76,10 @@ pub async fn start(config: &MonitorConfig) -> Result<MonitorProcess, String> {
 
 /// Asks the monitor on its socket whether it is there.
 pub fn ping(pod_dir: &Path) -> bool {
-    request(pod_dir, protocol::PING).is_some_and(|a| a.starts_with("pong "))
+    request_line(pod_dir, protocol::PING).is_some_and(|a| a.starts_with("pong "))
 }
 
-fn request(pod_dir: &Path, line: &str) -> Option<String> {
+fn request_line(pod_dir: &Path, line: &str) -> Option<String> {
     let (_dir, short) = protocol::short_socket_path(pod_dir, protocol::SOCKET_FILE).ok()?;
     let stream = UnixStream::connect(short).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
@@ -97,7 +99,7 @@ pub fn stop(pod_dir: &Path, monitor: &MonitorProcess) {
         return;
     }
     let pid = Pid::from_raw(monitor.pid as i32);
-    if request(pod_dir, protocol::SHUTDOWN).is_none() {
+    if request_line(pod_dir, protocol::SHUTDOWN).is_none() {
         let _ = kill(pid, Signal::SIGTERM);
     }
     let deadline = Instant::now() + STOP_TIMEOUT;
@@ -128,4 +130,30 @@ pub fn kill_unreported(pod_dir: &Path) {
     // The monitor leads its own session and process group.
     let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+}
+
+/// One request to a pod's monitor.
+pub fn monitor_request(pod_dir: &Path, request: &Request) -> Result<Response, String> {
+    let (_dir, path) =
+        short_socket_path(pod_dir, SOCKET_FILE).map_err(|e| format!("pod dir: {e}"))?;
+    let stream =
+        UnixStream::connect(path).map_err(|e| format!("connect to the pod's monitor: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .map_err(|e| e.to_string())?;
+    let line = serde_json::to_string(request).map_err(|e| e.to_string())?;
+    writeln!(&stream, "{line}").map_err(|e| format!("write to the pod's monitor: {e}"))?;
+    let mut answer = String::new();
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .map_err(|e| format!("read from the pod's monitor: {e}"))?;
+    let response: Response =
+        serde_json::from_str(&answer).map_err(|e| format!("monitor answered {answer:?}: {e}"))?;
+    if response.ok {
+        Ok(response)
+    } else {
+        Err(response
+            .error
+            .unwrap_or_else(|| "monitor refused".to_string()))
+    }
 }

@@ -37,9 +37,6 @@ impl fmt::Display for CgroupDriver {
 }
 
 pub mod cgroups;
-pub mod containers;
-pub mod exec_sync;
 pub mod executor;
 pub mod monitor;
-pub mod resources_update;
 pub mod spec;

@@ -3,9 +3,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use berth_podsandbox::record::SandboxRecord;
-use berth_podsandbox::spec::NamespaceMode as PodMode;
-use berth_runtime::containers::{ContainerError, ContainerRecord, ContainerState};
+use berth_podsandbox::container::{ContainerError, ContainerRecord, ContainerState};
+use berth_podsandbox::sandbox::record::SandboxRecord;
+use berth_podsandbox::sandbox::spec::NamespaceMode as PodMode;
 use berth_runtime::spec as rspec;
 use k8s_cri::v1 as cri;
 use tonic::Status;
@@ -277,7 +277,7 @@ pub(super) fn cri_container_status(r: &ContainerRecord) -> cri::ContainerStatus 
 
 /// A container's record by id or unique prefix, or NotFound.
 pub(super) fn find_container(
-    containers: &berth_runtime::containers::Containers,
+    containers: &berth_podsandbox::container::Containers,
     id: &str,
 ) -> Result<ContainerRecord, Status> {
     containers

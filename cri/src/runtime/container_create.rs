@@ -27,7 +27,7 @@ pub(super) async fn create_container(
         .sandboxes
         .get(&sandbox_id)
         .ok_or_else(|| Status::not_found(format!("berth: pod sandbox {sandbox_id} not found")))?;
-    if pod.state != berth_podsandbox::record::SandboxState::Ready {
+    if pod.state != berth_podsandbox::sandbox::record::SandboxState::Ready {
         return Err(Status::failed_precondition(format!(
             "berth: pod sandbox {sandbox_id} is not ready"
         )));
@@ -55,7 +55,7 @@ pub(super) async fn create_container(
         .map_err(|e| Status::internal(format!("berth: image {image_name}: config: {e}")))?;
     let spec = container_spec(config, &pod.spec.log_directory)?;
     let pod_dir = backends.sandboxes.pod_dir_path(&sandbox_id);
-    let input = berth_runtime::containers::CreateInput {
+    let input = berth_podsandbox::container::CreateInput {
         sandbox_id: sandbox_id.clone(),
         sandbox: sandbox_info(&pod, &pod_dir),
         pod_dir,

@@ -4,8 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_runtime::containers::{ContainerState, Containers};
-use berth_runtime::exec_sync::{exec_sync as run_exec, ExecError};
+use berth_podsandbox::container::{exec_sync as run_exec, ExecError};
+use berth_podsandbox::container::{ContainerState, Containers};
 use k8s_cri::v1::{ExecSyncRequest, ExecSyncResponse};
 use tonic::Status;
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use berth_runtime::containers::{ContainerError, Containers};
+use berth_podsandbox::container::{ContainerError, Containers};
 use k8s_cri::v1::*;
 use tonic::Status;
 

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use berth_runtime::containers::Containers;
+use berth_podsandbox::container::Containers;
 use k8s_cri::v1::*;
 use tonic::Status;
 

@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
-use berth_podsandbox::record::{SandboxRecord, SandboxState};
-use berth_podsandbox::spec::{
+use berth_podsandbox::sandbox::record::{SandboxRecord, SandboxState};
+use berth_podsandbox::sandbox::spec::{
     DnsSpec, NamespaceMode, NamespaceModes, PodMetadata, PortMapping, SandboxSpec,
 };
 use berth_podsandbox::SandboxError;

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::spec::SandboxSpec;
+use super::spec::SandboxSpec;
 
 pub const RECORD_FILE: &str = "sandbox.json";
 

@@ -1,15 +1,12 @@
-//! UpdateContainerResources, the runtime half: new limits merged over the recorded ones, the
-//! writes that put them into the container's live cgroup and their order (pure, tested below),
-//! and the writes themselves. The order and the zero-means-unchanged rule follow `runc update`
-//! (libcontainer/cgroups/fs and fs2).
+//! UpdateContainerResources, the cgroup half: the writes that put new limits into a container's
+//! live cgroup and their order (pure, tested below), and the writes themselves. The order follows
+//! `runc update` (libcontainer/cgroups/fs and fs2).
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::LinuxResources;
-
-use crate::spec::Resources;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
@@ -19,40 +16,6 @@ pub enum UpdateError {
     /// The kernel refused a write; the message names the file and the value.
     #[error("{0}")]
     Refused(String),
-}
-
-/// `new` over `old`. As in `runc update`, a zero or empty field keeps the old value; hugepage
-/// limits are replaced by page size and unified keys by key.
-pub fn merge(old: &Resources, new: &Resources) -> Resources {
-    let num = |new: i64, old: i64| if new != 0 { new } else { old };
-    let text = |new: &str, old: &str| if new.is_empty() { old } else { new }.to_string();
-    let mut hugepage_limits = old.hugepage_limits.clone();
-    for h in &new.hugepage_limits {
-        match hugepage_limits
-            .iter_mut()
-            .find(|o| o.page_size == h.page_size)
-        {
-            Some(o) => o.limit = h.limit,
-            None => hugepage_limits.push(h.clone()),
-        }
-    }
-    let mut unified = old.unified.clone();
-    unified.extend(new.unified.clone());
-    Resources {
-        cpu_period: num(new.cpu_period, old.cpu_period),
-        cpu_quota: num(new.cpu_quota, old.cpu_quota),
-        cpu_shares: num(new.cpu_shares, old.cpu_shares),
-        memory_limit_in_bytes: num(new.memory_limit_in_bytes, old.memory_limit_in_bytes),
-        oom_score_adj: num(new.oom_score_adj, old.oom_score_adj),
-        cpuset_cpus: text(&new.cpuset_cpus, &old.cpuset_cpus),
-        cpuset_mems: text(&new.cpuset_mems, &old.cpuset_mems),
-        hugepage_limits,
-        unified,
-        memory_swap_limit_in_bytes: num(
-            new.memory_swap_limit_in_bytes,
-            old.memory_swap_limit_in_bytes,
-        ),
-    }
 }
 
 /// Where a container's cgroup is, controller by controller.
@@ -385,7 +348,6 @@ mod tests {
     use oci_spec::runtime::{LinuxCpu, LinuxHugepageLimit, LinuxMemory};
 
     use super::*;
-    use crate::spec::HugepageLimit;
 
     fn v1() -> Layout {
         let dir = |c: &str| PathBuf::from(format!("/cg/{c}/pod/c1"));
@@ -445,55 +407,6 @@ mod tests {
         let mut r = LinuxResources::default();
         r.set_cpu(Some(c));
         r
-    }
-
-    #[test]
-    fn zero_and_empty_fields_keep_the_recorded_values() {
-        let old = Resources {
-            cpu_shares: 1024,
-            cpu_quota: 20_000,
-            cpu_period: 100_000,
-            memory_limit_in_bytes: 1 << 30,
-            cpuset_cpus: "0-3".into(),
-            oom_score_adj: 500,
-            hugepage_limits: vec![HugepageLimit {
-                page_size: "2MB".into(),
-                limit: 1 << 21,
-            }],
-            unified: BTreeMap::from([("memory.high".into(), "1".into())]),
-            ..Resources::default()
-        };
-        let new = Resources {
-            cpu_shares: 512,
-            memory_limit_in_bytes: 64 << 20,
-            cpuset_mems: "0".into(),
-            hugepage_limits: vec![
-                HugepageLimit {
-                    page_size: "2MB".into(),
-                    limit: 2 << 21,
-                },
-                HugepageLimit {
-                    page_size: "1GB".into(),
-                    limit: 1 << 30,
-                },
-            ],
-            unified: BTreeMap::from([("memory.low".into(), "2".into())]),
-            ..Resources::default()
-        };
-        let got = merge(&old, &new);
-        assert_eq!(
-            (got.cpu_shares, got.cpu_quota, got.cpu_period),
-            (512, 20_000, 100_000)
-        );
-        assert_eq!(got.memory_limit_in_bytes, 64 << 20);
-        assert_eq!(
-            (got.cpuset_cpus.as_str(), got.cpuset_mems.as_str()),
-            ("0-3", "0")
-        );
-        assert_eq!(got.oom_score_adj, 500);
-        assert_eq!(got.hugepage_limits, new.hugepage_limits);
-        assert_eq!(got.unified.len(), 2);
-        assert_eq!(merge(&old, &Resources::default()), old);
     }
 
     #[test]

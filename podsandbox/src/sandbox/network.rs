@@ -10,8 +10,8 @@ use berth_cni::{
     NetworkWatcher, PortMapping, ResultCache, RuntimeCapabilities,
 };
 
-use crate::record::{NetworkStatus, SandboxRecord};
-use crate::undo::Undo;
+use super::record::{NetworkStatus, SandboxRecord};
+use super::undo::Undo;
 
 const IFNAME: &str = "eth0";
 /// The network an attachment was made on, kept in the pod dir for its DEL.

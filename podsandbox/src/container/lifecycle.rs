@@ -1,0 +1,233 @@
+//! Create, start, stop, remove and reopen-log: each a request to the pod's monitor and a
+//! record update. Blocking functions: the agent calls them from its blocking pool.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use berth_runtime::monitor::protocol::{Request, SOCKET_FILE};
+use nix::mount::{umount2, MntFlags};
+
+use super::record::{ContainerError, ContainerState, EXIT_FILE};
+use super::rootfs::CreateInput;
+use super::Containers;
+use crate::monitor_client::monitor_request;
+
+impl Containers {
+    /// CreateContainer: rootfs, bundle, and the container built (not started) by the monitor.
+    /// Any failure takes back every step.
+    pub fn create(&self, input: CreateInput) -> Result<String, ContainerError> {
+        {
+            let records = self.lock();
+            let same = records.values().find(|r| {
+                r.sandbox_id == input.sandbox_id
+                    && r.config.metadata.name == input.config.metadata.name
+                    && r.config.metadata.attempt == input.config.metadata.attempt
+            });
+            if let Some(r) = same {
+                return Err(ContainerError::InvalidArgument(format!(
+                    "container name {:?} attempt {} is reserved for {} in pod {}",
+                    r.config.metadata.name, r.config.metadata.attempt, r.id, r.sandbox_id
+                )));
+            }
+        }
+        let id = berth_common::ids::new_id()
+            .map_err(|e| self.failed("", "make an id", e.to_string()))?;
+        let dir = self.dir(&id);
+        let layer_dir = self.root.join("containers").join(&id);
+        let rootfs = dir.join("rootfs");
+        let result = self.build(&id, &dir, &layer_dir, &rootfs, &input);
+        if let Err(e) = &result {
+            tracing::warn!(container_id = %id, error = %e, "create failed: rolling back");
+            let _ = monitor_request(&input.pod_dir, &Request::Delete { id: id.clone() });
+            let _ = umount2(&rootfs, MntFlags::MNT_DETACH);
+            let _ = std::fs::remove_dir_all(&dir);
+            let _ = std::fs::remove_dir_all(&layer_dir);
+        }
+        result.map(|record| {
+            self.lock().insert(id.clone(), record);
+            id
+        })
+    }
+
+    /// StartContainer: only a created container starts.
+    pub fn start(&self, id: &str) -> Result<(), ContainerError> {
+        let record = self
+            .get(id)
+            .ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
+        if record.state() != ContainerState::Created {
+            return Err(ContainerError::FailedPrecondition(format!(
+                "container {id} is {:?}, not created",
+                record.state()
+            )));
+        }
+        // Stamped before the process may run: a container that exits at once must not show a
+        // finish time earlier than its start.
+        let started_at = berth_common::ids::now_nanos();
+        monitor_request(&record.pod_dir, &Request::Start { id: id.to_string() })
+            .map_err(|e| self.failed(id, "start", e))?;
+        let mut records = self.lock();
+        if let Some(r) = records.get_mut(id) {
+            r.started_at = started_at;
+            let r = r.clone();
+            drop(records);
+            self.save(&r)?;
+        }
+        Ok(())
+    }
+
+    /// StopContainer: the stop signal, SIGKILL after `timeout`, returns once the process is
+    /// gone. CRI: a stopped or unknown container is not an error.
+    pub fn stop(&self, id: &str, timeout: Duration) -> Result<(), ContainerError> {
+        let Some(record) = self.get(id) else {
+            return Ok(());
+        };
+        if record.state() == ContainerState::Exited {
+            return Ok(());
+        }
+        let signal = parse_signal(&record.stop_signal).unwrap_or(libc::SIGTERM);
+        let exit_file = self.dir(id).join(EXIT_FILE);
+        if record.state() == ContainerState::Created {
+            // Never started: its init waits for `start`; SIGKILL is the only way out.
+            let _ = monitor_request(
+                &record.pod_dir,
+                &Request::Signal {
+                    id: id.into(),
+                    signal: libc::SIGKILL,
+                },
+            );
+        } else if !timeout.is_zero() {
+            monitor_request(
+                &record.pod_dir,
+                &Request::Signal {
+                    id: id.into(),
+                    signal,
+                },
+            )
+            .map_err(|e| self.failed(id, "stop signal", e))?;
+            if wait_for(&exit_file, timeout) {
+                return Ok(());
+            }
+        }
+        monitor_request(
+            &record.pod_dir,
+            &Request::Signal {
+                id: id.into(),
+                signal: libc::SIGKILL,
+            },
+        )
+        .map_err(|e| self.failed(id, "kill", e))?;
+        if !wait_for(&exit_file, Duration::from_secs(30)) {
+            return Err(self.failed(
+                id,
+                "stop",
+                "the process did not exit 30s after SIGKILL".to_string(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// RemoveContainer: stop, then the monitor's and libcontainer's state, the rootfs, the
+    /// writable layer and the record. CRI: an unknown container is already removed.
+    pub fn remove(&self, id: &str) -> Result<(), ContainerError> {
+        let Some(record) = self.get(id) else {
+            return Ok(());
+        };
+        // A pod whose monitor is gone has no process left to stop.
+        if record.pod_dir.join(SOCKET_FILE).exists() {
+            self.stop(id, Duration::ZERO)?;
+            if let Err(e) =
+                monitor_request(&record.pod_dir, &Request::Delete { id: id.to_string() })
+            {
+                tracing::warn!(container_id = %id, error = %e, "monitor could not delete the container's state");
+            }
+        }
+        let dir = self.dir(id);
+        match umount2(&dir.join("rootfs"), MntFlags::MNT_DETACH) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => return Err(self.failed(id, "unmount rootfs", e.to_string())),
+        }
+        if let Some(cgroup) = &record.cgroup {
+            // libcontainer's delete removes it; a container whose monitor died leaves it.
+            let relative = cgroup.strip_prefix("/").unwrap_or(cgroup);
+            for h in berth_runtime::cgroups::hierarchies() {
+                let _ = std::fs::remove_dir(h.mountpoint.join(relative));
+            }
+        }
+        let _ = std::fs::remove_dir_all(&record.layer_dir);
+        std::fs::remove_dir_all(&dir)
+            .or_else(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|e| self.failed(id, "remove dir", e.to_string()))?;
+        self.lock().remove(id);
+        Ok(())
+    }
+
+    /// ReopenContainerLog: the monitor opens the log path anew (after kubelet's rotation).
+    pub fn reopen_log(&self, id: &str) -> Result<(), ContainerError> {
+        let record = self
+            .get(id)
+            .ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
+        if record.state() != ContainerState::Running {
+            return Err(ContainerError::FailedPrecondition(format!(
+                "container {id} is not running"
+            )));
+        }
+        monitor_request(&record.pod_dir, &Request::ReopenLog { id: id.to_string() })
+            .map(|_| ())
+            .map_err(|e| self.failed(id, "reopen log", e))
+    }
+}
+
+/// Waits until `file` exists, at most `timeout`.
+fn wait_for(file: &Path, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if file.exists() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `SIGTERM`, `TERM`, `15` → 15.
+pub fn parse_signal(s: &str) -> Option<i32> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    if let Ok(n) = s.parse::<i32>() {
+        return Some(n);
+    }
+    let name = s.to_ascii_uppercase();
+    let name = if name.starts_with("SIG") {
+        name
+    } else {
+        format!("SIG{name}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .ok()
+        .map(|s| s as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_signals_parse_by_name_or_number() {
+        assert_eq!(parse_signal("SIGTERM"), Some(15));
+        assert_eq!(parse_signal("term"), Some(15));
+        assert_eq!(parse_signal("SIGQUIT"), Some(3));
+        assert_eq!(parse_signal("9"), Some(9));
+        assert_eq!(parse_signal(""), None);
+        assert_eq!(parse_signal("SIGNOPE"), None);
+    }
+}

@@ -1,0 +1,226 @@
+//! CreateContainer's build: the rootfs (an overlay of the image's snapshots with a writable
+//! upper dir), the bundle with its generated `config.json`, and the container built (not
+//! started) by the pod's monitor.
+
+use std::path::{Path, PathBuf};
+
+use berth_runtime::monitor::protocol::Request;
+use berth_runtime::spec::{self, ContainerSpec, ImageConfig, SandboxInfo, SpecInput};
+use nix::mount::{mount, MsFlags};
+
+use super::record::{ContainerError, ContainerRecord, ProcessUser, EXIT_FILE};
+use super::Containers;
+use crate::monitor_client::monitor_request;
+
+/// Everything `create` needs, gathered by the CRI layer.
+pub struct CreateInput {
+    pub sandbox_id: String,
+    pub pod_dir: PathBuf,
+    pub sandbox: SandboxInfo,
+    pub config: ContainerSpec,
+    pub image: String,
+    pub image_id: String,
+    pub image_config: ImageConfig,
+    /// The image's unpacked layers, bottom first.
+    pub layers: Vec<PathBuf>,
+}
+
+impl Containers {
+    pub(super) fn build(
+        &self,
+        id: &str,
+        dir: &Path,
+        layer_dir: &Path,
+        rootfs: &Path,
+        input: &CreateInput,
+    ) -> Result<ContainerRecord, ContainerError> {
+        let fail = |step: &'static str| move |e: String| self.failed(id, step, e);
+        for d in [
+            rootfs.to_path_buf(),
+            layer_dir.join("upper"),
+            layer_dir.join("work"),
+        ] {
+            std::fs::create_dir_all(&d).map_err(|e| fail("create dirs")(e.to_string()))?;
+        }
+        if input.layers.is_empty() {
+            return Err(fail("rootfs")("the image has no layers".to_string()));
+        }
+        // overlayfs: the first lowerdir is the top layer.
+        let lower: Vec<String> = input
+            .layers
+            .iter()
+            .rev()
+            .map(|p| p.display().to_string())
+            .collect();
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.join(":"),
+            layer_dir.join("upper").display(),
+            layer_dir.join("work").display()
+        );
+        mount(
+            Some("overlay"),
+            rootfs,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(options.as_str()),
+        )
+        .map_err(|e| fail("mount rootfs")(e.to_string()))?;
+        let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).ok();
+        let group = std::fs::read_to_string(rootfs.join("etc/group")).ok();
+        let log_path = if input.config.log_path.is_empty() {
+            // No log directory from kubelet: keep the output beside the container's state.
+            dir.join("log")
+        } else {
+            PathBuf::from(&input.config.log_path)
+        };
+        if let Some(parent) = log_path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| fail("log directory")(e.to_string()))?;
+        }
+        let mut config = input.config.clone();
+        config.log_path = log_path.display().to_string();
+        // As containerd: rslave/rshared only make sense from a slave/shared source mount.
+        check_propagation(&input.config.mounts).map_err(ContainerError::InvalidArgument)?;
+        // As containerd: a bind mount's missing host directory is created.
+        for m in &config.mounts {
+            if !m.host_path.exists() {
+                std::fs::create_dir_all(&m.host_path).map_err(|e| {
+                    fail("mount source")(format!("create {}: {e}", m.host_path.display()))
+                })?;
+            }
+        }
+        let devices =
+            spec::devices::nodes_for(&config).map_err(|e| fail("devices")(e.to_string()))?;
+        let generated = spec::generate(&SpecInput {
+            container_id: id,
+            rootfs,
+            config: &config,
+            sandbox: &input.sandbox,
+            image: &input.image_config,
+            etc_passwd: passwd.as_deref(),
+            etc_group: group.as_deref(),
+            device_nodes: &devices,
+            target_pid_namespace: None,
+            host: &self.host,
+        })
+        .map_err(|e| ContainerError::InvalidArgument(format!("container {id}: {e}")))?;
+        let user = generated.process().as_ref().map(|p| ProcessUser {
+            uid: p.user().uid(),
+            gid: p.user().gid(),
+            additional_gids: p.user().additional_gids().clone().unwrap_or_default(),
+        });
+        let cgroup = generated
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().clone());
+        generated
+            .save(dir.join("config.json"))
+            .map_err(|e| fail("write config.json")(e.to_string()))?;
+        let mut record = ContainerRecord {
+            id: id.to_string(),
+            sandbox_id: input.sandbox_id.clone(),
+            pod_dir: input.pod_dir.clone(),
+            config,
+            image: input.image.clone(),
+            image_id: input.image_id.clone(),
+            stop_signal: input.image_config.stop_signal.clone(),
+            log_path: log_path.clone(),
+            cgroup: cgroup.clone(),
+            pid: 0,
+            created_at: berth_common::ids::now_nanos(),
+            started_at: 0,
+            exit: None,
+            layer_dir: layer_dir.to_path_buf(),
+            user,
+            layers: input.layers.clone(),
+        };
+        self.save(&record)?;
+        let response = monitor_request(
+            &input.pod_dir,
+            &Request::Create {
+                id: id.to_string(),
+                bundle: dir.to_path_buf(),
+                log_path,
+                exit_file: dir.join(EXIT_FILE),
+                cgroup,
+                stdin: record.config.stdin,
+                tty: record.config.tty,
+            },
+        )
+        .map_err(fail("create in the pod's monitor"))?;
+        record.pid = response.pid.unwrap_or(0);
+        self.save(&record)?;
+        Ok(record)
+    }
+}
+
+/// Refuses HostToContainer (rslave) and Bidirectional (rshared) mounts whose source is not on a
+/// slave or shared mount, with containerd's reasoning: nothing would propagate.
+fn check_propagation(mounts: &[spec::Mount]) -> Result<(), String> {
+    let wanted: Vec<&spec::Mount> = mounts
+        .iter()
+        .filter(|m| m.propagation != spec::Propagation::Private)
+        .collect();
+    if wanted.is_empty() {
+        return Ok(());
+    }
+    let info = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(|e| format!("read mountinfo: {e}"))?;
+    for m in wanted {
+        let (mountpoint, tags) = mount_of(&info, &m.host_path);
+        let ok = match m.propagation {
+            spec::Propagation::Bidirectional => tags.iter().any(|t| t.starts_with("shared:")),
+            _ => tags
+                .iter()
+                .any(|t| t.starts_with("shared:") || t.starts_with("master:")),
+        };
+        if !ok {
+            return Err(format!(
+                "path {} is mounted on {mountpoint} but it is not a {} mount",
+                m.host_path.display(),
+                if m.propagation == spec::Propagation::Bidirectional {
+                    "shared"
+                } else {
+                    "shared or slave"
+                }
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The mount point holding `path` (the longest matching one) and its propagation tags.
+fn mount_of(mountinfo: &str, path: &Path) -> (String, Vec<String>) {
+    let mut best: (String, Vec<String>) = ("/".to_string(), Vec::new());
+    for line in mountinfo.lines() {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let Some(sep) = fields.iter().position(|f| *f == "-") else {
+            continue;
+        };
+        let Some(point) = fields.get(4) else { continue };
+        if path.starts_with(point) && point.len() >= best.0.len() {
+            best = (
+                point.to_string(),
+                fields[6..sep].iter().map(|s| s.to_string()).collect(),
+            );
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn propagation_needs_a_shared_or_slave_source() {
+        let info = "\
+20 1 8:1 / / rw,relatime shared:1 - ext4 /dev/vda rw
+30 20 0:5 / /private rw - tmpfs tmpfs rw
+31 20 0:6 / /slave rw master:7 - tmpfs tmpfs rw
+";
+        assert_eq!(mount_of(info, Path::new("/private/x")).0, "/private");
+        assert_eq!(mount_of(info, Path::new("/slave/y")).1, ["master:7"]);
+        assert_eq!(mount_of(info, Path::new("/home/z")).1, ["shared:1"]);
+    }
+}
