@@ -9,10 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use berth_cri::authority::AuthorityFix;
-use berth_cri::{Backends, CriMetrics, CriOptions};
+use berth_cri::{CriMetrics, CriOptions};
 use berth_image::{ImageMetrics, Images};
-use berth_podsandbox::container::Containers;
-use berth_podsandbox::{PodNetwork, SandboxMetrics, Sandboxes};
+use berth_podsandbox::{ContainerMetrics, Containers, PodNetwork, Pods, SandboxMetrics, Sandboxes};
 use prometheus_client::registry::Registry;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
@@ -217,7 +216,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let image_metrics = ImageMetrics::register(&mut registry);
     let cni_metrics = berth_cni::CniMetrics::register(&mut registry);
     let sandbox_metrics = SandboxMetrics::register(&mut registry);
-    let container_metrics = berth_podsandbox::container::ContainerMetrics::register(&mut registry);
+    let container_metrics = ContainerMetrics::register(&mut registry);
     let registry = Arc::new(registry);
     let host = berth_runtime::spec::HostInfo::probe(config.runtime.cgroup_driver)
         .map_err(AgentError::Containers)?;
@@ -225,18 +224,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         .map_err(AgentError::Containers)?;
     // Containers first: the snapshots they are built on are leased before the image store's
     // start-up GC runs, so it cannot take a running container's rootfs away.
-    let leases = containers
-        .list()
-        .into_iter()
-        .map(|c| {
-            let chains = c
-                .layers
-                .iter()
-                .filter_map(|l| Images::chain_of_snapshot_dir(l))
-                .collect();
-            (c.id, chains)
-        })
-        .collect();
+    let leases = Pods::image_leases(&containers);
     let images = Images::open(&config.root, config.registry.clone(), image_metrics, leases)
         .map_err(AgentError::Images)?;
     let images = Arc::new(images);
@@ -245,11 +233,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         .await
         .map_err(AgentError::Sandboxes)?;
     let sandboxes = Arc::new(sandboxes);
-    let backends = Arc::new(Backends {
-        images,
-        sandboxes,
-        containers: Arc::new(containers),
-    });
+    let pods = Arc::new(Pods::new(images, sandboxes, Arc::new(containers)));
 
     let metrics_task = metrics_listener.map(|l| {
         let registry = registry.clone();
@@ -265,7 +249,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         config_json: serde_json::to_string(&config).unwrap_or_else(|_| "{}".to_string()),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = berth_cri::router(options, backends, cri_metrics.clone())
+    let server = berth_cri::router(options, pods, cri_metrics.clone())
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(listener).map(|c| c.map(AuthorityFix::new)),
             async {

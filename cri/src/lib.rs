@@ -9,13 +9,13 @@ pub mod authority;
 mod image;
 pub mod metrics;
 mod runtime;
+mod service;
 mod unimplemented;
 
 use std::sync::{Arc, RwLock};
 
 use berth_image::Images;
-use berth_podsandbox::container::Containers;
-use berth_podsandbox::Sandboxes;
+use berth_podsandbox::Pods;
 use berth_runtime::CgroupDriver;
 use k8s_cri::v1::image_service_server::ImageServiceServer;
 use k8s_cri::v1::runtime_service_server::RuntimeServiceServer;
@@ -44,18 +44,11 @@ pub(crate) struct Shared {
     pod_cidr: RwLock<String>,
 }
 
-/// The parts of berth the CRI services drive.
-pub struct Backends {
-    pub images: Arc<Images>,
-    pub sandboxes: Arc<Sandboxes>,
-    pub containers: Arc<Containers>,
-}
-
 /// The CRI RuntimeService implementation.
 #[derive(Clone)]
 pub struct RuntimeService {
     shared: Arc<Shared>,
-    backends: Arc<Backends>,
+    pods: Arc<Pods>,
 }
 
 /// The CRI ImageService implementation.
@@ -67,7 +60,7 @@ pub struct ImageService {
 /// Builds the tonic router serving both CRI services, wrapped in the metrics and tracing layer.
 pub fn router(
     options: CriOptions,
-    backends: Arc<Backends>,
+    pods: Arc<Pods>,
     metrics: Arc<CriMetrics>,
 ) -> Router<tower::layer::util::Stack<ObserveLayer, tower::layer::util::Identity>> {
     let shared = Arc::new(Shared {
@@ -76,12 +69,12 @@ pub fn router(
     });
     let runtime = RuntimeServiceServer::new(RuntimeService {
         shared,
-        backends: backends.clone(),
+        pods: pods.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_SIZE)
     .max_encoding_message_size(MAX_MESSAGE_SIZE);
     let image = ImageServiceServer::new(ImageService {
-        images: backends.images.clone(),
+        images: pods.images.clone(),
     })
     .max_decoding_message_size(MAX_MESSAGE_SIZE)
     .max_encoding_message_size(MAX_MESSAGE_SIZE);

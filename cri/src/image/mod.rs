@@ -1,10 +1,10 @@
 //! The CRI ImageService: one file per RPC, over `berth_image::Images`.
 
-mod fs_info;
-mod list;
-mod pull;
-mod remove;
-mod status;
+mod image_list;
+mod image_pull;
+mod image_remove;
+mod image_status;
+mod imagefs_info;
 
 use k8s_cri::v1::image_service_server::ImageService as CriImageService;
 use k8s_cri::v1::*;
@@ -20,21 +20,21 @@ impl CriImageService for ImageService {
         &self,
         request: Request<ListImagesRequest>,
     ) -> Result<Response<ListImagesResponse>, Status> {
-        list::list_images(&self.images, request.into_inner()).map(Response::new)
+        image_list::list_images(&self.images, request.into_inner()).map(Response::new)
     }
 
     async fn image_status(
         &self,
         request: Request<ImageStatusRequest>,
     ) -> Result<Response<ImageStatusResponse>, Status> {
-        status::image_status(&self.images, request.into_inner()).map(Response::new)
+        image_status::image_status(&self.images, request.into_inner()).map(Response::new)
     }
 
     async fn pull_image(
         &self,
         request: Request<PullImageRequest>,
     ) -> Result<Response<PullImageResponse>, Status> {
-        pull::pull_image(&self.images, request.into_inner())
+        image_pull::pull_image(&self.images, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -43,7 +43,7 @@ impl CriImageService for ImageService {
         &self,
         request: Request<RemoveImageRequest>,
     ) -> Result<Response<RemoveImageResponse>, Status> {
-        remove::remove_image(&self.images, request.into_inner())
+        image_remove::remove_image(&self.images, request.into_inner())
             .await
             .map(Response::new)
     }
@@ -52,7 +52,7 @@ impl CriImageService for ImageService {
         &self,
         request: Request<ImageFsInfoRequest>,
     ) -> Result<Response<ImageFsInfoResponse>, Status> {
-        fs_info::image_fs_info(&self.images, request.into_inner())
+        imagefs_info::image_fs_info(&self.images, request.into_inner())
             .await
             .map(Response::new)
     }

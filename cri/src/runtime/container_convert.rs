@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use berth_podsandbox::container::{ContainerError, ContainerRecord, ContainerState};
+use berth_podsandbox::container::{ContainerRecord, ContainerState};
 use berth_podsandbox::sandbox::record::SandboxRecord;
 use berth_podsandbox::sandbox::spec::NamespaceMode as PodMode;
 use berth_runtime::spec as rspec;
@@ -21,7 +21,7 @@ fn mode(m: i32) -> rspec::NamespaceMode {
 
 /// kubelet's `ContainerConfig` as the runtime crate's input. The log path becomes absolute:
 /// the pod's log directory joined with the container's relative path.
-pub(super) fn container_spec(
+pub(crate) fn container_spec(
     config: cri::ContainerConfig,
     log_directory: &str,
 ) -> Result<rspec::ContainerSpec, Status> {
@@ -123,7 +123,7 @@ pub(super) fn container_spec(
 }
 
 /// CRI resources as the runtime crate's (used by CreateContainer and UpdateContainerResources).
-pub(super) fn resources(r: cri::LinuxContainerResources) -> rspec::Resources {
+pub(crate) fn resources(r: cri::LinuxContainerResources) -> rspec::Resources {
     rspec::Resources {
         cpu_period: r.cpu_period,
         cpu_quota: r.cpu_quota,
@@ -146,7 +146,7 @@ pub(super) fn resources(r: cri::LinuxContainerResources) -> rspec::Resources {
 }
 
 /// What a container takes from its pod.
-pub(super) fn sandbox_info(pod: &SandboxRecord, pod_dir: &std::path::Path) -> rspec::SandboxInfo {
+pub(crate) fn sandbox_info(pod: &SandboxRecord, pod_dir: &std::path::Path) -> rspec::SandboxInfo {
     let ns = |kind: &str, own: bool| own.then(|| pod_dir.join("ns").join(kind));
     let host_net = pod.spec.namespaces.network == PodMode::Node;
     let host_ipc = pod.spec.namespaces.ipc == PodMode::Node;
@@ -166,7 +166,7 @@ pub(super) fn sandbox_info(pod: &SandboxRecord, pod_dir: &std::path::Path) -> rs
     }
 }
 
-pub(super) fn cri_state(s: ContainerState) -> i32 {
+pub(crate) fn cri_state(s: ContainerState) -> i32 {
     (match s {
         ContainerState::Created => cri::ContainerState::ContainerCreated,
         ContainerState::Running => cri::ContainerState::ContainerRunning,
@@ -175,14 +175,14 @@ pub(super) fn cri_state(s: ContainerState) -> i32 {
     }) as i32
 }
 
-pub(super) fn cri_metadata(r: &ContainerRecord) -> cri::ContainerMetadata {
+pub(crate) fn cri_metadata(r: &ContainerRecord) -> cri::ContainerMetadata {
     cri::ContainerMetadata {
         name: r.config.metadata.name.clone(),
         attempt: r.config.metadata.attempt,
     }
 }
 
-pub(super) fn cri_container(r: &ContainerRecord) -> cri::Container {
+pub(crate) fn cri_container(r: &ContainerRecord) -> cri::Container {
     cri::Container {
         id: r.id.clone(),
         pod_sandbox_id: r.sandbox_id.clone(),
@@ -210,7 +210,7 @@ pub(super) fn cri_container(r: &ContainerRecord) -> cri::Container {
     }
 }
 
-pub(super) fn cri_container_status(r: &ContainerRecord) -> cri::ContainerStatus {
+pub(crate) fn cri_container_status(r: &ContainerRecord) -> cri::ContainerStatus {
     let exit = r.exit.as_ref();
     cri::ContainerStatus {
         id: r.id.clone(),
@@ -272,26 +272,5 @@ pub(super) fn cri_container_status(r: &ContainerRecord) -> cri::ContainerStatus 
                 supplemental_groups: u.additional_gids.iter().map(|g| *g as i64).collect(),
             }),
         }),
-    }
-}
-
-/// A container's record by id or unique prefix, or NotFound.
-pub(super) fn find_container(
-    containers: &berth_podsandbox::container::Containers,
-    id: &str,
-) -> Result<ContainerRecord, Status> {
-    containers
-        .resolve(id)
-        .and_then(|id| containers.get(&id))
-        .ok_or_else(|| Status::not_found(format!("berth: container {id:?} not found")))
-}
-
-pub(super) fn container_error(e: ContainerError) -> Status {
-    let message = format!("berth: {e}");
-    match e {
-        ContainerError::NotFound(_) => Status::not_found(message),
-        ContainerError::InvalidArgument(_) => Status::invalid_argument(message),
-        ContainerError::FailedPrecondition(_) => Status::failed_precondition(message),
-        ContainerError::Failed { .. } => Status::unknown(message),
     }
 }

@@ -1,11 +1,15 @@
 //! The CRI RuntimeService: one file per RPC.
 
-mod container_convert;
+pub(crate) mod container_convert;
 mod container_create;
-mod container_exec;
-mod container_lifecycle;
+mod container_execsync;
+mod container_list;
+mod container_log_reopen;
+mod container_remove;
+mod container_start;
 mod container_status;
-mod container_update;
+mod container_stop;
+mod container_update_resources;
 mod runtime_config;
 mod sandbox_convert;
 mod sandbox_list;
@@ -44,7 +48,7 @@ cri_service! {
             &self,
             request: Request<StatusRequest>,
         ) -> Result<Response<StatusResponse>, Status> {
-            let network = self.backends.sandboxes.network_ready();
+            let network = self.pods.sandboxes.network_ready();
             status::status(&self.shared, network, request.into_inner()).map(Response::new)
         }
 
@@ -67,70 +71,70 @@ cri_service! {
             &self,
             request: Request<RunPodSandboxRequest>,
         ) -> Result<Response<RunPodSandboxResponse>, Status> {
-            sandbox_run::run_pod_sandbox(&self.backends.sandboxes, request.into_inner()).await.map(Response::new)
+            sandbox_run::run_pod_sandbox(&self.pods.sandboxes, request.into_inner()).await.map(Response::new)
         }
 
         async fn stop_pod_sandbox(
             &self,
             request: Request<StopPodSandboxRequest>,
         ) -> Result<Response<StopPodSandboxResponse>, Status> {
-            sandbox_stop::stop_pod_sandbox(&self.backends, request.into_inner()).await.map(Response::new)
+            sandbox_stop::stop_pod_sandbox(&self.pods, request.into_inner()).await.map(Response::new)
         }
 
         async fn remove_pod_sandbox(
             &self,
             request: Request<RemovePodSandboxRequest>,
         ) -> Result<Response<RemovePodSandboxResponse>, Status> {
-            sandbox_remove::remove_pod_sandbox(&self.backends, request.into_inner()).await.map(Response::new)
+            sandbox_remove::remove_pod_sandbox(&self.pods, request.into_inner()).await.map(Response::new)
         }
 
         async fn pod_sandbox_status(
             &self,
             request: Request<PodSandboxStatusRequest>,
         ) -> Result<Response<PodSandboxStatusResponse>, Status> {
-            sandbox_status::pod_sandbox_status(&self.backends.sandboxes, request.into_inner()).map(Response::new)
+            sandbox_status::pod_sandbox_status(&self.pods.sandboxes, request.into_inner()).map(Response::new)
         }
 
         async fn list_pod_sandbox(
             &self,
             request: Request<ListPodSandboxRequest>,
         ) -> Result<Response<ListPodSandboxResponse>, Status> {
-            sandbox_list::list_pod_sandbox(&self.backends.sandboxes, request.into_inner()).map(Response::new)
+            sandbox_list::list_pod_sandbox(&self.pods.sandboxes, request.into_inner()).map(Response::new)
         }
 
         async fn create_container(
             &self,
             request: Request<CreateContainerRequest>,
         ) -> Result<Response<CreateContainerResponse>, Status> {
-            container_create::create_container(&self.backends, request.into_inner()).await.map(Response::new)
+            container_create::create_container(&self.pods, request.into_inner()).await.map(Response::new)
         }
 
         async fn start_container(
             &self,
             request: Request<StartContainerRequest>,
         ) -> Result<Response<StartContainerResponse>, Status> {
-            container_lifecycle::start_container(&self.backends.containers, request.into_inner()).await.map(Response::new)
+            container_start::start_container(&self.pods, request.into_inner()).await.map(Response::new)
         }
 
         async fn stop_container(
             &self,
             request: Request<StopContainerRequest>,
         ) -> Result<Response<StopContainerResponse>, Status> {
-            container_lifecycle::stop_container(&self.backends.containers, request.into_inner()).await.map(Response::new)
+            container_stop::stop_container(&self.pods, request.into_inner()).await.map(Response::new)
         }
 
         async fn remove_container(
             &self,
             request: Request<RemoveContainerRequest>,
         ) -> Result<Response<RemoveContainerResponse>, Status> {
-            container_lifecycle::remove_container(&self.backends, request.into_inner()).await.map(Response::new)
+            container_remove::remove_container(&self.pods, request.into_inner()).await.map(Response::new)
         }
 
         async fn reopen_container_log(
             &self,
             request: Request<ReopenContainerLogRequest>,
         ) -> Result<Response<ReopenContainerLogResponse>, Status> {
-            container_lifecycle::reopen_container_log(&self.backends.containers, request.into_inner())
+            container_log_reopen::reopen_container_log(&self.pods, request.into_inner())
                 .await
                 .map(Response::new)
         }
@@ -139,21 +143,21 @@ cri_service! {
             &self,
             request: Request<ContainerStatusRequest>,
         ) -> Result<Response<ContainerStatusResponse>, Status> {
-            container_status::container_status(&self.backends.containers, request.into_inner()).map(Response::new)
+            container_status::container_status(&self.pods, request.into_inner()).map(Response::new)
         }
 
         async fn list_containers(
             &self,
             request: Request<ListContainersRequest>,
         ) -> Result<Response<ListContainersResponse>, Status> {
-            container_status::list_containers(&self.backends.containers, request.into_inner()).map(Response::new)
+            container_list::list_containers(&self.pods, request.into_inner()).map(Response::new)
         }
 
         async fn update_container_resources(
             &self,
             request: Request<UpdateContainerResourcesRequest>,
         ) -> Result<Response<UpdateContainerResourcesResponse>, Status> {
-            container_update::update_container_resources(&self.backends.containers, request.into_inner())
+            container_update_resources::update_container_resources(&self.pods, request.into_inner())
                 .await
                 .map(Response::new)
         }
@@ -162,7 +166,7 @@ cri_service! {
             &self,
             request: Request<ExecSyncRequest>,
         ) -> Result<Response<ExecSyncResponse>, Status> {
-            container_exec::exec_sync(&self.backends.containers, request.into_inner()).await.map(Response::new)
+            container_execsync::exec_sync(&self.pods, request.into_inner()).await.map(Response::new)
         }
 
         async fn get_container_events(

@@ -6,7 +6,6 @@ use berth_podsandbox::sandbox::record::{SandboxRecord, SandboxState};
 use berth_podsandbox::sandbox::spec::{
     DnsSpec, NamespaceMode, NamespaceModes, PodMetadata, PortMapping, SandboxSpec,
 };
-use berth_podsandbox::SandboxError;
 use k8s_cri::v1 as cri;
 use tonic::Status;
 
@@ -136,15 +135,5 @@ pub(super) fn cri_status(r: &SandboxRecord) -> cri::PodSandboxStatus {
             .into_iter()
             .collect::<HashMap<_, _>>(),
         runtime_handler: r.spec.runtime_handler.clone(),
-    }
-}
-
-pub(super) fn sandbox_error(e: SandboxError) -> Status {
-    let message = format!("berth: {e}");
-    match e {
-        SandboxError::InvalidArgument(_) => Status::invalid_argument(message),
-        SandboxError::NotFound(_) => Status::not_found(message),
-        SandboxError::AlreadyExists(_) => Status::already_exists(message),
-        SandboxError::Failed { .. } => Status::unknown(message),
     }
 }

@@ -5,7 +5,8 @@ use k8s_cri::v1::{RunPodSandboxRequest, RunPodSandboxResponse};
 use std::sync::Arc;
 use tonic::Status;
 
-use super::sandbox_convert::{sandbox_error, sandbox_spec};
+use super::sandbox_convert::sandbox_spec;
+use crate::service::sandbox_error;
 
 pub(super) async fn run_pod_sandbox(
     sandboxes: &Arc<Sandboxes>,

@@ -1,22 +1,18 @@
 //! ExecSync: a command in a running container's namespaces and cgroup, through `berthd init
 //! exec`; output captured (16 MiB per stream), killed on timeout.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use berth_podsandbox::container::{exec_sync as run_exec, ExecError};
-use berth_podsandbox::container::{ContainerState, Containers};
+use berth_podsandbox::container::{ContainerState, ExecError};
+use berth_podsandbox::Pods;
 use k8s_cri::v1::{ExecSyncRequest, ExecSyncResponse};
 use tonic::Status;
 
-use super::container_convert::find_container;
+use crate::service::find_container;
 
-pub(super) async fn exec_sync(
-    c: &Arc<Containers>,
-    r: ExecSyncRequest,
-) -> Result<ExecSyncResponse, Status> {
+pub(super) async fn exec_sync(pods: &Pods, r: ExecSyncRequest) -> Result<ExecSyncResponse, Status> {
     crate::metrics::record_container(&r.container_id);
-    let record = find_container(c, &r.container_id)?;
+    let record = find_container(pods, &r.container_id)?;
     if record.state() != ContainerState::Running {
         return Err(Status::failed_precondition(format!(
             "berth: container {} is not running",
@@ -26,18 +22,8 @@ pub(super) async fn exec_sync(
     if r.cmd.is_empty() {
         return Err(Status::invalid_argument("berth: ExecSync needs a command"));
     }
-    let berthd = std::env::current_exe()
-        .map_err(|e| Status::internal(format!("berth: find our binary: {e}")))?;
     let timeout = Duration::from_secs(r.timeout.max(0) as u64);
-    match run_exec(
-        &berthd,
-        &record.pod_dir.join("runc"),
-        &record.id,
-        &r.cmd,
-        timeout,
-    )
-    .await
-    {
+    match pods.exec_sync(&record, &r.cmd, timeout).await {
         Ok(out) => Ok(ExecSyncResponse {
             stdout: out.stdout,
             stderr: out.stderr,

@@ -1,0 +1,175 @@
+//! `Pods`: sandboxes, the containers in them and the images they are built on, composed. The
+//! glue between them lives here and nowhere else: a container leases its image's snapshots
+//! while it exists, a pod's containers go before the pod does, and the container manager's
+//! blocking work runs on the blocking pool.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_image::{ChainId, Images};
+use berth_runtime::spec::Resources;
+
+use crate::container::{
+    exec_sync, ContainerError, ContainerRecord, Containers, CreateInput, ExecError, ExecOutput,
+};
+use crate::sandbox::{SandboxError, Sandboxes};
+
+/// Why a pod-wide operation failed: one of its containers, or the sandbox itself.
+#[derive(Debug, thiserror::Error)]
+pub enum PodError {
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+}
+
+/// The agent's pods: what the CRI services drive.
+pub struct Pods {
+    pub images: Arc<Images>,
+    pub sandboxes: Arc<Sandboxes>,
+    pub containers: Arc<Containers>,
+}
+
+impl Pods {
+    pub fn new(
+        images: Arc<Images>,
+        sandboxes: Arc<Sandboxes>,
+        containers: Arc<Containers>,
+    ) -> Pods {
+        Pods {
+            images,
+            sandboxes,
+            containers,
+        }
+    }
+
+    /// The snapshots each recorded container is built on, to lease them before the image
+    /// store's start-up GC runs (so it cannot take a container's rootfs away).
+    pub fn image_leases(containers: &Containers) -> HashMap<String, Vec<ChainId>> {
+        containers
+            .list()
+            .into_iter()
+            .map(|c| (c.id, chains_of(&c.layers)))
+            .collect()
+    }
+
+    /// Runs one of the container manager's blocking operations on the blocking pool.
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Containers) -> Result<T, ContainerError> + Send + 'static,
+    ) -> Result<T, ContainerError> {
+        let containers = self.containers.clone();
+        tokio::task::spawn_blocking(move || f(&containers))
+            .await
+            .map_err(|e| ContainerError::Failed {
+                id: String::new(),
+                step: "container task",
+                message: e.to_string(),
+            })?
+    }
+
+    /// CreateContainer. Its layers stay, whatever happens to the image, until it is removed.
+    pub async fn create_container(&self, input: CreateInput) -> Result<String, ContainerError> {
+        let chains = chains_of(&input.layers);
+        let id = self.blocking(move |c| c.create(input)).await?;
+        self.images.lease(&id, chains);
+        Ok(id)
+    }
+
+    pub async fn start_container(&self, id: String) -> Result<(), ContainerError> {
+        self.blocking(move |c| c.start(&id)).await
+    }
+
+    pub async fn stop_container(
+        &self,
+        id: String,
+        timeout: Duration,
+    ) -> Result<(), ContainerError> {
+        self.blocking(move |c| c.stop(&id, timeout)).await
+    }
+
+    /// RemoveContainer; its image layers are released to GC.
+    pub async fn remove_container(&self, id: String) -> Result<(), ContainerError> {
+        let held = id.clone();
+        self.blocking(move |c| c.remove(&id)).await?;
+        self.release(held).await;
+        Ok(())
+    }
+
+    pub async fn reopen_container_log(&self, id: String) -> Result<(), ContainerError> {
+        self.blocking(move |c| c.reopen_log(&id)).await
+    }
+
+    pub async fn update_container_resources(
+        &self,
+        id: String,
+        resources: Resources,
+    ) -> Result<(), ContainerError> {
+        self.blocking(move |c| c.update_resources(&id, resources))
+            .await
+    }
+
+    /// ExecSync in a container, through `berthd init exec` (our own binary).
+    pub async fn exec_sync(
+        &self,
+        record: &ContainerRecord,
+        cmd: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, ExecError> {
+        let berthd = std::env::current_exe()
+            .map_err(|e| ExecError::Failed(format!("find our binary: {e}")))?;
+        exec_sync(
+            &berthd,
+            &record.pod_dir.join("runc"),
+            &record.id,
+            cmd,
+            timeout,
+        )
+        .await
+    }
+
+    /// StopPodSandbox: every container of the pod is stopped first, then the sandbox.
+    pub async fn stop_pod(&self, sandbox_id: &str) -> Result<(), PodError> {
+        self.take_containers(sandbox_id, false).await?;
+        Ok(self.sandboxes.stop(sandbox_id).await?)
+    }
+
+    /// RemovePodSandbox: every container of the pod is stopped and removed, then the sandbox.
+    pub async fn remove_pod(&self, sandbox_id: &str) -> Result<(), PodError> {
+        self.take_containers(sandbox_id, true).await?;
+        Ok(self.sandboxes.remove(sandbox_id).await?)
+    }
+
+    async fn take_containers(&self, sandbox_id: &str, remove: bool) -> Result<(), ContainerError> {
+        for id in self.containers.in_sandbox(sandbox_id) {
+            let held = id.clone();
+            self.blocking(move |c| {
+                c.stop(&id, Duration::ZERO)?;
+                if remove {
+                    c.remove(&id)?;
+                }
+                Ok(())
+            })
+            .await?;
+            if remove {
+                self.release(held).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives a removed container's image layers back to GC.
+    async fn release(&self, id: String) {
+        let images = self.images.clone();
+        let _ = tokio::task::spawn_blocking(move || images.release(&id)).await;
+    }
+}
+
+fn chains_of(layers: &[PathBuf]) -> Vec<ChainId> {
+    layers
+        .iter()
+        .filter_map(|l| Images::chain_of_snapshot_dir(l))
+        .collect()
+}
