@@ -4,12 +4,14 @@
 //! state dir, socket and metrics port, waits until it answers `Version`, hands out CRI clients,
 //! and on drop stops it and removes everything it made. Tests must run as root.
 
+pub mod container_fixture;
 pub mod cri;
 pub mod fault;
 pub mod images;
 pub mod monitor_fixture;
 pub mod network;
 pub mod registry;
+pub mod unpack_fixture;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

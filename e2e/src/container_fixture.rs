@@ -1,0 +1,185 @@
+//! Shared by the container suites (`e2e/tests/container*.rs`): an agent with a pulled test
+//! image, pod and container configs with unique names and cgroup parents, CRI call shorthands,
+//! and the leak check every suite runs before its teardown.
+
+use std::time::{Duration, Instant};
+
+use k8s_cri::v1::*;
+
+use crate::images::ImageBuilder;
+use crate::network::{mounts_under, processes_mentioning};
+use crate::registry::TestRegistry;
+use crate::{RuntimeClient, TempDir, TestAgent};
+
+/// An agent with a pulled test image (with /etc/passwd and /etc/group) and a log directory.
+pub struct Fixture {
+    pub agent: TestAgent,
+    pub registry: TestRegistry,
+    pub image: String,
+    pub logs: TempDir,
+}
+
+pub async fn fixture() -> Fixture {
+    let registry = TestRegistry::start();
+    let pushed = ImageBuilder::with_passwd().push(&registry, "test/ctr", "v1");
+    let agent = TestAgent::start().await;
+    agent
+        .image()
+        .await
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: pushed.image_ref(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    Fixture {
+        agent,
+        registry,
+        image: pushed.image_ref(),
+        logs: TempDir::new("berth-e2e-logs"),
+    }
+}
+
+pub fn pod_config(f: &Fixture, name: &str) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.into(),
+            uid: format!("uid-{name}"),
+            namespace: "default".into(),
+            attempt: 0,
+        }),
+        hostname: name.into(),
+        log_directory: f.logs.path().join(name).display().to_string(),
+        linux: Some(LinuxPodSandboxConfig {
+            cgroup_parent: format!("/berth-e2e-{}/{name}", std::process::id()),
+            ..crate::cri::pod_linux(crate::cri::namespaces(
+                NamespaceMode::Node,
+                NamespaceMode::Container,
+                NamespaceMode::Pod,
+            ))
+        }),
+        ..Default::default()
+    }
+}
+
+pub fn container_config(f: &Fixture, name: &str, command: &[&str]) -> ContainerConfig {
+    ContainerConfig {
+        metadata: Some(ContainerMetadata {
+            name: name.into(),
+            attempt: 0,
+        }),
+        image: Some(ImageSpec {
+            image: f.image.clone(),
+            ..Default::default()
+        }),
+        command: command.iter().map(|s| s.to_string()).collect(),
+        log_path: format!("{name}/0.log"),
+        linux: Some(crate::cri::container_linux(crate::cri::namespaces(
+            NamespaceMode::Node,
+            NamespaceMode::Container,
+            NamespaceMode::Pod,
+        ))),
+        ..Default::default()
+    }
+}
+
+pub async fn run_pod(c: &mut RuntimeClient, config: PodSandboxConfig) -> String {
+    c.run_pod_sandbox(RunPodSandboxRequest {
+        config: Some(config),
+        runtime_handler: String::new(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .pod_sandbox_id
+}
+
+pub async fn create(
+    c: &mut RuntimeClient,
+    pod: &str,
+    config: ContainerConfig,
+    pod_config: PodSandboxConfig,
+) -> String {
+    c.create_container(CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(config),
+        sandbox_config: Some(pod_config),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .container_id
+}
+
+pub async fn status(c: &mut RuntimeClient, id: &str) -> ContainerStatus {
+    c.container_status(ContainerStatusRequest {
+        container_id: id.into(),
+        verbose: false,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .status
+    .unwrap()
+}
+
+pub async fn wait_exited(c: &mut RuntimeClient, id: &str) -> ContainerStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let s = status(c, id).await;
+        if s.state == ContainerState::ContainerExited as i32 {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "container {id} did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub fn assert_clean(f: &Fixture, pod_name: &str) {
+    let agent = &f.agent;
+    assert!(
+        mounts_under(agent.dir()).is_empty(),
+        "mounts: {:?}",
+        mounts_under(agent.dir())
+    );
+    let procs = processes_mentioning(&agent.paths.state.join("pods").to_string_lossy());
+    assert!(procs.is_empty(), "processes left: {procs:?}");
+    let left: Vec<_> = std::fs::read_dir(agent.paths.state.join("containers"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(left.is_empty(), "container dirs left: {left:?}");
+    let pod_cgroup = format!(
+        "/sys/fs/cgroup/memory/berth-e2e-{}/{pod_name}",
+        std::process::id()
+    );
+    let nested: Vec<_> = std::fs::read_dir(&pod_cgroup)
+        .map(|r| {
+            r.flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(nested.is_empty(), "container cgroups left: {nested:?}");
+}
+
+/// Removes this test process's top cgroup (`berth-e2e-<pid>`) and the pod cgroups under it.
+pub struct CgroupTop;
+
+impl Drop for CgroupTop {
+    fn drop(&mut self) {
+        for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let top = h.path().join(format!("berth-e2e-{}", std::process::id()));
+            if let Ok(pods) = std::fs::read_dir(&top) {
+                for pod in pods.flatten().filter(|p| p.path().is_dir()) {
+                    let _ = std::fs::remove_dir(pod.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&top);
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Containers through the CRI: bind mounts and their propagation, privileged containers, and a
+//! rootfs that outlives its image.
+
+use berth_e2e::container_fixture::*;
+use k8s_cri::v1::*;
+
+#[tokio::test]
+async fn bind_mounts_reach_the_host_and_missing_sources_are_created() {
+    let _top = CgroupTop;
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "mounts");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let shared = f.logs.path().join("shared-dir");
+    let readonly = f.logs.path().join("ro-dir");
+    std::fs::create_dir_all(&readonly).unwrap();
+    std::fs::write(readonly.join("given"), "from the host\n").unwrap();
+    let mut cfg = container_config(
+        &f,
+        "mounter",
+        &["sh", "-c", "echo hi > /data/out; cat /ro/given; touch /ro/x 2>/dev/null && echo ro-writable || echo ro-refused"],
+    );
+    cfg.mounts = vec![
+        Mount {
+            container_path: "/data".into(),
+            host_path: shared.display().to_string(),
+            ..Default::default()
+        },
+        Mount {
+            container_path: "/ro".into(),
+            host_path: readonly.display().to_string(),
+            readonly: true,
+            ..Default::default()
+        },
+    ];
+    let id = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
+    c.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    let s = wait_exited(&mut c, &id).await;
+    assert_eq!(s.exit_code, 0);
+    assert_eq!(std::fs::read_to_string(shared.join("out")).unwrap(), "hi\n");
+    let log = std::fs::read_to_string(&s.log_path).unwrap();
+    assert!(
+        log.contains(" stdout F from the host\n") && log.contains(" stdout F ro-refused\n"),
+        "{log}"
+    );
+    assert_eq!(s.mounts.len(), 2);
+    c.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    assert_clean(&f, "mounts");
+}
+
+#[tokio::test]
+async fn privileged_containers_need_a_privileged_pod() {
+    let _top = CgroupTop;
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let plain_cfg = pod_config(&f, "plainpod");
+    let plain = run_pod(&mut c, plain_cfg.clone()).await;
+    let mut privileged_ctr =
+        container_config(&f, "priv", &["sh", "-c", "grep CapEff /proc/self/status"]);
+    privileged_ctr
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .privileged = true;
+    let err = c
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: plain.clone(),
+            config: Some(privileged_ctr.clone()),
+            sandbox_config: Some(plain_cfg),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    let mut priv_cfg = pod_config(&f, "privpod");
+    priv_cfg
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .privileged = true;
+    let privileged_pod = run_pod(&mut c, priv_cfg.clone()).await;
+    let id = create(&mut c, &privileged_pod, privileged_ctr, priv_cfg).await;
+    c.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    let s = wait_exited(&mut c, &id).await;
+    assert_eq!(s.exit_code, 0);
+    for pod in [plain, privileged_pod] {
+        c.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod,
+        })
+        .await
+        .unwrap();
+    }
+    assert_clean(&f, "plainpod");
+    assert_clean(&f, "privpod");
+}
+
+#[tokio::test]
+async fn host_to_container_propagation_needs_a_slave_or_shared_source() {
+    let _top = CgroupTop;
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "propagation");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    // A private tmpfs as the source, whatever the host's own propagation is.
+    let source = f.logs.path().join("private-source");
+    std::fs::create_dir_all(&source).unwrap();
+    nix::mount::mount(
+        Some("tmpfs"),
+        &source,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(source.clone());
+    nix::mount::mount(
+        None::<&str>,
+        &source,
+        None::<&str>,
+        nix::mount::MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .unwrap();
+    let mut cfg = container_config(&f, "rslave", &["true"]);
+    cfg.mounts = vec![Mount {
+        container_path: "/data".into(),
+        host_path: source.display().to_string(),
+        propagation: MountPropagation::PropagationHostToContainer as i32,
+        ..Default::default()
+    }];
+    // Nothing could propagate from a private mount, so (as containerd) it is refused.
+    let err = c
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cfg),
+            sandbox_config: Some(pod_cfg),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message().contains("not a shared or slave mount"),
+        "{}",
+        err.message()
+    );
+    c.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    assert_clean(&f, "propagation");
+}
+
+#[tokio::test]
+async fn removing_the_image_of_a_running_container_keeps_its_rootfs() {
+    let _top = CgroupTop;
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "imagegone");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let id = create(
+        &mut c,
+        &pod,
+        container_config(&f, "keeps", &["sleep", "1000"]),
+        pod_cfg.clone(),
+    )
+    .await;
+    c.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    f.agent
+        .image()
+        .await
+        .remove_image(RemoveImageRequest {
+            image: Some(ImageSpec {
+                image: f.image.clone(),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let snapshots = f.agent.paths.root.join("snapshots");
+    assert!(
+        std::fs::read_dir(&snapshots).unwrap().count() > 0,
+        "the running container's layers stay"
+    );
+    let r = c
+        .exec_sync(ExecSyncRequest {
+            container_id: id.clone(),
+            cmd: vec!["cat".into(), "/etc/passwd".into()],
+            timeout: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.exit_code, 0);
+    assert!(String::from_utf8_lossy(&r.stdout).contains("tester"));
+    // Once the container goes, so do the layers nothing else uses.
+    c.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        std::fs::read_dir(&snapshots).unwrap().count(),
+        0,
+        "released layers are collected"
+    );
+    assert_clean(&f, "imagegone");
+}

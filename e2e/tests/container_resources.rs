@@ -1,0 +1,249 @@
+//! Containers through the CRI: resource updates on the live cgroup, OOM kills, the process user,
+//! log reopening and the container metrics.
+
+use std::time::Duration;
+
+use berth_e2e::container_fixture::*;
+use k8s_cri::v1::*;
+
+#[tokio::test]
+async fn update_container_resources_changes_the_live_cgroup() {
+    let _top = CgroupTop;
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "resize");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let id = create(
+        &mut c,
+        &pod,
+        container_config(&f, "sleeper", &["sleep", "1000"]),
+        pod_cfg.clone(),
+    )
+    .await;
+    c.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap();
+    let update = |linux: LinuxContainerResources| UpdateContainerResourcesRequest {
+        container_id: id.clone(),
+        linux: Some(linux),
+        ..Default::default()
+    };
+    let cgroup = |controller: &str, file: &str| {
+        let path = format!(
+            "/sys/fs/cgroup/{controller}/berth-e2e-{}/resize/{id}/{file}",
+            std::process::id()
+        );
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .trim()
+            .to_string()
+    };
+    c.update_container_resources(update(LinuxContainerResources {
+        cpu_shares: 512,
+        cpu_quota: 50_000,
+        cpu_period: 100_000,
+        memory_limit_in_bytes: 64 << 20,
+        oom_score_adj: 500,
+        ..Default::default()
+    }))
+    .await
+    .unwrap();
+    assert_eq!(cgroup("cpu", "cpu.shares"), "512");
+    assert_eq!(cgroup("cpu", "cpu.cfs_quota_us"), "50000");
+    assert_eq!(cgroup("cpu", "cpu.cfs_period_us"), "100000");
+    assert_eq!(cgroup("memory", "memory.limit_in_bytes"), "67108864");
+    let linux = status(&mut c, &id).await.resources.unwrap().linux.unwrap();
+    assert_eq!(
+        (
+            linux.cpu_shares,
+            linux.cpu_quota,
+            linux.cpu_period,
+            linux.memory_limit_in_bytes,
+            linux.oom_score_adj
+        ),
+        (512, 50_000, 100_000, 64 << 20, 500)
+    );
+    let verbose = c
+        .container_status(ContainerStatusRequest {
+            container_id: id.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .info;
+    let info: serde_json::Value = serde_json::from_str(&verbose["info"]).unwrap();
+    let pid = info["pid"].as_i64().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{pid}/oom_score_adj"))
+            .unwrap()
+            .trim(),
+        "500"
+    );
+
+    // Zero fields keep their values; the kernel refuses a limit below what `sleep` uses (no
+    // swap to push it to) and the error names the file and the value; the record is unchanged.
+    let err = c
+        .update_container_resources(update(LinuxContainerResources {
+            memory_limit_in_bytes: 4096,
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert!(
+        err.message().contains("memory.limit_in_bytes") && err.message().contains("4096"),
+        "{err:?}"
+    );
+    assert_eq!(cgroup("memory", "memory.limit_in_bytes"), "67108864");
+    assert_eq!(cgroup("cpu", "cpu.shares"), "512");
+    let linux = status(&mut c, &id).await.resources.unwrap().linux.unwrap();
+    assert_eq!(linux.memory_limit_in_bytes, 64 << 20);
+
+    let err = c
+        .update_container_resources(UpdateContainerResourcesRequest {
+            container_id: "feedbeef".into(),
+            linux: Some(LinuxContainerResources::default()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
+    c.stop_container(StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    let err = c
+        .update_container_resources(update(LinuxContainerResources {
+            cpu_shares: 256,
+            ..Default::default()
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    c.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    assert_clean(&f, "resize");
+}
+
+#[tokio::test]
+async fn oom_kill_user_reopen_log_and_metrics() {
+    let _top = CgroupTop;
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "oomlog");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+
+    // OOM-killed under a 16 MiB limit: reason OOMKilled, counted.
+    let mut cfg = container_config(
+        &f,
+        "hog",
+        &["sh", "-c", "x=aaaaaaaa; while true; do x=$x$x; done"],
+    );
+    cfg.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
+        memory_limit_in_bytes: 16 * 1024 * 1024,
+        ..Default::default()
+    });
+    let hog = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
+    c.start_container(StartContainerRequest {
+        container_id: hog.clone(),
+    })
+    .await
+    .unwrap();
+    let s = wait_exited(&mut c, &hog).await;
+    assert_eq!(s.reason, "OOMKilled", "{s:?}");
+    let _ = c
+        .list_containers(ListContainersRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(f.agent.metric("berth_container_oom_kills_total"), 1.0);
+    assert_eq!(f.agent.metric(r#"berth_containers{state="exited"}"#), 1.0);
+
+    // The user the process runs as, resolved from the image's /etc/passwd.
+    let mut cfg = container_config(
+        &f,
+        "writer",
+        &[
+            "sh",
+            "-c",
+            "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.05; done",
+        ],
+    );
+    cfg.linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .run_as_username = "tester".into();
+    let writer = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
+    c.start_container(StartContainerRequest {
+        container_id: writer.clone(),
+    })
+    .await
+    .unwrap();
+    let s = status(&mut c, &writer).await;
+    let user = s.user.unwrap().linux.unwrap();
+    assert_eq!((user.uid, user.gid), (1000, 1000));
+
+    // kubelet's rotation: rename the file, then ReopenContainerLog; new lines go to a new file.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rotated = format!("{}.1", s.log_path);
+    std::fs::rename(&s.log_path, &rotated).unwrap();
+    c.reopen_container_log(ReopenContainerLogRequest {
+        container_id: writer.clone(),
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.stop_container(StopContainerRequest {
+        container_id: writer.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    let new = std::fs::read_to_string(&s.log_path).unwrap();
+    let numbers = |text: &str| -> Vec<u64> {
+        text.lines()
+            .filter_map(|l| l.rsplit("line ").next()?.parse().ok())
+            .collect()
+    };
+    let (old, new) = (numbers(&old), numbers(&new));
+    assert!(
+        !old.is_empty() && !new.is_empty(),
+        "old {old:?} new {new:?}"
+    );
+    let all: Vec<u64> = old.iter().chain(new.iter()).copied().collect();
+    assert_eq!(
+        all,
+        (0..all.len() as u64).collect::<Vec<_>>(),
+        "nothing lost or repeated across the reopen"
+    );
+    let err = c
+        .reopen_container_log(ReopenContainerLogRequest {
+            container_id: writer.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition);
+    let _ = c
+        .list_containers(ListContainersRequest::default())
+        .await
+        .unwrap();
+    assert!(f.agent.metric("berth_container_log_bytes_total") > 0.0);
+
+    c.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod,
+    })
+    .await
+    .unwrap();
+    assert_clean(&f, "oomlog");
+}
