@@ -2,8 +2,7 @@
 //! `/var/lib/cni/results/<net>-<id>-<ifname>`: CHECK and DEL hand the cached result to plugins as
 //! `prevResult`, and the runtime reads the pod's IPs from it after a restart.
 
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -71,7 +70,8 @@ impl ResultCache {
             .mode(0o700)
             .create(&self.dir)
             .map_err(|e| cache_error(&self.dir, e))?;
-        write_atomic(&path, &bytes).map_err(|e| cache_error(&path, e))
+        berth_common::atomic::write_atomic_with_mode(&path, &bytes, 0o600)
+            .map_err(|e| cache_error(&path, e))
     }
 
     /// The cached result, or None when there is none.
@@ -142,37 +142,6 @@ fn cache_error(path: &Path, e: impl ToString) -> CniError {
         path: path.to_path_buf(),
         message: e.to_string(),
     }
-}
-
-/// Temp file beside `path`, fsync, rename over it, fsync the directory.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(
-        ".{name}.tmp-{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[cfg(test)]

@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
+use berth_common::metrics::operation_histogram;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::error::Verb;
@@ -15,11 +16,6 @@ struct Labels {
     operation: &'static str,
     plugin: String,
     outcome: &'static str,
-}
-
-fn duration_histogram() -> Histogram {
-    // 1 ms … ~65 s in 17 doubling steps: loopback takes milliseconds, a timed-out plugin 60 s.
-    Histogram::new(exponential_buckets(0.001, 2.0, 17))
 }
 
 /// The CNI metric families. Clones share the same series.
@@ -32,7 +28,7 @@ impl CniMetrics {
     /// Creates the families and registers them in `registry`.
     pub fn register(registry: &mut Registry) -> CniMetrics {
         let metrics = CniMetrics {
-            durations: Family::new_with_constructor(duration_histogram),
+            durations: Family::new_with_constructor(operation_histogram),
         };
         registry.register(
             "berth_cni_operation_duration_seconds",

@@ -1,19 +1,54 @@
-//! The one way berth writes a file that must survive a crash whole or not at all.
+//! The one way berth replaces a file whole: a temp file beside it, then a rename over it, so a
+//! reader (or an agent that was killed halfway) sees the old contents or the new, never half.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-/// Writes `bytes` to `path` atomically: a temp file beside it, fsync, rename, fsync of the dir.
+/// How much a write must survive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// fsync of the file before the rename and of the directory after: survives a power loss.
+    Synced,
+    /// No fsync: for files on tmpfs (`/run/berth`), which a power loss empties anyway and
+    /// where syncing only slows the request down.
+    Unsynced,
+}
+
+/// Writes `bytes` to `path` atomically and durably: temp file, fsync, rename, fsync of the dir.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write(path, bytes, 0o644, Durability::Synced)
+}
+
+/// As [`write_atomic`], the file created with `mode` (before the umask) instead of 0644.
+pub fn write_atomic_with_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    write(path, bytes, mode, Durability::Synced)
+}
+
+/// Atomic but not durable: temp file and rename, no fsync. Only for files on tmpfs.
+pub fn write_atomic_unsynced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write(path, bytes, 0o644, Durability::Unsynced)
+}
+
+fn write(path: &Path, bytes: &[u8], mode: u32, durability: Durability) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = dir.join(format!(".{name}.tmp-{}-{}", std::process::id(), unique()));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(bytes)?;
-        f.sync_all()?;
+        if durability == Durability::Synced {
+            f.sync_all()?;
+        }
         std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
+        if durability == Durability::Synced {
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -30,4 +65,33 @@ pub fn unique() -> u64 {
         .map(|d| d.subsec_nanos() as u64)
         .unwrap_or(0);
     (NEXT.fetch_add(1, Ordering::Relaxed) << 32) ^ nanos
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn writes_replace_the_whole_file_and_leave_no_temp_behind() {
+        let dir =
+            std::env::temp_dir().join(format!("berth-atomic-{}-{}", std::process::id(), unique()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("record.json");
+        write_atomic(&path, b"first, and longer").unwrap();
+        write_atomic_unsynced(&path, b"second").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"second");
+        write_atomic_with_mode(&path, b"third", 0o600).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, ["record.json"]);
+        assert!(write_atomic(&dir.join("missing/x"), b"").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

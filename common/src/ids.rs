@@ -1,19 +1,11 @@
 //! Sandbox and container ids: 64 random hex digits, like containerd's, found by a unique prefix
-//! as crictl passes them; and the timestamps their records carry.
+//! as crictl passes them.
 
 /// A new id from /dev/urandom.
 pub fn new_id() -> std::io::Result<String> {
     let mut bytes = [0u8; 32];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-/// Now, in Unix nanoseconds: the CRI's timestamps (created_at, started_at, finished_at).
-pub fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }
 
 /// The one key equal to `query`, or else the only key starting with it.

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use berth_common::metrics::operation_histogram;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use tokio::sync::Notify;
 use tower::{Layer, Service};
@@ -29,11 +30,6 @@ struct Operation {
     operation: String,
 }
 
-fn duration_histogram() -> Histogram {
-    // 1 ms … ~65 s in 17 doubling steps: covers Version (sub-ms) through image pulls (tens of s).
-    Histogram::new(exponential_buckets(0.001, 2.0, 17))
-}
-
 /// The CRI server's metric families.
 #[derive(Debug)]
 pub struct CriMetrics {
@@ -48,7 +44,7 @@ impl CriMetrics {
     pub fn register(registry: &mut Registry) -> Self {
         let metrics = Self {
             operations: Family::default(),
-            durations: Family::new_with_constructor(duration_histogram),
+            durations: Family::new_with_constructor(operation_histogram),
             in_flight: Gauge::default(),
             idle: Notify::new(),
         };

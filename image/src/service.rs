@@ -156,13 +156,6 @@ pub struct Images {
     metrics: ImageMetrics,
 }
 
-fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
-}
-
 impl Images {
     /// Opens the image storage under `root` and removes what no image references (leftovers of
     /// a crash between storing content and recording the image).
@@ -300,7 +293,7 @@ impl Images {
             mountpoint: self.root.clone(),
             used_bytes,
             inodes_used,
-            timestamp_nanos: now_nanos(),
+            timestamp_nanos: berth_common::time::now_nanos(),
         }
     }
 
@@ -449,7 +442,7 @@ impl Images {
             layers: parsed.layers.iter().map(|l| l.digest.clone()).collect(),
             chain_ids: chains,
             user: config.config.and_then(|c| c.user).unwrap_or_default(),
-            pulled_at: now_nanos(),
+            pulled_at: berth_common::time::now_nanos(),
         };
         Ok(self.store.put(record)?)
     }

@@ -62,7 +62,7 @@ impl Containers {
         }
         // Stamped before the process may run: a container that exits at once must not show a
         // finish time earlier than its start.
-        let started_at = berth_common::ids::now_nanos();
+        let started_at = berth_common::time::now_nanos();
         monitor_request(&record.pod_dir, &Request::Start { id: id.to_string() })
             .map_err(|e| self.failed(id, "start", e))?;
         let mut records = self.lock();

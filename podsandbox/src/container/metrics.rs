@@ -1,26 +1,23 @@
 //! Container metric families.
 
+use berth_common::metrics::StateLabel;
 use berth_runtime::monitor::protocol::ExitRecord;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-struct StateLabel {
-    state: &'static str,
-}
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 /// Container metric families. Operation durations are the CRI layer's
 /// `berth_cri_operation_duration_seconds{operation="CreateContainer"|…}`.
 #[derive(Debug, Clone, Default)]
 pub struct ContainerMetrics {
-    by_state: prometheus_client::metrics::family::Family<
-        StateLabel,
-        prometheus_client::metrics::gauge::Gauge,
-    >,
-    oom_kills: prometheus_client::metrics::counter::Counter,
-    log_bytes: prometheus_client::metrics::counter::Counter,
+    by_state: Family<StateLabel, Gauge>,
+    oom_kills: Counter,
+    log_bytes: Counter,
 }
 
 impl ContainerMetrics {
-    pub fn register(registry: &mut prometheus_client::registry::Registry) -> ContainerMetrics {
+    pub fn register(registry: &mut Registry) -> ContainerMetrics {
         let m = ContainerMetrics::default();
         registry.register(
             "berth_containers",

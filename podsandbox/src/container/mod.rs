@@ -11,7 +11,6 @@ mod rootfs;
 mod update;
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -31,15 +30,6 @@ pub struct Containers {
     host: HostInfo,
     records: Mutex<BTreeMap<String, ContainerRecord>>,
     metrics: ContainerMetrics,
-}
-
-/// Replaces a record whole (temp file + rename), so a killed agent never leaves half of one.
-/// No fsync: container records live in the state dir, a tmpfs (`/run/berth`) that a power loss
-/// empties anyway; syncing would only slow CreateContainer/StartContainer down.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::File::create(&tmp)?.write_all(bytes)?;
-    std::fs::rename(tmp, path)
 }
 
 impl Containers {
@@ -138,7 +128,8 @@ impl Containers {
     fn save(&self, r: &ContainerRecord) -> Result<(), ContainerError> {
         let bytes = serde_json::to_vec_pretty(r)
             .map_err(|e| self.failed(&r.id, "write record", e.to_string()))?;
-        write_atomic(&self.dir(&r.id).join(RECORD_FILE), &bytes)
+        // No fsync: records live in the state dir, a tmpfs that a power loss empties anyway.
+        berth_common::atomic::write_atomic_unsynced(&self.dir(&r.id).join(RECORD_FILE), &bytes)
             .map_err(|e| self.failed(&r.id, "write record", e.to_string()))
     }
 

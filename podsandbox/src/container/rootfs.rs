@@ -127,7 +127,7 @@ impl Containers {
             log_path: log_path.clone(),
             cgroup: cgroup.clone(),
             pid: 0,
-            created_at: berth_common::ids::now_nanos(),
+            created_at: berth_common::time::now_nanos(),
             started_at: 0,
             exit: None,
             layer_dir: layer_dir.to_path_buf(),

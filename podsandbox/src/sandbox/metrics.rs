@@ -1,20 +1,10 @@
 //! Sandbox metric families.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use berth_common::metrics::{OutcomeLabel, StateLabel};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StateLabel {
-    state: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OutcomeLabel {
-    outcome: &'static str,
-}
 
 fn create_histogram() -> Histogram {
     // 5 ms … ~80 s.

@@ -213,7 +213,7 @@ impl Sandboxes {
             id: id.clone(),
             spec,
             state: SandboxState::Creating,
-            created_at: berth_common::ids::now_nanos(),
+            created_at: berth_common::time::now_nanos(),
             monitor: None,
             network: NetworkStatus::default(),
             network_attached: false,

@@ -78,9 +78,7 @@ fn usage() -> i32 {
 }
 
 fn write_report(path: &Path, line: &str) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, format!("{line}\n"))?;
-    std::fs::rename(tmp, path)
+    berth_common::atomic::write_atomic_unsynced(path, format!("{line}\n").as_bytes())
 }
 
 fn create(root: &Path, id: &str, bundle: &Path, console: Option<PathBuf>) -> Result<i32, String> {

@@ -304,13 +304,12 @@ impl Containers {
         // Whatever the container wrote before it died goes to the log before the record.
         drain(c);
         let oom = c.cgroup.as_deref().is_some_and(oom_killed);
-        let mut record = ExitRecord::new(exit_code, signal, berth_common::ids::now_nanos(), oom);
+        let mut record = ExitRecord::new(exit_code, signal, berth_common::time::now_nanos(), oom);
         record.log_bytes = c.log.bytes_written();
         match serde_json::to_vec(&record) {
             Ok(bytes) => {
-                let tmp = c.exit_file.with_extension("tmp");
-                let written =
-                    std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, &c.exit_file));
+                // Unsynced: the exit file lives in the state dir, on tmpfs.
+                let written = berth_common::atomic::write_atomic_unsynced(&c.exit_file, &bytes);
                 if let Err(e) = written {
                     eprintln!("monitor: container {id}: write exit record: {e}");
                 }
