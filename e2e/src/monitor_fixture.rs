@@ -2,8 +2,6 @@
 //! snapshot, a spec from `berth_runtime::spec`, and requests on the pod monitor's socket. Shared by
 //! the monitor and ExecSync suites.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -11,7 +9,7 @@ use crate::images::ImageBuilder;
 use crate::registry::TestRegistry;
 use crate::TestAgent;
 use berth_image::digest::{chain_ids, Digest};
-use berth_runtime::monitor::protocol::{short_socket_path, ExitRecord, Request, Response};
+use berth_runtime::monitor::protocol::{ExitRecord, Request, Response};
 use berth_runtime::spec::{self, ContainerSpec, HostInfo, ImageConfig, SandboxInfo, SpecInput};
 use berth_runtime::CgroupDriver;
 use k8s_cri::v1::*;
@@ -57,16 +55,16 @@ impl Drop for CgroupCleanup {
     }
 }
 
+/// One request through the agent's own monitor client; a refusal comes back as a failed
+/// response, a broken connection panics.
 pub fn request(pod_dir: &Path, request: &Request) -> Response {
-    let (_dir, path) = short_socket_path(pod_dir, "monitor.sock").unwrap();
-    let stream = UnixStream::connect(path).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .unwrap();
-    writeln!(&stream, "{}", serde_json::to_string(request).unwrap()).unwrap();
-    let mut line = String::new();
-    BufReader::new(&stream).read_line(&mut line).unwrap();
-    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    match berth_podsandbox::monitor_client::request(pod_dir, request) {
+        Ok(response) => response,
+        Err(e) if e.starts_with("connect") || e.starts_with("read") || e.starts_with("write") => {
+            panic!("monitor request {request:?}: {e}")
+        }
+        Err(e) => Response::failure(e),
+    }
 }
 
 pub fn wait_exit(file: &Path) -> ExitRecord {

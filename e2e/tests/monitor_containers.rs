@@ -17,6 +17,28 @@ fn parent() -> String {
 }
 
 #[tokio::test]
+async fn monitor_answers_ping_with_its_pid_and_refuses_bad_requests() {
+    let registry = TestRegistry::start();
+    let agent = TestAgent::start().await;
+    let pod = pod_with_image(&agent, &registry, "ping").await;
+    let pid: u32 = std::fs::read_to_string(pod.dir.join("monitor.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(berth_podsandbox::monitor_client::ping(&pod.dir), Some(pid));
+    let refused = request(
+        &pod.dir,
+        &Request::Start {
+            id: "no-such-container".into(),
+        },
+    );
+    assert!(!refused.ok && refused.error.is_some(), "{refused:?}");
+    // Still there after the refusal.
+    assert_eq!(berth_podsandbox::monitor_client::ping(&pod.dir), Some(pid));
+}
+
+#[tokio::test]
 async fn monitor_runs_containers_logs_them_and_records_exits() {
     let registry = TestRegistry::start();
     let agent = TestAgent::start().await;

@@ -1,5 +1,6 @@
-//! The agent's side of the per-pod monitor: start it (fork+exec of our own binary), hear its
-//! start report, check it is alive, stop it.
+//! The agent's one client of the per-pod monitor: start it (fork+exec of our own binary) and
+//! hear its start report, then JSON requests on its control socket (`protocol::Request`: ping,
+//! shutdown and the container operations), then stop it.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -20,6 +21,10 @@ use crate::sandbox::record::MonitorProcess;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a monitor may take to exit when asked.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a container request may take (Create runs the executor).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a ping or a shutdown request may take.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Starts `berthd monitor` for a pod and waits for its report.
 pub async fn start(config: &MonitorConfig) -> Result<MonitorProcess, String> {
@@ -74,22 +79,41 @@ pub async fn start(config: &MonitorConfig) -> Result<MonitorProcess, String> {
     }
 }
 
-/// Asks the monitor on its socket whether it is there.
-pub fn ping(pod_dir: &Path) -> bool {
-    request_line(pod_dir, protocol::PING).is_some_and(|a| a.starts_with("pong "))
+/// Asks the monitor on its socket whether it is there; it answers with its pid.
+pub fn ping(pod_dir: &Path) -> Option<u32> {
+    let response = send(pod_dir, &Request::Ping, CONTROL_TIMEOUT).ok()?;
+    response.pid.map(|p| p as u32)
 }
 
-fn request_line(pod_dir: &Path, line: &str) -> Option<String> {
-    let (_dir, short) = protocol::short_socket_path(pod_dir, protocol::SOCKET_FILE).ok()?;
-    let stream = UnixStream::connect(short).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+/// One request to a pod's monitor; its refusal is the error.
+pub fn request(pod_dir: &Path, request: &Request) -> Result<Response, String> {
+    send(pod_dir, request, REQUEST_TIMEOUT)
+}
+
+fn send(pod_dir: &Path, request: &Request, timeout: Duration) -> Result<Response, String> {
+    let (_dir, path) =
+        short_socket_path(pod_dir, SOCKET_FILE).map_err(|e| format!("pod dir: {e}"))?;
+    let stream =
+        UnixStream::connect(path).map_err(|e| format!("connect to the pod's monitor: {e}"))?;
     stream
-        .set_write_timeout(Some(Duration::from_secs(2)))
-        .ok()?;
-    (&stream).write_all(format!("{line}\n").as_bytes()).ok()?;
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| e.to_string())?;
+    let line = serde_json::to_string(request).map_err(|e| e.to_string())?;
+    writeln!(&stream, "{line}").map_err(|e| format!("write to the pod's monitor: {e}"))?;
     let mut answer = String::new();
-    BufReader::new(&stream).read_line(&mut answer).ok()?;
-    Some(answer)
+    BufReader::new(&stream)
+        .read_line(&mut answer)
+        .map_err(|e| format!("read from the pod's monitor: {e}"))?;
+    let response: Response =
+        serde_json::from_str(&answer).map_err(|e| format!("monitor answered {answer:?}: {e}"))?;
+    if response.ok {
+        Ok(response)
+    } else {
+        Err(response
+            .error
+            .unwrap_or_else(|| "monitor refused".to_string()))
+    }
 }
 
 /// Stops the monitor: a shutdown request, else SIGTERM, then SIGKILL after STOP_TIMEOUT.
@@ -99,7 +123,7 @@ pub fn stop(pod_dir: &Path, monitor: &MonitorProcess) {
         return;
     }
     let pid = Pid::from_raw(monitor.pid as i32);
-    if request_line(pod_dir, protocol::SHUTDOWN).is_none() {
+    if send(pod_dir, &Request::Shutdown, CONTROL_TIMEOUT).is_err() {
         let _ = kill(pid, Signal::SIGTERM);
     }
     let deadline = Instant::now() + STOP_TIMEOUT;
@@ -130,30 +154,4 @@ pub fn kill_unreported(pod_dir: &Path) {
     // The monitor leads its own session and process group.
     let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-}
-
-/// One request to a pod's monitor.
-pub fn monitor_request(pod_dir: &Path, request: &Request) -> Result<Response, String> {
-    let (_dir, path) =
-        short_socket_path(pod_dir, SOCKET_FILE).map_err(|e| format!("pod dir: {e}"))?;
-    let stream =
-        UnixStream::connect(path).map_err(|e| format!("connect to the pod's monitor: {e}"))?;
-    stream
-        .set_read_timeout(Some(Duration::from_secs(60)))
-        .map_err(|e| e.to_string())?;
-    let line = serde_json::to_string(request).map_err(|e| e.to_string())?;
-    writeln!(&stream, "{line}").map_err(|e| format!("write to the pod's monitor: {e}"))?;
-    let mut answer = String::new();
-    BufReader::new(&stream)
-        .read_line(&mut answer)
-        .map_err(|e| format!("read from the pod's monitor: {e}"))?;
-    let response: Response =
-        serde_json::from_str(&answer).map_err(|e| format!("monitor answered {answer:?}: {e}"))?;
-    if response.ok {
-        Ok(response)
-    } else {
-        Err(response
-            .error
-            .unwrap_or_else(|| "monitor refused".to_string()))
-    }
 }

@@ -10,7 +10,7 @@ use nix::mount::{umount2, MntFlags};
 use super::record::{ContainerError, ContainerState, EXIT_FILE};
 use super::rootfs::CreateInput;
 use super::Containers;
-use crate::monitor_client::monitor_request;
+use crate::monitor_client;
 
 impl Containers {
     /// CreateContainer: rootfs, bundle, and the container built (not started) by the monitor.
@@ -38,7 +38,7 @@ impl Containers {
         let result = self.build(&id, &dir, &layer_dir, &rootfs, &input);
         if let Err(e) = &result {
             tracing::warn!(container_id = %id, error = %e, "create failed: rolling back");
-            let _ = monitor_request(&input.pod_dir, &Request::Delete { id: id.clone() });
+            let _ = monitor_client::request(&input.pod_dir, &Request::Delete { id: id.clone() });
             let _ = umount2(&rootfs, MntFlags::MNT_DETACH);
             let _ = std::fs::remove_dir_all(&dir);
             let _ = std::fs::remove_dir_all(&layer_dir);
@@ -63,7 +63,7 @@ impl Containers {
         // Stamped before the process may run: a container that exits at once must not show a
         // finish time earlier than its start.
         let started_at = berth_common::time::now_nanos();
-        monitor_request(&record.pod_dir, &Request::Start { id: id.to_string() })
+        monitor_client::request(&record.pod_dir, &Request::Start { id: id.to_string() })
             .map_err(|e| self.failed(id, "start", e))?;
         let mut records = self.lock();
         if let Some(r) = records.get_mut(id) {
@@ -88,7 +88,7 @@ impl Containers {
         let exit_file = self.dir(id).join(EXIT_FILE);
         if record.state() == ContainerState::Created {
             // Never started: its init waits for `start`; SIGKILL is the only way out.
-            let _ = monitor_request(
+            let _ = monitor_client::request(
                 &record.pod_dir,
                 &Request::Signal {
                     id: id.into(),
@@ -96,7 +96,7 @@ impl Containers {
                 },
             );
         } else if !timeout.is_zero() {
-            monitor_request(
+            monitor_client::request(
                 &record.pod_dir,
                 &Request::Signal {
                     id: id.into(),
@@ -108,7 +108,7 @@ impl Containers {
                 return Ok(());
             }
         }
-        monitor_request(
+        monitor_client::request(
             &record.pod_dir,
             &Request::Signal {
                 id: id.into(),
@@ -136,7 +136,7 @@ impl Containers {
         if record.pod_dir.join(SOCKET_FILE).exists() {
             self.stop(id, Duration::ZERO)?;
             if let Err(e) =
-                monitor_request(&record.pod_dir, &Request::Delete { id: id.to_string() })
+                monitor_client::request(&record.pod_dir, &Request::Delete { id: id.to_string() })
             {
                 tracing::warn!(container_id = %id, error = %e, "monitor could not delete the container's state");
             }
@@ -177,7 +177,7 @@ impl Containers {
                 "container {id} is not running"
             )));
         }
-        monitor_request(&record.pod_dir, &Request::ReopenLog { id: id.to_string() })
+        monitor_client::request(&record.pod_dir, &Request::ReopenLog { id: id.to_string() })
             .map(|_| ())
             .map_err(|e| self.failed(id, "reopen log", e))
     }

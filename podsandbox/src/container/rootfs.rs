@@ -10,7 +10,7 @@ use nix::mount::{mount, MsFlags};
 
 use super::record::{ContainerError, ContainerRecord, ProcessUser, EXIT_FILE};
 use super::Containers;
-use crate::monitor_client::monitor_request;
+use crate::monitor_client;
 
 /// Everything `create` needs, gathered by the CRI layer.
 pub struct CreateInput {
@@ -135,7 +135,7 @@ impl Containers {
             layers: input.layers.clone(),
         };
         self.save(&record)?;
-        let response = monitor_request(
+        let response = monitor_client::request(
             &input.pod_dir,
             &Request::Create {
                 id: id.to_string(),

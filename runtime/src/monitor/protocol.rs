@@ -79,14 +79,15 @@ pub fn parse_report(line: &str) -> Option<StartReport> {
         .map(|m| StartReport::Failed(m.to_string()))
 }
 
-/// Control socket requests (one line each) and their answers.
-pub const PING: &str = "ping";
-pub const SHUTDOWN: &str = "shutdown";
-
-/// Container requests: one JSON object per line, answered by one [`Response`] line.
+/// What the agent asks a monitor on its control socket: one JSON object per line, answered by
+/// one [`Response`] line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
+    /// Are you there? Answered with the monitor's pid.
+    Ping,
+    /// Kill the pod's init (if any) and exit; answered before the monitor goes.
+    Shutdown,
     /// Build the container from `<bundle>/config.json` with `berthd init create`; its stdout and
     /// stderr go to pipes the monitor reads into `log_path` in the CRI format.
     Create {
@@ -124,10 +125,29 @@ pub enum Request {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct Response {
     pub ok: bool,
+    /// The container's init (Create), or the monitor itself (Ping).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+impl Response {
+    pub fn success(pid: Option<i32>) -> Response {
+        Response {
+            ok: true,
+            pid,
+            error: None,
+        }
+    }
+
+    pub fn failure(error: String) -> Response {
+        Response {
+            ok: false,
+            pid: None,
+            error: Some(error),
+        }
+    }
 }
 
 /// How a container ended, written by the monitor when it reaps the container's init.

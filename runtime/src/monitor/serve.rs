@@ -14,7 +14,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 
 use super::containers::Containers;
 use super::namespaces;
-use super::protocol::{MonitorConfig, Request, Response, PING, SHUTDOWN};
+use super::protocol::{MonitorConfig, Request, Response};
 
 pub(super) struct Monitor {
     listener: UnixListener,
@@ -224,7 +224,7 @@ impl Monitor {
             }
             if listener_ready {
                 if let Ok((stream, _)) = self.listener.accept() {
-                    if self.answer(stream) == Some(SHUTDOWN) {
+                    if self.answer(stream) {
                         return self.stop();
                     }
                 }
@@ -242,44 +242,26 @@ impl Monitor {
         }
     }
 
-    /// Answers one control connection; returns the request when it was a plain command.
-    fn answer(&mut self, stream: UnixStream) -> Option<&'static str> {
+    /// Answers one control connection; true when it asked the monitor to shut down.
+    fn answer(&mut self, stream: UnixStream) -> bool {
         let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
         let _ = stream.set_write_timeout(Some(Duration::from_secs(10)));
         let mut line = String::new();
-        BufReader::new(&stream).read_line(&mut line).ok()?;
+        if BufReader::new(&stream).read_line(&mut line).is_err() {
+            return false;
+        }
+        let (response, shutdown) = match serde_json::from_str::<Request>(line.trim()) {
+            Ok(Request::Shutdown) => (Response::success(None), true),
+            Ok(request) => (self.handle(request), false),
+            Err(e) => (Response::failure(format!("bad request: {e}")), false),
+        };
         let mut out = &stream;
-        let line = line.trim();
-        if line.starts_with('{') {
-            let response = match serde_json::from_str::<Request>(line) {
-                Ok(request) => self.handle(request),
-                Err(e) => Response {
-                    ok: false,
-                    error: Some(format!("bad request: {e}")),
-                    ..Default::default()
-                },
-            };
-            let _ = writeln!(
-                out,
-                "{}",
-                serde_json::to_string(&response).unwrap_or_default()
-            );
-            return None;
-        }
-        match line {
-            PING => {
-                let _ = writeln!(out, "pong {}", std::process::id());
-                Some(PING)
-            }
-            SHUTDOWN => {
-                let _ = writeln!(out, "bye");
-                Some(SHUTDOWN)
-            }
-            other => {
-                let _ = writeln!(out, "error: unknown request {other:?}");
-                None
-            }
-        }
+        let _ = writeln!(
+            out,
+            "{}",
+            serde_json::to_string(&response).unwrap_or_default()
+        );
+        shutdown
     }
 
     fn handle(&mut self, request: Request) -> Response {
@@ -300,20 +282,15 @@ impl Monitor {
             Request::Signal { id, signal } => self.containers.signal(&id, signal).map(|()| None),
             Request::ReopenLog { id } => self.containers.reopen_log(&id).map(|()| None),
             Request::Delete { id } => self.containers.delete(&id).map(|()| None),
+            Request::Ping => Ok(Some(std::process::id() as i32)),
+            // Handled by `answer`, which must reply before the monitor goes.
+            Request::Shutdown => Ok(None),
         };
         // A container may have exited while we were busy: record it now.
         self.reap();
         match result {
-            Ok(pid) => Response {
-                ok: true,
-                pid,
-                error: None,
-            },
-            Err(e) => Response {
-                ok: false,
-                pid: None,
-                error: Some(e),
-            },
+            Ok(pid) => Response::success(pid),
+            Err(e) => Response::failure(e),
         }
     }
 
