@@ -17,11 +17,12 @@ pub(crate) fn container_id(pods: &Pods, query: &str) -> Result<String, Status> {
         .ok_or_else(|| Status::not_found(format!("berth: container {query:?} not found")))
 }
 
-/// A container's record by id or unique prefix, or NotFound.
+/// A container's record by id or unique prefix, with any exit its monitor recorded folded in,
+/// or NotFound.
 pub(crate) fn find_container(pods: &Pods, query: &str) -> Result<ContainerRecord, Status> {
     pods.containers
         .resolve(query)
-        .and_then(|id| pods.containers.get(&id))
+        .and_then(|id| pods.containers.fold_exit(&id))
         .ok_or_else(|| Status::not_found(format!("berth: container {query:?} not found")))
 }
 

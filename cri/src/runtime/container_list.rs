@@ -13,7 +13,7 @@ pub(super) fn list_containers(
     let f = r.filter.unwrap_or_default();
     let containers = pods
         .containers
-        .list()
+        .fold_exits()
         .into_iter()
         .filter(|x| f.id.is_empty() || x.id.starts_with(&f.id))
         .filter(|x| f.pod_sandbox_id.is_empty() || x.sandbox_id.starts_with(&f.pod_sandbox_id))

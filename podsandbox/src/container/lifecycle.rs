@@ -52,7 +52,7 @@ impl Containers {
     /// StartContainer: only a created container starts.
     pub fn start(&self, id: &str) -> Result<(), ContainerError> {
         let record = self
-            .get(id)
+            .fold_exit(id)
             .ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
         if record.state() != ContainerState::Created {
             return Err(ContainerError::FailedPrecondition(format!(
@@ -78,7 +78,7 @@ impl Containers {
     /// StopContainer: the stop signal, SIGKILL after `timeout`, returns once the process is
     /// gone. CRI: a stopped or unknown container is not an error.
     pub fn stop(&self, id: &str, timeout: Duration) -> Result<(), ContainerError> {
-        let Some(record) = self.get(id) else {
+        let Some(record) = self.fold_exit(id) else {
             return Ok(());
         };
         if record.state() == ContainerState::Exited {
@@ -129,7 +129,7 @@ impl Containers {
     /// RemoveContainer: stop, then the monitor's and libcontainer's state, the rootfs, the
     /// writable layer and the record. CRI: an unknown container is already removed.
     pub fn remove(&self, id: &str) -> Result<(), ContainerError> {
-        let Some(record) = self.get(id) else {
+        let Some(record) = self.fold_exit(id) else {
             return Ok(());
         };
         // A pod whose monitor is gone has no process left to stop.
@@ -170,7 +170,7 @@ impl Containers {
     /// ReopenContainerLog: the monitor opens the log path anew (after kubelet's rotation).
     pub fn reopen_log(&self, id: &str) -> Result<(), ContainerError> {
         let record = self
-            .get(id)
+            .fold_exit(id)
             .ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
         if record.state() != ContainerState::Running {
             return Err(ContainerError::FailedPrecondition(format!(

@@ -73,29 +73,10 @@ impl Containers {
         self.state.join("containers").join(id)
     }
 
-    /// The record with its exit file read, if the container has exited since.
+    /// The record as the agent holds it. No side effects: an exit the monitor wrote since is
+    /// only seen after [`Containers::fold_exit`].
     pub fn get(&self, id: &str) -> Option<ContainerRecord> {
-        let mut r = self.lock().get(id).cloned()?;
-        if r.exit.is_none() {
-            if let Ok(bytes) = std::fs::read(self.dir(id).join(EXIT_FILE)) {
-                if let Ok(exit) = serde_json::from_slice::<ExitRecord>(&bytes) {
-                    r.exit = Some(exit.clone());
-                    let first_seen = match self.lock().get_mut(id) {
-                        Some(stored) if stored.exit.is_none() => {
-                            stored.exit = Some(exit.clone());
-                            true
-                        }
-                        _ => false,
-                    };
-                    if first_seen {
-                        self.metrics.observe_exit(&exit);
-                        // Persist it, so a restarted agent does not count it again.
-                        let _ = self.save(&r);
-                    }
-                }
-            }
-        }
-        Some(r)
+        self.lock().get(id).cloned()
     }
 
     pub fn resolve(&self, id_or_prefix: &str) -> Option<String> {
@@ -103,9 +84,38 @@ impl Containers {
         berth_common::ids::resolve_prefix(records.keys(), id_or_prefix)
     }
 
+    /// Every record as the agent holds it (no side effects; see [`Containers::fold_exits`]).
     pub fn list(&self) -> Vec<ContainerRecord> {
+        self.lock().values().cloned().collect()
+    }
+
+    /// The one step by which a container becomes Exited in the agent's view: the exit file its
+    /// monitor wrote, folded into the record. The exit is counted in the metrics once and the
+    /// record saved, so a restarted agent does not count it again. Returns the record.
+    pub fn fold_exit(&self, id: &str) -> Option<ContainerRecord> {
+        let pending = self.lock().get(id)?.exit.is_none();
+        if pending {
+            if let Some(exit) = self.read_exit(id) {
+                let updated = match self.lock().get_mut(id) {
+                    Some(stored) if stored.exit.is_none() => {
+                        stored.exit = Some(exit.clone());
+                        Some(stored.clone())
+                    }
+                    _ => None,
+                };
+                if let Some(record) = updated {
+                    self.metrics.observe_exit(&exit);
+                    let _ = self.save(&record);
+                }
+            }
+        }
+        self.get(id)
+    }
+
+    /// [`Containers::fold_exit`] for every container, then the state gauges refreshed.
+    pub fn fold_exits(&self) -> Vec<ContainerRecord> {
         let ids: Vec<String> = self.lock().keys().cloned().collect();
-        let all: Vec<ContainerRecord> = ids.iter().filter_map(|id| self.get(id)).collect();
+        let all: Vec<ContainerRecord> = ids.iter().filter_map(|id| self.fold_exit(id)).collect();
         for (state, label) in [
             (ContainerState::Created, "created"),
             (ContainerState::Running, "running"),
@@ -115,6 +125,11 @@ impl Containers {
             self.metrics.set_count(label, n);
         }
         all
+    }
+
+    fn read_exit(&self, id: &str) -> Option<ExitRecord> {
+        let bytes = std::fs::read(self.dir(id).join(EXIT_FILE)).ok()?;
+        serde_json::from_slice(&bytes).ok()
     }
 
     pub fn in_sandbox(&self, sandbox_id: &str) -> Vec<String> {
@@ -139,5 +154,65 @@ impl Containers {
             step,
             message,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use berth_runtime::spec::ContainerSpec;
+    use berth_runtime::CgroupDriver;
+
+    use super::*;
+
+    fn record(id: &str) -> ContainerRecord {
+        ContainerRecord {
+            id: id.to_string(),
+            sandbox_id: "pod".to_string(),
+            pod_dir: PathBuf::from("/nonexistent/pod"),
+            config: ContainerSpec::default(),
+            image: "busybox".to_string(),
+            image_id: "sha256:0".to_string(),
+            stop_signal: String::new(),
+            log_path: PathBuf::from("/nonexistent/log"),
+            cgroup: None,
+            pid: 42,
+            created_at: 1,
+            started_at: 2,
+            exit: None,
+            layer_dir: PathBuf::from("/nonexistent/layer"),
+            user: None,
+            layers: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn reading_a_record_has_no_side_effects_and_folding_its_exit_is_explicit() {
+        let state = tempfile::tempdir().unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let dir = state.path().join("containers").join("c1");
+        std::fs::create_dir_all(&dir).unwrap();
+        let on_disk = serde_json::to_vec_pretty(&record("c1")).unwrap();
+        std::fs::write(dir.join(RECORD_FILE), &on_disk).unwrap();
+        let exit = ExitRecord::new(3, None, 5, false);
+        std::fs::write(dir.join(EXIT_FILE), serde_json::to_vec(&exit).unwrap()).unwrap();
+        let host = HostInfo::probe(CgroupDriver::Cgroupfs).unwrap();
+        let metrics = ContainerMetrics::default();
+        let containers = Containers::open(state.path(), root.path(), host, metrics).unwrap();
+
+        let read = containers.get("c1").unwrap();
+        assert_eq!(read.state(), ContainerState::Running);
+        assert_eq!(containers.list()[0].exit, None);
+        assert_eq!(std::fs::read(dir.join(RECORD_FILE)).unwrap(), on_disk);
+
+        let folded = containers.fold_exit("c1").unwrap();
+        assert_eq!(folded.exit.as_ref().map(|e| e.exit_code), Some(3));
+        assert_eq!(
+            containers.get("c1").unwrap().state(),
+            ContainerState::Exited
+        );
+        let saved: ContainerRecord =
+            serde_json::from_slice(&std::fs::read(dir.join(RECORD_FILE)).unwrap()).unwrap();
+        assert_eq!(saved.exit, Some(exit));
+        assert!(containers.fold_exit("missing").is_none());
     }
 }

@@ -22,7 +22,7 @@ impl Containers {
         static UPDATES: Mutex<()> = Mutex::new(());
         let _one = UPDATES.lock().unwrap_or_else(|e| e.into_inner());
         let record = self
-            .get(id)
+            .fold_exit(id)
             .ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
         if record.state() == ContainerState::Exited {
             return Err(ContainerError::FailedPrecondition(format!(
