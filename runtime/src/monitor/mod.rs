@@ -3,13 +3,15 @@
 //! It detaches from the agent (own session, re-parented to init by a fork), becomes a child
 //! subreaper, creates and pins the pod's namespaces, applies hostname and sysctls, then reports
 //! `ready <pid>` on the stdout pipe the agent reads and serves a control socket until told to
-//! stop. It outlives agent restarts. Containers it will start later are re-parented to it.
+//! stop. It outlives agent restarts. The containers it starts are re-parented to it; `supervise`
+//! keeps their stdio, logs (`log`, `timestamp`) and exits; `protocol` is what it and the agent say.
 
-mod containers;
 pub mod log;
 mod namespaces;
 pub mod protocol;
 mod serve;
+mod supervise;
+mod timestamp;
 
 use std::io::Write;
 use std::os::fd::AsRawFd;

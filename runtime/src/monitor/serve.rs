@@ -12,16 +12,16 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
-use super::containers::Containers;
 use super::namespaces;
 use super::protocol::{MonitorConfig, Request, Response};
+use super::supervise::Supervisor;
 
 pub(super) struct Monitor {
     listener: UnixListener,
     signals: SignalFd,
     /// PID 1 of the pod's PID namespace, when the pod shares one.
     pod_init: Option<Pid>,
-    containers: Containers,
+    containers: Supervisor,
 }
 
 fn handled_signals() -> SigSet {
@@ -89,7 +89,7 @@ pub(super) fn setup(config: &MonitorConfig) -> Result<Monitor, String> {
         listener,
         signals,
         pod_init,
-        containers: Containers::new(config.pod_dir.join("runc")),
+        containers: Supervisor::new(config.pod_dir.join("runc")),
     })
 }
 

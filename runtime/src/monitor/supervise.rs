@@ -27,7 +27,8 @@ struct Supervised {
     _stdin: Option<OwnedFd>,
 }
 
-pub(super) struct Containers {
+/// The containers of one pod, by id.
+pub(super) struct Supervisor {
     /// libcontainer's state root for this pod.
     root: PathBuf,
     by_id: HashMap<String, Supervised>,
@@ -123,9 +124,9 @@ fn oom_killed(cgroup: &Path) -> bool {
     false
 }
 
-impl Containers {
-    pub(super) fn new(root: PathBuf) -> Containers {
-        Containers {
+impl Supervisor {
+    pub(super) fn new(root: PathBuf) -> Supervisor {
+        Supervisor {
             root,
             by_id: HashMap::new(),
         }
