@@ -154,14 +154,7 @@ impl Containers {
             }
         }
         let _ = std::fs::remove_dir_all(&record.layer_dir);
-        std::fs::remove_dir_all(&dir)
-            .or_else(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })
+        berth_common::fs::remove_dir_all_if_present(&dir)
             .map_err(|e| self.failed(id, "remove dir", e.to_string()))?;
         self.lock().remove(id);
         Ok(())

@@ -1,11 +1,11 @@
 //! Pod sandboxes: their lifecycle, records and networks.
 //!
 //! A sandbox is the set of namespaces its containers share plus its network. The per-pod
-//! monitor (`berth_runtime::monitor`) creates and pins the namespaces; this crate starts it,
+//! monitor (`berth_runtime::monitor`) creates and pins the namespaces; this module starts it,
 //! writes the pod's resolv.conf / hostname / hosts, mounts its /dev/shm, attaches it to the
 //! network through CNI, and keeps a record per sandbox so a restarted agent picks up where the
 //! last one stopped. Every step of a build registers its undo first, so a failure anywhere
-//! leaves nothing behind. Nothing here knows gRPC.
+//! leaves nothing behind.
 
 pub mod metrics;
 mod network;
@@ -396,7 +396,8 @@ impl Sandboxes {
         let _ = std::fs::remove_dir_all(dir);
     }
 
-    /// StopPodSandbox: containers (later), network, monitor, namespaces. Keeps the record.
+    /// StopPodSandbox: network, monitor, namespaces (the pod's containers are stopped first, by
+    /// `Pods::stop_pod`). Keeps the record.
     /// CRI: succeeds for an unknown or already stopped sandbox.
     pub async fn stop(&self, id: &str) -> Result<(), SandboxError> {
         let Some(mut record) = self.lock().get(id).cloned() else {
@@ -438,19 +439,11 @@ impl Sandboxes {
             tracing::warn!(pod_id = %id, cgroup = %left, "cgroup not removed");
         }
         let dir = self.pod_dir(id);
-        std::fs::remove_dir_all(&dir)
-            .or_else(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })
-            .map_err(|e| SandboxError::Failed {
-                id: id.to_string(),
-                step: "remove pod dir",
-                message: e.to_string(),
-            })?;
+        berth_common::fs::remove_dir_all_if_present(&dir).map_err(|e| SandboxError::Failed {
+            id: id.to_string(),
+            step: "remove pod dir",
+            message: e.to_string(),
+        })?;
         self.lock().remove(id);
         self.builds
             .lock()
