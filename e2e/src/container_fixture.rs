@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use k8s_cri::v1::*;
 
+pub use crate::cri::run_pod;
 use crate::images::ImageBuilder;
 use crate::network::{mounts_under, processes_mentioning};
 use crate::registry::TestRegistry;
@@ -86,17 +87,6 @@ pub fn container_config(f: &Fixture, name: &str, command: &[&str]) -> ContainerC
     }
 }
 
-pub async fn run_pod(c: &mut RuntimeClient, config: PodSandboxConfig) -> String {
-    c.run_pod_sandbox(RunPodSandboxRequest {
-        config: Some(config),
-        runtime_handler: String::new(),
-    })
-    .await
-    .unwrap()
-    .into_inner()
-    .pod_sandbox_id
-}
-
 pub async fn create(
     c: &mut RuntimeClient,
     pod: &str,
@@ -112,6 +102,34 @@ pub async fn create(
     .unwrap()
     .into_inner()
     .container_id
+}
+
+pub async fn start(c: &mut RuntimeClient, id: &str) {
+    c.start_container(StartContainerRequest {
+        container_id: id.into(),
+    })
+    .await
+    .unwrap();
+}
+
+/// Removes the pod (and so its containers).
+pub async fn remove_pod(c: &mut RuntimeClient, pod: &str) {
+    c.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .unwrap();
+}
+
+/// The container's process runs as `username` from the image's /etc/passwd.
+pub fn run_as(config: &mut ContainerConfig, username: &str) {
+    if let Some(s) = config
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+    {
+        s.run_as_username = username.into();
+    }
 }
 
 pub async fn status(c: &mut RuntimeClient, id: &str) -> ContainerStatus {

@@ -1,9 +1,32 @@
-//! CRI config pieces the suites and the bench build again and again.
+//! CRI config pieces and calls the suites and the bench make again and again.
 
 use k8s_cri::v1::{
     LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption,
+    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
+    RunPodSandboxRequest,
 };
+
+use crate::RuntimeClient;
+
+/// RunPodSandbox with the default handler: the sandbox id, or the agent's answer.
+pub async fn try_run_pod(
+    c: &mut RuntimeClient,
+    config: PodSandboxConfig,
+) -> Result<String, tonic::Status> {
+    c.run_pod_sandbox(RunPodSandboxRequest {
+        config: Some(config),
+        runtime_handler: String::new(),
+    })
+    .await
+    .map(|r| r.into_inner().pod_sandbox_id)
+}
+
+/// RunPodSandbox that must succeed.
+pub async fn run_pod(c: &mut RuntimeClient, config: PodSandboxConfig) -> String {
+    try_run_pod(c, config)
+        .await
+        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}"))
+}
 
 /// Namespace options as kubelet sends them.
 pub fn namespaces(

@@ -128,17 +128,7 @@ pub async fn pod_with_image(agent: &TestAgent, registry: &TestRegistry, name: &s
         ))),
         ..Default::default()
     };
-    let id = agent
-        .runtime()
-        .await
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_sandbox_id;
+    let id = crate::cri::run_pod(&mut agent.runtime().await, config).await;
     let dir = agent.paths.state.join("pods").join(&id);
     Pod {
         id,

@@ -30,11 +30,7 @@ async fn exec_sync_returns_output_and_code_and_times_out() {
         tonic::Code::FailedPrecondition,
         "not started yet: {err:?}"
     );
-    c.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
+    start(&mut c, &id).await;
     let r = c
         .exec_sync(exec(&["sh", "-c", "echo out; echo err >&2; exit 3"], 10))
         .await
@@ -57,11 +53,7 @@ async fn exec_sync_returns_output_and_code_and_times_out() {
             0
         );
     }
-    c.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    remove_pod(&mut c, &pod).await;
     assert_clean(&f, "execs");
 }
 
@@ -99,11 +91,7 @@ async fn stdin_is_an_open_pipe_only_when_asked_for() {
         status(&mut c, &with).await.state,
         ContainerState::ContainerRunning as i32
     );
-    c.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    remove_pod(&mut c, &pod).await;
     assert_clean(&f, "stdin");
 }
 
@@ -121,11 +109,7 @@ async fn tty_containers_run_on_a_terminal_and_log_one_stream() {
     );
     cfg.tty = true;
     let id = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
-    c.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
+    start(&mut c, &id).await;
     let s = wait_exited(&mut c, &id).await;
     assert_eq!(s.exit_code, 0);
     // The monitor may still be draining the terminal when the exit is recorded.
@@ -136,11 +120,7 @@ async fn tty_containers_run_on_a_terminal_and_log_one_stream() {
         log.contains(" stdout F to-stderr\n"),
         "a terminal has one stream: {log}"
     );
-    c.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    remove_pod(&mut c, &pod).await;
     assert_clean(&f, "tty");
 }
 
@@ -158,11 +138,7 @@ async fn a_container_holds_no_descriptor_of_another() {
         pod_cfg.clone(),
     )
     .await;
-    c.start_container(StartContainerRequest {
-        container_id: first.clone(),
-    })
-    .await
-    .unwrap();
+    start(&mut c, &first).await;
     let second = create(
         &mut c,
         &pod,
@@ -174,19 +150,11 @@ async fn a_container_holds_no_descriptor_of_another() {
         pod_cfg.clone(),
     )
     .await;
-    c.start_container(StartContainerRequest {
-        container_id: second.clone(),
-    })
-    .await
-    .unwrap();
+    start(&mut c, &second).await;
     let s = wait_exited(&mut c, &second).await;
     let log = std::fs::read_to_string(&s.log_path).unwrap();
     // stdin, stdout, stderr, and the directory `ls` itself opened.
     assert!(log.contains(" stdout F 0 1 2 3 \n"), "{log}");
-    c.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    remove_pod(&mut c, &pod).await;
     assert_clean(&f, "fds");
 }

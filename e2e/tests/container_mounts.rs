@@ -34,11 +34,7 @@ async fn bind_mounts_reach_the_host_and_missing_sources_are_created() {
         },
     ];
     let id = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
-    c.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
+    start(&mut c, &id).await;
     let s = wait_exited(&mut c, &id).await;
     assert_eq!(s.exit_code, 0);
     assert_eq!(std::fs::read_to_string(shared.join("out")).unwrap(), "hi\n");
@@ -48,11 +44,7 @@ async fn bind_mounts_reach_the_host_and_missing_sources_are_created() {
         "{log}"
     );
     assert_eq!(s.mounts.len(), 2);
-    c.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    remove_pod(&mut c, &pod).await;
     assert_clean(&f, "mounts");
 }
 
@@ -93,19 +85,11 @@ async fn privileged_containers_need_a_privileged_pod() {
         .privileged = true;
     let privileged_pod = run_pod(&mut c, priv_cfg.clone()).await;
     let id = create(&mut c, &privileged_pod, privileged_ctr, priv_cfg).await;
-    c.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
+    start(&mut c, &id).await;
     let s = wait_exited(&mut c, &id).await;
     assert_eq!(s.exit_code, 0);
     for pod in [plain, privileged_pod] {
-        c.remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod,
-        })
-        .await
-        .unwrap();
+        remove_pod(&mut c, &pod).await;
     }
     assert_clean(&f, "plainpod");
     assert_clean(&f, "privpod");
@@ -166,11 +150,7 @@ async fn host_to_container_propagation_needs_a_slave_or_shared_source() {
         "{}",
         err.message()
     );
-    c.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    remove_pod(&mut c, &pod).await;
     assert_clean(&f, "propagation");
 }
 
@@ -188,11 +168,7 @@ async fn removing_the_image_of_a_running_container_keeps_its_rootfs() {
         pod_cfg.clone(),
     )
     .await;
-    c.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
+    start(&mut c, &id).await;
     f.agent
         .image()
         .await
@@ -221,11 +197,7 @@ async fn removing_the_image_of_a_running_container_keeps_its_rootfs() {
     assert_eq!(r.exit_code, 0);
     assert!(String::from_utf8_lossy(&r.stdout).contains("tester"));
     // Once the container goes, so do the layers nothing else uses.
-    c.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    remove_pod(&mut c, &pod).await;
     assert_eq!(
         std::fs::read_dir(&snapshots).unwrap().count(),
         0,

@@ -20,11 +20,7 @@ async fn update_container_resources_changes_the_live_cgroup() {
         pod_cfg.clone(),
     )
     .await;
-    c.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
+    start(&mut c, &id).await;
     let update = |linux: LinuxContainerResources| UpdateContainerResourcesRequest {
         container_id: id.clone(),
         linux: Some(linux),
@@ -125,11 +121,7 @@ async fn update_container_resources_changes_the_live_cgroup() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
-    c.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    remove_pod(&mut c, &pod).await;
     assert_clean(&f, "resize");
 }
 
@@ -152,11 +144,7 @@ async fn oom_kill_user_reopen_log_and_metrics() {
         ..Default::default()
     });
     let hog = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
-    c.start_container(StartContainerRequest {
-        container_id: hog.clone(),
-    })
-    .await
-    .unwrap();
+    start(&mut c, &hog).await;
     let s = wait_exited(&mut c, &hog).await;
     assert_eq!(s.reason, "OOMKilled", "{s:?}");
     let _ = c
@@ -176,19 +164,9 @@ async fn oom_kill_user_reopen_log_and_metrics() {
             "i=0; while true; do echo line $i; i=$((i+1)); sleep 0.05; done",
         ],
     );
-    cfg.linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .run_as_username = "tester".into();
+    run_as(&mut cfg, "tester");
     let writer = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
-    c.start_container(StartContainerRequest {
-        container_id: writer.clone(),
-    })
-    .await
-    .unwrap();
+    start(&mut c, &writer).await;
     let s = status(&mut c, &writer).await;
     let user = s.user.unwrap().linux.unwrap();
     assert_eq!((user.uid, user.gid), (1000, 1000));
@@ -240,10 +218,6 @@ async fn oom_kill_user_reopen_log_and_metrics() {
         .unwrap();
     assert!(f.agent.metric("berth_container_log_bytes_total") > 0.0);
 
-    c.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    remove_pod(&mut c, &pod).await;
     assert_clean(&f, "oomlog");
 }

@@ -27,11 +27,7 @@ async fn container_lifecycle_exit_codes_logs_and_status() {
         status(&mut c, &id).await.state,
         ContainerState::ContainerCreated as i32
     );
-    c.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
+    start(&mut c, &id).await;
     let s = wait_exited(&mut c, &id).await;
     assert_eq!((s.exit_code, s.reason.as_str()), (1, "Error"));
     assert!(s.started_at > 0 && s.finished_at >= s.started_at);
@@ -44,19 +40,9 @@ async fn container_lifecycle_exit_codes_logs_and_status() {
 
     // Exit 0 → Completed; a non-root user from the image's /etc/passwd.
     let mut cfg = container_config(&f, "completes", &["sh", "-c", "id -u; id -g"]);
-    cfg.linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .run_as_username = "tester".into();
+    run_as(&mut cfg, "tester");
     let ok = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
-    c.start_container(StartContainerRequest {
-        container_id: ok.clone(),
-    })
-    .await
-    .unwrap();
+    start(&mut c, &ok).await;
     let s = wait_exited(&mut c, &ok).await;
     assert_eq!((s.exit_code, s.reason.as_str()), (0, "Completed"));
     let log = std::fs::read_to_string(&s.log_path).unwrap();
@@ -76,11 +62,7 @@ async fn container_lifecycle_exit_codes_logs_and_status() {
         .unwrap()
         .readonly_rootfs = true;
     let ro = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
-    c.start_container(StartContainerRequest {
-        container_id: ro.clone(),
-    })
-    .await
-    .unwrap();
+    start(&mut c, &ro).await;
     let s = wait_exited(&mut c, &ro).await;
     assert!(std::fs::read_to_string(&s.log_path)
         .unwrap()
@@ -146,11 +128,7 @@ async fn container_lifecycle_exit_codes_logs_and_status() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::NotFound);
-    c.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    remove_pod(&mut c, &pod).await;
     assert_clean(&f, "life");
 }
 
@@ -220,11 +198,7 @@ async fn stop_sends_sigterm_then_sigkill_after_the_timeout() {
     })
     .await
     .unwrap();
-    c.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    remove_pod(&mut c, &pod).await;
     let left = c
         .list_containers(ListContainersRequest::default())
         .await
@@ -304,11 +278,7 @@ async fn containers_and_their_logs_survive_an_agent_kill() {
     for (i, t) in ticks.iter().enumerate() {
         assert_eq!(*t, i as u64, "no line lost or repeated across the restart");
     }
-    c.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    remove_pod(&mut c, &pod).await;
     assert_clean(&f, "survive");
 }
 
@@ -323,11 +293,7 @@ async fn a_hundred_create_start_stop_remove_cycles_leave_nothing() {
         let mut cfg = container_config(&f, "cycle", &["sleep", "30"]);
         cfg.metadata.as_mut().unwrap().attempt = i;
         let id = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
-        c.start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap();
+        start(&mut c, &id).await;
         c.stop_container(StopContainerRequest {
             container_id: id.clone(),
             timeout: 0,
@@ -338,10 +304,6 @@ async fn a_hundred_create_start_stop_remove_cycles_leave_nothing() {
             .await
             .unwrap();
     }
-    c.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod,
-    })
-    .await
-    .unwrap();
+    remove_pod(&mut c, &pod).await;
     assert_clean(&f, "cycles");
 }

@@ -33,15 +33,7 @@ fn pod_config(name: &str) -> PodSandboxConfig {
 }
 
 async fn run(agent: &TestAgent, config: PodSandboxConfig) -> Result<String, tonic::Status> {
-    agent
-        .runtime()
-        .await
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config),
-            runtime_handler: String::new(),
-        })
-        .await
-        .map(|r| r.into_inner().pod_sandbox_id)
+    berth_e2e::cri::try_run_pod(&mut agent.runtime().await, config).await
 }
 
 async fn status(agent: &TestAgent, id: &str, verbose: bool) -> PodSandboxStatusResponse {

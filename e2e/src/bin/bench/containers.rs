@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use berth_e2e::connect;
+use berth_e2e::cri::run_pod;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use tonic::transport::Channel;
@@ -32,17 +33,6 @@ fn container(image: &str, name: &str) -> ContainerConfig {
         ))),
         ..Default::default()
     }
-}
-
-async fn run_pod(c: &mut RuntimeServiceClient<Channel>, config: PodSandboxConfig) -> String {
-    c.run_pod_sandbox(RunPodSandboxRequest {
-        config: Some(config),
-        runtime_handler: String::new(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("RunPodSandbox: {e}"))
-    .into_inner()
-    .pod_sandbox_id
 }
 
 async fn start_container(

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use berth_e2e::connect;
+use berth_e2e::cri::run_pod;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 
@@ -60,21 +61,6 @@ pub(crate) fn helpers_rss_kib(is_helper: &dyn Fn(&str, &str) -> bool) -> u64 {
         .sum()
 }
 
-async fn run(
-    client: &mut RuntimeServiceClient<tonic::transport::Channel>,
-    config: PodSandboxConfig,
-) -> String {
-    client
-        .run_pod_sandbox(RunPodSandboxRequest {
-            config: Some(config),
-            runtime_handler: String::new(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("RunPodSandbox: {e}"))
-        .into_inner()
-        .pod_sandbox_id
-}
-
 async fn stop_remove(client: &mut RuntimeServiceClient<tonic::transport::Channel>, id: &str) {
     client
         .stop_pod_sandbox(StopPodSandboxRequest {
@@ -101,7 +87,7 @@ pub async fn measure(
     let mut teardowns = Vec::with_capacity(RUNS);
     for i in 0..RUNS + 2 {
         let t = Instant::now();
-        let id = run(&mut client, pod_config(tag, i)).await;
+        let id = run_pod(&mut client, pod_config(tag, i)).await;
         let ran = t.elapsed();
         let t = Instant::now();
         stop_remove(&mut client, &id).await;
@@ -129,7 +115,7 @@ pub async fn measure(
     let before = helpers_rss_kib(is_helper);
     let mut ids = Vec::new();
     for i in 0..MEMORY_PODS {
-        ids.push(run(&mut client, pod_config(&format!("{tag}-mem"), i)).await);
+        ids.push(run_pod(&mut client, pod_config(&format!("{tag}-mem"), i)).await);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let after = helpers_rss_kib(is_helper);
