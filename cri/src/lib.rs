@@ -1,9 +1,13 @@
 //! berth-cri: the CRI v1 `RuntimeService` and `ImageService` over gRPC.
 //!
-//! This crate is the edge: it translates CRI messages into calls on the crates below it
-//! (`podsandbox`, `image`, `cni`, `runtime`), none of which knows gRPC, and maps their errors to
-//! gRPC status codes. It also owns the tower layer that gives every RPC a tracing span and its
-//! metrics. One file per RPC, as in containerd's `internal/cri/server`.
+//! This crate is the edge: it translates CRI messages into calls on `berth_podsandbox::Pods`
+//! (and `berth_image::Images` for the ImageService), none of which knows gRPC, and maps their
+//! errors to gRPC status codes. One file per RPC, named as in containerd's
+//! `internal/cri/server` (`runtime/container_start.rs`, `image/image_pull.rs`, …); `service`
+//! holds what the handlers share (ids resolved or NotFound, CreateContainer's inputs, error
+//! codes); `metrics` is the tower layer that gives every RPC a tracing span and its metrics.
+//! The streaming server (Exec/Attach/PortForward) and the stats and event handlers go beside
+//! them.
 
 pub mod authority;
 mod image;

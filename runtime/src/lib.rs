@@ -1,8 +1,13 @@
-//! berth-runtime: containers.
+//! berth-runtime: what runs in the per-pod monitor and in the executor, and the pure parts
+//! both need.
 //!
-//! This crate will own CRI ContainerConfig → OCI spec generation, the executor (`berthd init`),
-//! the per-pod monitor, cgroups, stats and the CRI log writer. For now it holds the `[runtime]`
-//! section of berthd's configuration.
+//! `monitor` is `berthd monitor` (a single-threaded poll loop: pinned namespaces, container
+//! stdio, the CRI log writer, exit records, its control-socket protocol); `executor` is
+//! `berthd init` (youki's libcontainer in a fresh single-threaded process); `spec` turns a CRI
+//! container config, the image config and the pod into an OCI spec (pure, table-tested);
+//! `cgroups` finds hierarchies, makes and removes cgroups and writes new limits. This crate
+//! has no async runtime, so nothing here can start a thread pool by accident: the agent's side
+//! of pods and containers is `berth-podsandbox`. It also holds the `[runtime]` config section.
 
 use std::fmt;
 

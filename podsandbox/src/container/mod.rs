@@ -1,7 +1,9 @@
-//! Containers as the agent keeps them: the rootfs (an overlay of the image's snapshots with a
-//! writable upper dir), the bundle with its generated `config.json`, a record per container, and
-//! requests to the pod's monitor, which runs and supervises them. Blocking functions: the agent
-//! calls them from its blocking pool.
+//! Containers as the agent keeps them: a record per container (`record`), the rootfs (an
+//! overlay of the image's snapshots with a writable upper dir) and the bundle with its generated
+//! `config.json` (`rootfs`), create/start/stop/remove as requests to the pod's monitor, which
+//! runs and supervises them (`lifecycle`), resource updates (`update`) and ExecSync
+//! (`exec_sync`). Blocking functions except ExecSync: `Pods` calls them on the blocking pool.
+//! Exits reach a record only through [`Containers::fold_exit`]; reading has no side effects.
 
 mod exec_sync;
 mod lifecycle;
