@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use k8s_cri::v1::*;
 
-pub use crate::cri::run_pod;
+pub use crate::cri::{remove_pod, run_pod};
 use crate::images::ImageBuilder;
 use crate::network::{mounts_under, processes_mentioning};
 use crate::registry::TestRegistry;
@@ -107,15 +107,6 @@ pub async fn create(
 pub async fn start(c: &mut RuntimeClient, id: &str) {
     c.start_container(StartContainerRequest {
         container_id: id.into(),
-    })
-    .await
-    .unwrap();
-}
-
-/// Removes the pod (and so its containers).
-pub async fn remove_pod(c: &mut RuntimeClient, pod: &str) {
-    c.remove_pod_sandbox(RemovePodSandboxRequest {
-        pod_sandbox_id: pod.into(),
     })
     .await
     .unwrap();

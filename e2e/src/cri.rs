@@ -3,7 +3,7 @@
 use k8s_cri::v1::{
     LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
     LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
-    RunPodSandboxRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest,
 };
 
 use crate::RuntimeClient;
@@ -19,6 +19,15 @@ pub async fn try_run_pod(
     })
     .await
     .map(|r| r.into_inner().pod_sandbox_id)
+}
+
+/// RemovePodSandbox (and so the pod's containers), which must succeed.
+pub async fn remove_pod(c: &mut RuntimeClient, pod: &str) {
+    c.remove_pod_sandbox(RemovePodSandboxRequest {
+        pod_sandbox_id: pod.into(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("RemovePodSandbox {pod}: {e}"));
 }
 
 /// RunPodSandbox that must succeed.

@@ -13,7 +13,6 @@ use berth_e2e::registry::TestRegistry;
 use berth_e2e::{berthd_path, TestAgent};
 use berth_podsandbox::container::{exec_sync, ExecError, ExecOutput, OUTPUT_CAP};
 use berth_runtime::monitor::protocol::Request;
-use k8s_cri::v1::RemovePodSandboxRequest;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -320,14 +319,7 @@ async fn exec_sync_runs_in_the_container_caps_output_and_kills_on_timeout() {
     wait_exit(&exit_file);
     assert!(request(&pod.dir, &Request::Delete { id: id.clone() }).ok);
     drop(b);
-    agent
-        .runtime()
-        .await
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod.id.clone(),
-        })
-        .await
-        .unwrap();
+    berth_e2e::cri::remove_pod(&mut agent.runtime().await, &pod.id).await;
     pod_cleanup.removed = true;
     assert!(
         mounts_under(agent.dir()).is_empty(),

@@ -10,7 +10,6 @@ use berth_e2e::network::mounts_under;
 use berth_e2e::registry::TestRegistry;
 use berth_e2e::TestAgent;
 use berth_runtime::monitor::protocol::Request;
-use k8s_cri::v1::*;
 
 fn parent() -> String {
     format!("/berth-e2e-{}", std::process::id())
@@ -125,14 +124,7 @@ async fn monitor_runs_containers_logs_them_and_records_exits() {
     assert!(request(&pod.dir, &Request::Delete { id: id.clone() }).ok);
     drop(b);
 
-    agent
-        .runtime()
-        .await
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: pod.id.clone(),
-        })
-        .await
-        .unwrap();
+    berth_e2e::cri::remove_pod(&mut agent.runtime().await, &pod.id).await;
     assert!(
         mounts_under(agent.dir()).is_empty(),
         "{:?}",

@@ -14,6 +14,21 @@ use berth_e2e::{free_port, TestAgent};
 use k8s_cri::v1::*;
 
 fn pod_config(name: &str) -> PodSandboxConfig {
+    pod_config_with(
+        name,
+        NamespaceMode::Pod,
+        NamespaceMode::Container,
+        NamespaceMode::Pod,
+    )
+}
+
+/// A pod with the given network, PID and IPC namespace modes.
+fn pod_config_with(
+    name: &str,
+    network: NamespaceMode,
+    pid: NamespaceMode,
+    ipc: NamespaceMode,
+) -> PodSandboxConfig {
     PodSandboxConfig {
         metadata: Some(PodSandboxMetadata {
             name: name.to_string(),
@@ -24,9 +39,7 @@ fn pod_config(name: &str) -> PodSandboxConfig {
         hostname: name.to_string(),
         labels: HashMap::from([("app".to_string(), name.to_string())]),
         linux: Some(berth_e2e::cri::pod_linux(berth_e2e::cri::namespaces(
-            NamespaceMode::Pod,
-            NamespaceMode::Container,
-            NamespaceMode::Pod,
+            network, pid, ipc,
         ))),
         ..Default::default()
     }
@@ -61,14 +74,7 @@ async fn stop(agent: &TestAgent, id: &str) {
 }
 
 async fn remove(agent: &TestAgent, id: &str) {
-    agent
-        .runtime()
-        .await
-        .remove_pod_sandbox(RemovePodSandboxRequest {
-            pod_sandbox_id: id.to_string(),
-        })
-        .await
-        .unwrap();
+    berth_e2e::cri::remove_pod(&mut agent.runtime().await, id).await;
 }
 
 fn pod_dir(agent: &TestAgent, id: &str) -> PathBuf {
@@ -381,19 +387,12 @@ async fn two_pods_on_one_bridge_reach_each_other_and_a_host_port_reaches_a_pod()
 #[tokio::test]
 async fn host_network_and_ipc_pods_use_the_hosts_namespaces() {
     let agent = TestAgent::start().await;
-    let mut config = pod_config("hostnet");
-    let options = config
-        .linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .namespace_options
-        .as_mut()
-        .unwrap();
-    options.network = NamespaceMode::Node as i32;
-    options.ipc = NamespaceMode::Node as i32;
+    let config = pod_config_with(
+        "hostnet",
+        NamespaceMode::Node,
+        NamespaceMode::Container,
+        NamespaceMode::Node,
+    );
     // No CNI config at all: a host-network pod needs none.
     let id = run(&agent, config).await.unwrap();
     let st = status(&agent, &id, false).await.status.unwrap();
@@ -412,19 +411,12 @@ async fn host_network_and_ipc_pods_use_the_hosts_namespaces() {
 #[tokio::test]
 async fn pod_pid_namespace_gets_our_own_init() {
     let agent = TestAgent::start().await;
-    let mut config = pod_config("sharedpid");
-    let options = config
-        .linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .as_mut()
-        .unwrap()
-        .namespace_options
-        .as_mut()
-        .unwrap();
-    options.network = NamespaceMode::Node as i32;
-    options.pid = NamespaceMode::Pod as i32;
+    let config = pod_config_with(
+        "sharedpid",
+        NamespaceMode::Node,
+        NamespaceMode::Pod,
+        NamespaceMode::Pod,
+    );
     let id = run(&agent, config).await.unwrap();
     let pid_ns = pod_dir(&agent, &id).join("ns/pid");
     let init = Command::new("nsenter")
@@ -557,17 +549,13 @@ async fn fifty_run_stop_remove_cycles_leave_nothing() {
 async fn the_monitor_joins_the_pods_cgroup_parent_and_made_cgroups_go_with_the_pod() {
     let agent = TestAgent::start().await;
     let top = format!("berth-e2e-{}-cg", std::process::id());
-    let mut config = pod_config("cgroup");
-    let options = config.linux.as_mut().unwrap();
-    options.cgroup_parent = format!("/{top}/pod-cgroup");
-    options
-        .security_context
-        .as_mut()
-        .unwrap()
-        .namespace_options
-        .as_mut()
-        .unwrap()
-        .network = NamespaceMode::Node as i32;
+    let mut config = pod_config_with(
+        "cgroup",
+        NamespaceMode::Node,
+        NamespaceMode::Container,
+        NamespaceMode::Pod,
+    );
+    config.linux.as_mut().unwrap().cgroup_parent = format!("/{top}/pod-cgroup");
     let id = run(&agent, config).await.unwrap();
     let info: serde_json::Value =
         serde_json::from_str(&status(&agent, &id, true).await.info["info"]).unwrap();
