@@ -182,13 +182,38 @@ pub struct CgroupTop;
 impl Drop for CgroupTop {
     fn drop(&mut self) {
         for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-            let top = h.path().join(format!("berth-e2e-{}", std::process::id()));
-            if let Ok(pods) = std::fs::read_dir(&top) {
-                for pod in pods.flatten().filter(|p| p.path().is_dir()) {
-                    let _ = std::fs::remove_dir(pod.path());
-                }
-            }
-            let _ = std::fs::remove_dir(&top);
+            remove_cgroup_tree(&h.path().join(format!("berth-e2e-{}", std::process::id())));
         }
     }
+}
+
+/// Kills whatever still runs in `dir` or below (a process a broken runtime left behind) and
+/// removes the cgroups, deepest first.
+fn remove_cgroup_tree(dir: &std::path::Path) {
+    let Ok(children) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for child in children.flatten().filter(|c| c.path().is_dir()) {
+        remove_cgroup_tree(&child.path());
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cgroup_procs(dir).is_empty() && Instant::now() < deadline {
+        for pid in cgroup_procs(dir) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// The processes in the cgroup directory `dir` (any hierarchy's).
+pub fn cgroup_procs(dir: &std::path::Path) -> Vec<i32> {
+    std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
 }

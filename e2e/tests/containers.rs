@@ -307,3 +307,68 @@ async fn a_hundred_create_start_stop_remove_cycles_leave_nothing() {
     remove_pod(&mut c, &pod).await;
     assert_clean(&f, "cycles");
 }
+
+/// With the host's or the pod's PID namespace, the kernel does not end a container's other
+/// processes when its init dies: berth must, as containerd does, or they run on after
+/// StopContainer, out of anyone's sight.
+#[tokio::test]
+async fn a_stopped_container_leaves_no_process_whatever_its_pid_namespace() {
+    let _top = CgroupTop;
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    for (name, mode) in [
+        ("pidhost", NamespaceMode::Node),
+        ("pidpod", NamespaceMode::Pod),
+        ("pidown", NamespaceMode::Container),
+    ] {
+        let set_pid = |linux_ns: Option<&mut NamespaceOption>| {
+            if let Some(ns) = linux_ns {
+                ns.pid = mode as i32;
+            }
+        };
+        let mut pod_cfg = pod_config(&f, name);
+        set_pid(
+            pod_cfg
+                .linux
+                .as_mut()
+                .and_then(|l| l.security_context.as_mut())
+                .and_then(|s| s.namespace_options.as_mut()),
+        );
+        let pod = run_pod(&mut c, pod_cfg.clone()).await;
+        // The init leaves a child behind when it is killed.
+        let mut cfg = container_config(&f, "forks", &["sh", "-c", "sleep 1001 & exec sleep 1002"]);
+        set_pid(
+            cfg.linux
+                .as_mut()
+                .and_then(|l| l.security_context.as_mut())
+                .and_then(|s| s.namespace_options.as_mut()),
+        );
+        eprintln!("case {name}");
+        let id = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
+        start(&mut c, &id).await;
+        let cgroup = std::path::PathBuf::from(format!(
+            "/sys/fs/cgroup/pids/berth-e2e-{}/{name}/{id}",
+            std::process::id()
+        ));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while cgroup_procs(&cgroup).len() < 2 {
+            assert!(Instant::now() < deadline, "{name}: both sleeps never ran");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        c.stop_container(StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await
+        .unwrap();
+        let s = status(&mut c, &id).await;
+        assert_eq!(s.state, ContainerState::ContainerExited as i32, "{name}");
+        assert_eq!(
+            cgroup_procs(&cgroup),
+            Vec::<i32>::new(),
+            "{name}: processes left in the stopped container's cgroup"
+        );
+        remove_pod(&mut c, &pod).await;
+        assert_clean(&f, name);
+    }
+}

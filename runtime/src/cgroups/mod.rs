@@ -5,6 +5,7 @@
 pub mod update;
 
 use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
 
 /// One mounted cgroup hierarchy.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -137,6 +138,54 @@ pub fn join(path: &Path, pid: u32) -> Result<(), String> {
     Ok(())
 }
 
+/// The pids a `cgroup.procs` file lists.
+pub fn parse_procs(text: &str) -> Vec<i32> {
+    text.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+/// SIGKILLs every process in the cgroup `path` (cgroupfs path) and waits until none is left,
+/// at most `timeout`. Killed processes that were re-parented to the caller (a subreaper) are
+/// reaped here. Used when a container's init has exited: without a PID namespace of its own
+/// (the host's, or the pod's), the kernel leaves its other processes running.
+pub fn kill_all(path: &Path, timeout: Duration) -> Result<(), String> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::sys::wait::{waitpid, WaitPidFlag};
+    use nix::unistd::Pid;
+    let relative = path.strip_prefix("/").unwrap_or(path);
+    let dirs: Vec<PathBuf> = hierarchies()
+        .into_iter()
+        .map(|h| h.mountpoint.join(relative))
+        .filter(|d| d.join("cgroup.procs").exists())
+        .collect();
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut pids: Vec<i32> = dirs
+            .iter()
+            .flat_map(|d| {
+                parse_procs(&std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default())
+            })
+            .collect();
+        pids.sort_unstable();
+        pids.dedup();
+        if pids.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "processes {pids:?} still in cgroup {} after SIGKILL",
+                path.display()
+            ));
+        }
+        for pid in &pids {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+        for pid in &pids {
+            let _ = waitpid(Pid::from_raw(*pid), Some(WaitPidFlag::WNOHANG));
+        }
+    }
+}
+
 /// Removes cgroup directories made by [`ensure`], deepest first. One still holding tasks
 /// (EBUSY) stays and is reported.
 pub fn remove_created(created: &[PathBuf]) -> Vec<String> {
@@ -154,6 +203,13 @@ pub fn remove_created(created: &[PathBuf]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn procs_files_list_one_pid_a_line() {
+        assert_eq!(parse_procs("12\n345\n"), [12, 345]);
+        assert_eq!(parse_procs(""), Vec::<i32>::new());
+        assert_eq!(parse_procs("7\n\nx\n8"), [7, 8]);
+    }
 
     const HYBRID: &str = "\
 30 23 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec - tmpfs tmpfs ro,mode=755

@@ -83,6 +83,14 @@ fn write_report(path: &Path, line: &str) -> std::io::Result<()> {
 
 fn create(root: &Path, id: &str, bundle: &Path, console: Option<PathBuf>) -> Result<i32, String> {
     std::fs::create_dir_all(root).map_err(|e| format!("create {}: {e}", root.display()))?;
+    // libcontainer emulates a v1 /sys/fs/cgroup for a container in the host's PID namespace by
+    // taking the cgroup of the container's parent (this process) as the root it runs under and
+    // stripping it from the container's path. We inherit the pod cgroup from the monitor, the
+    // container's own parent: stripped of it, the path names no cgroup and creation fails. From
+    // the root cgroup nothing is stripped. The container itself goes into its own cgroup anyway.
+    if let Err(e) = crate::cgroups::join(Path::new("/"), std::process::id()) {
+        eprintln!("berthd init: container {id}: leave the pod cgroup: {e}");
+    }
     let container = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
         .with_root_path(root)
         .and_then(|b| b.validate_id())

@@ -27,6 +27,9 @@ struct Supervised {
     _stdin: Option<OwnedFd>,
 }
 
+/// How long the processes a container's init left behind may take to go after SIGKILL.
+const KILL_ALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The containers of one pod, by id.
 pub(super) struct Supervisor {
     /// libcontainer's state root for this pod.
@@ -302,6 +305,13 @@ impl Supervisor {
             return;
         };
         c.exited = true;
+        // As containerd: with the host's or the pod's PID namespace, what the init left behind
+        // would run on unseen; it goes with the init, before the exit is recorded.
+        if let Some(cgroup) = &c.cgroup {
+            if let Err(e) = crate::cgroups::kill_all(cgroup, KILL_ALL_TIMEOUT) {
+                eprintln!("monitor: container {id}: {e}");
+            }
+        }
         // Whatever the container wrote before it died goes to the log before the record.
         drain(c);
         let oom = c.cgroup.as_deref().is_some_and(oom_killed);
