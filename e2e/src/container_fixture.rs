@@ -182,7 +182,29 @@ pub struct CgroupTop;
 impl Drop for CgroupTop {
     fn drop(&mut self) {
         for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-            remove_cgroup_tree(&h.path().join(format!("berth-e2e-{}", std::process::id())));
+            let top = h.path().join(format!("berth-e2e-{}", std::process::id()));
+            if let Ok(pods) = std::fs::read_dir(&top) {
+                for pod in pods.flatten().filter(|p| p.path().is_dir()) {
+                    let _ = std::fs::remove_dir(pod.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&top);
+        }
+    }
+}
+
+/// Kills whatever still runs in the cgroups of the named pods (`pod_config`'s cgroup parents)
+/// and removes them, even when the test failed. Only these pods: the tests of one suite run in
+/// one process and share its top cgroup.
+pub struct PodCgroups(pub Vec<String>);
+
+impl Drop for PodCgroups {
+    fn drop(&mut self) {
+        for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let top = h.path().join(format!("berth-e2e-{}", std::process::id()));
+            for name in &self.0 {
+                remove_cgroup_tree(&top.join(name));
+            }
         }
     }
 }

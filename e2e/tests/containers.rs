@@ -314,6 +314,7 @@ async fn a_hundred_create_start_stop_remove_cycles_leave_nothing() {
 #[tokio::test]
 async fn a_stopped_container_leaves_no_process_whatever_its_pid_namespace() {
     let _top = CgroupTop;
+    let _pods = PodCgroups(vec!["pidhost".into(), "pidpod".into(), "pidown".into()]);
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     for (name, mode) in [
