@@ -1,7 +1,7 @@
 //! Containers through the CRI: resource updates on the live cgroup, OOM kills, the process user,
-//! log reopening and the container metrics.
+//! log reopening, the container metrics, and the cgroup statistics of a running container.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use berth_e2e::container_fixture::*;
 use k8s_cri::v1::*;
@@ -220,4 +220,61 @@ async fn oom_kill_user_reopen_log_and_metrics() {
 
     remove_pod(&mut c, &pod).await;
     assert_clean(&f, "oomlog");
+}
+
+/// The stats readers against a real container's cgroup on this host: CPU time of a busy loop,
+/// the working set of 64 MiB written to /dev/shm (shmem is not reclaimable file cache), and
+/// its processes.
+#[tokio::test]
+async fn cgroup_stats_of_a_running_container_show_its_cpu_memory_and_processes() {
+    let _top = CgroupTop;
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "stats");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let cfg = container_config(
+        &f,
+        "busy",
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/dev/shm/fill bs=1M count=64 2>/dev/null; while :; do :; done",
+        ],
+    );
+    let id = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
+    start(&mut c, &id).await;
+    let cgroup = std::path::PathBuf::from(format!("/berth-e2e-{}/stats/{id}", std::process::id()));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let stats = loop {
+        let stats = berth_runtime::cgroups::stats::read(&cgroup);
+        let busy = stats.cpu_usage_ns.is_some_and(|ns| ns > 200_000_000);
+        let filled = stats
+            .memory
+            .as_ref()
+            .is_some_and(|m| m.working_set_bytes >= 64 << 20);
+        if busy && filled {
+            break stats;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never busy and filled: {stats:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let memory = stats.memory.clone().unwrap();
+    assert!(memory.usage_bytes >= memory.working_set_bytes, "{memory:?}");
+    assert_eq!(memory.limit_bytes, None, "no limit was asked for");
+    assert!(stats.pids.is_some_and(|n| n >= 1), "{stats:?}");
+    // The loop still spins: CPU time keeps growing.
+    while berth_runtime::cgroups::stats::read(&cgroup).cpu_usage_ns <= stats.cpu_usage_ns {
+        assert!(Instant::now() < deadline, "CPU time stopped at {stats:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    remove_pod(&mut c, &pod).await;
+    // Gone with its container: no values, no error.
+    assert_eq!(
+        berth_runtime::cgroups::stats::read(&cgroup),
+        berth_runtime::cgroups::stats::CgroupStats::default()
+    );
+    assert_clean(&f, "stats");
 }

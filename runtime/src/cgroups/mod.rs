@@ -1,7 +1,8 @@
 //! cgroupfs-driver cgroups on v1, v2 and hybrid hosts: find the hierarchies, make a cgroup path
 //! in each (remembering what we made, to remove exactly that), move a process in; `update` writes
-//! new limits into a live cgroup.
+//! new limits into a live cgroup; `stats` reads usage back.
 
+pub mod stats;
 pub mod update;
 
 use std::path::{Component, Path, PathBuf};

@@ -32,8 +32,9 @@ pub struct Layout {
     pub swap: bool,
 }
 
+/// Where a controller's files are: a v1 hierarchy's directory or the v2 one.
 #[derive(Debug, Clone, Copy)]
-enum Place<'a> {
+pub(crate) enum Place<'a> {
     V1(&'a Path),
     V2(&'a Path),
 }
@@ -41,7 +42,7 @@ enum Place<'a> {
 impl Layout {
     /// The directory whose files set `controller`: its v1 hierarchy if one carries it (what
     /// libcontainer uses on a hybrid host), else the v2 directory if the controller is enabled.
-    fn place(&self, controller: &str) -> Option<Place<'_>> {
+    pub(crate) fn place(&self, controller: &str) -> Option<Place<'_>> {
         if let Some(dir) = self.v1.get(controller) {
             return Some(Place::V1(dir));
         }
