@@ -2,11 +2,8 @@
 //! `<root>/snapshots/<chain-id hex>/fs`, with its disk usage beside it in `usage.json`.
 //! A snapshot appears by renaming a finished temp dir, so a crash never leaves half of one.
 
-use std::collections::HashSet;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 
 use crate::digest::ChainId;
 use berth_common::atomic::unique;
@@ -14,11 +11,7 @@ use berth_common::atomic::unique;
 const TMP_PREFIX: &str = "tmp-";
 
 /// Bytes (allocated blocks) and inodes a snapshot uses.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Usage {
-    pub bytes: u64,
-    pub inodes: u64,
-}
+pub use berth_common::fs::{disk_usage, DiskUsage as Usage};
 
 #[derive(Debug)]
 pub struct Snapshotter {
@@ -133,24 +126,3 @@ impl Drop for PreparedSnapshot {
     }
 }
 
-/// Allocated bytes and distinct inodes under `path`, not following symlinks.
-pub fn disk_usage(path: &Path) -> Usage {
-    let mut usage = Usage::default();
-    let mut seen = HashSet::new();
-    let mut stack = vec![path.to_path_buf()];
-    while let Some(p) = stack.pop() {
-        let Ok(meta) = std::fs::symlink_metadata(&p) else {
-            continue;
-        };
-        if seen.insert((meta.dev(), meta.ino())) {
-            usage.inodes += 1;
-            usage.bytes += meta.blocks() * 512;
-        }
-        if meta.is_dir() {
-            if let Ok(entries) = std::fs::read_dir(&p) {
-                stack.extend(entries.flatten().map(|e| e.path()));
-            }
-        }
-    }
-    usage
-}
