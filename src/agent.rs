@@ -234,6 +234,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         .map_err(AgentError::Sandboxes)?;
     let sandboxes = Arc::new(sandboxes);
     let pods = Arc::new(Pods::new(images, sandboxes, Arc::new(containers)));
+    let background = pods.spawn_background();
 
     let metrics_task = metrics_listener.map(|l| {
         let registry = registry.clone();
@@ -297,6 +298,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
             }
         }
     };
+    background.abort();
     if let Some(task) = metrics_task {
         task.abort();
     }

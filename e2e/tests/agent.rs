@@ -105,12 +105,12 @@ async fn unimplemented_rpcs_say_so_by_name() {
     let err = agent
         .runtime()
         .await
-        .list_container_stats(ListContainerStatsRequest::default())
+        .list_pod_sandbox_stats(ListPodSandboxStatsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
     assert!(
-        err.message().contains("ListContainerStats"),
+        err.message().contains("ListPodSandboxStats"),
         "{}",
         err.message()
     );
@@ -136,7 +136,7 @@ async fn metrics_count_the_rpcs_just_made() {
     );
     assert!(
         text.contains(
-            r#"berth_cri_operations_total{operation="ContainerStats",code="Unimplemented"} 1"#
+            r#"berth_cri_operations_total{operation="ContainerStats",code="NotFound"} 1"#
         ),
         "{text}"
     );

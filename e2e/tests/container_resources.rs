@@ -278,3 +278,116 @@ async fn cgroup_stats_of_a_running_container_show_its_cpu_memory_and_processes()
     );
     assert_clean(&f, "stats");
 }
+
+/// ContainerStats and ListContainerStats through the CRI: CPU time and rate of a busy loop, a
+/// 64 MiB working set, 10 MB written to the rootfs in the writable layer (measured in the
+/// background, so polled for), the filters, and unknown ids.
+#[tokio::test]
+async fn container_stats_report_cpu_memory_and_the_writable_layer() {
+    let _top = CgroupTop;
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "cristats");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let mut cfg = container_config(
+        &f,
+        "busy",
+        &[
+            "sh",
+            "-c",
+            "dd if=/dev/zero of=/dev/shm/fill bs=1M count=64 2>/dev/null; \
+             dd if=/dev/zero of=/layer bs=1M count=10 2>/dev/null; while :; do :; done",
+        ],
+    );
+    cfg.labels.insert("stats".into(), "yes".into());
+    let id = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
+    start(&mut c, &id).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let stats = loop {
+        let s = c
+            .container_stats(ContainerStatsRequest {
+                container_id: id[..12].to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+            .unwrap();
+        let cpu = s.cpu.unwrap();
+        let memory = s.memory.unwrap();
+        assert!(cpu.timestamp > 0 && memory.timestamp > 0, "{s:?}");
+        let busy = cpu
+            .usage_core_nano_seconds
+            .is_some_and(|v| v.value > 200_000_000)
+            && cpu.usage_nano_cores.is_some_and(|v| v.value > 0);
+        let filled = memory
+            .working_set_bytes
+            .is_some_and(|v| v.value >= 64 << 20);
+        let written = s
+            .writable_layer
+            .as_ref()
+            .and_then(|w| w.used_bytes)
+            .is_some_and(|v| v.value >= 10 << 20);
+        if busy && filled && written {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stats never showed it all: {s:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let attributes = stats.attributes.unwrap();
+    assert_eq!(attributes.id, id);
+    assert_eq!(attributes.metadata.unwrap().name, "busy");
+    assert_eq!(
+        attributes.labels.get("stats").map(String::as_str),
+        Some("yes")
+    );
+    let layer = stats.writable_layer.unwrap();
+    assert!(layer.timestamp > 0 && layer.inodes_used.is_some_and(|v| v.value >= 1));
+    let memory = stats.memory.unwrap();
+    assert!(memory.usage_bytes.unwrap().value >= memory.working_set_bytes.unwrap().value);
+    assert!(
+        memory.available_bytes.is_none(),
+        "no limit, nothing available to report"
+    );
+
+    let list = |filter: ContainerStatsFilter| {
+        let mut c = c.clone();
+        async move {
+            c.list_container_stats(ListContainerStatsRequest {
+                filter: Some(filter),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+            .into_iter()
+            .map(|s| s.attributes.unwrap().id)
+            .collect::<Vec<_>>()
+        }
+    };
+    let by = |id: &str, pod: &str, label: Option<(&str, &str)>| ContainerStatsFilter {
+        id: id.into(),
+        pod_sandbox_id: pod.into(),
+        label_selector: label
+            .map(|(k, v)| [(k.to_string(), v.to_string())].into())
+            .unwrap_or_default(),
+    };
+    let only = vec![id.clone()];
+    assert_eq!(list(by(&id[..8], "", None)).await, only);
+    assert_eq!(list(by("", &pod[..8], None)).await, only);
+    assert_eq!(list(by("", "", Some(("stats", "yes")))).await, only);
+    assert!(list(by("", "", Some(("stats", "no")))).await.is_empty());
+    assert!(list(by("ffffffffffff", "", None)).await.is_empty());
+    let err = c
+        .container_stats(ContainerStatsRequest {
+            container_id: "ffffffffffff".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+    remove_pod(&mut c, &pod).await;
+    assert_clean(&f, "cristats");
+}

@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-
 use crate::digest::ChainId;
 use berth_common::atomic::unique;
 
@@ -125,4 +124,3 @@ impl Drop for PreparedSnapshot {
         }
     }
 }
-

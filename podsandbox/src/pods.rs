@@ -12,9 +12,14 @@ use berth_image::{ChainId, Images};
 use berth_runtime::spec::Resources;
 
 use crate::container::{
-    exec_sync, ContainerError, ContainerRecord, Containers, CreateInput, ExecError, ExecOutput,
+    exec_sync, ContainerError, ContainerRecord, ContainerUsage, Containers, CreateInput, ExecError,
+    ExecOutput,
 };
 use crate::sandbox::{SandboxError, Sandboxes};
+
+/// How often the containers' writable layers are measured for their stats (kubelet polls
+/// stats every 10 s).
+const LAYER_USAGE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Why a pod-wide operation failed: one of its containers, or the sandbox itself.
 #[derive(Debug, thiserror::Error)]
@@ -128,6 +133,38 @@ impl Pods {
             timeout,
         )
         .await
+    }
+
+    /// A usage sample of each container, read on the blocking pool.
+    pub async fn container_usage(
+        &self,
+        records: Vec<ContainerRecord>,
+    ) -> Vec<(ContainerRecord, ContainerUsage)> {
+        let containers = self.containers.clone();
+        tokio::task::spawn_blocking(move || {
+            records
+                .into_iter()
+                .map(|r| {
+                    let usage = containers.usage(&r);
+                    (r, usage)
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// Starts what the agent keeps doing in the background: measuring writable layers, so that
+    /// the stats RPCs never walk a directory tree themselves.
+    pub fn spawn_background(&self) -> tokio::task::JoinHandle<()> {
+        let containers = self.containers.clone();
+        tokio::spawn(async move {
+            loop {
+                let c = containers.clone();
+                let _ = tokio::task::spawn_blocking(move || c.refresh_layer_usage()).await;
+                tokio::time::sleep(LAYER_USAGE_INTERVAL).await;
+            }
+        })
     }
 
     /// StopPodSandbox: every container of the pod is stopped first, then the sandbox.

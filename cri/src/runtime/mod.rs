@@ -7,6 +7,8 @@ mod container_list;
 mod container_log_reopen;
 mod container_remove;
 mod container_start;
+mod container_stats;
+mod container_stats_list;
 mod container_status;
 mod container_stop;
 mod container_update_resources;
@@ -169,6 +171,22 @@ cri_service! {
             container_execsync::exec_sync(&self.pods, request.into_inner()).await.map(Response::new)
         }
 
+        async fn container_stats(
+            &self,
+            request: Request<ContainerStatsRequest>,
+        ) -> Result<Response<ContainerStatsResponse>, Status> {
+            container_stats::container_stats(&self.pods, request.into_inner()).await.map(Response::new)
+        }
+
+        async fn list_container_stats(
+            &self,
+            request: Request<ListContainerStatsRequest>,
+        ) -> Result<Response<ListContainerStatsResponse>, Status> {
+            container_stats_list::list_container_stats(&self.pods, request.into_inner())
+                .await
+                .map(Response::new)
+        }
+
         async fn get_container_events(
             &self,
             _request: Request<GetEventsRequest>,
@@ -180,8 +198,6 @@ cri_service! {
         exec => Exec(ExecRequest) -> ExecResponse;
         attach => Attach(AttachRequest) -> AttachResponse;
         port_forward => PortForward(PortForwardRequest) -> PortForwardResponse;
-        container_stats => ContainerStats(ContainerStatsRequest) -> ContainerStatsResponse;
-        list_container_stats => ListContainerStats(ListContainerStatsRequest) -> ListContainerStatsResponse;
         pod_sandbox_stats => PodSandboxStats(PodSandboxStatsRequest) -> PodSandboxStatsResponse;
         list_pod_sandbox_stats => ListPodSandboxStats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse;
         checkpoint_container => CheckpointContainer(CheckpointContainerRequest) -> CheckpointContainerResponse;

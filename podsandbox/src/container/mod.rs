@@ -1,8 +1,8 @@
 //! Containers as the agent keeps them: a record per container (`record`), the rootfs (an
 //! overlay of the image's snapshots with a writable upper dir) and the bundle with its generated
 //! `config.json` (`rootfs`), create/start/stop/remove as requests to the pod's monitor, which
-//! runs and supervises them (`lifecycle`), resource updates (`update`) and ExecSync
-//! (`exec_sync`). Blocking functions except ExecSync: `Pods` calls them on the blocking pool.
+//! runs and supervises them (`lifecycle`), resource updates (`update`), usage samples (`stats`)
+//! and ExecSync (`exec_sync`). Blocking functions except ExecSync: `Pods` calls them on the blocking pool.
 //! Exits reach a record only through [`Containers::fold_exit`]; reading has no side effects.
 
 mod exec_sync;
@@ -10,9 +10,10 @@ mod lifecycle;
 mod metrics;
 mod record;
 mod rootfs;
+mod stats;
 mod update;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -25,6 +26,7 @@ pub use metrics::ContainerMetrics;
 pub use record::{ContainerError, ContainerRecord, ContainerState, ProcessUser};
 use record::{EXIT_FILE, RECORD_FILE};
 pub use rootfs::CreateInput;
+pub use stats::ContainerUsage;
 
 pub struct Containers {
     state: PathBuf,
@@ -32,6 +34,10 @@ pub struct Containers {
     host: HostInfo,
     records: Mutex<BTreeMap<String, ContainerRecord>>,
     metrics: ContainerMetrics,
+    /// Each container's CPU rate and the sample it was measured from.
+    cpu_samples: Mutex<HashMap<String, stats::CpuRate>>,
+    /// Each container's writable layer as last measured (bytes and inodes, and when).
+    layer_usage: Mutex<HashMap<String, (berth_common::fs::DiskUsage, i64)>>,
 }
 
 impl Containers {
@@ -64,6 +70,8 @@ impl Containers {
             host,
             records: Mutex::new(records),
             metrics,
+            cpu_samples: Mutex::new(HashMap::new()),
+            layer_usage: Mutex::new(HashMap::new()),
         })
     }
 
