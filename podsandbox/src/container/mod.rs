@@ -36,6 +36,8 @@ pub struct Containers {
     metrics: ContainerMetrics,
     /// Each container's CPU rate and the sample it was measured from.
     cpu_samples: Mutex<HashMap<String, stats::CpuRate>>,
+    /// Where each container's cgroup files are, probed on its first stats sample.
+    layouts: Mutex<HashMap<String, berth_runtime::cgroups::update::Layout>>,
     /// Each container's writable layer as last measured (bytes and inodes, and when).
     layer_usage: Mutex<HashMap<String, (berth_common::fs::DiskUsage, i64)>>,
 }
@@ -71,6 +73,7 @@ impl Containers {
             records: Mutex::new(records),
             metrics,
             cpu_samples: Mutex::new(HashMap::new()),
+            layouts: Mutex::new(HashMap::new()),
             layer_usage: Mutex::new(HashMap::new()),
         })
     }

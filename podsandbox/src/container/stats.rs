@@ -5,6 +5,7 @@
 
 use berth_common::fs::DiskUsage;
 use berth_runtime::cgroups::stats::{self, CgroupStats};
+use berth_runtime::cgroups::update::Layout;
 
 use super::record::{ContainerRecord, ContainerState};
 use super::Containers;
@@ -56,7 +57,17 @@ impl Containers {
             .cgroup
             .as_deref()
             .filter(|_| record.state() == ContainerState::Running)
-            .map(stats::read)
+            .map(|cgroup| {
+                // Where each controller's files are does not change in a container's life.
+                let layout = self
+                    .layouts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(record.id.clone())
+                    .or_insert_with(|| Layout::probe(cgroup))
+                    .clone();
+                stats::read_in(&layout)
+            })
             .unwrap_or_default();
         let nano_cores = cgroup.cpu_usage_ns.and_then(|cpu_ns| {
             let now = CpuSample {
@@ -116,6 +127,10 @@ impl Containers {
         *self.layer_usage.lock().unwrap_or_else(|e| e.into_inner()) = measured;
         let ids: std::collections::HashSet<String> = self.lock().keys().cloned().collect();
         self.cpu_samples
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|id, _| ids.contains(id));
+        self.layouts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|id, _| ids.contains(id));

@@ -67,9 +67,16 @@ pub fn parse_mountinfo(text: &str) -> Vec<Hierarchy> {
     out
 }
 
-/// The hierarchies of this host.
+/// The hierarchies of this host, read once per process: cgroup filesystems are mounted at boot
+/// and stay, while `/proc/self/mountinfo` grows with every pod's mounts and costs more to read
+/// than the stats a ListContainerStats takes from each cgroup.
 pub fn hierarchies() -> Vec<Hierarchy> {
-    parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
+    static HIERARCHIES: std::sync::OnceLock<Vec<Hierarchy>> = std::sync::OnceLock::new();
+    HIERARCHIES
+        .get_or_init(|| {
+            parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
+        })
+        .clone()
 }
 
 /// A cgroup path as kubelet gives it (`/kubepods/burstable/pod<uid>`), checked: relative

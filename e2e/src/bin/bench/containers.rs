@@ -73,18 +73,12 @@ async fn remove_pod(c: &mut RuntimeServiceClient<Channel>, pod: &str) {
         .await;
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
+/// CPU time (user + system) a process has used, in clock ticks (1/100 s).
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
 pub async fn measure(
@@ -162,12 +156,51 @@ pub async fn measure(
             pods.push(p);
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let total = rss_kib(agent_pid) + helpers_rss_kib(is_helper);
+        let total = crate::rss_kib(agent_pid).unwrap_or(0) + helpers_rss_kib(is_helper);
         figures.rows.push((
             format!("agent + helpers RSS, {target} pods"),
             format!("{:.1} MiB", total as f64 / 1024.0),
         ));
     }
+    // What kubelet's stats poll costs with those 30 containers running.
+    const POLLS: u32 = 20;
+    let ticks_before = cpu_ticks(agent_pid);
+    let mut polls = Vec::new();
+    let mut listed = 0;
+    for _ in 0..POLLS {
+        let t = Instant::now();
+        match c
+            .list_container_stats(ListContainerStatsRequest::default())
+            .await
+        {
+            Ok(r) => listed = r.into_inner().stats.len(),
+            Err(e) => {
+                listed = 0;
+                eprintln!("ListContainerStats: {e}");
+                break;
+            }
+        }
+        polls.push(t.elapsed());
+    }
+    let ticks = ticks_before.zip(cpu_ticks(agent_pid)).map(|(a, b)| b - a);
+    polls.sort();
+    figures.rows.push((
+        format!("ListContainerStats, {listed} containers, median"),
+        match polls.is_empty() {
+            true => "failed".to_string(),
+            false => format!("{:.1} ms", percentile(&polls, 0.5).as_secs_f64() * 1e3),
+        },
+    ));
+    figures.rows.push((
+        "agent CPU per stats poll (30 containers)".into(),
+        match ticks {
+            // Clock ticks are 10 ms.
+            Some(t) if !polls.is_empty() => {
+                format!("{:.1} ms", t as f64 * 10.0 / polls.len() as f64)
+            }
+            _ => "-".to_string(),
+        },
+    ));
     for p in &pods {
         remove_pod(&mut c, p).await;
     }
