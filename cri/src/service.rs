@@ -26,6 +26,21 @@ pub(crate) fn find_container(pods: &Pods, query: &str) -> Result<ContainerRecord
         .ok_or_else(|| Status::not_found(format!("berth: container {query:?} not found")))
 }
 
+/// The filters ListContainers and ListContainerStats share: id prefix, pod sandbox id prefix
+/// (empty matches all) and labels (all must match).
+pub(crate) fn container_selected(
+    r: &ContainerRecord,
+    id: &str,
+    pod_sandbox_id: &str,
+    labels: &std::collections::HashMap<String, String>,
+) -> bool {
+    r.id.starts_with(id)
+        && r.sandbox_id.starts_with(pod_sandbox_id)
+        && labels
+            .iter()
+            .all(|(k, v)| r.config.labels.get(k) == Some(v))
+}
+
 /// A sandbox's full id from an id or a unique prefix, or NotFound.
 pub(crate) fn sandbox_id(pods: &Pods, query: &str) -> Result<String, Status> {
     pods.sandboxes

@@ -5,6 +5,7 @@ use k8s_cri::v1::*;
 use tonic::Status;
 
 use super::container_convert::{cri_container, cri_state};
+use crate::service::container_selected;
 
 pub(super) fn list_containers(
     pods: &Pods,
@@ -15,17 +16,11 @@ pub(super) fn list_containers(
         .containers
         .fold_exits()
         .into_iter()
-        .filter(|x| f.id.is_empty() || x.id.starts_with(&f.id))
-        .filter(|x| f.pod_sandbox_id.is_empty() || x.sandbox_id.starts_with(&f.pod_sandbox_id))
+        .filter(|x| container_selected(x, &f.id, &f.pod_sandbox_id, &f.label_selector))
         .filter(|x| {
             f.state
                 .as_ref()
                 .is_none_or(|s| s.state == cri_state(x.state()))
-        })
-        .filter(|x| {
-            f.label_selector
-                .iter()
-                .all(|(k, v)| x.config.labels.get(k) == Some(v))
         })
         .map(|x| cri_container(&x))
         .collect();

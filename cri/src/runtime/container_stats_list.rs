@@ -6,6 +6,7 @@ use k8s_cri::v1::{ListContainerStatsRequest, ListContainerStatsResponse};
 use tonic::Status;
 
 use super::container_convert::cri_container_stats;
+use crate::service::container_selected;
 
 pub(super) async fn list_container_stats(
     pods: &Pods,
@@ -16,13 +17,7 @@ pub(super) async fn list_container_stats(
         .containers
         .fold_exits()
         .into_iter()
-        .filter(|x| f.id.is_empty() || x.id.starts_with(&f.id))
-        .filter(|x| f.pod_sandbox_id.is_empty() || x.sandbox_id.starts_with(&f.pod_sandbox_id))
-        .filter(|x| {
-            f.label_selector
-                .iter()
-                .all(|(k, v)| x.config.labels.get(k) == Some(v))
-        })
+        .filter(|x| container_selected(x, &f.id, &f.pod_sandbox_id, &f.label_selector))
         .collect();
     let stats = pods
         .container_usage(selected)
