@@ -105,12 +105,12 @@ async fn unimplemented_rpcs_say_so_by_name() {
     let err = agent
         .runtime()
         .await
-        .list_pod_sandbox_stats(ListPodSandboxStatsRequest::default())
+        .list_metric_descriptors(ListMetricDescriptorsRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
     assert!(
-        err.message().contains("ListPodSandboxStats"),
+        err.message().contains("ListMetricDescriptors"),
         "{}",
         err.message()
     );

@@ -10,7 +10,7 @@ use std::time::Duration;
 use berth_e2e::network::{
     iptables_usable, mounts_under, processes_mentioning, serve_once_in_netns, Extra, TestNetwork,
 };
-use berth_e2e::{free_port, TestAgent};
+use berth_e2e::{free_port, RuntimeClient, TestAgent};
 use k8s_cri::v1::*;
 
 fn pod_config(name: &str) -> PodSandboxConfig {
@@ -582,4 +582,146 @@ async fn the_monitor_joins_the_pods_cgroup_parent_and_made_cgroups_go_with_the_p
     .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert_no_leaks(&agent, None);
+}
+
+#[tokio::test]
+async fn pod_sandbox_stats_show_the_pod_cgroup_network_and_processes() {
+    let agent = TestAgent::start().await;
+    let net = TestNetwork::create(&agent.paths.cni_conf_dir, Extra::None);
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the watcher's first poll
+    let top = format!("berth-e2e-{}-stats", std::process::id());
+    let mut config = pod_config("podstats");
+    config.linux.as_mut().unwrap().cgroup_parent = format!("/{top}/pod");
+    let id = run(&agent, config).await.unwrap();
+    let mut c = agent.runtime().await;
+    let sample = |c: &mut RuntimeClient| {
+        let mut c = c.clone();
+        let id = id.clone();
+        async move {
+            c.pod_sandbox_stats(PodSandboxStatsRequest {
+                pod_sandbox_id: id[..12].to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+            .unwrap()
+        }
+    };
+    let before = sample(&mut c).await;
+    assert_eq!(before.attributes.as_ref().unwrap().id, id);
+    assert_eq!(
+        before
+            .attributes
+            .as_ref()
+            .unwrap()
+            .labels
+            .get("app")
+            .map(String::as_str),
+        Some("podstats")
+    );
+    let linux = before.linux.clone().unwrap();
+    assert!(
+        linux.cpu.unwrap().usage_core_nano_seconds.is_some(),
+        "the pod cgroup's CPU"
+    );
+    assert!(
+        linux.memory.unwrap().working_set_bytes.is_some(),
+        "the pod cgroup's memory"
+    );
+    // The monitor is in the pod cgroup.
+    let processes = linux.process.unwrap();
+    assert!(processes.timestamp > 0 && processes.process_count.unwrap().value >= 1);
+    let eth0 = |s: &PodSandboxStats| {
+        let network = s.linux.clone().unwrap().network.unwrap();
+        assert!(network.timestamp > 0);
+        assert!(
+            network.interfaces.iter().all(|i| i.name != "lo"),
+            "{network:?}"
+        );
+        network.default_interface.unwrap()
+    };
+    let rx_before = eth0(&before).rx_bytes.unwrap().value;
+    in_pod(
+        &agent,
+        &id,
+        &["net"],
+        &[
+            "busybox",
+            "ping",
+            "-c",
+            "3",
+            "-W",
+            "3",
+            &format!("{}.1", net.net24),
+        ],
+    );
+    let after = eth0(&sample(&mut c).await);
+    assert!(after.rx_bytes.unwrap().value > rx_before, "{after:?}");
+    assert!(after.tx_bytes.unwrap().value > 0, "{after:?}");
+
+    let lister = c.clone();
+    let list = |filter: PodSandboxStatsFilter| {
+        let mut c = lister.clone();
+        async move {
+            c.list_pod_sandbox_stats(ListPodSandboxStatsRequest {
+                filter: Some(filter),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .stats
+            .into_iter()
+            .map(|s| s.attributes.unwrap().id)
+            .collect::<Vec<_>>()
+        }
+    };
+    let only = vec![id.clone()];
+    let labels = |v: &str| HashMap::from([("app".to_string(), v.to_string())]);
+    assert_eq!(
+        list(PodSandboxStatsFilter {
+            id: id[..8].into(),
+            label_selector: HashMap::new()
+        })
+        .await,
+        only
+    );
+    assert_eq!(
+        list(PodSandboxStatsFilter {
+            id: String::new(),
+            label_selector: labels("podstats")
+        })
+        .await,
+        only
+    );
+    assert!(list(PodSandboxStatsFilter {
+        id: String::new(),
+        label_selector: labels("other")
+    })
+    .await
+    .is_empty());
+    let err = c
+        .pod_sandbox_stats(PodSandboxStatsRequest {
+            pod_sandbox_id: "ffffffffffff".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound);
+
+    // A stopped pod has no stats and is not listed.
+    stop(&agent, &id).await;
+    let err = c
+        .pod_sandbox_stats(PodSandboxStatsRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(list(PodSandboxStatsFilter::default()).await.is_empty());
+    remove(&agent, &id).await;
+    assert_no_leaks(&agent, Some(&net));
+    assert!(
+        !std::path::Path::new(&format!("/sys/fs/cgroup/memory/{top}")).exists(),
+        "cgroups made for the pod go with it"
+    );
 }

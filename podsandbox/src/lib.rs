@@ -13,5 +13,5 @@ pub mod pods;
 pub mod sandbox;
 
 pub use container::{ContainerMetrics, Containers};
-pub use pods::{PodError, Pods};
+pub use pods::{PodError, PodUsage, Pods};
 pub use sandbox::{PodNetwork, SandboxError, SandboxMetrics, Sandboxes};

@@ -11,15 +11,25 @@ use std::time::Duration;
 use berth_image::{ChainId, Images};
 use berth_runtime::spec::Resources;
 
+use crate::container::ContainerState;
 use crate::container::{
     exec_sync, ContainerError, ContainerRecord, ContainerUsage, Containers, CreateInput, ExecError,
     ExecOutput,
 };
-use crate::sandbox::{SandboxError, Sandboxes};
+use crate::sandbox::record::SandboxRecord;
+use crate::sandbox::{SandboxError, SandboxUsage, Sandboxes};
 
 /// How often the containers' writable layers are measured for their stats (kubelet polls
 /// stats every 10 s).
 const LAYER_USAGE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A pod's usage sample with its running containers'.
+#[derive(Debug, Clone)]
+pub struct PodUsage {
+    pub sandbox: SandboxRecord,
+    pub usage: SandboxUsage,
+    pub containers: Vec<(ContainerRecord, ContainerUsage)>,
+}
 
 /// Why a pod-wide operation failed: one of its containers, or the sandbox itself.
 #[derive(Debug, thiserror::Error)]
@@ -147,6 +157,40 @@ impl Pods {
                 .map(|r| {
                     let usage = containers.usage(&r);
                     (r, usage)
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_default()
+    }
+
+    /// A usage sample of each sandbox and of the containers in it, read on the blocking pool.
+    pub async fn sandbox_usage(&self, records: Vec<SandboxRecord>) -> Vec<PodUsage> {
+        let sandboxes = self.sandboxes.clone();
+        let containers = self.containers.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut all_containers = containers.fold_exits();
+            records
+                .into_iter()
+                .map(|sandbox| {
+                    let usage = sandboxes.usage(&sandbox);
+                    let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut all_containers)
+                        .into_iter()
+                        .partition(|c| c.sandbox_id == sandbox.id);
+                    all_containers = rest;
+                    let containers = mine
+                        .into_iter()
+                        .filter(|c| c.state() == ContainerState::Running)
+                        .map(|c| {
+                            let u = containers.usage(&c);
+                            (c, u)
+                        })
+                        .collect();
+                    PodUsage {
+                        sandbox,
+                        usage,
+                        containers,
+                    }
                 })
                 .collect()
         })

@@ -275,14 +275,46 @@ pub(crate) fn cri_container_status(r: &ContainerRecord) -> cri::ContainerStatus 
     }
 }
 
+pub(crate) fn cri_value(v: Option<u64>) -> Option<cri::UInt64Value> {
+    v.map(|value| cri::UInt64Value { value })
+}
+
+/// A cgroup's CPU as CRI reports it; the timestamp is always set.
+pub(crate) fn cri_cpu(
+    timestamp: i64,
+    cgroup: &berth_runtime::cgroups::stats::CgroupStats,
+    nano_cores: Option<u64>,
+) -> cri::CpuUsage {
+    cri::CpuUsage {
+        timestamp,
+        usage_core_nano_seconds: cri_value(cgroup.cpu_usage_ns),
+        usage_nano_cores: cri_value(nano_cores),
+    }
+}
+
+/// A cgroup's memory as CRI reports it; the timestamp is always set.
+pub(crate) fn cri_memory(
+    timestamp: i64,
+    cgroup: &berth_runtime::cgroups::stats::CgroupStats,
+) -> cri::MemoryUsage {
+    let memory = cgroup.memory.as_ref();
+    cri::MemoryUsage {
+        timestamp,
+        working_set_bytes: cri_value(memory.map(|m| m.working_set_bytes)),
+        available_bytes: cri_value(memory.and_then(|m| m.available_bytes())),
+        usage_bytes: cri_value(memory.map(|m| m.usage_bytes)),
+        rss_bytes: cri_value(memory.map(|m| m.rss_bytes)),
+        page_faults: cri_value(memory.map(|m| m.page_faults)),
+        major_page_faults: cri_value(memory.map(|m| m.major_page_faults)),
+    }
+}
+
 /// A usage sample as CRI `ContainerStats`. CPU and memory always carry the sample's timestamp
 /// (kubelet and critest need it non-zero); a value the cgroup did not give is left unset.
 pub(crate) fn cri_container_stats(
     r: &ContainerRecord,
     usage: &berth_podsandbox::container::ContainerUsage,
 ) -> cri::ContainerStats {
-    let value = |v: Option<u64>| v.map(|value| cri::UInt64Value { value });
-    let memory = usage.cgroup.memory.as_ref();
     cri::ContainerStats {
         attributes: Some(cri::ContainerAttributes {
             id: r.id.clone(),
@@ -290,20 +322,8 @@ pub(crate) fn cri_container_stats(
             labels: r.config.labels.clone().into_iter().collect(),
             annotations: r.config.annotations.clone().into_iter().collect(),
         }),
-        cpu: Some(cri::CpuUsage {
-            timestamp: usage.timestamp,
-            usage_core_nano_seconds: value(usage.cgroup.cpu_usage_ns),
-            usage_nano_cores: value(usage.nano_cores),
-        }),
-        memory: Some(cri::MemoryUsage {
-            timestamp: usage.timestamp,
-            working_set_bytes: value(memory.map(|m| m.working_set_bytes)),
-            available_bytes: value(memory.and_then(|m| m.available_bytes())),
-            usage_bytes: value(memory.map(|m| m.usage_bytes)),
-            rss_bytes: value(memory.map(|m| m.rss_bytes)),
-            page_faults: value(memory.map(|m| m.page_faults)),
-            major_page_faults: value(memory.map(|m| m.major_page_faults)),
-        }),
+        cpu: Some(cri_cpu(usage.timestamp, &usage.cgroup, usage.nano_cores)),
+        memory: Some(cri_memory(usage.timestamp, &usage.cgroup)),
         writable_layer: usage
             .writable_layer
             .map(|(layer, measured_at)| cri::FilesystemUsage {
@@ -311,13 +331,13 @@ pub(crate) fn cri_container_stats(
                 fs_id: Some(cri::FilesystemIdentifier {
                     mountpoint: r.layer_dir.join("upper").display().to_string(),
                 }),
-                used_bytes: value(Some(layer.bytes)),
-                inodes_used: value(Some(layer.inodes)),
+                used_bytes: cri_value(Some(layer.bytes)),
+                inodes_used: cri_value(Some(layer.inodes)),
             }),
         swap: Some(cri::SwapUsage {
             timestamp: usage.timestamp,
             swap_available_bytes: None,
-            swap_usage_bytes: value(usage.cgroup.swap_usage_bytes),
+            swap_usage_bytes: cri_value(usage.cgroup.swap_usage_bytes),
         }),
     }
 }

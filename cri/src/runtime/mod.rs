@@ -17,6 +17,8 @@ mod sandbox_convert;
 mod sandbox_list;
 mod sandbox_remove;
 mod sandbox_run;
+mod sandbox_stats;
+mod sandbox_stats_list;
 mod sandbox_status;
 mod sandbox_stop;
 mod status;
@@ -187,6 +189,22 @@ cri_service! {
                 .map(Response::new)
         }
 
+        async fn pod_sandbox_stats(
+            &self,
+            request: Request<PodSandboxStatsRequest>,
+        ) -> Result<Response<PodSandboxStatsResponse>, Status> {
+            sandbox_stats::pod_sandbox_stats(&self.pods, request.into_inner()).await.map(Response::new)
+        }
+
+        async fn list_pod_sandbox_stats(
+            &self,
+            request: Request<ListPodSandboxStatsRequest>,
+        ) -> Result<Response<ListPodSandboxStatsResponse>, Status> {
+            sandbox_stats_list::list_pod_sandbox_stats(&self.pods, request.into_inner())
+                .await
+                .map(Response::new)
+        }
+
         async fn get_container_events(
             &self,
             _request: Request<GetEventsRequest>,
@@ -198,8 +216,6 @@ cri_service! {
         exec => Exec(ExecRequest) -> ExecResponse;
         attach => Attach(AttachRequest) -> AttachResponse;
         port_forward => PortForward(PortForwardRequest) -> PortForwardResponse;
-        pod_sandbox_stats => PodSandboxStats(PodSandboxStatsRequest) -> PodSandboxStatsResponse;
-        list_pod_sandbox_stats => ListPodSandboxStats(ListPodSandboxStatsRequest) -> ListPodSandboxStatsResponse;
         checkpoint_container => CheckpointContainer(CheckpointContainerRequest) -> CheckpointContainerResponse;
         list_metric_descriptors => ListMetricDescriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse;
         list_pod_sandbox_metrics => ListPodSandboxMetrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse;

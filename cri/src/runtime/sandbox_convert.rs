@@ -137,3 +137,49 @@ pub(super) fn cri_status(r: &SandboxRecord) -> cri::PodSandboxStatus {
         runtime_handler: r.spec.runtime_handler.clone(),
     }
 }
+
+/// A pod's usage sample as CRI `PodSandboxStats`: the pod cgroup, its interfaces (`eth0` the
+/// default), its process count, and its running containers' stats.
+pub(super) fn cri_sandbox_stats(p: &berth_podsandbox::PodUsage) -> cri::PodSandboxStats {
+    use super::container_convert::{cri_container_stats, cri_cpu, cri_memory, cri_value};
+    let r = &p.sandbox;
+    let at = p.usage.timestamp;
+    let interface = |i: &berth_podsandbox::sandbox::InterfaceUsage| cri::NetworkInterfaceUsage {
+        name: i.name.clone(),
+        rx_bytes: cri_value(Some(i.rx_bytes)),
+        rx_errors: cri_value(Some(i.rx_errors)),
+        tx_bytes: cri_value(Some(i.tx_bytes)),
+        tx_errors: cri_value(Some(i.tx_errors)),
+    };
+    let interfaces = &p.usage.interfaces;
+    cri::PodSandboxStats {
+        attributes: Some(cri::PodSandboxAttributes {
+            id: r.id.clone(),
+            metadata: Some(cri_metadata(r)),
+            labels: r.spec.labels.clone().into_iter().collect(),
+            annotations: r.spec.annotations.clone().into_iter().collect(),
+        }),
+        linux: Some(cri::LinuxPodSandboxStats {
+            cpu: Some(cri_cpu(at, &p.usage.cgroup, None)),
+            memory: Some(cri_memory(at, &p.usage.cgroup)),
+            network: (!interfaces.is_empty()).then(|| cri::NetworkUsage {
+                timestamp: at,
+                default_interface: interfaces
+                    .iter()
+                    .find(|i| i.name == berth_podsandbox::sandbox::DEFAULT_INTERFACE)
+                    .map(interface),
+                interfaces: interfaces.iter().map(interface).collect(),
+            }),
+            process: Some(cri::ProcessUsage {
+                timestamp: at,
+                process_count: cri_value(p.usage.cgroup.pids),
+            }),
+            containers: p
+                .containers
+                .iter()
+                .map(|(c, u)| cri_container_stats(c, u))
+                .collect(),
+        }),
+        windows: None,
+    }
+}

@@ -11,6 +11,7 @@ pub mod metrics;
 mod network;
 pub mod record;
 pub mod spec;
+mod stats;
 mod undo;
 
 use std::collections::{BTreeMap, HashMap};
@@ -25,6 +26,7 @@ pub use metrics::SandboxMetrics;
 pub use network::PodNetwork;
 use record::{NetworkStatus, SandboxRecord, SandboxState};
 use spec::{NamespaceMode, PodMetadata, SandboxSpec};
+pub use stats::{parse_net_dev, InterfaceUsage, SandboxUsage, DEFAULT_INTERFACE};
 use undo::Undo;
 
 use crate::monitor_client;
