@@ -48,13 +48,28 @@ pub(crate) fn sandbox_id(pods: &Pods, query: &str) -> Result<String, Status> {
         .ok_or_else(|| Status::not_found(format!("berth: pod sandbox {query:?} not found")))
 }
 
+/// A sandbox's record by id or unique prefix, or NotFound.
+pub(crate) fn find_sandbox(pods: &Pods, query: &str) -> Result<SandboxRecord, Status> {
+    let id = sandbox_id(pods, query)?;
+    pods.sandboxes
+        .get(&id)
+        .ok_or_else(|| Status::not_found(format!("berth: pod sandbox {id} not found")))
+}
+
+/// The filters ListPodSandbox and ListPodSandboxStats share: id prefix (empty matches all) and
+/// labels (all must match).
+pub(crate) fn sandbox_selected(
+    r: &SandboxRecord,
+    id: &str,
+    labels: &std::collections::HashMap<String, String>,
+) -> bool {
+    r.id.starts_with(id) && labels.iter().all(|(k, v)| r.spec.labels.get(k) == Some(v))
+}
+
 /// A sandbox that containers can be created in: found, and Ready.
 pub(crate) fn ready_sandbox(pods: &Pods, query: &str) -> Result<SandboxRecord, Status> {
-    let id = sandbox_id(pods, query)?;
-    let pod = pods
-        .sandboxes
-        .get(&id)
-        .ok_or_else(|| Status::not_found(format!("berth: pod sandbox {id} not found")))?;
+    let pod = find_sandbox(pods, query)?;
+    let id = &pod.id;
     if pod.state != SandboxState::Ready {
         return Err(Status::failed_precondition(format!(
             "berth: pod sandbox {id} is not ready"

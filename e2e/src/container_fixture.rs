@@ -233,9 +233,7 @@ fn remove_cgroup_tree(dir: &std::path::Path) {
 
 /// The processes in the cgroup directory `dir` (any hierarchy's).
 pub fn cgroup_procs(dir: &std::path::Path) -> Vec<i32> {
-    std::fs::read_to_string(dir.join("cgroup.procs"))
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .collect()
+    berth_runtime::cgroups::parse_procs(
+        &std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default(),
+    )
 }

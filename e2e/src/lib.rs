@@ -306,7 +306,7 @@ pub fn kill_cgroup(cgroup: &str) {
         .collect();
     for d in &dirs {
         let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
-        for pid in procs.lines().filter_map(|p| p.trim().parse::<i32>().ok()) {
+        for pid in berth_runtime::cgroups::parse_procs(&procs) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
     }

@@ -7,6 +7,7 @@ use k8s_cri::v1::{ListPodSandboxRequest, ListPodSandboxResponse, PodSandbox};
 use tonic::Status;
 
 use super::sandbox_convert::{cri_metadata, cri_state};
+use crate::service::sandbox_selected;
 
 pub(super) fn list_pod_sandbox(
     sandboxes: &Arc<Sandboxes>,
@@ -16,18 +17,12 @@ pub(super) fn list_pod_sandbox(
     let items = sandboxes
         .list()
         .into_iter()
-        .filter(|r| filter.id.is_empty() || r.id.starts_with(&filter.id))
+        .filter(|r| sandbox_selected(r, &filter.id, &filter.label_selector))
         .filter(|r| {
             filter
                 .state
                 .as_ref()
                 .is_none_or(|s| s.state == cri_state(r.state))
-        })
-        .filter(|r| {
-            filter
-                .label_selector
-                .iter()
-                .all(|(k, v)| r.spec.labels.get(k) == Some(v))
         })
         .map(|r| PodSandbox {
             id: r.id.clone(),

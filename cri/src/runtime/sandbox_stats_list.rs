@@ -6,6 +6,7 @@ use k8s_cri::v1::{ListPodSandboxStatsRequest, ListPodSandboxStatsResponse};
 use tonic::Status;
 
 use super::sandbox_convert::cri_sandbox_stats;
+use crate::service::sandbox_selected;
 
 pub(super) async fn list_pod_sandbox_stats(
     pods: &Pods,
@@ -17,12 +18,7 @@ pub(super) async fn list_pod_sandbox_stats(
         .list()
         .into_iter()
         .filter(|s| s.state == SandboxState::Ready)
-        .filter(|s| s.id.starts_with(&f.id))
-        .filter(|s| {
-            f.label_selector
-                .iter()
-                .all(|(k, v)| s.spec.labels.get(k) == Some(v))
-        })
+        .filter(|s| sandbox_selected(s, &f.id, &f.label_selector))
         .collect();
     let stats = pods
         .sandbox_usage(selected)
