@@ -11,7 +11,9 @@ use std::time::Duration;
 use berth_cri::authority::AuthorityFix;
 use berth_cri::{CriMetrics, CriOptions};
 use berth_image::{ImageMetrics, Images};
-use berth_podsandbox::{ContainerMetrics, Containers, PodNetwork, Pods, SandboxMetrics, Sandboxes};
+use berth_podsandbox::{
+    ContainerMetrics, Containers, EventMetrics, Events, PodNetwork, Pods, SandboxMetrics, Sandboxes,
+};
 use prometheus_client::registry::Registry;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_stream::wrappers::UnixListenerStream;
@@ -217,11 +219,18 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let cni_metrics = berth_cni::CniMetrics::register(&mut registry);
     let sandbox_metrics = SandboxMetrics::register(&mut registry);
     let container_metrics = ContainerMetrics::register(&mut registry);
+    let events = Events::new(config.events.queue, EventMetrics::register(&mut registry));
     let registry = Arc::new(registry);
     let host = berth_runtime::spec::HostInfo::probe(config.runtime.cgroup_driver)
         .map_err(AgentError::Containers)?;
-    let containers = Containers::open(&config.state, &config.root, host, container_metrics)
-        .map_err(AgentError::Containers)?;
+    let containers = Containers::open(
+        &config.state,
+        &config.root,
+        host,
+        container_metrics,
+        events.clone(),
+    )
+    .map_err(AgentError::Containers)?;
     // Containers first: the snapshots they are built on are leased before the image store's
     // start-up GC runs, so it cannot take a running container's rootfs away.
     let leases = Pods::image_leases(&containers);
@@ -229,12 +238,24 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         .map_err(AgentError::Images)?;
     let images = Arc::new(images);
     let network = PodNetwork::new(&config.cni, &config.state, cni_metrics);
-    let sandboxes = Sandboxes::open(&config.state, Vec::new(), network, sandbox_metrics)
-        .await
-        .map_err(AgentError::Sandboxes)?;
+    let sandboxes = Sandboxes::open(
+        &config.state,
+        Vec::new(),
+        network,
+        sandbox_metrics,
+        events.clone(),
+    )
+    .await
+    .map_err(AgentError::Sandboxes)?;
     let sandboxes = Arc::new(sandboxes);
-    let pods = Arc::new(Pods::new(images, sandboxes, Arc::new(containers)));
+    let pods = Arc::new(Pods::new(images, sandboxes, Arc::new(containers), events));
     let background = pods.spawn_background();
+    // Listening for exits before looking for those that happened while we were down: none
+    // falls between.
+    let exit_notices = pods
+        .spawn_exit_notices(&config.state)
+        .map_err(AgentError::Containers)?;
+    pods.catch_up().await;
 
     let metrics_task = metrics_listener.map(|l| {
         let registry = registry.clone();
@@ -299,6 +320,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         }
     };
     background.abort();
+    exit_notices.abort();
     if let Some(task) = metrics_task {
         task.abort();
     }

@@ -25,6 +25,7 @@ pub struct Config {
     pub grpc: GrpcConfig,
     pub metrics: MetricsConfig,
     pub log: LogConfig,
+    pub events: EventsConfig,
     pub cni: CniConfig,
     pub registry: RegistryConfig,
     pub runtime: RuntimeConfig,
@@ -38,6 +39,7 @@ impl Default for Config {
             grpc: GrpcConfig::default(),
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
+            events: EventsConfig::default(),
             cni: CniConfig::default(),
             registry: RegistryConfig::default(),
             runtime: RuntimeConfig::default(),
@@ -98,6 +100,22 @@ impl Default for LogConfig {
     }
 }
 
+/// `[events]`: GetContainerEvents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// Events a subscriber may fall behind before its stream is ended (it must subscribe again).
+    pub queue: usize,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            queue: berth_podsandbox::events::DEFAULT_QUEUE,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
@@ -121,6 +139,9 @@ address = "127.0.0.1:9810"       # Prometheus /metrics endpoint; "" turns it off
 [log]
 level = "info"                   # tracing filter, e.g. "debug" or "berth_cri=debug,info"; RUST_LOG wins
 format = "text"                  # "text" or "json"
+
+[events]
+queue = 1024                     # GetContainerEvents: events a subscriber may lag before it is cut off
 
 [cni]
 conf_dir = "/etc/cni/net.d"                    # network configs, first *.conflist/*.conf by name
@@ -224,6 +245,9 @@ impl Config {
                     format!("{} is not an absolute path", p.display()),
                 ));
             }
+        }
+        if self.events.queue == 0 {
+            return Err(invalid("events.queue", "must be at least 1".to_string()));
         }
         if self.root == self.state {
             return Err(invalid("state", "must differ from root".to_string()));

@@ -21,9 +21,14 @@ pub struct Fixture {
 }
 
 pub async fn fixture() -> Fixture {
+    fixture_with("").await
+}
+
+/// [`fixture`] with `extra` config text for the agent (sections of their own, say).
+pub async fn fixture_with(extra: &str) -> Fixture {
     let registry = TestRegistry::start();
     let pushed = ImageBuilder::with_passwd().push(&registry, "test/ctr", "v1");
-    let agent = TestAgent::start().await;
+    let agent = TestAgent::start_with(extra).await;
     agent
         .image()
         .await

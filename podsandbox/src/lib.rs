@@ -8,10 +8,12 @@
 //! knows gRPC.
 
 pub mod container;
+pub mod events;
 pub mod monitor_client;
 pub mod pods;
 pub mod sandbox;
 
 pub use container::{ContainerMetrics, Containers};
+pub use events::{EventKind, EventMetrics, Events, PodEvent, Subscription};
 pub use pods::{PodError, PodUsage, Pods};
 pub use sandbox::{PodNetwork, SandboxError, SandboxMetrics, Sandboxes};

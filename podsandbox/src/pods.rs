@@ -4,11 +4,12 @@
 //! blocking work runs on the blocking pool.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use berth_image::{ChainId, Images};
+use berth_runtime::monitor::protocol::EXIT_NOTICE_SOCKET;
 use berth_runtime::spec::Resources;
 
 use crate::container::ContainerState;
@@ -16,6 +17,7 @@ use crate::container::{
     exec_sync, ContainerError, ContainerRecord, ContainerUsage, Containers, CreateInput, ExecError,
     ExecOutput,
 };
+use crate::events::Events;
 use crate::sandbox::record::SandboxRecord;
 use crate::sandbox::{SandboxError, SandboxUsage, Sandboxes};
 
@@ -45,19 +47,63 @@ pub struct Pods {
     pub images: Arc<Images>,
     pub sandboxes: Arc<Sandboxes>,
     pub containers: Arc<Containers>,
+    pub events: Arc<Events>,
 }
 
 impl Pods {
+    /// The agent's pods. `events` must be the bus `sandboxes` and `containers` publish on: it
+    /// takes its pod snapshots from them from now on.
     pub fn new(
         images: Arc<Images>,
         sandboxes: Arc<Sandboxes>,
         containers: Arc<Containers>,
+        events: Arc<Events>,
     ) -> Pods {
+        events.attach(&sandboxes, &containers);
         Pods {
             images,
             sandboxes,
             containers,
+            events,
         }
+    }
+
+    /// What happened while the agent was down, as events: the sandboxes whose monitor died,
+    /// then the exits the monitors recorded. Call once the exit notices are being received, so
+    /// that no exit falls between the two.
+    pub async fn catch_up(&self) {
+        self.sandboxes.publish_stopped_while_down();
+        let containers = self.containers.clone();
+        let _ = tokio::task::spawn_blocking(move || containers.fold_exits()).await;
+    }
+
+    /// Receives the monitors' exit notices on `<state>/exits.sock` and folds each exit at once,
+    /// which publishes its STOPPED event. Binds before it returns.
+    pub fn spawn_exit_notices(&self, state: &Path) -> std::io::Result<tokio::task::JoinHandle<()>> {
+        let path = state.join(EXIT_NOTICE_SOCKET);
+        let _ = std::fs::remove_file(&path);
+        let (_dir, short) =
+            berth_runtime::monitor::protocol::short_socket_path(state, EXIT_NOTICE_SOCKET)?;
+        let socket = tokio::net::UnixDatagram::bind(&short)?;
+        let containers = self.containers.clone();
+        Ok(tokio::spawn(async move {
+            let mut buf = [0u8; 256];
+            loop {
+                let n = match socket.recv(&mut buf).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "exit notices: receive failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let Ok(id) = std::str::from_utf8(&buf[..n]).map(str::to_string) else {
+                    continue;
+                };
+                let c = containers.clone();
+                let _ = tokio::task::spawn_blocking(move || c.fold_exit(&id)).await;
+            }
+        }))
     }
 
     /// The snapshots each recorded container is built on, to lease them before the image

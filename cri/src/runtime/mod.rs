@@ -2,6 +2,7 @@
 
 pub(crate) mod container_convert;
 mod container_create;
+pub mod container_events;
 mod container_execsync;
 mod container_list;
 mod container_log_reopen;
@@ -25,17 +26,14 @@ mod status;
 mod update_runtime_config;
 mod version;
 
-use std::pin::Pin;
-
 use k8s_cri::v1::runtime_service_server::RuntimeService as CriRuntimeService;
 use k8s_cri::v1::*;
-use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use crate::unimplemented::{cri_service, unimplemented};
+use crate::unimplemented::cri_service;
 use crate::RuntimeService;
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<ContainerEventResponse, Status>> + Send>>;
+use container_events::EventStream;
 
 cri_service! {
     impl CriRuntimeService for RuntimeService {
@@ -96,7 +94,7 @@ cri_service! {
             &self,
             request: Request<PodSandboxStatusRequest>,
         ) -> Result<Response<PodSandboxStatusResponse>, Status> {
-            sandbox_status::pod_sandbox_status(&self.pods.sandboxes, request.into_inner()).map(Response::new)
+            sandbox_status::pod_sandbox_status(&self.pods, request.into_inner()).map(Response::new)
         }
 
         async fn list_pod_sandbox(
@@ -207,9 +205,9 @@ cri_service! {
 
         async fn get_container_events(
             &self,
-            _request: Request<GetEventsRequest>,
+            request: Request<GetEventsRequest>,
         ) -> Result<Response<EventStream>, Status> {
-            Err(unimplemented("GetContainerEvents"))
+            Ok(Response::new(container_events::get_container_events(&self.pods, request.into_inner())))
         }
     }
     unimplemented {

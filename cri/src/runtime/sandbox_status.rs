@@ -1,18 +1,20 @@
-//! PodSandboxStatus: state, IPs, namespaces; `verbose` adds the monitor, netns and CNI result.
+//! PodSandboxStatus: state, IPs, namespaces, and the pod's containers with the time it was read
+//! (what kubelet's evented PLEG takes); `verbose` adds the monitor, netns and CNI result.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use berth_podsandbox::Sandboxes;
+use berth_podsandbox::Pods;
 use k8s_cri::v1::{PodSandboxStatusRequest, PodSandboxStatusResponse};
 use tonic::Status;
 
+use super::container_convert::cri_container_status;
 use super::sandbox_convert::cri_status;
 
 pub(super) fn pod_sandbox_status(
-    sandboxes: &Arc<Sandboxes>,
+    pods: &Pods,
     request: PodSandboxStatusRequest,
 ) -> Result<PodSandboxStatusResponse, Status> {
+    let sandboxes = &pods.sandboxes;
     crate::metrics::record_pod(&request.pod_sandbox_id);
     let record = sandboxes
         .resolve(&request.pod_sandbox_id)
@@ -33,10 +35,18 @@ pub(super) fn pod_sandbox_status(
         });
         info.insert("info".to_string(), verbose.to_string());
     }
+    let timestamp = berth_common::time::now_nanos();
+    let containers_statuses = pods
+        .containers
+        .in_sandbox(&record.id)
+        .iter()
+        .filter_map(|id| pods.containers.fold_exit(id))
+        .map(|c| cri_container_status(&c))
+        .collect();
     Ok(PodSandboxStatusResponse {
         status: Some(cri_status(&record)),
         info,
-        containers_statuses: vec![],
-        timestamp: 0,
+        containers_statuses,
+        timestamp,
     })
 }

@@ -10,6 +10,7 @@ use nix::mount::{umount2, MntFlags};
 use super::record::{ContainerError, ContainerState, EXIT_FILE};
 use super::rootfs::CreateInput;
 use super::Containers;
+use crate::events::EventKind;
 use crate::monitor_client;
 
 impl Containers {
@@ -43,10 +44,11 @@ impl Containers {
             let _ = std::fs::remove_dir_all(&dir);
             let _ = std::fs::remove_dir_all(&layer_dir);
         }
-        result.map(|record| {
-            self.lock().insert(id.clone(), record);
-            id
-        })
+        let record = result?;
+        let sandbox_id = record.sandbox_id.clone();
+        self.lock().insert(id.clone(), record);
+        self.events.publish(EventKind::Created, &id, &sandbox_id);
+        Ok(id)
     }
 
     /// StartContainer: only a created container starts.
@@ -71,6 +73,7 @@ impl Containers {
             let r = r.clone();
             drop(records);
             self.save(&r)?;
+            self.events.publish(EventKind::Started, id, &r.sandbox_id);
         }
         Ok(())
     }
@@ -157,6 +160,8 @@ impl Containers {
         berth_common::fs::remove_dir_all_if_present(&dir)
             .map_err(|e| self.failed(id, "remove dir", e.to_string()))?;
         self.lock().remove(id);
+        self.events
+            .publish(EventKind::Deleted, id, &record.sandbox_id);
         Ok(())
     }
 

@@ -15,10 +15,12 @@ mod update;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use berth_runtime::monitor::protocol::ExitRecord;
 use berth_runtime::spec::HostInfo;
+
+use crate::events::{EventKind, Events};
 
 pub use exec_sync::{exec_sync, ExecError, ExecOutput, DRAIN_GRACE, OUTPUT_CAP};
 pub use lifecycle::parse_signal;
@@ -34,6 +36,7 @@ pub struct Containers {
     host: HostInfo,
     records: Mutex<BTreeMap<String, ContainerRecord>>,
     metrics: ContainerMetrics,
+    events: Arc<Events>,
     /// Each container's CPU rate and the sample it was measured from.
     cpu_samples: Mutex<HashMap<String, stats::CpuRate>>,
     /// Where each container's cgroup files are, probed on its first stats sample.
@@ -49,6 +52,7 @@ impl Containers {
         root: &Path,
         host: HostInfo,
         metrics: ContainerMetrics,
+        events: Arc<Events>,
     ) -> std::io::Result<Containers> {
         let dir = state.join("containers");
         std::fs::create_dir_all(&dir)?;
@@ -72,6 +76,7 @@ impl Containers {
             host,
             records: Mutex::new(records),
             metrics,
+            events,
             cpu_samples: Mutex::new(HashMap::new()),
             layouts: Mutex::new(HashMap::new()),
             layer_usage: Mutex::new(HashMap::new()),
@@ -119,6 +124,8 @@ impl Containers {
                 if let Some(record) = updated {
                     self.metrics.observe_exit(&exit);
                     let _ = self.save(&record);
+                    self.events
+                        .publish(EventKind::Stopped, id, &record.sandbox_id);
                 }
             }
         }
@@ -150,6 +157,15 @@ impl Containers {
             .values()
             .filter(|r| r.sandbox_id == sandbox_id)
             .map(|r| r.id.clone())
+            .collect()
+    }
+
+    /// The records of the containers in a sandbox, as the agent holds them.
+    pub fn in_sandbox_records(&self, sandbox_id: &str) -> Vec<ContainerRecord> {
+        self.lock()
+            .values()
+            .filter(|r| r.sandbox_id == sandbox_id)
+            .cloned()
             .collect()
     }
 
@@ -210,7 +226,10 @@ mod tests {
         std::fs::write(dir.join(EXIT_FILE), serde_json::to_vec(&exit).unwrap()).unwrap();
         let host = HostInfo::probe(CgroupDriver::Cgroupfs).unwrap();
         let metrics = ContainerMetrics::default();
-        let containers = Containers::open(state.path(), root.path(), host, metrics).unwrap();
+        let events = Events::new(8, Default::default());
+        let containers =
+            Containers::open(state.path(), root.path(), host, metrics, events.clone()).unwrap();
+        let mut subscription = events.subscribe();
 
         let read = containers.get("c1").unwrap();
         assert_eq!(read.state(), ContainerState::Running);
@@ -227,5 +246,17 @@ mod tests {
             serde_json::from_slice(&std::fs::read(dir.join(RECORD_FILE)).unwrap()).unwrap();
         assert_eq!(saved.exit, Some(exit));
         assert!(containers.fold_exit("missing").is_none());
+        // The exit was published once, however often it is folded.
+        containers.fold_exit("c1");
+        let waker = std::task::Waker::noop();
+        let mut cx = std::task::Context::from_waker(waker);
+        let std::task::Poll::Ready(Some(stopped)) = subscription.poll_next(&mut cx) else {
+            panic!("no STOPPED event");
+        };
+        assert_eq!(
+            (stopped.id.as_str(), stopped.kind),
+            ("c1", EventKind::Stopped)
+        );
+        assert!(subscription.poll_next(&mut cx).is_pending());
     }
 }

@@ -29,6 +29,7 @@ use spec::{NamespaceMode, PodMetadata, SandboxSpec};
 pub use stats::{parse_net_dev, InterfaceUsage, SandboxUsage, DEFAULT_INTERFACE};
 use undo::Undo;
 
+use crate::events::{EventKind, Events};
 use crate::monitor_client;
 
 /// Size of the pod's /dev/shm when nothing else is asked (as Docker and containerd).
@@ -59,6 +60,10 @@ pub struct Sandboxes {
     /// One lock per pod identity: a repeated RunPodSandbox waits for the first and gets its result.
     builds: Mutex<HashMap<PodMetadata, Arc<tokio::sync::Mutex<()>>>>,
     metrics: SandboxMetrics,
+    events: Arc<Events>,
+    /// Sandboxes found Ready with their monitor gone at start-up, whose STOPPED event is
+    /// published once the pod snapshots can be taken (`Pods::new`).
+    stopped_while_down: Mutex<Vec<String>>,
 }
 
 impl Sandboxes {
@@ -69,6 +74,7 @@ impl Sandboxes {
         handlers: Vec<String>,
         network: PodNetwork,
         metrics: SandboxMetrics,
+        events: Arc<Events>,
     ) -> std::io::Result<Sandboxes> {
         let pods = state.join("pods");
         std::fs::create_dir_all(&pods)?;
@@ -79,6 +85,8 @@ impl Sandboxes {
             sandboxes: Mutex::new(BTreeMap::new()),
             builds: Mutex::new(HashMap::new()),
             metrics,
+            events,
+            stopped_while_down: Mutex::new(Vec::new()),
         };
         for entry in std::fs::read_dir(&pods)?.flatten() {
             let dir = entry.path();
@@ -101,6 +109,11 @@ impl Sandboxes {
                     tracing::warn!(pod_id = %record.id, "monitor is gone: sandbox is NotReady");
                     record.state = SandboxState::NotReady;
                     let _ = record.save(&dir);
+                    sandboxes
+                        .stopped_while_down
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(record.id.clone());
                 }
                 _ => {}
             }
@@ -108,6 +121,19 @@ impl Sandboxes {
         }
         sandboxes.update_state_metrics();
         Ok(sandboxes)
+    }
+
+    /// Publishes STOPPED for the sandboxes whose monitor died while the agent was down.
+    pub(crate) fn publish_stopped_while_down(&self) {
+        let ids = std::mem::take(
+            &mut *self
+                .stopped_while_down
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for id in ids {
+            self.events.publish(EventKind::Stopped, &id, &id);
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SandboxRecord>> {
@@ -286,6 +312,10 @@ impl Sandboxes {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
                 cgroup,
+                exit_notice: Some(
+                    self.state
+                        .join(berth_runtime::monitor::protocol::EXIT_NOTICE_SOCKET),
+                ),
             };
             undo.push("stop monitor, unpin namespaces", {
                 let dir = dir.clone();
@@ -334,6 +364,8 @@ impl Sandboxes {
                 undo.commit();
                 tracing::info!(pod_id = %id, pod = %record.spec.metadata.name, ips = ?record.network.ips, "sandbox ready");
                 self.lock().insert(id.clone(), record);
+                self.events.publish(EventKind::Created, &id, &id);
+                self.events.publish(EventKind::Started, &id, &id);
                 Ok(id)
             }
             Err(e) => {
@@ -405,6 +437,7 @@ impl Sandboxes {
         let Some(mut record) = self.lock().get(id).cloned() else {
             return Ok(());
         };
+        let was_ready = record.state == SandboxState::Ready;
         self.release(&mut record).await;
         record.state = SandboxState::NotReady;
         let dir = self.pod_dir(id);
@@ -416,6 +449,9 @@ impl Sandboxes {
         let network_left = record.network_attached;
         self.lock().insert(id.to_string(), record);
         self.update_state_metrics();
+        if was_ready {
+            self.events.publish(EventKind::Stopped, id, id);
+        }
         if network_left {
             return Err(SandboxError::Failed {
                 id: id.to_string(),
@@ -446,6 +482,14 @@ impl Sandboxes {
             step: "remove pod dir",
             message: e.to_string(),
         })?;
+        // The events carry the sandbox as it was last: stopped, not yet forgotten.
+        let was_ready = record.state == SandboxState::Ready;
+        record.state = SandboxState::NotReady;
+        self.lock().insert(id.to_string(), record.clone());
+        if was_ready {
+            self.events.publish(EventKind::Stopped, id, id);
+        }
+        self.events.publish(EventKind::Deleted, id, id);
         self.lock().remove(id);
         self.builds
             .lock()

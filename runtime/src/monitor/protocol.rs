@@ -12,6 +12,9 @@ pub const LOG_FILE: &str = "monitor.log";
 /// The monitor's pid, written first thing after it detached.
 pub const PID_FILE: &str = "monitor.pid";
 pub const NS_DIR: &str = "ns";
+/// The agent's datagram socket in its state dir, to which a monitor sends the id of each
+/// container whose exit it has just recorded (the agent folds it at once instead of polling).
+pub const EXIT_NOTICE_SOCKET: &str = "exits.sock";
 
 /// How the monitor must set the pod up before it reports ready.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,6 +34,9 @@ pub struct MonitorConfig {
     /// The pod's cgroup (cgroupfs path), which the monitor joins so the pod is charged for it.
     #[serde(default)]
     pub cgroup: Option<PathBuf>,
+    /// The agent's [`EXIT_NOTICE_SOCKET`], told of every exit the monitor records.
+    #[serde(default)]
+    pub exit_notice: Option<PathBuf>,
 }
 
 impl MonitorConfig {
@@ -47,6 +53,21 @@ pub fn short_socket_path(dir: &Path, name: &str) -> std::io::Result<(std::fs::Fi
     let dir_file = std::fs::File::open(dir)?;
     let path = PathBuf::from(format!("/proc/self/fd/{}/{name}", dir_file.as_raw_fd()));
     Ok((dir_file, path))
+}
+
+/// Tells the agent listening on `socket` that container `id` has exited (its exit file is
+/// written). Never blocks and never fails the caller: an agent that is down, or too busy to take
+/// the datagram, folds the exit file when it next looks, as it does at start-up.
+pub fn send_exit_notice(socket: &Path, id: &str) -> std::io::Result<()> {
+    let dir = socket.parent().unwrap_or(Path::new("/"));
+    let name = socket
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or(EXIT_NOTICE_SOCKET);
+    let (_dir, short) = short_socket_path(dir, name)?;
+    let sender = std::os::unix::net::UnixDatagram::unbound()?;
+    sender.set_nonblocking(true)?;
+    sender.send_to(id.as_bytes(), short).map(|_| ())
 }
 
 /// Where a pinned namespace of the pod lives: `<pod_dir>/ns/<kind>` (`net`, `ipc`, `uts`, `pid`).

@@ -89,7 +89,7 @@ pub(super) fn setup(config: &MonitorConfig) -> Result<Monitor, String> {
         listener,
         signals,
         pod_init,
-        containers: Supervisor::new(config.pod_dir.join("runc")),
+        containers: Supervisor::new(config.pod_dir.join("runc"), config.exit_notice.clone()),
     })
 }
 

@@ -35,6 +35,8 @@ pub(super) struct Supervisor {
     /// libcontainer's state root for this pod.
     root: PathBuf,
     by_id: HashMap<String, Supervised>,
+    /// Where the agent hears of exits as they are recorded.
+    exit_notice: Option<PathBuf>,
 }
 
 /// Runs the executor (`berthd init <op> …`) to completion and returns its report line. The
@@ -128,10 +130,11 @@ fn oom_killed(cgroup: &Path) -> bool {
 }
 
 impl Supervisor {
-    pub(super) fn new(root: PathBuf) -> Supervisor {
+    pub(super) fn new(root: PathBuf, exit_notice: Option<PathBuf>) -> Supervisor {
         Supervisor {
             root,
             by_id: HashMap::new(),
+            exit_notice,
         }
     }
 
@@ -321,8 +324,14 @@ impl Supervisor {
             Ok(bytes) => {
                 // Unsynced: the exit file lives in the state dir, on tmpfs.
                 let written = berth_common::atomic::write_atomic_unsynced(&c.exit_file, &bytes);
-                if let Err(e) = written {
-                    eprintln!("monitor: container {id}: write exit record: {e}");
+                match written {
+                    Err(e) => eprintln!("monitor: container {id}: write exit record: {e}"),
+                    Ok(()) => {
+                        // Only once the file is there: the agent reads it when told.
+                        if let Some(socket) = &self.exit_notice {
+                            let _ = super::protocol::send_exit_notice(socket, id);
+                        }
+                    }
                 }
             }
             Err(e) => eprintln!("monitor: container {id}: exit record: {e}"),
