@@ -3,7 +3,7 @@
 use k8s_cri::v1::{
     LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
     LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
-    RemovePodSandboxRequest, RunPodSandboxRequest,
+    RemovePodSandboxRequest, RunPodSandboxRequest, StatusRequest,
 };
 
 use crate::RuntimeClient;
@@ -70,5 +70,31 @@ pub fn container_linux(options: NamespaceOption) -> LinuxContainerConfig {
             ..Default::default()
         }),
         ..Default::default()
+    }
+}
+
+/// Waits (polling Status, at most 30 s) until the agent reports NetworkReady: it has seen a
+/// CNI conflist a test just wrote.
+pub async fn wait_network_ready(c: &mut RuntimeClient) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let status = c
+            .status(StatusRequest { verbose: false })
+            .await
+            .unwrap()
+            .into_inner();
+        let ready = status.status.is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.r#type == "NetworkReady" && c.status)
+        });
+        if ready {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent never saw the network config"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }

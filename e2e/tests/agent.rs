@@ -105,12 +105,12 @@ async fn unimplemented_rpcs_say_so_by_name() {
     let err = agent
         .runtime()
         .await
-        .list_metric_descriptors(ListMetricDescriptorsRequest::default())
+        .checkpoint_container(CheckpointContainerRequest::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unimplemented);
     assert!(
-        err.message().contains("ListMetricDescriptors"),
+        err.message().contains("CheckpointContainer"),
         "{}",
         err.message()
     );

@@ -15,5 +15,5 @@ pub mod sandbox;
 
 pub use container::{ContainerMetrics, Containers};
 pub use events::{EventKind, EventMetrics, Events, PodEvent, Subscription};
-pub use pods::{PodError, PodUsage, Pods};
+pub use pods::{ContainerSample, PodError, PodUsage, Pods};
 pub use sandbox::{PodNetwork, SandboxError, SandboxMetrics, Sandboxes};

@@ -14,8 +14,8 @@ use berth_runtime::spec::Resources;
 
 use crate::container::ContainerState;
 use crate::container::{
-    exec_sync, ContainerError, ContainerRecord, ContainerUsage, Containers, CreateInput, ExecError,
-    ExecOutput,
+    exec_sync, ContainerDetail, ContainerError, ContainerRecord, ContainerUsage, Containers,
+    CreateInput, ExecError, ExecOutput,
 };
 use crate::events::Events;
 use crate::sandbox::record::SandboxRecord;
@@ -30,7 +30,15 @@ const LAYER_USAGE_INTERVAL: Duration = Duration::from_secs(10);
 pub struct PodUsage {
     pub sandbox: SandboxRecord,
     pub usage: SandboxUsage,
-    pub containers: Vec<(ContainerRecord, ContainerUsage)>,
+    pub containers: Vec<ContainerSample>,
+}
+
+/// One running container's sample; `detail` only when it was asked for (the CRI metrics).
+#[derive(Debug, Clone)]
+pub struct ContainerSample {
+    pub record: ContainerRecord,
+    pub usage: ContainerUsage,
+    pub detail: Option<ContainerDetail>,
 }
 
 /// Why a pod-wide operation failed: one of its containers, or the sandbox itself.
@@ -210,8 +218,13 @@ impl Pods {
         .unwrap_or_default()
     }
 
-    /// A usage sample of each sandbox and of the containers in it, read on the blocking pool.
-    pub async fn sandbox_usage(&self, records: Vec<SandboxRecord>) -> Vec<PodUsage> {
+    /// A usage sample of each sandbox and of the running containers in it, read on the
+    /// blocking pool; with each container's [`ContainerDetail`] if `detailed`.
+    pub async fn sandbox_usage(
+        &self,
+        records: Vec<SandboxRecord>,
+        detailed: bool,
+    ) -> Vec<PodUsage> {
         let sandboxes = self.sandboxes.clone();
         let containers = self.containers.clone();
         tokio::task::spawn_blocking(move || {
@@ -227,9 +240,10 @@ impl Pods {
                     let containers = mine
                         .into_iter()
                         .filter(|c| c.state() == ContainerState::Running)
-                        .map(|c| {
-                            let u = containers.usage(&c);
-                            (c, u)
+                        .map(|record| ContainerSample {
+                            usage: containers.usage(&record),
+                            detail: detailed.then(|| containers.detail(&record)),
+                            record,
                         })
                         .collect();
                     PodUsage {

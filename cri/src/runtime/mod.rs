@@ -13,9 +13,11 @@ mod container_stats_list;
 mod container_status;
 mod container_stop;
 mod container_update_resources;
+mod metric_descriptors;
 mod runtime_config;
 mod sandbox_convert;
 mod sandbox_list;
+mod sandbox_metrics_list;
 mod sandbox_remove;
 mod sandbox_run;
 mod sandbox_stats;
@@ -203,6 +205,22 @@ cri_service! {
                 .map(Response::new)
         }
 
+        async fn list_metric_descriptors(
+            &self,
+            request: Request<ListMetricDescriptorsRequest>,
+        ) -> Result<Response<ListMetricDescriptorsResponse>, Status> {
+            Ok(Response::new(metric_descriptors::list_metric_descriptors(request.into_inner())))
+        }
+
+        async fn list_pod_sandbox_metrics(
+            &self,
+            request: Request<ListPodSandboxMetricsRequest>,
+        ) -> Result<Response<ListPodSandboxMetricsResponse>, Status> {
+            Ok(Response::new(
+                sandbox_metrics_list::list_pod_sandbox_metrics(&self.pods, request.into_inner()).await,
+            ))
+        }
+
         async fn get_container_events(
             &self,
             request: Request<GetEventsRequest>,
@@ -215,7 +233,5 @@ cri_service! {
         attach => Attach(AttachRequest) -> AttachResponse;
         port_forward => PortForward(PortForwardRequest) -> PortForwardResponse;
         checkpoint_container => CheckpointContainer(CheckpointContainerRequest) -> CheckpointContainerResponse;
-        list_metric_descriptors => ListMetricDescriptors(ListMetricDescriptorsRequest) -> ListMetricDescriptorsResponse;
-        list_pod_sandbox_metrics => ListPodSandboxMetrics(ListPodSandboxMetricsRequest) -> ListPodSandboxMetricsResponse;
     }
 }

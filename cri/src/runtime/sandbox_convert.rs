@@ -177,7 +177,7 @@ pub(super) fn cri_sandbox_stats(p: &berth_podsandbox::PodUsage) -> cri::PodSandb
             containers: p
                 .containers
                 .iter()
-                .map(|(c, u)| cri_container_stats(c, u))
+                .map(|c| cri_container_stats(&c.record, &c.usage))
                 .collect(),
         }),
         windows: None,

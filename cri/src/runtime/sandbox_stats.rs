@@ -21,7 +21,7 @@ pub(super) async fn pod_sandbox_stats(
             record.id
         )));
     }
-    let sampled = pods.sandbox_usage(vec![record]).await;
+    let sampled = pods.sandbox_usage(vec![record], false).await;
     Ok(PodSandboxStatsResponse {
         stats: sampled.first().map(cri_sandbox_stats),
     })

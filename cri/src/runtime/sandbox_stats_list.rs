@@ -21,7 +21,7 @@ pub(super) async fn list_pod_sandbox_stats(
         .filter(|s| sandbox_selected(s, &f.id, &f.label_selector))
         .collect();
     let stats = pods
-        .sandbox_usage(selected)
+        .sandbox_usage(selected, false)
         .await
         .iter()
         .map(cri_sandbox_stats)

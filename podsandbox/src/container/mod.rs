@@ -28,7 +28,7 @@ pub use metrics::ContainerMetrics;
 pub use record::{ContainerError, ContainerRecord, ContainerState, ProcessUser};
 use record::{EXIT_FILE, RECORD_FILE};
 pub use rootfs::CreateInput;
-pub use stats::ContainerUsage;
+pub use stats::{ContainerDetail, ContainerUsage, LayerFilesystem};
 
 pub struct Containers {
     state: PathBuf,

@@ -4,6 +4,7 @@
 //! only read from the cache here (walking an upper dir can take seconds).
 
 use berth_common::fs::DiskUsage;
+use berth_runtime::cgroups::detail::{self, CgroupDetail};
 use berth_runtime::cgroups::stats::{self, CgroupStats};
 use berth_runtime::cgroups::update::Layout;
 
@@ -21,6 +22,44 @@ pub struct ContainerUsage {
     pub nano_cores: Option<u64>,
     /// The writable layer as last measured, and when.
     pub writable_layer: Option<(DiskUsage, i64)>,
+}
+
+/// What ListPodSandboxMetrics reports of a container beyond its [`ContainerUsage`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContainerDetail {
+    pub cgroup: CgroupDetail,
+    /// The filesystem its writable layer is on; `None` if it could not be read.
+    pub filesystem: Option<LayerFilesystem>,
+    /// The writable layer: as last measured in the background, or measured now if it never
+    /// was (a container started within the last refresh interval has a small one).
+    pub writable_layer: DiskUsage,
+}
+
+/// The filesystem holding a container's writable layer, as `statvfs` gives it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LayerFilesystem {
+    /// `major:minor` of the device.
+    pub device: String,
+    pub capacity_bytes: u64,
+    pub available_bytes: u64,
+    pub inodes: u64,
+    pub inodes_free: u64,
+}
+
+impl LayerFilesystem {
+    fn of(path: &std::path::Path) -> Option<LayerFilesystem> {
+        use std::os::unix::fs::MetadataExt;
+        let dev = std::fs::metadata(path).ok()?.dev();
+        let vfs = nix::sys::statvfs::statvfs(path).ok()?;
+        let block = vfs.fragment_size();
+        Some(LayerFilesystem {
+            device: format!("{}:{}", libc::major(dev), libc::minor(dev)),
+            capacity_bytes: vfs.blocks().saturating_mul(block),
+            available_bytes: vfs.blocks_available().saturating_mul(block),
+            inodes: vfs.files(),
+            inodes_free: vfs.files_free(),
+        })
+    }
 }
 
 /// The shortest time a CPU rate is measured over.
@@ -53,21 +92,9 @@ impl Containers {
     /// gone, is a sample without values.
     pub fn usage(&self, record: &ContainerRecord) -> ContainerUsage {
         let timestamp = berth_common::time::now_nanos();
-        let cgroup = record
-            .cgroup
-            .as_deref()
-            .filter(|_| record.state() == ContainerState::Running)
-            .map(|cgroup| {
-                // Where each controller's files are does not change in a container's life.
-                let layout = self
-                    .layouts
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(record.id.clone())
-                    .or_insert_with(|| Layout::probe(cgroup))
-                    .clone();
-                stats::read_in(&layout)
-            })
+        let cgroup = self
+            .layout(record)
+            .map(|layout| stats::read_in(&layout))
             .unwrap_or_default();
         let nano_cores = cgroup.cpu_usage_ns.and_then(|cpu_ns| {
             let now = CpuSample {
@@ -108,6 +135,53 @@ impl Containers {
             nano_cores,
             writable_layer,
         }
+    }
+
+    /// The rest of what the CRI metrics report of `record`. Blocking: it also counts the open
+    /// descriptors of the container's processes.
+    pub fn detail(&self, record: &ContainerRecord) -> ContainerDetail {
+        ContainerDetail {
+            cgroup: self
+                .layout(record)
+                .map(|layout| detail::read_detail(&layout))
+                .unwrap_or_default(),
+            filesystem: LayerFilesystem::of(&record.layer_dir),
+            writable_layer: self.layer_usage_now(record),
+        }
+    }
+
+    fn layer_usage_now(&self, record: &ContainerRecord) -> DiskUsage {
+        let cached = self
+            .layer_usage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&record.id)
+            .map(|(usage, _)| *usage);
+        cached.unwrap_or_else(|| {
+            let usage = berth_common::fs::disk_usage(&record.layer_dir.join("upper"));
+            self.layer_usage
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(record.id.clone(), (usage, berth_common::time::now_nanos()));
+            usage
+        })
+    }
+
+    /// Where a running container's cgroup files are. Probed once: it does not change in a
+    /// container's life.
+    fn layout(&self, record: &ContainerRecord) -> Option<Layout> {
+        let cgroup = record
+            .cgroup
+            .as_deref()
+            .filter(|_| record.state() == ContainerState::Running)?;
+        let layout = self
+            .layouts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(record.id.clone())
+            .or_insert_with(|| Layout::probe(cgroup))
+            .clone();
+        Some(layout)
     }
 
     /// Measures every container's writable layer (its overlay upper dir) into the cache that

@@ -12,9 +12,13 @@ use super::Sandboxes;
 pub struct InterfaceUsage {
     pub name: String,
     pub rx_bytes: u64,
+    pub rx_packets: u64,
     pub rx_errors: u64,
+    pub rx_dropped: u64,
     pub tx_bytes: u64,
+    pub tx_packets: u64,
     pub tx_errors: u64,
+    pub tx_dropped: u64,
 }
 
 /// One sample of a pod's usage.
@@ -31,8 +35,8 @@ pub struct SandboxUsage {
 /// The interface kubelet reports as the pod's own (CNI's default).
 pub const DEFAULT_INTERFACE: &str = "eth0";
 
-/// `/proc/net/dev`: two header lines, then `name: rx_bytes rx_packets rx_errs … tx_bytes
-/// tx_packets tx_errs …`. Loopback is left out, as containerd and kubelet do.
+/// `/proc/net/dev`: two header lines, then `name: rx_bytes rx_packets rx_errs rx_drop … tx_bytes
+/// tx_packets tx_errs tx_drop …`. Loopback is left out, as containerd and kubelet do.
 pub fn parse_net_dev(text: &str) -> Vec<InterfaceUsage> {
     text.lines()
         .filter_map(|line| {
@@ -42,12 +46,16 @@ pub fn parse_net_dev(text: &str) -> Vec<InterfaceUsage> {
                 .split_whitespace()
                 .map(|v| v.parse().ok())
                 .collect::<Option<_>>()?;
-            (name != "lo" && n.len() >= 11).then(|| InterfaceUsage {
+            (name != "lo" && n.len() >= 12).then(|| InterfaceUsage {
                 name: name.to_string(),
                 rx_bytes: n[0],
+                rx_packets: n[1],
                 rx_errors: n[2],
+                rx_dropped: n[3],
                 tx_bytes: n[8],
+                tx_packets: n[9],
                 tx_errors: n[10],
+                tx_dropped: n[11],
             })
         })
         .collect()
@@ -86,7 +94,7 @@ mod tests {
 Inter-|   Receive                                                |  Transmit
  face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed
     lo:     980      10    0    0    0     0          0         0      980      10    0    0    0     0       0          0
-  eth0:  1296      16    2    0    0     0          0         0      656       8    1    0    0     0       0          0
+  eth0:  1296      16    2    3    0     0          0         0      656       8    1    4    0     0       0          0
   net1:7000000000 5 0 0 0 0 0 0 9 1 0 0 0 0 0 0
 ";
         assert_eq!(
@@ -95,16 +103,24 @@ Inter-|   Receive                                                |  Transmit
                 InterfaceUsage {
                     name: "eth0".into(),
                     rx_bytes: 1296,
+                    rx_packets: 16,
                     rx_errors: 2,
+                    rx_dropped: 3,
                     tx_bytes: 656,
+                    tx_packets: 8,
                     tx_errors: 1,
+                    tx_dropped: 4,
                 },
                 InterfaceUsage {
                     name: "net1".into(),
                     rx_bytes: 7_000_000_000,
+                    rx_packets: 5,
                     rx_errors: 0,
+                    rx_dropped: 0,
                     tx_bytes: 9,
+                    tx_packets: 1,
                     tx_errors: 0,
+                    tx_dropped: 0,
                 },
             ]
         );

@@ -1,7 +1,9 @@
 //! cgroupfs-driver cgroups on v1, v2 and hybrid hosts: find the hierarchies, make a cgroup path
 //! in each (remembering what we made, to remove exactly that), move a process in; `update` writes
-//! new limits into a live cgroup; `stats` reads usage back.
+//! new limits into a live cgroup; `stats` reads usage back, and `detail` the rest of what the
+//! CRI metrics report.
 
+pub mod detail;
 pub mod stats;
 pub mod update;
 

@@ -73,6 +73,82 @@ async fn remove_pod(c: &mut RuntimeServiceClient<Channel>, pod: &str) {
         .await;
 }
 
+fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// Exit → STOPPED event: a container that exits at once, its event awaited on a
+/// GetContainerEvents stream; the latency is the event's arrival here minus the exit time the
+/// runtime recorded (`finished_at` in the event's container status). Median and p99.
+async fn exit_event_latency(
+    c: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+    config: &PodSandboxConfig,
+    image: &str,
+) -> (String, String) {
+    const EXITS: usize = 30;
+    let name = "exit → STOPPED event, median / p99".to_string();
+    let mut events = match c.get_container_events(GetEventsRequest {}).await {
+        Ok(r) => r.into_inner(),
+        Err(e) => return (name, format!("{:?}", e.code())),
+    };
+    let mut latencies = Vec::new();
+    for i in 0..EXITS {
+        let mut cfg = container(image, &format!("exits{i}"));
+        cfg.command = vec!["sh".into(), "-c".into(), "exit 0".into()];
+        let id = c
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.into(),
+                config: Some(cfg),
+                sandbox_config: Some(config.clone()),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("CreateContainer: {e}"))
+            .into_inner()
+            .container_id;
+        c.start_container(StartContainerRequest {
+            container_id: id.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("StartContainer: {e}"));
+        let latency = loop {
+            let next = tokio::time::timeout(Duration::from_secs(10), events.message()).await;
+            let Ok(Ok(Some(event))) = next else {
+                return (name, "no STOPPED event within 10 s".into());
+            };
+            let arrived = now_nanos();
+            if event.container_id != id
+                || event.container_event_type != ContainerEventType::ContainerStoppedEvent as i32
+            {
+                continue;
+            }
+            let finished = event
+                .containers_statuses
+                .iter()
+                .find(|s| s.id == id)
+                .map(|s| s.finished_at)
+                .unwrap_or(arrived);
+            break Duration::from_nanos((arrived - finished).max(0) as u64);
+        };
+        latencies.push(latency);
+        let _ = c
+            .remove_container(RemoveContainerRequest { container_id: id })
+            .await;
+    }
+    latencies.sort();
+    (
+        name,
+        format!(
+            "{:.2} ms / {:.2} ms",
+            percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+            percentile(&latencies, 0.99).as_secs_f64() * 1e3
+        ),
+    )
+}
+
 /// CPU time (user + system) a process has used, in clock ticks (1/100 s).
 fn cpu_ticks(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -144,6 +220,9 @@ pub async fn measure(
             Some(code) => format!("{code:?}"),
         },
     ));
+    figures
+        .rows
+        .push(exit_event_latency(&mut c, &pod, &config, image).await);
     remove_pod(&mut c, &pod).await;
 
     // Memory: the agent plus every per-pod helper, with N pods each running one container.
