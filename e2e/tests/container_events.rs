@@ -303,3 +303,49 @@ async fn a_subscriber_that_stops_reading_is_dropped_and_the_others_get_everythin
     remove_pod(&mut c, &pod).await;
     assert_clean(&f, "slowsub");
 }
+
+#[tokio::test]
+async fn a_pod_whose_monitor_dies_is_stopped_at_once_and_said_so_once() {
+    let _top = CgroupTop;
+    let _cgroups = PodCgroups(vec!["deadmon".into()]);
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let mut events = subscribe(&mut c).await;
+    let uid = "uid-deadmon";
+    let pod = run_pod(&mut c, pod_config(&f, "deadmon")).await;
+    for expected in [Kind::ContainerCreatedEvent, Kind::ContainerStartedEvent] {
+        assert_eq!(
+            kind(&next_of(&mut events, uid).await),
+            (pod.clone(), expected)
+        );
+    }
+    let info = c
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .info;
+    let info: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+    let monitor = info["monitorPid"].as_i64().unwrap() as i32;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    // No RPC until the event is here: only the agent's watch on the monitor can bring it.
+    let e = next_of(&mut events, uid).await;
+    assert_eq!(kind(&e), (pod.clone(), Kind::ContainerStoppedEvent));
+    assert_eq!(
+        e.pod_sandbox_status.unwrap().state,
+        PodSandboxState::SandboxNotready as i32
+    );
+    assert_eq!(f.agent.metric("berth_sandboxes{state=\"ready\"}"), 0.0);
+    // StopPodSandbox finds it stopped already: no second STOPPED, straight to DELETED.
+    remove_pod(&mut c, &pod).await;
+    let e = next_of(&mut events, uid).await;
+    assert_eq!(kind(&e), (pod.clone(), Kind::ContainerDeletedEvent));
+    assert_clean(&f, "deadmon");
+}

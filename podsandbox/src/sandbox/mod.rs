@@ -13,6 +13,7 @@ pub mod record;
 pub mod spec;
 mod stats;
 mod undo;
+mod watch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -123,6 +124,32 @@ impl Sandboxes {
         Ok(sandboxes)
     }
 
+    /// A sandbox being stopped leaves Ready before its monitor is stopped, so that the monitor
+    /// watch takes the monitor's exit for what it is. Whether it was Ready (then the caller
+    /// publishes STOPPED, once).
+    fn take_out_of_ready(&self, id: &str) -> bool {
+        match self.lock().get_mut(id) {
+            Some(r) if r.state == SandboxState::Ready => {
+                r.state = SandboxState::NotReady;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Watches the monitor of every ready sandbox (after a restart: those the agent found).
+    pub(crate) fn watch_monitors(self: &Arc<Self>) {
+        let ready: Vec<String> = self
+            .lock()
+            .values()
+            .filter(|r| r.state == SandboxState::Ready)
+            .map(|r| r.id.clone())
+            .collect();
+        for id in ready {
+            self.watch_monitor(&id);
+        }
+    }
+
     /// Publishes STOPPED for the sandboxes whose monitor died while the agent was down.
     pub(crate) fn publish_stopped_while_down(&self) {
         let ids = std::mem::take(
@@ -227,6 +254,9 @@ impl Sandboxes {
         self.metrics
             .observe_create(started.elapsed().as_secs_f64(), result.is_ok());
         self.update_state_metrics();
+        if let Ok(id) = &result {
+            self.watch_monitor(id);
+        }
         result
     }
 
@@ -437,7 +467,7 @@ impl Sandboxes {
         let Some(mut record) = self.lock().get(id).cloned() else {
             return Ok(());
         };
-        let was_ready = record.state == SandboxState::Ready;
+        let was_ready = self.take_out_of_ready(id);
         self.release(&mut record).await;
         record.state = SandboxState::NotReady;
         let dir = self.pod_dir(id);
@@ -467,6 +497,7 @@ impl Sandboxes {
         let Some(mut record) = self.lock().get(id).cloned() else {
             return Ok(());
         };
+        let was_ready = self.take_out_of_ready(id);
         self.release(&mut record).await;
         if record.network_attached {
             // Removal never gets stuck on the network: the record goes, the failure is logged.
@@ -483,7 +514,6 @@ impl Sandboxes {
             message: e.to_string(),
         })?;
         // The events carry the sandbox as it was last: stopped, not yet forgotten.
-        let was_ready = record.state == SandboxState::Ready;
         record.state = SandboxState::NotReady;
         self.lock().insert(id.to_string(), record.clone());
         if was_ready {
