@@ -77,6 +77,14 @@ fn now_secs() -> u64 {
         .as_secs()
 }
 
+async fn pod_metrics(c: &mut berth_e2e::RuntimeClient) -> Vec<PodSandboxMetrics> {
+    c.list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .pod_metrics
+}
+
 #[tokio::test]
 async fn pod_sandbox_metrics_cover_every_described_family_for_a_running_container() {
     let _top = CgroupTop;
@@ -153,12 +161,7 @@ async fn pod_sandbox_metrics_cover_every_described_family_for_a_running_containe
         .into_inner();
     assert_eq!(exec.exit_code, 0, "{exec:?}");
 
-    let all = c
-        .list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_metrics;
+    let all = pod_metrics(&mut c).await;
     let mine = all
         .iter()
         .find(|p| p.pod_sandbox_id == pod)
@@ -232,12 +235,7 @@ async fn pod_sandbox_metrics_cover_every_described_family_for_a_running_containe
     })
     .await
     .unwrap();
-    let all = c
-        .list_pod_sandbox_metrics(ListPodSandboxMetricsRequest {})
-        .await
-        .unwrap()
-        .into_inner()
-        .pod_metrics;
+    let all = pod_metrics(&mut c).await;
     assert!(all.iter().all(|p| p.pod_sandbox_id != pod));
     remove_pod(&mut c, &pod).await;
     assert_clean(&f, "metrics");

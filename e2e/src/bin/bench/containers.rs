@@ -42,10 +42,19 @@ async fn start_container(
     image: &str,
     name: &str,
 ) -> String {
+    start_container_as(c, pod, config, container(image, name)).await
+}
+
+async fn start_container_as(
+    c: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+    config: &PodSandboxConfig,
+    container: ContainerConfig,
+) -> String {
     let id = c
         .create_container(CreateContainerRequest {
             pod_sandbox_id: pod.into(),
-            config: Some(container(image, name)),
+            config: Some(container),
             sandbox_config: Some(config.clone()),
         })
         .await
@@ -99,21 +108,7 @@ async fn exit_event_latency(
     for i in 0..EXITS {
         let mut cfg = container(image, &format!("exits{i}"));
         cfg.command = vec!["sh".into(), "-c".into(), "exit 0".into()];
-        let id = c
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod.into(),
-                config: Some(cfg),
-                sandbox_config: Some(config.clone()),
-            })
-            .await
-            .unwrap_or_else(|e| panic!("CreateContainer: {e}"))
-            .into_inner()
-            .container_id;
-        c.start_container(StartContainerRequest {
-            container_id: id.clone(),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("StartContainer: {e}"));
+        let id = start_container_as(c, pod, config, cfg).await;
         let latency = loop {
             let next = tokio::time::timeout(Duration::from_secs(10), events.message()).await;
             let Ok(Ok(Some(event))) = next else {

@@ -25,8 +25,8 @@ const PULLS: usize = 5;
 const LAB_HOSTS: &str = "/etc/containerd/lab-certs.d";
 /// The lab's CNI network (bridge crilab0, 10.88.0.0/16), shared with containerd.
 const LAB_CONFLIST: &str = "/etc/cni/net.d/10-crilab.conflist";
-/// The lab containerd's pid file (../shared/lab/containerd.sh).
-const LAB_CONTAINERD_PID: &str = "/run/containerd-lab/containerd.pid";
+/// The peer's pid file, beside its socket (both lab containerds write one there).
+const PEER_PID_FILE: &str = "containerd.pid";
 const CONNECTS: usize = 300;
 
 pub(crate) struct Figures {
@@ -198,6 +198,7 @@ fn print(figures: &[Figures]) {
 #[tokio::main]
 async fn main() {
     let mut peer: Option<PathBuf> = None;
+    let mut peer_pid: Option<u32> = None;
     let mut lab = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -206,9 +207,14 @@ async fn main() {
                 let value = args.next().expect("--peer needs unix:///path.sock");
                 peer = Some(PathBuf::from(value.trim_start_matches("unix://")));
             }
+            "--peer-pid" => {
+                let value = args.next().and_then(|v| v.parse().ok());
+                peer_pid = Some(value.expect("--peer-pid needs the peer daemon's pid"));
+            }
             "--lab" => lab = true,
             other => panic!(
-                "unknown argument {other}; usage: berth-bench [--peer unix:///path.sock] [--lab]"
+                "unknown argument {other}; usage: berth-bench [--peer unix:///path.sock \
+                 [--peer-pid PID]] [--lab]"
             ),
         }
     }
@@ -295,9 +301,13 @@ async fn main() {
             let is_shim =
                 |comm: &str, _: &str| comm.starts_with("containerd-shim") || comm == "pause";
             sandboxes::measure(&peer, "peer", &is_shim, &mut figures).await;
-            let containerd_pid = std::fs::read_to_string(LAB_CONTAINERD_PID)
-                .ok()
-                .and_then(|p| p.trim().parse().ok())
+            // The daemon whose CPU and memory count: as given, or from the pid file beside its
+            // socket.
+            let containerd_pid = peer_pid
+                .or_else(|| {
+                    let file = peer.parent()?.join(PEER_PID_FILE);
+                    std::fs::read_to_string(file).ok()?.trim().parse().ok()
+                })
                 .unwrap_or(0);
             containers::measure(
                 &peer,
