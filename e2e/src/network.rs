@@ -123,12 +123,43 @@ impl Drop for TestNetwork {
     }
 }
 
-/// Whether iptables works here (portmap drives it).
-pub fn iptables_usable() -> bool {
-    Command::new("iptables")
+/// iptables must work here: portmap drives it, and `make test` installs it. A test that needs
+/// it fails without it rather than passing untested.
+pub fn require_iptables() {
+    let works = Command::new("iptables")
         .args(["-t", "nat", "-S", "PREROUTING"])
         .output()
-        .is_ok_and(|o| o.status.success())
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        works,
+        "iptables -t nat does not work here: install Debian's iptables (make test does)"
+    );
+}
+
+/// The nat rules portmap wrote for `container_id` (its comments name the CNI container id).
+pub fn nat_rules_of(container_id: &str) -> Vec<String> {
+    let out = Command::new("iptables-save")
+        .args(["-t", "nat"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    out.lines()
+        .filter(|l| l.contains(&format!("id: \\\"{container_id}\\\"")))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Whether a failed portmap CHECK is Debian's portmap 1.1.1 bug: it checks an IPv6 chain even
+/// for an IPv4-only pod whenever ip6tables works (fixed upstream in "Only check ipv6 when an
+/// IPv6 is configured"). Only that exact error from that exact package version counts.
+pub fn is_known_portmap_check_bug(error: &str) -> bool {
+    let version = Command::new("dpkg-query")
+        .args(["-W", "-f", "${Version}", "containernetworking-plugins"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    version.starts_with("1.1.1")
+        && error.starts_with("CNI CHECK via portmap failed: could not check ipv6 dnat")
 }
 
 /// Serves one TCP connection on `port` inside `netns` (from a thread that joins it), answering

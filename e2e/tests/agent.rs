@@ -239,8 +239,24 @@ async fn sigterm_shuts_down_cleanly() {
     let mut agent = TestAgent::start().await;
     let mut client = agent.runtime().await;
     client.version(VersionRequest::default()).await.unwrap();
+    // An idle connection and an open event stream, as kubelet keeps them, must not hold the
+    // shutdown up until the grace timeout.
+    let _events = agent
+        .runtime()
+        .await
+        .get_container_events(GetEventsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let status = agent.stop();
     assert!(status.success(), "exit {status}: {}", agent.log());
+    assert!(
+        !agent
+            .log()
+            .contains("RPCs still running after the shutdown timeout"),
+        "shutdown waited for idle clients: {}",
+        agent.log()
+    );
     assert!(!agent.paths.socket.exists(), "socket removed");
     assert!(
         !agent.paths.state.join("berthd.lock").exists(),

@@ -84,10 +84,54 @@ async fn privileged_containers_need_a_privileged_pod() {
         .unwrap()
         .privileged = true;
     let privileged_pod = run_pod(&mut c, priv_cfg.clone()).await;
-    let id = create(&mut c, &privileged_pod, privileged_ctr, priv_cfg).await;
+    let id = create(
+        &mut c,
+        &privileged_pod,
+        privileged_ctr.clone(),
+        priv_cfg.clone(),
+    )
+    .await;
     start(&mut c, &id).await;
     let s = wait_exited(&mut c, &id).await;
     assert_eq!(s.exit_code, 0);
+    // Every capability this host lets us have, as with runc's privileged containers.
+    let cap_eff = |log: &str| {
+        log.lines()
+            .find_map(|l| l.split("CapEff:").nth(1))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .unwrap_or_else(|| panic!("no CapEff in {log:?}"))
+    };
+    let ours = std::fs::read_to_string("/proc/self/status").unwrap();
+    let bounding = ours
+        .lines()
+        .find_map(|l| l.strip_prefix("CapBnd:"))
+        .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+        .unwrap();
+    let privileged_caps = cap_eff(&std::fs::read_to_string(&s.log_path).unwrap());
+    assert_eq!(
+        privileged_caps, bounding,
+        "privileged CapEff {privileged_caps:x}, host's {bounding:x}"
+    );
+    // The same container unprivileged gets the default set, which is less.
+    let mut plain_ctr = privileged_ctr;
+    plain_ctr.metadata.as_mut().unwrap().name = "unpriv".into();
+    plain_ctr.log_path = "unpriv/0.log".into();
+    plain_ctr
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap()
+        .privileged = false;
+    let id = create(&mut c, &privileged_pod, plain_ctr, priv_cfg).await;
+    start(&mut c, &id).await;
+    let s = wait_exited(&mut c, &id).await;
+    let default_caps = cap_eff(&std::fs::read_to_string(&s.log_path).unwrap());
+    assert!(
+        default_caps != bounding && default_caps & !bounding == 0,
+        "unprivileged CapEff {default_caps:x}"
+    );
     for pod in [plain, privileged_pod] {
         remove_pod(&mut c, &pod).await;
     }

@@ -8,7 +8,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use berth_e2e::network::{
-    iptables_usable, mounts_under, processes_mentioning, serve_once_in_netns, Extra, TestNetwork,
+    mounts_under, nat_rules_of, processes_mentioning, require_iptables, serve_once_in_netns, Extra,
+    TestNetwork,
 };
 use berth_e2e::{free_port, RuntimeClient, TestAgent};
 use k8s_cri::v1::*;
@@ -353,7 +354,12 @@ async fn two_pods_on_one_bridge_reach_each_other_and_a_host_port_reaches_a_pod()
         String::from_utf8_lossy(&ping.stdout)
     );
 
-    if iptables_usable() {
+    require_iptables();
+    assert!(
+        !nat_rules_of(&b).is_empty(),
+        "portmap wrote no rule for pod-b's host port"
+    );
+    {
         let server = serve_once_in_netns(
             &pod_dir(&agent, &b).join("ns/net"),
             8080,
@@ -374,13 +380,16 @@ async fn two_pods_on_one_bridge_reach_each_other_and_a_host_port_reaches_a_pod()
         .unwrap();
         let _ = server.join();
         assert_eq!(reply.unwrap(), "hello from pod-b");
-    } else {
-        eprintln!("SKIPPED the host-port part: iptables is not usable here");
     }
     for id in [&a, &b] {
         stop(&agent, id).await;
         remove(&agent, id).await;
     }
+    assert_eq!(
+        nat_rules_of(&b),
+        Vec::<String>::new(),
+        "a removed pod's portmap rules are gone"
+    );
     assert_no_leaks(&agent, Some(&net));
 }
 
