@@ -242,3 +242,17 @@ pub fn cgroup_procs(dir: &std::path::Path) -> Vec<i32> {
         &std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default(),
     )
 }
+
+/// Polls the file at `path` (a container's log, say) until `done` holds for its text, at most
+/// 20 s; returns that text.
+pub async fn wait_for_text(path: &str, what: &str, done: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if done(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "{path}: never {what}: {text:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

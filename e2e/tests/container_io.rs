@@ -1,7 +1,5 @@
 //! Containers through the CRI: ExecSync, stdin, terminals and the descriptors a container holds.
 
-use std::time::Duration;
-
 use berth_e2e::container_fixture::*;
 use k8s_cri::v1::*;
 
@@ -84,12 +82,46 @@ async fn stdin_is_an_open_pipe_only_when_asked_for() {
         .await
         .unwrap();
     }
-    // Without stdin, `read` sees EOF at once; with it, it waits on the open pipe.
+    // Without stdin, `read` sees EOF at once; with it, it waits on a pipe whose other end the
+    // pod's monitor holds open, so no EOF can come.
     assert_eq!(wait_exited(&mut c, &without).await.exit_code, 0);
-    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         status(&mut c, &with).await.state,
         ContainerState::ContainerRunning as i32
+    );
+    let verbose = |info: std::collections::HashMap<String, String>, key: &str| {
+        let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+        v[key].as_i64().unwrap()
+    };
+    let info = c
+        .container_status(ContainerStatusRequest {
+            container_id: with.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .info;
+    let pid = verbose(info, "pid");
+    let info = c
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod.clone(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .info;
+    let monitor = verbose(info, "monitorPid");
+    let stdin = std::fs::read_link(format!("/proc/{pid}/fd/0")).unwrap();
+    assert!(stdin.to_string_lossy().starts_with("pipe:"), "{stdin:?}");
+    let held = std::fs::read_dir(format!("/proc/{monitor}/fd"))
+        .unwrap()
+        .flatten()
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|l| l == stdin));
+    assert!(
+        held,
+        "the monitor holds no end of the container's stdin {stdin:?}"
     );
     remove_pod(&mut c, &pod).await;
     assert_clean(&f, "stdin");
@@ -112,8 +144,7 @@ async fn tty_containers_run_on_a_terminal_and_log_one_stream() {
     start(&mut c, &id).await;
     let s = wait_exited(&mut c, &id).await;
     assert_eq!(s.exit_code, 0);
-    // The monitor may still be draining the terminal when the exit is recorded.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Read at once: the monitor drains the terminal into the log before it records the exit.
     let log = std::fs::read_to_string(&s.log_path).unwrap();
     assert!(log.contains(" stdout F is-a-tty\n"), "{log}");
     assert!(

@@ -172,7 +172,7 @@ async fn oom_kill_user_reopen_log_and_metrics() {
     assert_eq!((user.uid, user.gid), (1000, 1000));
 
     // kubelet's rotation: rename the file, then ReopenContainerLog; new lines go to a new file.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_text(&s.log_path, "logged", |t| t.contains("line ")).await;
     let rotated = format!("{}.1", s.log_path);
     std::fs::rename(&s.log_path, &rotated).unwrap();
     c.reopen_container_log(ReopenContainerLogRequest {
@@ -180,7 +180,10 @@ async fn oom_kill_user_reopen_log_and_metrics() {
     })
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_for_text(&s.log_path, "logged after the reopen", |t| {
+        t.contains("line ")
+    })
+    .await;
     c.stop_container(StopContainerRequest {
         container_id: writer.clone(),
         timeout: 0,

@@ -149,7 +149,7 @@ async fn stop_sends_sigterm_then_sigkill_after_the_timeout() {
             &[
                 "sh",
                 "-c",
-                "trap 'exit 0' TERM; while true; do sleep 0.1; done",
+                "trap 'exit 0' TERM; echo ready; while true; do sleep 0.1; done",
             ],
         ),
         pod_cfg.clone(),
@@ -162,7 +162,11 @@ async fn stop_sends_sigterm_then_sigkill_after_the_timeout() {
         container_config(
             &f,
             "stubborn",
-            &["sh", "-c", "trap '' TERM; while true; do sleep 0.1; done"],
+            &[
+                "sh",
+                "-c",
+                "trap 'echo got-term' TERM; echo ready; while true; do sleep 0.1; done",
+            ],
         ),
         pod_cfg.clone(),
     )
@@ -174,7 +178,11 @@ async fn stop_sends_sigterm_then_sigkill_after_the_timeout() {
         .await
         .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Signals only once the shells have set their traps.
+    for id in [&graceful, &stubborn] {
+        let log = status(&mut c, id).await.log_path;
+        wait_for_text(&log, "ready", |t| t.contains(" F ready\n")).await;
+    }
     c.stop_container(StopContainerRequest {
         container_id: graceful.clone(),
         timeout: 10,
@@ -182,16 +190,17 @@ async fn stop_sends_sigterm_then_sigkill_after_the_timeout() {
     .await
     .unwrap();
     assert_eq!(status(&mut c, &graceful).await.exit_code, 0);
-    let t = Instant::now();
     c.stop_container(StopContainerRequest {
         container_id: stubborn.clone(),
         timeout: 1,
     })
     .await
     .unwrap();
-    assert!(t.elapsed() >= Duration::from_millis(900));
+    // SIGTERM first (it said so, and lived on), SIGKILL once the timeout passed.
     let s = status(&mut c, &stubborn).await;
     assert_eq!(s.exit_code, 137);
+    let log = std::fs::read_to_string(&s.log_path).unwrap();
+    assert!(log.contains(" F got-term\n"), "{log}");
     // StopPodSandbox stops what still runs; RemovePodSandbox removes the containers.
     c.stop_pod_sandbox(StopPodSandboxRequest {
         pod_sandbox_id: pod.clone(),
@@ -245,10 +254,27 @@ async fn containers_and_their_logs_survive_an_agent_kill() {
         .await
         .unwrap();
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ticker_log = status(&mut c, &ticker).await.log_path;
+    let tick_count = |t: &str| t.matches("tick ").count();
+    let before = tick_count(&wait_for_text(&ticker_log, "ticked", |t| tick_count(t) >= 5).await);
+    let short_exit = f
+        .agent
+        .paths
+        .state
+        .join("containers")
+        .join(&short)
+        .join("exit.json");
     f.agent.stop_with(nix::sys::signal::Signal::SIGKILL);
     // While the agent is down the short one exits and the ticker keeps logging.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_for_text(&ticker_log, "logged on", |t| tick_count(t) >= before + 20).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !short_exit.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the short container never exited"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     f.agent
         .restart_with(nix::sys::signal::Signal::SIGKILL)
         .await;

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use berth_e2e::cri::wait_network_ready;
 use berth_e2e::network::{
     mounts_under, nat_rules_of, processes_mentioning, require_iptables, serve_once_in_netns, Extra,
     TestNetwork,
@@ -166,7 +167,7 @@ async fn network_ready_follows_the_cni_conf_dir() {
 async fn run_pod_sandbox_gives_ip_hostname_dns_and_sysctls() {
     let agent = TestAgent::start().await;
     let net = TestNetwork::create(&agent.paths.cni_conf_dir, Extra::None);
-    tokio::time::sleep(Duration::from_millis(1500)).await; // the watcher's first poll
+    wait_network_ready(&mut agent.runtime().await).await;
     let mut config = pod_config("web");
     config.dns_config = Some(DnsConfig {
         servers: vec!["10.96.0.10".into()],
@@ -296,7 +297,7 @@ async fn run_pod_sandbox_gives_ip_hostname_dns_and_sysctls() {
 async fn repeated_run_returns_the_same_sandbox_and_a_new_attempt_a_new_one() {
     let agent = TestAgent::start().await;
     let _net = TestNetwork::create(&agent.paths.cni_conf_dir, Extra::None);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_network_ready(&mut agent.runtime().await).await;
     let (a, b) = tokio::join!(
         run(&agent, pod_config("same")),
         run(&agent, pod_config("same"))
@@ -322,7 +323,7 @@ async fn repeated_run_returns_the_same_sandbox_and_a_new_attempt_a_new_one() {
 async fn two_pods_on_one_bridge_reach_each_other_and_a_host_port_reaches_a_pod() {
     let agent = TestAgent::start().await;
     let net = TestNetwork::create(&agent.paths.cni_conf_dir, Extra::Portmap);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_network_ready(&mut agent.runtime().await).await;
     let a = run(&agent, pod_config("pod-a")).await.unwrap();
     let host_port = free_port();
     let mut with_port = pod_config("pod-b");
@@ -447,7 +448,7 @@ async fn pod_pid_namespace_gets_our_own_init() {
 async fn a_failure_at_any_step_leaves_nothing_behind() {
     let agent = TestAgent::start().await;
     let net = TestNetwork::create(&agent.paths.cni_conf_dir, Extra::FailingTuning);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_network_ready(&mut agent.runtime().await).await;
     // CNI: bridge's ADD succeeds, tuning's fails: the rollback must DEL the bridge part.
     let err = run(&agent, pod_config("cni-fails")).await.unwrap_err();
     assert!(err.message().contains("tuning"), "{}", err.message());
@@ -497,7 +498,7 @@ async fn a_failure_at_any_step_leaves_nothing_behind() {
 async fn sandboxes_survive_an_agent_kill_and_a_dead_monitor_reads_not_ready() {
     let mut agent = TestAgent::start().await;
     let net = TestNetwork::create(&agent.paths.cni_conf_dir, Extra::None);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_network_ready(&mut agent.runtime().await).await;
     let a = run(&agent, pod_config("survivor")).await.unwrap();
     let b = run(&agent, pod_config("victim")).await.unwrap();
     let ip_a = status(&agent, &a, false)
@@ -518,7 +519,7 @@ async fn sandboxes_survive_an_agent_kill_and_a_dead_monitor_reads_not_ready() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_gone(monitor_b);
     agent.restart_with(nix::sys::signal::Signal::SIGKILL).await;
 
     let st = status(&agent, &a, false).await.status.unwrap();
@@ -533,23 +534,43 @@ async fn sandboxes_survive_an_agent_kill_and_a_dead_monitor_reads_not_ready() {
     assert_no_leaks(&agent, Some(&net));
 }
 
+/// Waits until process `pid` has exited (gone, or a zombie nobody reaps).
+fn wait_gone(pid: i32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        if matches!(state, None | Some("Z")) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{pid} did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[tokio::test]
 async fn fifty_run_stop_remove_cycles_leave_nothing() {
+    require_iptables();
     let agent = TestAgent::start().await;
     let net = TestNetwork::create(&agent.paths.cni_conf_dir, Extra::Portmap);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    wait_network_ready(&mut agent.runtime().await).await;
     for i in 0..50 {
         let mut config = pod_config("cycle");
         config.metadata.as_mut().unwrap().attempt = i;
+        // A real host port: portmap writes rules, which must go with the pod.
         config.port_mappings = vec![PortMapping {
             protocol: Protocol::Tcp as i32,
             container_port: 80,
-            host_port: 0,
-            host_ip: String::new(),
+            host_port: free_port() as i32,
+            host_ip: "127.0.0.1".to_string(),
         }];
         let id = run(&agent, config).await.unwrap();
+        assert!(!nat_rules_of(&id).is_empty(), "cycle {i}: no portmap rule");
         stop(&agent, &id).await;
         remove(&agent, &id).await;
+        assert_eq!(nat_rules_of(&id), Vec::<String>::new(), "cycle {i}");
     }
     assert_no_leaks(&agent, Some(&net));
 }
@@ -597,7 +618,7 @@ async fn the_monitor_joins_the_pods_cgroup_parent_and_made_cgroups_go_with_the_p
 async fn pod_sandbox_stats_show_the_pod_cgroup_network_and_processes() {
     let agent = TestAgent::start().await;
     let net = TestNetwork::create(&agent.paths.cni_conf_dir, Extra::None);
-    tokio::time::sleep(Duration::from_millis(1500)).await; // the watcher's first poll
+    wait_network_ready(&mut agent.runtime().await).await;
     let top = format!("berth-e2e-{}-stats", std::process::id());
     let mut config = pod_config("podstats");
     config.linux.as_mut().unwrap().cgroup_parent = format!("/{top}/pod");
