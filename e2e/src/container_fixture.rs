@@ -256,3 +256,115 @@ pub async fn wait_for_text(path: &str, what: &str, done: impl Fn(&str) -> bool) 
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// What a running pod must not accumulate as containers come and go, checked while the pod is
+/// still there (removing it would clean up anyway and hide a per-container leak).
+pub struct PodLeakCheck {
+    pod: String,
+    pod_name: String,
+    monitor: i32,
+    monitor_fds: usize,
+}
+
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The zombie children of `parent`: exits nobody collected.
+pub fn zombie_children(parent: i32) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest.split_whitespace().collect())
+                .unwrap_or_default();
+            fields.first() == Some(&"Z") && fields.get(1) == Some(&parent.to_string().as_str())
+        })
+        .collect()
+}
+
+impl PodLeakCheck {
+    /// Takes the baseline of pod `pod` (made by `pod_config(f, pod_name)`): its monitor's open
+    /// descriptors now.
+    pub async fn new(c: &mut RuntimeClient, pod: &str, pod_name: &str) -> PodLeakCheck {
+        let info = c
+            .pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: pod.into(),
+                verbose: true,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .info;
+        let info: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
+        let monitor = info["monitorPid"].as_i64().unwrap() as i32;
+        PodLeakCheck {
+            pod: pod.to_string(),
+            pod_name: pod_name.to_string(),
+            monitor,
+            monitor_fds: fd_count(monitor),
+        }
+    }
+
+    /// Once every container of the pod is removed: no rootfs mount, no container state (the
+    /// agent's or libcontainer's), no container cgroup in any hierarchy, v1 or v2, the monitor
+    /// holding what it held at the start and no zombie of it.
+    pub fn assert_nothing_left(&self, f: &Fixture, when: &str) {
+        let agent = &f.agent;
+        let mounts = mounts_under(&agent.paths.root.join("containers"));
+        assert!(mounts.is_empty(), "{when}: rootfs mounts left: {mounts:?}");
+        let entries = |dir: std::path::PathBuf| -> Vec<String> {
+            std::fs::read_dir(&dir)
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let state = entries(agent.paths.state.join("containers"));
+        assert!(state.is_empty(), "{when}: container state left: {state:?}");
+        let runc = entries(agent.paths.state.join("pods").join(&self.pod).join("runc"));
+        assert!(runc.is_empty(), "{when}: libcontainer state left: {runc:?}");
+        for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+            let pod_cgroup = h
+                .path()
+                .join(format!("berth-e2e-{}", std::process::id()))
+                .join(&self.pod_name);
+            let children: Vec<_> = std::fs::read_dir(&pod_cgroup)
+                .map(|d| {
+                    d.flatten()
+                        .filter(|e| e.path().is_dir())
+                        .map(|e| e.path())
+                        .collect()
+                })
+                .unwrap_or_default();
+            assert!(
+                children.is_empty(),
+                "{when}: container cgroups left: {children:?}"
+            );
+        }
+        assert_eq!(
+            fd_count(self.monitor),
+            self.monitor_fds,
+            "{when}: the monitor's descriptors grew: {:?}",
+            std::fs::read_dir(format!("/proc/{}/fd", self.monitor))
+                .map(|d| d
+                    .flatten()
+                    .filter_map(|e| std::fs::read_link(e.path()).ok())
+                    .collect::<Vec<_>>())
+                .unwrap_or_default()
+        );
+        let zombies = zombie_children(self.monitor);
+        assert!(
+            zombies.is_empty(),
+            "{when}: zombies of the monitor: {zombies:?}"
+        );
+    }
+}

@@ -313,8 +313,10 @@ async fn a_hundred_create_start_stop_remove_cycles_leave_nothing() {
     let _top = CgroupTop;
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
+    let _cgroups = PodCgroups(vec!["cycles".into()]);
     let pod_cfg = pod_config(&f, "cycles");
     let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let leaks = PodLeakCheck::new(&mut c, &pod, "cycles").await;
     for i in 0..100 {
         let mut cfg = container_config(&f, "cycle", &["sleep", "30"]);
         cfg.metadata.as_mut().unwrap().attempt = i;
@@ -329,6 +331,9 @@ async fn a_hundred_create_start_stop_remove_cycles_leave_nothing() {
         c.remove_container(RemoveContainerRequest { container_id: id })
             .await
             .unwrap();
+        if i % 10 == 0 || i == 99 {
+            leaks.assert_nothing_left(&f, &format!("after cycle {i}"));
+        }
     }
     remove_pod(&mut c, &pod).await;
     assert_clean(&f, "cycles");
