@@ -453,7 +453,10 @@ impl Images {
         session: &Session<'_>,
         descriptor: &Descriptor,
     ) -> Result<(), RegistryError> {
-        let _lock = self.locks.lock(descriptor.digest.as_str()).await;
+        let _lock = self
+            .locks
+            .lock(&format!("blob {}", descriptor.digest.as_str()))
+            .await;
         if self.content.contains(&descriptor.digest) {
             return Ok(());
         }
@@ -486,7 +489,12 @@ impl Images {
             layer: layer.digest.clone(),
             message,
         };
-        let _lock = self.locks.lock(chain.as_str()).await;
+        // Keys of their own: an uncompressed base layer's chain id is its diff id is its blob
+        // digest, and the blob is fetched under this lock.
+        let _lock = self
+            .locks
+            .lock(&format!("snapshot {}", chain.as_str()))
+            .await;
         if self.snapshots.exists(chain) {
             self.metrics.layers_reused.inc();
             return Ok(());
