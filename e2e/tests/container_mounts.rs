@@ -198,6 +198,21 @@ async fn host_to_container_propagation_needs_a_slave_or_shared_source() {
     assert_clean(&f, "propagation");
 }
 
+/// The lowerdirs of the overlay mounted at `mountpoint`, from /proc/self/mountinfo.
+fn overlay_lowerdirs(mountpoint: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let line = mountinfo
+        .lines()
+        .find(|l| l.split(' ').nth(4) == Some(&*mountpoint.to_string_lossy()))
+        .unwrap_or_else(|| panic!("{} is not mounted", mountpoint.display()));
+    let options = line.rsplit(' ').next().unwrap();
+    let lower = options
+        .split(',')
+        .find_map(|o| o.strip_prefix("lowerdir="))
+        .unwrap_or_else(|| panic!("no lowerdir in {line}"));
+    lower.split(':').map(std::path::PathBuf::from).collect()
+}
+
 #[tokio::test]
 async fn removing_the_image_of_a_running_container_keeps_its_rootfs() {
     let _top = CgroupTop;
@@ -213,6 +228,23 @@ async fn removing_the_image_of_a_running_container_keeps_its_rootfs() {
     )
     .await;
     start(&mut c, &id).await;
+    // The layers the rootfs is made of, as the kernel has them: the overlay's lowerdirs.
+    let rootfs = f
+        .agent
+        .paths
+        .state
+        .join("containers")
+        .join(&id)
+        .join("rootfs");
+    let lowers = overlay_lowerdirs(&rootfs);
+    assert!(lowers.len() >= 2, "{lowers:?}");
+    let all_there = |when: &str| {
+        for dir in &lowers {
+            let entries = std::fs::read_dir(dir).map(|d| d.count()).unwrap_or(0);
+            assert!(entries > 0, "{when}: layer {} is gone", dir.display());
+        }
+    };
+    all_there("before");
     f.agent
         .image()
         .await
@@ -224,11 +256,15 @@ async fn removing_the_image_of_a_running_container_keeps_its_rootfs() {
         })
         .await
         .unwrap();
+    all_there("after RemoveImage");
+    // A killed agent restores the container's leases before its start-up GC runs.
+    let mut f = f;
+    f.agent
+        .restart_with(nix::sys::signal::Signal::SIGKILL)
+        .await;
+    let mut c = f.agent.runtime().await;
+    all_there("after a SIGKILL restart");
     let snapshots = f.agent.paths.root.join("snapshots");
-    assert!(
-        std::fs::read_dir(&snapshots).unwrap().count() > 0,
-        "the running container's layers stay"
-    );
     let r = c
         .exec_sync(ExecSyncRequest {
             container_id: id.clone(),
