@@ -76,6 +76,11 @@ pub fn container_linux(options: NamespaceOption) -> LinuxContainerConfig {
 /// Waits (polling Status, at most 30 s) until the agent reports NetworkReady: it has seen a
 /// CNI conflist a test just wrote.
 pub async fn wait_network_ready(c: &mut RuntimeClient) {
+    wait_network(c, true).await
+}
+
+/// Waits (polling Status, at most 30 s) until NetworkReady is `ready`.
+pub async fn wait_network(c: &mut RuntimeClient, want: bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
         let status = c
@@ -88,12 +93,12 @@ pub async fn wait_network_ready(c: &mut RuntimeClient) {
                 .iter()
                 .any(|c| c.r#type == "NetworkReady" && c.status)
         });
-        if ready {
+        if ready == want {
             return;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the agent never saw the network config"
+            "NetworkReady never became {want}"
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }

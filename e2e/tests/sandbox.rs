@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use berth_e2e::cri::wait_network_ready;
+use berth_e2e::cri::{wait_network, wait_network_ready};
 use berth_e2e::network::{
     mounts_under, nat_rules_of, processes_mentioning, require_iptables, serve_once_in_netns, Extra,
     TestNetwork,
@@ -754,4 +754,41 @@ async fn pod_sandbox_stats_show_the_pod_cgroup_network_and_processes() {
         !std::path::Path::new(&format!("/sys/fs/cgroup/memory/{top}")).exists(),
         "cgroups made for the pod go with it"
     );
+}
+
+/// StopPodSandbox releases the pod's network (IP lease, cached result) even when CNI DEL cannot
+/// enter the netns any more (its pin was unmounted) or the network config is gone (the conflist
+/// was deleted): DEL runs with the cached config, as kubelet's runtimes do.
+#[tokio::test]
+async fn stop_releases_the_network_without_the_netns_or_the_conflist() {
+    let agent = TestAgent::start().await;
+    let net = TestNetwork::create(&agent.paths.cni_conf_dir, Extra::None);
+    wait_network_ready(&mut agent.runtime().await).await;
+
+    let unpinned = run(&agent, pod_config("netns-gone")).await.unwrap();
+    let pin = pod_dir(&agent, &unpinned).join("ns/net");
+    nix::mount::umount2(&pin, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    assert_eq!(net.leases().len(), 1);
+    stop(&agent, &unpinned).await;
+    assert_eq!(net.leases(), Vec::<String>::new(), "netns gone: lease kept");
+    remove(&agent, &unpinned).await;
+
+    let unconfigured = run(&agent, pod_config("conf-gone")).await.unwrap();
+    assert_eq!(net.leases().len(), 1);
+    for conf in std::fs::read_dir(&agent.paths.cni_conf_dir)
+        .unwrap()
+        .flatten()
+    {
+        std::fs::remove_file(conf.path()).unwrap();
+    }
+    // Once the agent has noticed, it has no network config but the one saved with the pod.
+    wait_network(&mut agent.runtime().await, false).await;
+    stop(&agent, &unconfigured).await;
+    assert_eq!(
+        net.leases(),
+        Vec::<String>::new(),
+        "conflist gone: lease kept"
+    );
+    remove(&agent, &unconfigured).await;
+    assert_no_leaks(&agent, Some(&net));
 }
