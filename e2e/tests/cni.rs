@@ -269,8 +269,33 @@ async fn del_after_the_netns_is_deleted_releases_the_lease() {
 
 #[tokio::test]
 async fn del_without_any_add_succeeds() {
+    require_iptables();
     let fx = Fixture::new("1.0.0", Chain::WithPortmap);
     fx.invoker.del(&fx.network, &fx.attachment).await.unwrap();
+    // And leaves nothing: no lease, no cached result, no portmap rule, no interface in the pod.
+    let ipam = fx.dir.path().join("ipam").join(&fx.network.name);
+    let leases: Vec<_> = std::fs::read_dir(&ipam)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().parse::<IpAddr>().is_ok())
+                .map(|e| e.file_name())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(leases.is_empty(), "{leases:?}");
+    assert_eq!(
+        fx.invoker
+            .cache()
+            .load(&fx.attachment.container_id, "eth0")
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        nat_rules_of(&fx.attachment.container_id),
+        Vec::<String>::new()
+    );
+    let (_, links) = fx.ip_in_pod(&["-o", "link", "show"]);
+    assert_eq!(links.lines().count(), 1, "only lo: {links}");
 }
 
 #[tokio::test]

@@ -394,3 +394,33 @@ async fn container_stats_report_cpu_memory_and_the_writable_layer() {
     remove_pod(&mut c, &pod).await;
     assert_clean(&f, "cristats");
 }
+
+/// A SIGKILL that is not the OOM killer's is an Error exit, even under a memory limit (kubelet
+/// tells the two apart by the reason).
+#[tokio::test]
+async fn a_killed_container_under_a_memory_limit_is_an_error_not_an_oom_kill() {
+    let _top = CgroupTop;
+    let _cgroups = PodCgroups(vec!["notoom".into()]);
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "notoom");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let mut cfg = container_config(&f, "limited", &["sleep", "1000"]);
+    cfg.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
+        memory_limit_in_bytes: 32 << 20,
+        ..Default::default()
+    });
+    let id = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
+    start(&mut c, &id).await;
+    c.stop_container(StopContainerRequest {
+        container_id: id.clone(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    let s = status(&mut c, &id).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (137, "Error"));
+    assert_eq!(f.agent.metric("berth_container_oom_kills_total"), 0.0);
+    remove_pod(&mut c, &pod).await;
+    assert_clean(&f, "notoom");
+}

@@ -36,7 +36,28 @@ async fn container_lifecycle_exit_codes_logs_and_status() {
         log.contains(" stdout F to-stdout\n") && log.contains(" stderr F to-stderr\n"),
         "{log}"
     );
-    assert_eq!(s.image_ref.len(), 71, "the image id");
+    // The image as ImageStatus names it: its id, and the reference it was asked by.
+    let image = f
+        .agent
+        .image()
+        .await
+        .image_status(ImageStatusRequest {
+            image: Some(ImageSpec {
+                image: f.image.clone(),
+                ..Default::default()
+            }),
+            verbose: false,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image
+        .unwrap();
+    assert_eq!(s.image_ref, image.id, "the image id");
+    assert_eq!(
+        s.image.as_ref().map(|i| i.image.as_str()),
+        Some(f.image.as_str())
+    );
 
     // Exit 0 → Completed; a non-root user from the image's /etc/passwd.
     let mut cfg = container_config(&f, "completes", &["sh", "-c", "id -u; id -g"]);
