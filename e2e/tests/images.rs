@@ -690,8 +690,21 @@ async fn hostile_layers_never_write_outside_the_snapshot() {
     for kind in Hostile::ALL {
         let image =
             ImageBuilder::hostile(kind).push(&registry, &format!("hostile/{}", kind.name()), "v1");
-        // Refusing the layer and confining it are both fine; escaping is not.
-        let _ = pull(&agent, &image.image_ref()).await;
+        // Refusing the layer and confining it are both fine; escaping is not. A refusal is the
+        // agent's own answer, and the agent is still there to give the next one.
+        if let Err(e) = pull(&agent, &image.image_ref()).await {
+            // berth's answers name it; a broken connection's status does not.
+            assert!(
+                e.message().starts_with("berth: "),
+                "{kind:?}: the agent did not answer: {e:?}"
+            );
+        }
+        agent
+            .runtime()
+            .await
+            .version(VersionRequest::default())
+            .await
+            .unwrap_or_else(|e| panic!("{kind:?}: the agent is gone: {e}"));
         let snapshots = agent.paths.root.join("snapshots");
         for chain in entries(&snapshots) {
             for name in entries(&snapshots.join(&chain)) {
