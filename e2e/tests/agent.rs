@@ -45,6 +45,67 @@ async fn status_reports_runtime_ready_and_network_not_ready() {
     assert!(s.info.is_empty(), "info only when verbose");
 }
 
+/// RuntimeReady says whether pods can be made: a state dir that takes no file (here remounted
+/// read-only) turns it false with the reason, and it is true again once the dir is writable.
+#[tokio::test]
+async fn runtime_ready_follows_a_writable_state_dir() {
+    let agent = TestAgent::start().await;
+    let mut client = agent.runtime().await;
+    let runtime_ready = |s: StatusResponse| {
+        s.status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.r#type == "RuntimeReady")
+            .unwrap()
+    };
+    let ask = |client: &mut berth_e2e::RuntimeClient| {
+        let mut client = client.clone();
+        async move {
+            runtime_ready(
+                client
+                    .status(StatusRequest { verbose: false })
+                    .await
+                    .unwrap()
+                    .into_inner(),
+            )
+        }
+    };
+    assert!(ask(&mut client).await.status);
+    let pods = agent.paths.state.join("pods");
+    // Undone even if the test fails.
+    struct ReadOnly(std::path::PathBuf);
+    impl Drop for ReadOnly {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    use nix::mount::{mount, MsFlags};
+    mount(
+        Some(&pods),
+        &pods,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .unwrap();
+    let read_only = ReadOnly(pods.clone());
+    mount(
+        None::<&str>,
+        &pods,
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .unwrap();
+    let c = ask(&mut client).await;
+    assert!(!c.status, "{c:?}");
+    assert_eq!(c.reason, "BerthNotReady");
+    assert!(c.message.contains("Read-only file system"), "{}", c.message);
+    drop(read_only);
+    assert!(ask(&mut client).await.status);
+}
+
 #[tokio::test]
 async fn verbose_status_shows_effective_config_and_pod_cidr() {
     let agent = TestAgent::start().await;

@@ -52,8 +52,9 @@ cri_service! {
             &self,
             request: Request<StatusRequest>,
         ) -> Result<Response<StatusResponse>, Status> {
+            let runtime = self.pods.sandboxes.runtime_ready();
             let network = self.pods.sandboxes.network_ready();
-            status::status(&self.shared, network, request.into_inner()).map(Response::new)
+            status::status(&self.shared, runtime, network, request.into_inner()).map(Response::new)
         }
 
         async fn runtime_config(

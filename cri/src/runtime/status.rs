@@ -14,18 +14,25 @@ const RUNTIME_READY: &str = "RuntimeReady";
 const NETWORK_READY: &str = "NetworkReady";
 /// The reason kubelet (and containerd) use while pod networking is not available.
 const NETWORK_PLUGIN_NOT_READY: &str = "NetworkPluginNotReady";
+/// Ours while pods cannot be made (containerd says `ContainerdNotReady`).
+const RUNTIME_NOT_READY: &str = "BerthNotReady";
 
 pub(super) fn status(
     shared: &Shared,
+    runtime: Result<(), String>,
     network: Result<(), String>,
     request: StatusRequest,
 ) -> Result<StatusResponse, Status> {
     let conditions = vec![
         RuntimeCondition {
             r#type: RUNTIME_READY.to_string(),
-            status: true,
-            reason: String::new(),
-            message: String::new(),
+            status: runtime.is_ok(),
+            reason: if runtime.is_ok() {
+                String::new()
+            } else {
+                RUNTIME_NOT_READY.to_string()
+            },
+            message: runtime.err().unwrap_or_default(),
         },
         // Until a valid CNI config exists kubelet keeps pods needing a network from starting.
         RuntimeCondition {
@@ -93,6 +100,7 @@ mod tests {
     fn status_reports_runtime_ready_and_network_not_ready() {
         let s = status(
             &shared(),
+            Ok(()),
             Err("no network config found in /x".to_string()),
             StatusRequest { verbose: false },
         )
@@ -108,7 +116,7 @@ mod tests {
 
     #[test]
     fn verbose_status_returns_config_and_pod_cidr_as_json() {
-        let s = status(&shared(), Ok(()), StatusRequest { verbose: true }).unwrap();
+        let s = status(&shared(), Ok(()), Ok(()), StatusRequest { verbose: true }).unwrap();
         let config: serde_json::Value = serde_json::from_str(&s.info["config"]).unwrap();
         assert_eq!(config["root"], "/var/lib/berth");
         assert_eq!(s.info["podCIDR"], "\"10.1.0.0/16\"");

@@ -181,6 +181,23 @@ impl Sandboxes {
         ns_path(&self.pod_dir(id), "net")
     }
 
+    /// Whether pods can be made now, and why not: the state dir takes a file (a read-only or
+    /// full tmpfs refuses every pod), and the binary the monitors and executors run (ours) is
+    /// there and executable (a package upgrade may have removed it under us).
+    pub fn runtime_ready(&self) -> Result<(), String> {
+        let probe = self.state.join("pods").join(".ready-probe");
+        std::fs::write(&probe, b"")
+            .and_then(|()| std::fs::remove_file(&probe))
+            .map_err(|e| format!("state dir {}: {e}", self.state.display()))?;
+        let exe = std::env::current_exe().map_err(|e| format!("our binary: {e}"))?;
+        use std::os::unix::fs::PermissionsExt;
+        match std::fs::metadata(&exe) {
+            Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => Ok(()),
+            Ok(_) => Err(format!("{} is not executable", exe.display())),
+            Err(e) => Err(format!("{}: {e}", exe.display())),
+        }
+    }
+
     /// Whether pods can get a network now, and why not.
     pub fn network_ready(&self) -> Result<(), String> {
         self.network.ready()
