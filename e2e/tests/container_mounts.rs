@@ -184,7 +184,7 @@ async fn host_to_container_propagation_needs_a_slave_or_shared_source() {
         .create_container(CreateContainerRequest {
             pod_sandbox_id: pod.clone(),
             config: Some(cfg),
-            sandbox_config: Some(pod_cfg),
+            sandbox_config: Some(pod_cfg.clone()),
         })
         .await
         .unwrap_err();
@@ -194,6 +194,52 @@ async fn host_to_container_propagation_needs_a_slave_or_shared_source() {
         "{}",
         err.message()
     );
+
+    // Made shared, the source propagates: a mount the host makes under it after the container
+    // started appears in the container, which waits for a file on it and then exits 0.
+    nix::mount::mount(
+        None::<&str>,
+        &source,
+        None::<&str>,
+        nix::mount::MsFlags::MS_SHARED,
+        None::<&str>,
+    )
+    .unwrap();
+    std::fs::create_dir_all(source.join("sub")).unwrap();
+    let mut cfg = container_config(
+        &f,
+        "sees",
+        &[
+            "sh",
+            "-c",
+            "echo started; until [ -e /data/sub/marker ]; do sleep 0.02; done; cat /data/sub/marker",
+        ],
+    );
+    cfg.mounts = vec![Mount {
+        container_path: "/data".into(),
+        host_path: source.display().to_string(),
+        propagation: MountPropagation::PropagationHostToContainer as i32,
+        ..Default::default()
+    }];
+    let id = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
+    start(&mut c, &id).await;
+    let log = status(&mut c, &id).await.log_path;
+    wait_for_text(&log, "started", |t| t.contains(" F started\n")).await;
+    let sub = source.join("sub");
+    nix::mount::mount(
+        Some("tmpfs"),
+        &sub,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+    let _unmount_sub = Unmount(sub.clone());
+    std::fs::write(sub.join("marker"), "propagated\n").unwrap();
+    let s = wait_exited(&mut c, &id).await;
+    assert_eq!(s.exit_code, 0);
+    let log = std::fs::read_to_string(&s.log_path).unwrap();
+    assert!(log.contains(" F propagated\n"), "{log}");
     remove_pod(&mut c, &pod).await;
     assert_clean(&f, "propagation");
 }
