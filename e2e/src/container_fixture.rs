@@ -257,6 +257,37 @@ pub async fn wait_for_text(path: &str, what: &str, done: impl Fn(&str) -> bool) 
     }
 }
 
+/// A verbose status's `info` JSON.
+fn verbose_info(info: &std::collections::HashMap<String, String>) -> serde_json::Value {
+    serde_json::from_str(&info["info"]).unwrap()
+}
+
+/// The pid of pod `pod`'s monitor, from its verbose status.
+pub async fn monitor_pid(c: &mut RuntimeClient, pod: &str) -> i32 {
+    let response = c
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: pod.into(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    verbose_info(&response.info)["monitorPid"].as_i64().unwrap() as i32
+}
+
+/// The pid of container `id`'s init, from its verbose status.
+pub async fn container_pid(c: &mut RuntimeClient, id: &str) -> i32 {
+    let response = c
+        .container_status(ContainerStatusRequest {
+            container_id: id.into(),
+            verbose: true,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    verbose_info(&response.info)["pid"].as_i64().unwrap() as i32
+}
+
 /// What a running pod must not accumulate as containers come and go, checked while the pod is
 /// still there (removing it would clean up anyway and hide a per-container leak).
 pub struct PodLeakCheck {
@@ -293,17 +324,7 @@ impl PodLeakCheck {
     /// Takes the baseline of pod `pod` (made by `pod_config(f, pod_name)`): its monitor's open
     /// descriptors now.
     pub async fn new(c: &mut RuntimeClient, pod: &str, pod_name: &str) -> PodLeakCheck {
-        let info = c
-            .pod_sandbox_status(PodSandboxStatusRequest {
-                pod_sandbox_id: pod.into(),
-                verbose: true,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .info;
-        let info: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
-        let monitor = info["monitorPid"].as_i64().unwrap() as i32;
+        let monitor = monitor_pid(c, pod).await;
         PodLeakCheck {
             pod: pod.to_string(),
             pod_name: pod_name.to_string(),

@@ -182,7 +182,7 @@ async fn exits_while_the_agent_is_down_are_published_once_it_is_back() {
     let cfg = container_config(&f, "sleeper", &["sleep", "1000"]);
     let id = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
     start(&mut c, &id).await;
-    let pid = status_pid(&mut c, &id).await;
+    let pid = container_pid(&mut c, &id).await;
 
     f.agent.stop_with(nix::sys::signal::Signal::SIGKILL);
     nix::sys::signal::kill(
@@ -224,20 +224,6 @@ async fn exits_while_the_agent_is_down_are_published_once_it_is_back() {
         );
     }
     assert_clean(&f, "downexit");
-}
-
-async fn status_pid(c: &mut berth_e2e::RuntimeClient, id: &str) -> i32 {
-    let info = c
-        .container_status(ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .info;
-    let info: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
-    info["pid"].as_i64().unwrap() as i32
 }
 
 #[tokio::test]
@@ -319,17 +305,7 @@ async fn a_pod_whose_monitor_dies_is_stopped_at_once_and_said_so_once() {
             (pod.clone(), expected)
         );
     }
-    let info = c
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: pod.clone(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .info;
-    let info: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
-    let monitor = info["monitorPid"].as_i64().unwrap() as i32;
+    let monitor = monitor_pid(&mut c, &pod).await;
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(monitor),
         nix::sys::signal::Signal::SIGKILL,

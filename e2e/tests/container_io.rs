@@ -89,30 +89,8 @@ async fn stdin_is_an_open_pipe_only_when_asked_for() {
         status(&mut c, &with).await.state,
         ContainerState::ContainerRunning as i32
     );
-    let verbose = |info: std::collections::HashMap<String, String>, key: &str| {
-        let v: serde_json::Value = serde_json::from_str(&info["info"]).unwrap();
-        v[key].as_i64().unwrap()
-    };
-    let info = c
-        .container_status(ContainerStatusRequest {
-            container_id: with.clone(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .info;
-    let pid = verbose(info, "pid");
-    let info = c
-        .pod_sandbox_status(PodSandboxStatusRequest {
-            pod_sandbox_id: pod.clone(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .info;
-    let monitor = verbose(info, "monitorPid");
+    let pid = container_pid(&mut c, &with).await;
+    let monitor = monitor_pid(&mut c, &pod).await;
     let stdin = std::fs::read_link(format!("/proc/{pid}/fd/0")).unwrap();
     assert!(stdin.to_string_lossy().starts_with("pipe:"), "{stdin:?}");
     let held = std::fs::read_dir(format!("/proc/{monitor}/fd"))

@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use berth_e2e::container_fixture::zombie_children;
 use berth_e2e::monitor_fixture::{
     bundle, create, pod_with_image, request, wait_exit, Bundle, CgroupCleanup, Pod,
 };
@@ -73,13 +74,6 @@ fn all_pids() -> Vec<i32> {
         .unwrap()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
-        .collect()
-}
-
-fn zombie_children(parent: i32) -> Vec<i32> {
-    all_pids()
-        .into_iter()
-        .filter(|&pid| stat(pid) == Some(('Z', parent)))
         .collect()
 }
 
