@@ -23,13 +23,16 @@ pub struct TestNetwork {
 }
 
 /// Which plugins follow bridge + host-local.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Extra {
     None,
     Portmap,
     /// A second plugin that always fails ADD (tuning with a sysctl that does not exist), to
     /// prove a failed ADD is rolled back.
     FailingTuning,
+    /// `berth-cni-gate` after bridge: ADD holds until this file exists (the agent's
+    /// `[cni] bin_dirs` must include the gate's directory).
+    Gate(PathBuf),
 }
 
 impl TestNetwork {
@@ -68,6 +71,9 @@ impl TestNetwork {
             Extra::FailingTuning => plugins.push(
                 serde_json::json!({"type": "tuning", "sysctl": {"net.berth.no_such_key": "1"}}),
             ),
+            Extra::Gate(gate) => {
+                plugins.push(serde_json::json!({"type": "berth-cni-gate", "gate": gate}))
+            }
         }
         let conflist = serde_json::json!({"cniVersion": "1.0.0", "name": name, "plugins": plugins});
         std::fs::create_dir_all(conf_dir).unwrap();

@@ -792,3 +792,133 @@ async fn stop_releases_the_network_without_the_netns_or_the_conflist() {
     remove(&agent, &unconfigured).await;
     assert_no_leaks(&agent, Some(&net));
 }
+
+/// An agent whose network holds every ADD (after bridge's, so the IP is leased) until `gate`
+/// is created: `berth-cni-gate` from this package, found through `[cni] bin_dirs`.
+async fn gated_agent(gates: &berth_e2e::TempDir) -> (TestAgent, TestNetwork, PathBuf) {
+    let dir = berth_e2e::TempDir::new("berth-e2e");
+    let paths = berth_e2e::AgentPaths::under(dir.path());
+    let gate_bin = std::path::Path::new(env!("CARGO_BIN_EXE_berth-cni-gate"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let config = format!(
+        "{}bin_dirs = [{:?}, \"/usr/lib/cni\"]\n",
+        paths.config_text(""),
+        gate_bin
+    );
+    std::fs::write(&paths.config, config).unwrap();
+    let agent = TestAgent::start_in(dir, paths).await;
+    let gate = gates.path().join("open");
+    let net = TestNetwork::create(&agent.paths.cni_conf_dir, Extra::Gate(gate.clone()));
+    wait_network_ready(&mut agent.runtime().await).await;
+    (agent, net, gate)
+}
+
+/// Waits until a gated ADD is holding, and returns the pod dir whose record reads `creating`.
+async fn wait_creating(agent: &TestAgent, gate: &std::path::Path) -> PathBuf {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !gate.with_extension("waiting").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no ADD reached the gate"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let dirs: Vec<PathBuf> = std::fs::read_dir(agent.paths.state.join("pods"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dirs[0].join("sandbox.json")).unwrap()).unwrap();
+    assert_eq!(record["state"], "creating", "{record}");
+    dirs[0].clone()
+}
+
+fn adds(gate: &std::path::Path) -> usize {
+    std::fs::read_to_string(gate.with_extension("adds"))
+        .map(|t| t.lines().count())
+        .unwrap_or(0)
+}
+
+/// RunPodSandbox asked again while the first build is half-way (its record reads `creating`),
+/// or after the first call was cancelled, gets the same sandbox: one pod dir, one monitor, one
+/// CNI ADD, one IP.
+#[tokio::test]
+async fn a_retry_during_the_build_or_after_a_cancelled_call_gets_the_same_sandbox() {
+    let gates = berth_e2e::TempDir::new("berth-gate");
+    let (agent, net, gate) = gated_agent(&gates).await;
+    let first = tokio::spawn({
+        let mut c = agent.runtime().await;
+        async move { berth_e2e::cri::try_run_pod(&mut c, pod_config("retried")).await }
+    });
+    let dir = wait_creating(&agent, &gate).await;
+    // The retry, sent while the record reads `creating`.
+    let second = tokio::spawn({
+        let mut c = agent.runtime().await;
+        async move { berth_e2e::cri::try_run_pod(&mut c, pod_config("retried")).await }
+    });
+    // A third, cancelled by its caller (kubelet's deadline) before the build ends.
+    let cancelled = tokio::time::timeout(
+        Duration::from_millis(100),
+        run(&agent, pod_config("retried")),
+    )
+    .await;
+    assert!(
+        cancelled.is_err(),
+        "the build was held, so the call could not end"
+    );
+    std::fs::write(&gate, b"").unwrap();
+    let (a, b) = (
+        first.await.unwrap().unwrap(),
+        second.await.unwrap().unwrap(),
+    );
+    assert_eq!(a, b);
+    assert_eq!(dir, pod_dir(&agent, &a));
+    // Asked once more after the cancelled call: the same sandbox, nothing built again.
+    assert_eq!(run(&agent, pod_config("retried")).await.unwrap(), a);
+    let pods: Vec<_> = std::fs::read_dir(agent.paths.state.join("pods"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    let monitors = processes_mentioning(&agent.paths.state.join("pods").to_string_lossy());
+    assert_eq!(monitors.len(), 1, "one monitor: {monitors:?}");
+    assert_eq!(adds(&gate), 1, "one CNI ADD");
+    assert_eq!(net.leases().len(), 1, "one IP");
+    stop(&agent, &a).await;
+    remove(&agent, &a).await;
+    assert_no_leaks(&agent, Some(&net));
+}
+
+/// An agent killed while a sandbox is half-built rolls it back when it starts again: the pod
+/// dir, its monitor, its namespaces and its IP go.
+#[tokio::test]
+async fn a_sandbox_left_creating_by_a_killed_agent_is_rolled_back_at_start() {
+    let gates = berth_e2e::TempDir::new("berth-gate");
+    let (mut agent, net, gate) = gated_agent(&gates).await;
+    let pending = tokio::spawn({
+        let mut c = agent.runtime().await;
+        async move { berth_e2e::cri::try_run_pod(&mut c, pod_config("halfbuilt")).await }
+    });
+    let dir = wait_creating(&agent, &gate).await;
+    assert_eq!(net.leases().len(), 1, "bridge's ADD ran before the gate");
+    agent.stop_with(nix::sys::signal::Signal::SIGKILL);
+    assert!(pending.await.unwrap().is_err());
+    // Let the orphaned plugin go, then start again.
+    std::fs::write(&gate, b"").unwrap();
+    agent.restart_with(nix::sys::signal::Signal::SIGKILL).await;
+    assert!(!dir.exists(), "the half-built pod's dir is gone");
+    let listed = agent
+        .runtime()
+        .await
+        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(listed.is_empty(), "{listed:?}");
+    assert_no_leaks(&agent, Some(&net));
+}

@@ -102,6 +102,12 @@ impl Sandboxes {
             match record.state {
                 SandboxState::Creating => {
                     tracing::info!(pod_id = %record.id, "rolling back a sandbox whose build was interrupted");
+                    // Its CNI ADD may have been half-way (an IP leased, the result not yet
+                    // recorded): DEL whenever it had a network to attach, as CNI asks after any
+                    // ADD that did not finish. DEL of what was never added succeeds.
+                    if !record.spec.host_network() {
+                        record.network_attached = true;
+                    }
                     sandboxes.release(&mut record).await;
                     let _ = std::fs::remove_dir_all(&dir);
                     continue;
