@@ -389,3 +389,23 @@ impl PodLeakCheck {
         );
     }
 }
+
+/// The namespace options of a pod config made by [`pod_config`], to change a mode.
+pub fn pod_namespaces(config: &mut PodSandboxConfig) -> &mut NamespaceOption {
+    config
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+        .expect("pod_config sets namespace options")
+}
+
+/// The namespace options of a container config made by [`container_config`].
+pub fn container_namespaces(config: &mut ContainerConfig) -> &mut NamespaceOption {
+    config
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+        .expect("container_config sets namespace options")
+}

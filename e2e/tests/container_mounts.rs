@@ -139,6 +139,31 @@ async fn privileged_containers_need_a_privileged_pod() {
     assert_clean(&f, "privpod");
 }
 
+fn mount_tmpfs(path: &std::path::Path) {
+    nix::mount::mount(
+        Some("tmpfs"),
+        path,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .unwrap();
+}
+
+fn set_propagation(path: &std::path::Path, flag: nix::mount::MsFlags) {
+    nix::mount::mount(None::<&str>, path, None::<&str>, flag, None::<&str>).unwrap();
+}
+
+/// `source` at /data with host-to-container propagation.
+fn host_to_container(source: &std::path::Path) -> Mount {
+    Mount {
+        container_path: "/data".into(),
+        host_path: source.display().to_string(),
+        propagation: MountPropagation::PropagationHostToContainer as i32,
+        ..Default::default()
+    }
+}
+
 #[tokio::test]
 async fn host_to_container_propagation_needs_a_slave_or_shared_source() {
     let _top = CgroupTop;
@@ -149,14 +174,7 @@ async fn host_to_container_propagation_needs_a_slave_or_shared_source() {
     // A private tmpfs as the source, whatever the host's own propagation is.
     let source = f.logs.path().join("private-source");
     std::fs::create_dir_all(&source).unwrap();
-    nix::mount::mount(
-        Some("tmpfs"),
-        &source,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .unwrap();
+    mount_tmpfs(&source);
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
@@ -164,21 +182,9 @@ async fn host_to_container_propagation_needs_a_slave_or_shared_source() {
         }
     }
     let _unmount = Unmount(source.clone());
-    nix::mount::mount(
-        None::<&str>,
-        &source,
-        None::<&str>,
-        nix::mount::MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .unwrap();
+    set_propagation(&source, nix::mount::MsFlags::MS_PRIVATE);
     let mut cfg = container_config(&f, "rslave", &["true"]);
-    cfg.mounts = vec![Mount {
-        container_path: "/data".into(),
-        host_path: source.display().to_string(),
-        propagation: MountPropagation::PropagationHostToContainer as i32,
-        ..Default::default()
-    }];
+    cfg.mounts = vec![host_to_container(&source)];
     // Nothing could propagate from a private mount, so (as containerd) it is refused.
     let err = c
         .create_container(CreateContainerRequest {
@@ -197,14 +203,7 @@ async fn host_to_container_propagation_needs_a_slave_or_shared_source() {
 
     // Made shared, the source propagates: a mount the host makes under it after the container
     // started appears in the container, which waits for a file on it and then exits 0.
-    nix::mount::mount(
-        None::<&str>,
-        &source,
-        None::<&str>,
-        nix::mount::MsFlags::MS_SHARED,
-        None::<&str>,
-    )
-    .unwrap();
+    set_propagation(&source, nix::mount::MsFlags::MS_SHARED);
     std::fs::create_dir_all(source.join("sub")).unwrap();
     let mut cfg = container_config(
         &f,
@@ -215,25 +214,13 @@ async fn host_to_container_propagation_needs_a_slave_or_shared_source() {
             "echo started; until [ -e /data/sub/marker ]; do sleep 0.02; done; cat /data/sub/marker",
         ],
     );
-    cfg.mounts = vec![Mount {
-        container_path: "/data".into(),
-        host_path: source.display().to_string(),
-        propagation: MountPropagation::PropagationHostToContainer as i32,
-        ..Default::default()
-    }];
+    cfg.mounts = vec![host_to_container(&source)];
     let id = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
     start(&mut c, &id).await;
     let log = status(&mut c, &id).await.log_path;
     wait_for_text(&log, "started", |t| t.contains(" F started\n")).await;
     let sub = source.join("sub");
-    nix::mount::mount(
-        Some("tmpfs"),
-        &sub,
-        Some("tmpfs"),
-        nix::mount::MsFlags::empty(),
-        None::<&str>,
-    )
-    .unwrap();
+    mount_tmpfs(&sub);
     let _unmount_sub = Unmount(sub.clone());
     std::fs::write(sub.join("marker"), "propagated\n").unwrap();
     let s = wait_exited(&mut c, &id).await;

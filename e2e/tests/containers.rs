@@ -374,28 +374,12 @@ async fn a_stopped_container_leaves_no_process_whatever_its_pid_namespace() {
         ("pidpod", NamespaceMode::Pod),
         ("pidown", NamespaceMode::Container),
     ] {
-        let set_pid = |linux_ns: Option<&mut NamespaceOption>| {
-            if let Some(ns) = linux_ns {
-                ns.pid = mode as i32;
-            }
-        };
         let mut pod_cfg = pod_config(&f, name);
-        set_pid(
-            pod_cfg
-                .linux
-                .as_mut()
-                .and_then(|l| l.security_context.as_mut())
-                .and_then(|s| s.namespace_options.as_mut()),
-        );
+        pod_namespaces(&mut pod_cfg).pid = mode as i32;
         let pod = run_pod(&mut c, pod_cfg.clone()).await;
         // The init leaves a child behind when it is killed.
         let mut cfg = container_config(&f, "forks", &["sh", "-c", "sleep 1001 & exec sleep 1002"]);
-        set_pid(
-            cfg.linux
-                .as_mut()
-                .and_then(|l| l.security_context.as_mut())
-                .and_then(|s| s.namespace_options.as_mut()),
-        );
+        container_namespaces(&mut cfg).pid = mode as i32;
         eprintln!("case {name}");
         let id = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
         start(&mut c, &id).await;

@@ -113,26 +113,11 @@ async fn pod_sandbox_metrics_cover_every_described_family_for_a_running_containe
     let net = TestNetwork::create(&f.agent.paths.cni_conf_dir, Extra::None);
     wait_network_ready(&mut c).await;
     let mut pod_cfg = pod_config(&f, "metrics");
-    let pod_network = NamespaceMode::Pod as i32;
-    let set_network = |options: Option<&mut NamespaceOption>| {
-        options.unwrap().network = pod_network;
-    };
-    set_network(
-        pod_cfg
-            .linux
-            .as_mut()
-            .and_then(|l| l.security_context.as_mut())
-            .and_then(|s| s.namespace_options.as_mut()),
-    );
+    pod_namespaces(&mut pod_cfg).network = NamespaceMode::Pod as i32;
     let pod = run_pod(&mut c, pod_cfg.clone()).await;
     let mut cfg = container_config(&f, "measured", &["sleep", "1000"]);
+    container_namespaces(&mut cfg).network = NamespaceMode::Pod as i32;
     let linux = cfg.linux.as_mut().unwrap();
-    set_network(
-        linux
-            .security_context
-            .as_mut()
-            .and_then(|s| s.namespace_options.as_mut()),
-    );
     linux.resources = Some(LinuxContainerResources {
         cpu_period: 100_000,
         cpu_quota: 20_000,
