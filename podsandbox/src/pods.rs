@@ -77,10 +77,9 @@ impl Pods {
     }
 
     /// What happened while the agent was down, as events: the sandboxes whose monitor died,
-    /// then the exits the monitors recorded. From then on, the live monitors are watched. Call once the exit notices are being received, so
-    /// that no exit falls between the two.
+    /// then the exits the monitors recorded; from then on, the live monitors are watched. Call
+    /// once the exit notices are being received, so that no exit falls between the two.
     pub async fn catch_up(&self) {
-        self.sandboxes.publish_stopped_while_down();
         self.sandboxes.watch_monitors();
         let containers = self.containers.clone();
         let _ = tokio::task::spawn_blocking(move || containers.fold_exits()).await;

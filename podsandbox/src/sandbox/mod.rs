@@ -62,14 +62,12 @@ pub struct Sandboxes {
     builds: Mutex<HashMap<PodMetadata, Arc<tokio::sync::Mutex<()>>>>,
     metrics: SandboxMetrics,
     events: Arc<Events>,
-    /// Sandboxes found Ready with their monitor gone at start-up, whose STOPPED event is
-    /// published once the pod snapshots can be taken (`Pods::new`).
-    stopped_while_down: Mutex<Vec<String>>,
 }
 
 impl Sandboxes {
     /// Loads every record under `<state>/pods` and reconciles it with reality: a sandbox whose
-    /// build never finished is rolled back; a ready one whose monitor died becomes NotReady.
+    /// build never finished is rolled back; a ready one whose monitor died becomes NotReady when
+    /// its monitor is first watched (`Pods::catch_up`).
     pub async fn open(
         state: &Path,
         handlers: Vec<String>,
@@ -87,7 +85,6 @@ impl Sandboxes {
             builds: Mutex::new(HashMap::new()),
             metrics,
             events,
-            stopped_while_down: Mutex::new(Vec::new()),
         };
         for entry in std::fs::read_dir(&pods)?.flatten() {
             let dir = entry.path();
@@ -112,15 +109,11 @@ impl Sandboxes {
                     let _ = std::fs::remove_dir_all(&dir);
                     continue;
                 }
-                SandboxState::Ready if !record.monitor.is_some_and(|m| m.alive()) => {
-                    tracing::warn!(pod_id = %record.id, "monitor is gone: sandbox is NotReady");
+                // A ready sandbox whose monitor died while we were down is taken out of Ready,
+                // with its STOPPED event, by the monitor watch `Pods::catch_up` starts.
+                SandboxState::Ready if record.monitor.is_none() => {
                     record.state = SandboxState::NotReady;
                     let _ = record.save(&dir);
-                    sandboxes
-                        .stopped_while_down
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .push(record.id.clone());
                 }
                 _ => {}
             }
@@ -143,7 +136,8 @@ impl Sandboxes {
         }
     }
 
-    /// Watches the monitor of every ready sandbox (after a restart: those the agent found).
+    /// Watches the monitor of every ready sandbox (after a restart: those the agent found; one
+    /// that died meanwhile is taken out of Ready now, with its STOPPED event).
     pub(crate) fn watch_monitors(self: &Arc<Self>) {
         let ready: Vec<String> = self
             .lock()
@@ -153,19 +147,6 @@ impl Sandboxes {
             .collect();
         for id in ready {
             self.watch_monitor(&id);
-        }
-    }
-
-    /// Publishes STOPPED for the sandboxes whose monitor died while the agent was down.
-    pub(crate) fn publish_stopped_while_down(&self) {
-        let ids = std::mem::take(
-            &mut *self
-                .stopped_while_down
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
-        for id in ids {
-            self.events.publish(EventKind::Stopped, &id, &id);
         }
     }
 
