@@ -57,6 +57,11 @@ pub enum AgentError {
         address: String,
         source: std::io::Error,
     },
+    #[error("cannot bind streaming address {address}: {source}")]
+    BindStreaming {
+        address: String,
+        source: std::io::Error,
+    },
     #[error("image store: {0}")]
     Images(berth_image::ImageError),
     #[error("containers: {0}")]
@@ -220,6 +225,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let sandbox_metrics = SandboxMetrics::register(&mut registry);
     let container_metrics = ContainerMetrics::register(&mut registry);
     let events = Events::new(config.events.queue, EventMetrics::register(&mut registry));
+    let streaming_metrics = berth_streaming::StreamingMetrics::register(&mut registry);
     let registry = Arc::new(registry);
     let host = berth_runtime::spec::HostInfo::probe(config.runtime.cgroup_driver)
         .map_err(AgentError::Containers)?;
@@ -266,12 +272,23 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         })
     });
 
+    let (streaming, _streaming_task) = berth_streaming::Server::start(
+        config.streaming.clone(),
+        berth_cri::streaming::StreamBackend::new(pods.clone()),
+        streaming_metrics,
+    )
+    .await
+    .map_err(|source| AgentError::BindStreaming {
+        address: config.streaming.address.clone(),
+        source,
+    })?;
+
     let options = CriOptions {
         cgroup_driver: config.runtime.cgroup_driver,
         config_json: serde_json::to_string(&config).unwrap_or_else(|_| "{}".to_string()),
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = berth_cri::router(options, pods, cri_metrics.clone())
+    let server = berth_cri::router(options, pods, streaming.clone(), cri_metrics.clone())
         .serve_with_incoming_shutdown(
             UnixListenerStream::new(listener).map(|c| c.map(AuthorityFix::new)),
             async {
@@ -282,6 +299,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     tracing::info!(
         socket = %config.grpc.address.display(),
         metrics = %config.metrics.address,
+        streaming = %streaming.address(),
         root = %config.root.display(),
         state = %config.state.display(),
         version = env!("CARGO_PKG_VERSION"),

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use berth_cni::CniConfig;
 use berth_image::RegistryConfig;
 use berth_runtime::{CgroupDriver, RuntimeConfig};
+use berth_streaming::StreamingConfig;
 use serde::{Deserialize, Serialize};
 
 /// Where berthd looks for its configuration when `--config` is not given.
@@ -26,6 +27,7 @@ pub struct Config {
     pub metrics: MetricsConfig,
     pub log: LogConfig,
     pub events: EventsConfig,
+    pub streaming: StreamingConfig,
     pub cni: CniConfig,
     pub registry: RegistryConfig,
     pub runtime: RuntimeConfig,
@@ -40,6 +42,7 @@ impl Default for Config {
             metrics: MetricsConfig::default(),
             log: LogConfig::default(),
             events: EventsConfig::default(),
+            streaming: StreamingConfig::default(),
             cni: CniConfig::default(),
             registry: RegistryConfig::default(),
             runtime: RuntimeConfig::default(),
@@ -142,6 +145,12 @@ format = "text"                  # "text" or "json"
 
 [events]
 queue = 1024                     # GetContainerEvents: events a subscriber may lag before it is cut off
+
+[streaming]
+address = "127.0.0.1:0"             # exec/attach/port-forward HTTP server; port 0 picks a free one (URLs carry it)
+token_ttl_secs = 60                 # how long an Exec/Attach/PortForward URL waits for its client
+stream_creation_timeout_secs = 30   # how long a client has to open the streams its session needs
+idle_timeout_secs = 14400           # a session with nothing received for this long is closed
 
 [cni]
 conf_dir = "/etc/cni/net.d"                    # network configs, first *.conflist/*.conf by name
@@ -248,6 +257,30 @@ impl Config {
         }
         if self.events.queue == 0 {
             return Err(invalid("events.queue", "must be at least 1".to_string()));
+        }
+        if self.streaming.address.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "streaming.address",
+                format!(
+                    "{:?} is not host:port with a numeric IP (e.g. \"127.0.0.1:0\")",
+                    self.streaming.address
+                ),
+            ));
+        }
+        for (key, secs) in [
+            ("streaming.token_ttl_secs", self.streaming.token_ttl_secs),
+            (
+                "streaming.stream_creation_timeout_secs",
+                self.streaming.stream_creation_timeout_secs,
+            ),
+            (
+                "streaming.idle_timeout_secs",
+                self.streaming.idle_timeout_secs,
+            ),
+        ] {
+            if secs == 0 {
+                return Err(invalid(key, "must be at least 1".to_string()));
+            }
         }
         if self.root == self.state {
             return Err(invalid("state", "must differ from root".to_string()));

@@ -14,6 +14,7 @@ mod image;
 pub mod metrics;
 mod runtime;
 mod service;
+pub mod streaming;
 mod unimplemented;
 
 use std::sync::{Arc, RwLock};
@@ -53,6 +54,7 @@ pub(crate) struct Shared {
 pub struct RuntimeService {
     shared: Arc<Shared>,
     pods: Arc<Pods>,
+    streaming: Arc<berth_streaming::Server>,
 }
 
 /// The CRI ImageService implementation.
@@ -65,6 +67,7 @@ pub struct ImageService {
 pub fn router(
     options: CriOptions,
     pods: Arc<Pods>,
+    streaming: Arc<berth_streaming::Server>,
     metrics: Arc<CriMetrics>,
 ) -> Router<tower::layer::util::Stack<ObserveLayer, tower::layer::util::Identity>> {
     let shared = Arc::new(Shared {
@@ -74,6 +77,7 @@ pub fn router(
     let runtime = RuntimeServiceServer::new(RuntimeService {
         shared,
         pods: pods.clone(),
+        streaming,
     })
     .max_decoding_message_size(MAX_MESSAGE_SIZE)
     .max_encoding_message_size(MAX_MESSAGE_SIZE);

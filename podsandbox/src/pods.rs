@@ -14,8 +14,8 @@ use berth_runtime::spec::Resources;
 
 use crate::container::ContainerState;
 use crate::container::{
-    exec_sync, ContainerDetail, ContainerError, ContainerRecord, ContainerUsage, Containers,
-    CreateInput, ExecError, ExecOutput,
+    exec_stream, exec_sync, ContainerDetail, ContainerError, ContainerRecord, ContainerUsage,
+    Containers, CreateInput, ExecError, ExecOutput, ExecStdio,
 };
 use crate::events::Events;
 use crate::sandbox::record::SandboxRecord;
@@ -195,6 +195,25 @@ impl Pods {
             &record.id,
             cmd,
             timeout,
+        )
+        .await
+    }
+
+    /// A streaming exec in a container, to the process's end (dropped: killed).
+    pub async fn exec_stream(
+        &self,
+        record: &ContainerRecord,
+        cmd: &[String],
+        stdio: ExecStdio,
+    ) -> Result<i32, ExecError> {
+        let berthd = std::env::current_exe()
+            .map_err(|e| ExecError::Failed(format!("find our binary: {e}")))?;
+        exec_stream(
+            &berthd,
+            &record.pod_dir.join("runc"),
+            &record.id,
+            cmd,
+            stdio,
         )
         .await
     }

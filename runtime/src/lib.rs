@@ -45,3 +45,4 @@ pub mod cgroups;
 pub mod executor;
 pub mod monitor;
 pub mod spec;
+pub mod terminal;

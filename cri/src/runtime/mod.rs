@@ -3,6 +3,7 @@
 pub(crate) mod container_convert;
 mod container_create;
 pub mod container_events;
+mod container_exec;
 mod container_execsync;
 mod container_list;
 mod container_log_reopen;
@@ -18,6 +19,7 @@ mod runtime_config;
 mod sandbox_convert;
 mod sandbox_list;
 mod sandbox_metrics_list;
+mod sandbox_portforward;
 mod sandbox_remove;
 mod sandbox_run;
 mod sandbox_stats;
@@ -228,11 +230,35 @@ cri_service! {
         ) -> Result<Response<EventStream>, Status> {
             Ok(Response::new(container_events::get_container_events(&self.pods, request.into_inner())))
         }
+
+        async fn exec(
+            &self,
+            request: Request<ExecRequest>,
+        ) -> Result<Response<ExecResponse>, Status> {
+            container_exec::exec(&self.pods, &self.streaming, request.into_inner()).map(Response::new)
+        }
+
+        async fn port_forward(
+            &self,
+            request: Request<PortForwardRequest>,
+        ) -> Result<Response<PortForwardResponse>, Status> {
+            sandbox_portforward::port_forward(&self.pods, &self.streaming, request.into_inner())
+                .map(Response::new)
+        }
     }
     unimplemented {
-        exec => Exec(ExecRequest) -> ExecResponse;
         attach => Attach(AttachRequest) -> AttachResponse;
-        port_forward => PortForward(PortForwardRequest) -> PortForwardResponse;
         checkpoint_container => CheckpointContainer(CheckpointContainerRequest) -> CheckpointContainerResponse;
     }
+}
+
+/// The streaming server's URL for `request`, or why there is none.
+fn streaming_url(
+    server: &berth_streaming::Server,
+    request: berth_streaming::Request,
+) -> Result<String, Status> {
+    server.url_for(request).map_err(|e| match e {
+        berth_streaming::TokenError::TooMany => Status::resource_exhausted(format!("berth: {e}")),
+        berth_streaming::TokenError::Random(_) => Status::internal(format!("berth: {e}")),
+    })
 }

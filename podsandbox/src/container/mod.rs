@@ -5,6 +5,8 @@
 //! and ExecSync (`exec_sync`). Blocking functions except ExecSync: `Pods` calls them on the blocking pool.
 //! Exits reach a record only through [`Containers::fold_exit`]; reading has no side effects.
 
+mod exec;
+mod exec_stream;
 mod exec_sync;
 mod lifecycle;
 mod metrics;
@@ -22,6 +24,7 @@ use berth_runtime::spec::HostInfo;
 
 use crate::events::{EventKind, Events};
 
+pub use exec_stream::{exec_stream, ExecStdio};
 pub use exec_sync::{exec_sync, ExecError, ExecOutput, DRAIN_GRACE, OUTPUT_CAP};
 pub use lifecycle::parse_signal;
 pub use metrics::ContainerMetrics;

@@ -7,6 +7,7 @@
 //! last one stopped. Every step of a build registers its undo first, so a failure anywhere
 //! leaves nothing behind.
 
+mod dial;
 pub mod metrics;
 mod network;
 pub mod record;

@@ -1,10 +1,12 @@
-//! `berthd init exec <state root> <id> <report file> -- <cmd> [args…]`: runs a process inside
-//! the running container `<id>` and waits for it.
+//! `berthd init exec <state root> <id> <report file> [--tty <console socket>] -- <cmd> [args…]`:
+//! runs a process inside the running container `<id>` and waits for it.
 //!
 //! The process is the container's own `process` from its bundle's `config.json` (user, groups,
 //! env, cwd, capabilities, rlimits, no_new_privs, AppArmor, as its init got them) with `args`
-//! replaced and no terminal: what containerd hands `runc exec --process`. libcontainer's tenant
-//! builder joins the init's namespaces and cgroup. The process inherits our stdin/stdout/stderr.
+//! replaced: what containerd hands `runc exec --process`. libcontainer's tenant builder joins
+//! the init's namespaces and cgroup. Without `--tty` the process inherits our stdin, stdout and
+//! stderr; with it, libcontainer opens a pty in the container (its controlling terminal) and
+//! sends the master to the console socket, where the caller listens.
 //!
 //! The report file is rewritten atomically at each step: `pid <n>` (host pid) as soon as the
 //! process has exec'd, then `exited <code>` (128 + signal when killed), or `error: …`. Our own
@@ -46,7 +48,13 @@ extern "C" fn on_sigterm(_: libc::c_int) {
 }
 
 /// Runs the exec; returns our exit code. `cmd` is what follows `--`.
-pub(super) fn run(root: &Path, id: &str, report: &Path, cmd: &[String]) -> i32 {
+pub(super) fn run(
+    root: &Path,
+    id: &str,
+    report: &Path,
+    console: Option<&Path>,
+    cmd: &[String],
+) -> i32 {
     // SA_RESTART: libcontainer's reads and our waits must not fail with EINTR; the handler does
     // the killing itself and clones inherit it only until they exec.
     let action = SigAction::new(
@@ -58,7 +66,7 @@ pub(super) fn run(root: &Path, id: &str, report: &Path, cmd: &[String]) -> i32 {
     if let Err(e) = unsafe { sigaction(Signal::SIGTERM, &action) } {
         return fail(report, &format!("install SIGTERM handler: {e}"));
     }
-    let pid = match start(root, id, report, cmd) {
+    let pid = match start(root, id, report, console, cmd) {
         Ok(pid) => pid,
         Err(e) => return fail(report, &e),
     };
@@ -90,7 +98,13 @@ fn fail(report: &Path, error: &str) -> i32 {
 }
 
 /// Builds the tenant process; returns its host pid once it has exec'd `cmd`.
-fn start(root: &Path, id: &str, report: &Path, cmd: &[String]) -> Result<Pid, String> {
+fn start(
+    root: &Path,
+    id: &str,
+    report: &Path,
+    console: Option<&Path>,
+    cmd: &[String],
+) -> Result<Pid, String> {
     if cmd.is_empty() {
         return Err("exec: no command".into());
     }
@@ -103,7 +117,7 @@ fn start(root: &Path, id: &str, report: &Path, cmd: &[String]) -> Result<Pid, St
         .ok_or_else(|| format!("container {id}: its spec has no process"))?;
     process
         .set_args(Some(cmd.to_vec()))
-        .set_terminal(Some(false));
+        .set_terminal(Some(console.is_some()));
     let process_file = PathBuf::from(format!("{}.process.json", report.display()));
     let written = serde_json::to_vec(&process)
         .map_err(|e| e.to_string())
@@ -115,9 +129,12 @@ fn start(root: &Path, id: &str, report: &Path, cmd: &[String]) -> Result<Pid, St
         .with_root_path(root)
         .and_then(|b| b.validate_id())
         .and_then(|b| {
-            b.as_tenant()
+            // libcontainer takes a console socket only for a "detached" terminal; the process
+            // is our child and waited for either way.
+            b.with_console_socket(console)
+                .as_tenant()
                 .with_process(Some(&process_file))
-                .with_detach(false)
+                .with_detach(console.is_some())
                 .build()
         })
         .map_err(|e| format!("exec in container {id}: {e}"));

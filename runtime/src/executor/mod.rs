@@ -35,13 +35,18 @@ pub fn run(args: &[String]) -> i32 {
         }
         ("start", [root, id, _]) => start(Path::new(root), id).map(|()| "started".to_string()),
         ("delete", [root, id, _]) => delete(Path::new(root), id).map(|()| "deleted".to_string()),
-        // `exec <root> <id> <report> -- <cmd>…` reports and exits as the exec'd process does.
+        // `exec <root> <id> <report> [--tty <console socket>] -- <cmd>…` reports and exits as
+        // the exec'd process does.
         ("exec", [root, id, report, cmd @ ..]) => {
+            let (console, cmd) = match cmd {
+                [flag, console, rest @ ..] if flag == "--tty" => (Some(Path::new(console)), rest),
+                _ => (None, cmd),
+            };
             let cmd = match cmd {
                 [sep, rest @ ..] if sep == "--" => rest,
                 _ => cmd,
             };
-            return exec::run(Path::new(root), id, Path::new(report), cmd);
+            return exec::run(Path::new(root), id, Path::new(report), console, cmd);
         }
         _ => return usage(),
     };

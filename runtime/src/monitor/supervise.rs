@@ -360,35 +360,14 @@ impl Supervisor {
     }
 }
 
-/// The pty master libcontainer sent on the console socket during create (SCM_RIGHTS).
+/// The pty master libcontainer sent on the console socket during create.
 fn receive_terminal(listener: &std::os::unix::net::UnixListener) -> Result<OwnedFd, String> {
-    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::fd::AsFd;
     let _ = listener.set_nonblocking(true);
     let (stream, _) = listener
         .accept()
         .map_err(|e| format!("the container sent no terminal: {e}"))?;
-    let mut buf = [0u8; 256];
-    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = nix::sys::socket::recvmsg::<()>(
-        stream.as_raw_fd(),
-        &mut iov,
-        Some(&mut space),
-        nix::sys::socket::MsgFlags::empty(),
-    )
-    .map_err(|e| format!("receive the terminal: {e}"))?;
-    for cmsg in msg
-        .cmsgs()
-        .map_err(|e| format!("receive the terminal: {e}"))?
-    {
-        if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = cmsg {
-            if let Some(fd) = fds.first() {
-                // SAFETY: the kernel just installed this descriptor for us; nothing else owns it.
-                return Ok(unsafe { OwnedFd::from_raw_fd(*fd) });
-            }
-        }
-    }
-    Err("the console socket message carried no terminal".to_string())
+    crate::terminal::receive_fd(stream.as_fd()).map_err(|e| format!("receive the terminal: {e}"))
 }
 
 fn read_stream(c: &mut Supervised, stream: Stream) {

@@ -1,0 +1,50 @@
+//! Terminals libcontainer makes: the pty master it sends over a console socket (SCM_RIGHTS),
+//! and the window size set on it. Used by the monitor for a tty container and by the agent for
+//! a tty exec.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+/// The one descriptor of the next message on a connected unix socket.
+pub fn receive_fd(socket: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut buf = [0u8; 256];
+    let mut iov = [io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(
+        socket.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            let mut fds = fds.into_iter();
+            if let Some(fd) = fds.next() {
+                for extra in fds {
+                    // SAFETY: installed for us by the kernel just now and owned by nothing else.
+                    drop(unsafe { OwnedFd::from_raw_fd(extra) });
+                }
+                // SAFETY: as above.
+                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+            }
+        }
+    }
+    Err(io::Error::other("the message carried no descriptor"))
+}
+
+/// Sets the window size of the terminal `fd` (TIOCSWINSZ; the foreground process gets SIGWINCH).
+pub fn set_window_size(fd: BorrowedFd<'_>, width: u16, height: u16) -> io::Result<()> {
+    let size = libc::winsize {
+        ws_row: height,
+        ws_col: width,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which outlives the call.
+    let rc = unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
