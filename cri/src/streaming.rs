@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use berth_podsandbox::container::{ContainerState, ExecStdio};
+use berth_podsandbox::container::{ContainerRecord, ContainerState, ExecStdio};
 use berth_podsandbox::Pods;
 use berth_streaming::{AttachRequest, Backend, ExecRequest, ProcessIo};
 use tokio::net::TcpStream;
@@ -21,47 +21,58 @@ impl StreamBackend {
     }
 }
 
-#[tonic::async_trait]
-impl Backend for StreamBackend {
-    async fn exec(&self, request: ExecRequest, io: ProcessIo) -> Result<i32, String> {
+impl StreamBackend {
+    /// The container's record, if it is still running when the client connects.
+    fn running(&self, id: &str) -> Result<ContainerRecord, String> {
         let record = self
             .pods
             .containers
-            .fold_exit(&request.container_id)
-            .ok_or_else(|| format!("container {} not found", request.container_id))?;
+            .fold_exit(id)
+            .ok_or_else(|| format!("container {id} not found"))?;
         if record.state() != ContainerState::Running {
             return Err(format!("container {} is not running", record.id));
         }
-        let resize = io.resize.map(|mut sizes| {
-            let (tx, rx) = mpsc::channel(4);
-            tokio::spawn(async move {
-                while let Some(size) = sizes.recv().await {
-                    if tx.send((size.width, size.height)).await.is_err() {
-                        return;
-                    }
+        Ok(record)
+    }
+}
+
+/// The session's stdio as the container side takes it (sizes as `(width, height)`).
+fn exec_stdio(tty: bool, io: ProcessIo) -> ExecStdio {
+    let resize = io.resize.map(|mut sizes| {
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            while let Some(size) = sizes.recv().await {
+                if tx.send((size.width, size.height)).await.is_err() {
+                    return;
                 }
-            });
-            rx
+            }
         });
-        let stdio = ExecStdio {
-            tty: request.tty,
-            stdin: io.stdin,
-            stdout: io.stdout,
-            stderr: io.stderr,
-            resize,
-        };
+        rx
+    });
+    ExecStdio {
+        tty,
+        stdin: io.stdin,
+        stdout: io.stdout,
+        stderr: io.stderr,
+        resize,
+    }
+}
+
+#[tonic::async_trait]
+impl Backend for StreamBackend {
+    async fn exec(&self, request: ExecRequest, io: ProcessIo) -> Result<i32, String> {
+        let record = self.running(&request.container_id)?;
+        let stdio = exec_stdio(request.tty, io);
         self.pods
             .exec_stream(&record, &request.cmd, stdio)
             .await
             .map_err(|e| e.to_string())
     }
 
-    async fn attach(&self, request: AttachRequest, _io: ProcessIo) -> Result<(), String> {
-        // Attach RPCs answer Unimplemented, so no token for one is ever handed out.
-        Err(format!(
-            "attach to container {}: not implemented yet",
-            request.container_id
-        ))
+    async fn attach(&self, request: AttachRequest, io: ProcessIo) -> Result<(), String> {
+        let record = self.running(&request.container_id)?;
+        let stdio = exec_stdio(record.config.tty, io);
+        self.pods.attach(&record, stdio).await
     }
 
     async fn dial(&self, sandbox_id: &str, port: u16) -> Result<TcpStream, String> {

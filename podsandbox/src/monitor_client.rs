@@ -116,6 +116,87 @@ fn send(pod_dir: &Path, request: &Request, timeout: Duration) -> Result<Response
     }
 }
 
+/// An attach connection to a container, as the monitor answered it.
+pub struct Attached {
+    /// Carries the container's output as `AttachFrame`s until it ends.
+    pub socket: UnixStream,
+    /// The container's stdin (pipe write end or pty master), if it has one.
+    pub stdin: Option<std::os::fd::OwnedFd>,
+    /// Output that arrived with the answer.
+    pub pending: Vec<u8>,
+}
+
+/// Attaches to container `id` (`Request::Attach`). Blocking.
+pub fn attach(pod_dir: &Path, id: &str) -> Result<Attached, String> {
+    use std::os::fd::AsRawFd;
+    let (_dir, path) =
+        short_socket_path(pod_dir, SOCKET_FILE).map_err(|e| format!("pod dir: {e}"))?;
+    let socket =
+        UnixStream::connect(path).map_err(|e| format!("connect to the pod's monitor: {e}"))?;
+    socket
+        .set_read_timeout(Some(REQUEST_TIMEOUT))
+        .and_then(|()| socket.set_write_timeout(Some(REQUEST_TIMEOUT)))
+        .map_err(|e| e.to_string())?;
+    let line = serde_json::to_string(&Request::Attach { id: id.to_string() })
+        .map_err(|e| e.to_string())?;
+    writeln!(&socket, "{line}").map_err(|e| format!("write to the pod's monitor: {e}"))?;
+    // The answer is one sendmsg with the descriptor; output may follow it at once, so bytes
+    // past the newline are kept, never read past.
+    let mut received = Vec::new();
+    let mut stdin = None;
+    while !received.contains(&b'\n') {
+        let mut buf = [0u8; 4096];
+        let n = {
+            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+            let msg = nix::sys::socket::recvmsg::<()>(
+                socket.as_raw_fd(),
+                &mut iov,
+                Some(&mut space),
+                nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
+            )
+            .map_err(|e| format!("read from the pod's monitor: {e}"))?;
+            for cmsg in msg.cmsgs().map_err(|e| e.to_string())? {
+                if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = cmsg {
+                    for fd in fds {
+                        use std::os::fd::FromRawFd;
+                        // SAFETY: installed for us by the kernel just now, owned by nothing else.
+                        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+                        stdin.get_or_insert(owned);
+                    }
+                }
+            }
+            msg.bytes
+        };
+        if n == 0 {
+            return Err("the pod's monitor closed the connection".to_string());
+        }
+        received.extend_from_slice(&buf[..n]);
+    }
+    let end = received
+        .iter()
+        .position(|&b| b == b'\n')
+        .expect("looked for");
+    let pending = received.split_off(end + 1);
+    let response: Response = serde_json::from_slice(&received).map_err(|e| {
+        format!(
+            "monitor answered {:?}: {e}",
+            String::from_utf8_lossy(&received)
+        )
+    })?;
+    if !response.ok {
+        return Err(response
+            .error
+            .unwrap_or_else(|| "monitor refused".to_string()));
+    }
+    socket.set_read_timeout(None).map_err(|e| e.to_string())?;
+    Ok(Attached {
+        socket,
+        stdin,
+        pending,
+    })
+}
+
 /// Stops the monitor: a shutdown request, else SIGTERM, then SIGKILL after STOP_TIMEOUT.
 /// Returns once the process is gone. Blocking.
 pub fn stop(pod_dir: &Path, monitor: &MonitorProcess) {

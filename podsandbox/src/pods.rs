@@ -14,8 +14,8 @@ use berth_runtime::spec::Resources;
 
 use crate::container::ContainerState;
 use crate::container::{
-    exec_stream, exec_sync, ContainerDetail, ContainerError, ContainerRecord, ContainerUsage,
-    Containers, CreateInput, ExecError, ExecOutput, ExecStdio,
+    attach, exec_stream, exec_sync, ContainerDetail, ContainerError, ContainerRecord,
+    ContainerUsage, Containers, CreateInput, ExecError, ExecOutput, ExecStdio,
 };
 use crate::events::Events;
 use crate::sandbox::record::SandboxRecord;
@@ -216,6 +216,11 @@ impl Pods {
             stdio,
         )
         .await
+    }
+
+    /// Attaches to a running container's stdio until its output ends (dropped: detached).
+    pub async fn attach(&self, record: &ContainerRecord, stdio: ExecStdio) -> Result<(), String> {
+        attach(record, stdio).await
     }
 
     /// A usage sample of each container, read on the blocking pool.

@@ -1,5 +1,6 @@
 //! The CRI RuntimeService: one file per RPC.
 
+mod container_attach;
 pub(crate) mod container_convert;
 mod container_create;
 pub mod container_events;
@@ -238,6 +239,13 @@ cri_service! {
             container_exec::exec(&self.pods, &self.streaming, request.into_inner()).map(Response::new)
         }
 
+        async fn attach(
+            &self,
+            request: Request<AttachRequest>,
+        ) -> Result<Response<AttachResponse>, Status> {
+            container_attach::attach(&self.pods, &self.streaming, request.into_inner()).map(Response::new)
+        }
+
         async fn port_forward(
             &self,
             request: Request<PortForwardRequest>,
@@ -247,7 +255,6 @@ cri_service! {
         }
     }
     unimplemented {
-        attach => Attach(AttachRequest) -> AttachResponse;
         checkpoint_container => CheckpointContainer(CheckpointContainerRequest) -> CheckpointContainerResponse;
     }
 }

@@ -5,12 +5,11 @@
 //! went away) kills the process and all it started.
 
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 use std::process::Stdio;
 
 use bytes::Bytes;
-use tokio::io::unix::AsyncFd;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
@@ -18,6 +17,7 @@ use tokio::time::Instant;
 
 use super::exec::{self, ExecutorStdio, Running};
 use super::exec_sync::{read_some, ExecError, DRAIN_GRACE};
+use super::fd_io;
 
 /// How long libcontainer gets to send the terminal once the executor has started.
 const TERMINAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
@@ -205,20 +205,12 @@ async fn relay_terminal(
     stdio: ExecStdio,
 ) -> Result<i32, ExecError> {
     let failed = |e: io::Error| ExecError::Failed(format!("exec in container {id}: terminal: {e}"));
-    nix::fcntl::fcntl(
-        master.as_raw_fd(),
-        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-    )
-    .map_err(|e| failed(e.into()))?;
-    // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open (and the same) for as
-    // long as it is registered, and is closed only after deregistration.
-    let registered = unsafe { AsyncFd::register(master) }.map_err(|e| failed(e.into()))?;
-    let master = std::sync::Arc::new(registered);
+    let master = fd_io::register(master).map_err(failed)?;
     let feeding = stdio.stdin.map(|mut rx| {
         let master = master.clone();
         tokio::spawn(async move {
             while let Some(data) = rx.recv().await {
-                if write_all(&master, &data).await.is_err() {
+                if fd_io::write_all(&master, &data).await.is_err() {
                     return;
                 }
             }
@@ -243,7 +235,7 @@ async fn relay_terminal(
     let mut drain_until = None;
     while status.is_none() || reading {
         tokio::select! {
-            n = read_master(&master, &mut buf), if reading => {
+            n = fd_io::read(&master, &mut buf), if reading => {
                 // EIO once every holder of the slave has closed it.
                 if !relay(n, &buf, out.as_ref()).await {
                     reading = false;
@@ -261,26 +253,4 @@ async fn relay_terminal(
     }
     let status = status.unwrap_or_else(|| Err(io::Error::other("not waited for")));
     running.exit_code(id, status)
-}
-
-async fn read_master(master: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        let mut ready = master.readable().await?;
-        match ready.try_io(|fd| nix::unistd::read(fd.as_raw_fd(), buf).map_err(io::Error::from)) {
-            Ok(result) => return result,
-            Err(_would_block) => continue,
-        }
-    }
-}
-
-async fn write_all(master: &AsyncFd<OwnedFd>, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
-        let mut ready = master.writable().await?;
-        match ready.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from)) {
-            Ok(Ok(n)) => data = &data[n..],
-            Ok(Err(e)) => return Err(e),
-            Err(_would_block) => continue,
-        }
-    }
-    Ok(())
 }

@@ -5,9 +5,11 @@
 //! and ExecSync (`exec_sync`). Blocking functions except ExecSync: `Pods` calls them on the blocking pool.
 //! Exits reach a record only through [`Containers::fold_exit`]; reading has no side effects.
 
+mod attach;
 mod exec;
 mod exec_stream;
 mod exec_sync;
+mod fd_io;
 mod lifecycle;
 mod metrics;
 mod record;
@@ -24,6 +26,7 @@ use berth_runtime::spec::HostInfo;
 
 use crate::events::{EventKind, Events};
 
+pub use attach::attach;
 pub use exec_stream::{exec_stream, ExecStdio};
 pub use exec_sync::{exec_sync, ExecError, ExecOutput, DRAIN_GRACE, OUTPUT_CAP};
 pub use lifecycle::parse_signal;

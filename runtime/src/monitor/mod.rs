@@ -6,6 +6,7 @@
 //! stop. It outlives agent restarts. The containers it starts are re-parented to it; `supervise`
 //! keeps their stdio, logs (`log`, `timestamp`) and exits; `protocol` is what it and the agent say.
 
+mod attach;
 pub mod log;
 mod namespaces;
 pub mod protocol;

@@ -141,6 +141,59 @@ pub enum Request {
     Delete {
         id: String,
     },
+    /// Attach to a running container: the answer carries (SCM_RIGHTS) a descriptor for its
+    /// stdin, if it has one (the pipe's write end, or the pty master with a tty), and the
+    /// connection then carries the container's output as [`AttachFrame`]s, as it is logged,
+    /// until the container's output ends (the monitor closes it) or the agent closes it.
+    Attach {
+        id: String,
+    },
+    /// Close the container's stdin (the monitor's end of the pipe): `stdin_once` after the
+    /// first attacher's stdin ended. Reads see EOF once every attacher's copy is closed too.
+    CloseStdin {
+        id: String,
+    },
+}
+
+/// Output on an attach connection: `kind` (1 stdout, 2 stderr), a big-endian u32 length, the
+/// bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachFrame {
+    pub stderr: bool,
+    pub data: Vec<u8>,
+}
+
+const ATTACH_HEADER: usize = 5;
+
+impl AttachFrame {
+    pub fn encode(stderr: bool, data: &[u8], out: &mut Vec<u8>) {
+        out.push(if stderr { 2 } else { 1 });
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        out.extend_from_slice(data);
+    }
+
+    /// The next whole frame at the front of `buf` (removed from it); `Ok(None)` until one has
+    /// arrived whole; an error for bytes that are not frames.
+    pub fn decode(buf: &mut Vec<u8>) -> Result<Option<AttachFrame>, String> {
+        if buf.len() < ATTACH_HEADER {
+            return Ok(None);
+        }
+        let stderr = match buf[0] {
+            1 => false,
+            2 => true,
+            k => return Err(format!("attach frame of unknown kind {k}")),
+        };
+        let len = u32::from_be_bytes([buf[1], buf[2], buf[3], buf[4]]) as usize;
+        if len > 1 << 20 {
+            return Err(format!("attach frame of {len} bytes"));
+        }
+        if buf.len() < ATTACH_HEADER + len {
+            return Ok(None);
+        }
+        let data = buf[ATTACH_HEADER..ATTACH_HEADER + len].to_vec();
+        buf.drain(..ATTACH_HEADER + len);
+        Ok(Some(AttachFrame { stderr, data }))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -253,6 +306,35 @@ mod tests {
             Some(StartReport::Failed("unshare: EPERM more".to_string()))
         );
         assert_eq!(parse_report("garbage"), None);
+    }
+
+    #[test]
+    fn attach_frames_round_trip_whatever_the_reads_cut() {
+        let mut wire = Vec::new();
+        AttachFrame::encode(false, b"out", &mut wire);
+        AttachFrame::encode(true, b"", &mut wire);
+        AttachFrame::encode(true, b"err", &mut wire);
+        for cut in 0..=wire.len() {
+            let mut buf = wire[..cut].to_vec();
+            let mut got = Vec::new();
+            while let Some(f) = AttachFrame::decode(&mut buf).unwrap() {
+                got.push(f);
+            }
+            buf.extend_from_slice(&wire[cut..]);
+            while let Some(f) = AttachFrame::decode(&mut buf).unwrap() {
+                got.push(f);
+            }
+            assert_eq!(got.len(), 3, "cut at {cut}");
+            assert_eq!(
+                got[2],
+                AttachFrame {
+                    stderr: true,
+                    data: b"err".to_vec()
+                }
+            );
+            assert!(buf.is_empty());
+        }
+        assert!(AttachFrame::decode(&mut vec![9, 0, 0, 0, 0]).is_err());
     }
 
     #[test]

@@ -183,7 +183,13 @@ impl Monitor {
                 .into_iter()
                 .map(|(fd, id, stream)| (fd.try_clone_to_owned(), id, stream))
                 .collect();
-            let (listener_ready, signal_ready, ready_streams) = {
+            let attachers: Vec<_> = self
+                .containers
+                .attachers()
+                .into_iter()
+                .map(|(fd, id, n, write)| (fd.try_clone_to_owned(), id, n, write))
+                .collect();
+            let (listener_ready, signal_ready, ready_streams, ready_attachers) = {
                 let mut fds = vec![
                     PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
@@ -191,6 +197,16 @@ impl Monitor {
                 for (fd, _, _) in &streams {
                     if let Ok(fd) = fd {
                         fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
+                    }
+                }
+                let first_attacher = fds.len();
+                for (fd, _, _, write) in &attachers {
+                    if let Ok(fd) = fd {
+                        let mut flags = PollFlags::POLLIN;
+                        if *write {
+                            flags |= PollFlags::POLLOUT;
+                        }
+                        fds.push(PollFd::new(fd.as_fd(), flags));
                     }
                 }
                 if let Err(e) = poll(&mut fds, PollTimeout::NONE) {
@@ -208,8 +224,30 @@ impl Monitor {
                     .filter(|(_, fd)| ready(fd))
                     .map(|((_, id, stream), _)| (id.clone(), *stream))
                     .collect();
-                (ready(&fds[0]), ready(&fds[1]), ready_streams)
+                let ready_attachers: Vec<_> = attachers
+                    .iter()
+                    .filter(|(fd, _, _, _)| fd.is_ok())
+                    .zip(fds.iter().skip(first_attacher))
+                    .filter(|(_, fd)| ready(fd))
+                    .map(|((_, id, n, _), fd)| {
+                        let readable = fd.revents().is_some_and(|r| {
+                            r.intersects(
+                                PollFlags::POLLIN | PollFlags::POLLHUP | PollFlags::POLLERR,
+                            )
+                        });
+                        (id.clone(), *n, readable)
+                    })
+                    .collect();
+                (
+                    ready(&fds[0]),
+                    ready(&fds[1]),
+                    ready_streams,
+                    ready_attachers,
+                )
             };
+            for (id, n, readable) in ready_attachers {
+                self.containers.attacher_ready(&id, n, readable);
+            }
             for (id, stream) in ready_streams {
                 self.containers.read(&id, stream);
             }
@@ -252,6 +290,10 @@ impl Monitor {
         }
         let (response, shutdown) = match serde_json::from_str::<Request>(line.trim()) {
             Ok(Request::Shutdown) => (Response::success(None), true),
+            Ok(Request::Attach { id }) => {
+                self.attach(&id, stream);
+                return false;
+            }
             Ok(request) => (self.handle(request), false),
             Err(e) => (Response::failure(format!("bad request: {e}")), false),
         };
@@ -282,15 +324,45 @@ impl Monitor {
             Request::Signal { id, signal } => self.containers.signal(&id, signal).map(|()| None),
             Request::ReopenLog { id } => self.containers.reopen_log(&id).map(|()| None),
             Request::Delete { id } => self.containers.delete(&id).map(|()| None),
+            Request::CloseStdin { id } => self.containers.close_stdin(&id).map(|()| None),
             Request::Ping => Ok(Some(std::process::id() as i32)),
-            // Handled by `answer`, which must reply before the monitor goes.
-            Request::Shutdown => Ok(None),
+            // Handled by `answer`, which must reply before the monitor goes, or keeps the
+            // connection.
+            Request::Shutdown | Request::Attach { .. } => Ok(None),
         };
         // A container may have exited while we were busy: record it now.
         self.reap();
         match result {
             Ok(pid) => Response::success(pid),
             Err(e) => Response::failure(e),
+        }
+    }
+
+    /// Answers an attach request, with the container's stdin descriptor if it has one, and
+    /// keeps the connection for its output.
+    fn attach(&mut self, id: &str, stream: UnixStream) {
+        let stdin = self.containers.stdin_for_attach(id);
+        let response = match &stdin {
+            Ok(_) => Response::success(None),
+            Err(e) => Response::failure(e.clone()),
+        };
+        let line = format!("{}\n", serde_json::to_string(&response).unwrap_or_default());
+        let fds: Vec<std::os::fd::RawFd> = match &stdin {
+            Ok(Some(fd)) => vec![std::os::fd::AsRawFd::as_raw_fd(fd)],
+            _ => Vec::new(),
+        };
+        let rights = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
+        let sent = nix::sys::socket::sendmsg::<()>(
+            std::os::fd::AsRawFd::as_raw_fd(&stream),
+            &[std::io::IoSlice::new(line.as_bytes())],
+            if fds.is_empty() { &[] } else { &rights },
+            nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
+            None,
+        );
+        // Our copy of the descriptor goes now; the attacher has its own.
+        drop(stdin);
+        if response.ok && sent == Ok(line.len()) && stream.set_nonblocking(true).is_ok() {
+            self.containers.add_attacher(id, stream);
         }
     }
 

@@ -12,6 +12,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
+use super::attach::Attacher;
 use super::log::{LogWriter, Stream};
 use super::protocol::ExitRecord;
 
@@ -24,7 +25,9 @@ struct Supervised {
     cgroup: Option<PathBuf>,
     exited: bool,
     /// The write end of the container's stdin pipe, held open so reads block instead of EOF.
-    _stdin: Option<OwnedFd>,
+    stdin: Option<OwnedFd>,
+    tty: bool,
+    attachers: Vec<Attacher>,
 }
 
 /// How long the processes a container's init left behind may take to go after SIGKILL.
@@ -37,6 +40,7 @@ pub(super) struct Supervisor {
     by_id: HashMap<String, Supervised>,
     /// Where the agent hears of exits as they are recorded.
     exit_notice: Option<PathBuf>,
+    next_attacher: u64,
 }
 
 /// Runs the executor (`berthd init <op> …`) to completion and returns its report line. The
@@ -135,6 +139,7 @@ impl Supervisor {
             root,
             by_id: HashMap::new(),
             exit_notice,
+            next_attacher: 0,
         }
     }
 
@@ -234,7 +239,9 @@ impl Supervisor {
                 exit_file,
                 cgroup,
                 exited: false,
-                _stdin: stdin_held,
+                stdin: stdin_held,
+                tty,
+                attachers: Vec::new(),
             },
         );
         Ok(pid)
@@ -358,6 +365,62 @@ impl Supervisor {
             read_stream(c, stream);
         }
     }
+
+    /// What an attacher gets to write the container's stdin with: a copy of the pipe's write
+    /// end, or of the pty master. Refused for a container that has exited.
+    pub(super) fn stdin_for_attach(&self, id: &str) -> Result<Option<OwnedFd>, String> {
+        let c = self
+            .by_id
+            .get(id)
+            .ok_or_else(|| format!("container {id} is not in this pod"))?;
+        if c.exited || (c.stdout.is_none() && c.stderr.is_none()) {
+            return Err(format!("container {id} is not running"));
+        }
+        let fd = match (&c.stdin, c.tty, &c.stdout) {
+            (Some(pipe), _, _) => Some(pipe.try_clone()),
+            (None, true, Some(master)) => Some(master.as_fd().try_clone_to_owned()),
+            _ => None,
+        };
+        fd.transpose()
+            .map_err(|e| format!("container {id}: copy its stdin: {e}"))
+    }
+
+    /// Starts sending the container's output to `socket` (non-blocking).
+    pub(super) fn add_attacher(&mut self, id: &str, socket: std::os::unix::net::UnixStream) {
+        if let Some(c) = self.by_id.get_mut(id) {
+            self.next_attacher += 1;
+            c.attachers.push(Attacher::new(self.next_attacher, socket));
+        }
+    }
+
+    pub(super) fn close_stdin(&mut self, id: &str) -> Result<(), String> {
+        let c = self
+            .by_id
+            .get_mut(id)
+            .ok_or_else(|| format!("container {id} is not in this pod"))?;
+        c.stdin = None;
+        Ok(())
+    }
+
+    /// Every attacher socket to poll: container, attacher id, and whether it has output queued.
+    pub(super) fn attachers(&self) -> Vec<(BorrowedFd<'_>, String, u64, bool)> {
+        self.by_id
+            .iter()
+            .flat_map(|(id, c)| {
+                c.attachers
+                    .iter()
+                    .map(move |a| (a.fd(), id.clone(), a.id, a.wants_write()))
+            })
+            .collect()
+    }
+
+    /// An attacher's socket is ready: write its backlog, notice it hung up.
+    pub(super) fn attacher_ready(&mut self, id: &str, attacher: u64, readable: bool) {
+        if let Some(c) = self.by_id.get_mut(id) {
+            c.attachers
+                .retain_mut(|a| a.id != attacher || ((!readable || a.readable()) && a.flush()));
+        }
+    }
 }
 
 /// The pty master libcontainer sent on the console socket during create.
@@ -379,31 +442,34 @@ fn read_stream(c: &mut Supervised, stream: Stream) {
         };
         let Some(file) = file else { return };
         match file.read(&mut buf) {
-            Ok(0) => {
-                let _ = c.log.close_stream(stream, SystemTime::now());
-                match stream {
-                    Stream::Stdout => c.stdout = None,
-                    Stream::Stderr => c.stderr = None,
-                }
-                return;
-            }
+            Ok(0) => return end_stream(c, stream),
             Ok(n) => {
                 if let Err(e) = c.log.write(stream, &buf[..n], SystemTime::now()) {
                     eprintln!("monitor: write log: {e}");
                 }
+                let stderr = stream == Stream::Stderr;
+                c.attachers.retain_mut(|a| a.send(stderr, &buf[..n]));
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             // A pty master reads EIO once the last slave is closed: the stream is over.
-            Err(_) => {
-                let _ = c.log.close_stream(stream, SystemTime::now());
-                match stream {
-                    Stream::Stdout => c.stdout = None,
-                    Stream::Stderr => c.stderr = None,
-                }
-                return;
-            }
+            Err(_) => return end_stream(c, stream),
         }
+    }
+}
+
+/// A stream reached its end; once both have, attachers go when their backlog is written.
+fn end_stream(c: &mut Supervised, stream: Stream) {
+    let _ = c.log.close_stream(stream, SystemTime::now());
+    match stream {
+        Stream::Stdout => c.stdout = None,
+        Stream::Stderr => c.stderr = None,
+    }
+    if c.stdout.is_none() && c.stderr.is_none() {
+        for a in &mut c.attachers {
+            a.close();
+        }
+        c.attachers.retain_mut(|a| a.flush());
     }
 }
 

@@ -1,0 +1,42 @@
+//! Async reads and writes on a descriptor tokio has no type for: a pty master, or a pipe end
+//! a monitor passed us.
+
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+
+use tokio::io::unix::AsyncFd;
+
+/// Makes `fd` non-blocking and registers it with the runtime.
+pub(super) fn register(fd: OwnedFd) -> io::Result<Arc<AsyncFd<OwnedFd>>> {
+    nix::fcntl::fcntl(
+        fd.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open (and the same) for as
+    // long as it is registered, and is closed only after deregistration.
+    let registered = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
+    Ok(Arc::new(registered))
+}
+
+pub(super) async fn read(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        let mut ready = fd.readable().await?;
+        match ready.try_io(|fd| nix::unistd::read(fd.as_raw_fd(), buf).map_err(io::Error::from)) {
+            Ok(result) => return result,
+            Err(_would_block) => continue,
+        }
+    }
+}
+
+pub(super) async fn write_all(fd: &AsyncFd<OwnedFd>, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        let mut ready = fd.writable().await?;
+        match ready.try_io(|fd| nix::unistd::write(fd.get_ref(), data).map_err(io::Error::from)) {
+            Ok(Ok(n)) => data = &data[n..],
+            Ok(Err(e)) => return Err(e),
+            Err(_would_block) => continue,
+        }
+    }
+    Ok(())
+}
