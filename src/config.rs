@@ -149,7 +149,7 @@ queue = 1024                     # GetContainerEvents: events a subscriber may l
 [streaming]
 address = "127.0.0.1:0"             # exec/attach/port-forward HTTP server; port 0 picks a free one (URLs carry it)
 token_ttl_secs = 60                 # how long an Exec/Attach/PortForward URL waits for its client
-stream_creation_timeout_secs = 30   # how long a client has to open the streams its session needs
+stream_creation_timeout_secs = 30   # how long a client has to send its request headers, then to open its streams
 idle_timeout_secs = 14400           # a session with nothing received for this long is closed
 
 [cni]

@@ -11,6 +11,7 @@ pub mod images;
 pub mod monitor_fixture;
 pub mod network;
 pub mod registry;
+pub mod spdy;
 pub mod unpack_fixture;
 
 use std::io::{Read, Write};

@@ -31,7 +31,8 @@ pub struct StreamingConfig {
     pub address: String,
     /// How long a URL stays valid before its client connects.
     pub token_ttl_secs: u64,
-    /// How long a client has to open all the streams its request needs.
+    /// How long a client has to send its request's headers, and then to open all the
+    /// streams its request needs.
     pub stream_creation_timeout_secs: u64,
     /// A session with nothing received for this long is closed.
     pub idle_timeout_secs: u64,

@@ -205,6 +205,8 @@ pub(crate) async fn serve_spdy(
     else {
         tracing::warn!("{verb} session: the client did not open its streams in time");
         ctx.reject("streams_timeout");
+        // What the reader queued (a GOAWAY for a broken client) goes out first.
+        session.close(Duration::from_secs(1)).await;
         return;
     };
     // Late or extra streams are refused while the session runs.

@@ -23,8 +23,6 @@ use crate::tokens::{TokenError, Tokens};
 use crate::{portforward, Backend, Request, StreamingConfig, StreamingMetrics};
 
 const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
-/// A client has this long to send its request headers (slowloris).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What every session needs.
 #[derive(Clone)]
@@ -108,6 +106,8 @@ async fn accept_loop(listener: TcpListener, server: Arc<Server>) {
         };
         let _ = tcp.set_nodelay(true);
         let server = server.clone();
+        // A client has as long to send its request's headers (slowloris) as to open its streams.
+        let header_timeout = server.ctx.config.stream_creation_timeout();
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let server = server.clone();
@@ -115,7 +115,7 @@ async fn accept_loop(listener: TcpListener, server: Arc<Server>) {
             });
             let served = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(tcp), service)
                 .with_upgrades()
                 .await;
