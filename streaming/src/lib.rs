@@ -11,6 +11,7 @@ mod remotecommand;
 mod server;
 pub mod spdy;
 pub mod tokens;
+mod websocket;
 
 use std::time::Duration;
 

@@ -20,7 +20,7 @@ use crate::metrics::{RejectLabels, SessionLabels};
 use crate::remotecommand::{self, Run, Version};
 use crate::spdy::{Limits, Session};
 use crate::tokens::{TokenError, Tokens};
-use crate::{portforward, Backend, Request, StreamingConfig, StreamingMetrics};
+use crate::{portforward, websocket, Backend, Request, StreamingConfig, StreamingMetrics};
 
 const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
 
@@ -171,12 +171,15 @@ impl Server {
                 return plain(StatusCode::NOT_FOUND, "unknown or expired streaming token");
             }
         };
+        if websocket::is_websocket(req.headers()) {
+            return self.upgrade_websocket(req, request);
+        }
         let upgrade = header_values(req.headers(), "upgrade");
         if !upgrade.iter().any(|u| u.eq_ignore_ascii_case("SPDY/3.1")) {
             self.ctx.reject("protocol");
             return plain(
                 StatusCode::BAD_REQUEST,
-                "berth streams over SPDY/3.1: send Connection: Upgrade, Upgrade: SPDY/3.1",
+                "berth streams over SPDY/3.1 or WebSocket: send Connection: Upgrade with Upgrade: SPDY/3.1 or websocket",
             );
         }
         let offered = header_values(req.headers(), "x-stream-protocol-version");
@@ -231,24 +234,103 @@ impl Server {
         response
     }
 
+    fn upgrade_websocket(
+        self: &Arc<Self>,
+        mut req: HttpRequest<Incoming>,
+        request: Request,
+    ) -> Response<Full<Bytes>> {
+        let Some(accept) = websocket::accept_key(req.headers()) else {
+            self.ctx.reject("protocol");
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "a WebSocket upgrade needs Sec-WebSocket-Key",
+            );
+        };
+        let offered = header_values(req.headers(), "sec-websocket-protocol");
+        let ours: &'static [(&'static str, bool)] = match request {
+            Request::PortForward(_) => websocket::PORT_FORWARD_PROTOCOLS,
+            _ => websocket::REMOTE_COMMAND,
+        };
+        let Some((chosen, can_close)) = negotiate(&offered, ours) else {
+            self.ctx.reject("protocol");
+            let mut response = plain(
+                StatusCode::FORBIDDEN,
+                &format!("none of the offered WebSocket protocols {offered:?} is supported"),
+            );
+            for (name, _) in ours {
+                response.headers_mut().append(
+                    "X-Accepted-Stream-Protocol-Versions",
+                    HeaderValue::from_static(name),
+                );
+            }
+            return response;
+        };
+        let on_upgrade = hyper::upgrade::on(&mut req);
+        let server = self.clone();
+        let span =
+            tracing::info_span!("stream", verb = request.verb(), container = %request.target());
+        tokio::spawn(
+            async move {
+                let io = match on_upgrade.await {
+                    Ok(upgraded) => TokioIo::new(upgraded),
+                    Err(e) => return tracing::debug!("upgrade failed: {e}"),
+                };
+                let session = server.start_session(request.verb(), "websocket");
+                match request {
+                    Request::Exec(r) => {
+                        websocket::serve_remote(&server.ctx, io, Run::Exec(r), can_close).await
+                    }
+                    Request::Attach(r) => {
+                        websocket::serve_remote(&server.ctx, io, Run::Attach(r), can_close).await
+                    }
+                    Request::PortForward(r) => {
+                        let limits = server.limits();
+                        websocket::serve_port_forward(&server.ctx, io, r.sandbox_id, limits).await
+                    }
+                }
+                drop(session);
+            }
+            .instrument(span),
+        );
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = response.headers_mut();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(
+            "Sec-WebSocket-Accept",
+            HeaderValue::from_str(&accept).expect("base64 is a header value"),
+        );
+        h.insert("Sec-WebSocket-Protocol", HeaderValue::from_static(chosen));
+        response
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            idle_timeout: self.ctx.config.idle_timeout(),
+            ..Limits::default()
+        }
+    }
+
+    /// Counts a session in the metrics; the guard counts its end.
+    fn start_session(&self, verb: &'static str, protocol: &'static str) -> SessionGuard {
+        let labels = SessionLabels { verb, protocol };
+        let m = &self.ctx.metrics;
+        m.sessions.get_or_create(&labels).inc();
+        m.active.get_or_create(&labels).inc();
+        SessionGuard {
+            metrics: m.clone(),
+            labels,
+            started: Instant::now(),
+        }
+    }
+
     async fn serve<IO>(&self, io: IO, request: Request, version: Version)
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
     {
-        let labels = SessionLabels {
-            verb: request.verb(),
-            protocol: "spdy",
-        };
-        let m = &self.ctx.metrics;
-        m.sessions.get_or_create(&labels).inc();
-        let active = m.active.get_or_create(&labels).clone();
-        active.inc();
-        let started = Instant::now();
-        let limits = Limits {
-            idle_timeout: self.ctx.config.idle_timeout(),
-            ..Limits::default()
-        };
-        let (session, incoming) = Session::start(io, limits);
+        let _counted = self.start_session(request.verb(), "spdy");
+        let (session, incoming) = Session::start(io, self.limits());
         match request {
             Request::Exec(r) => {
                 remotecommand::serve_spdy(&self.ctx, session, incoming, Run::Exec(r), version).await
@@ -261,10 +343,23 @@ impl Server {
                 portforward::serve_spdy(&self.ctx, session, incoming, r.sandbox_id).await
             }
         }
-        active.dec();
-        m.duration
-            .get_or_create(&labels)
-            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// A session being served, for the metrics: ends when dropped, however the session ends.
+struct SessionGuard {
+    metrics: StreamingMetrics,
+    labels: SessionLabels,
+    started: Instant,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.metrics.active.get_or_create(&self.labels).dec();
+        self.metrics
+            .duration
+            .get_or_create(&self.labels)
+            .observe(self.started.elapsed().as_secs_f64());
     }
 }
 
