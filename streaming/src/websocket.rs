@@ -201,14 +201,13 @@ pub(crate) async fn serve_port_forward<IO>(
     let (mut from_session, mut to_session) = tokio::io::split(pipe);
     let inbound = tokio::spawn(async move {
         while let Some(Ok(message)) = source.next().await {
-            match message {
-                Message::Binary(data) => {
-                    if to_session.write_all(&data).await.is_err() {
-                        break;
-                    }
-                }
+            let data = match message {
+                Message::Binary(data) => data,
                 Message::Close(_) => break,
-                _ => {}
+                _ => continue,
+            };
+            if to_session.write_all(&data).await.is_err() {
+                break;
             }
         }
         // EOF for the session: the client is gone.
