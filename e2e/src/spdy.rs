@@ -8,9 +8,11 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use flate2::{Compress, Compression, Decompress, FlushCompress, FlushDecompress};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 use tokio::sync::mpsc;
 
 /// SPDY/3's header dictionary as its spec prints it: length-prefixed words (`|` separated
@@ -146,7 +148,7 @@ type StreamTable = Arc<Mutex<HashMap<u32, mpsc::UnboundedSender<Event>>>>;
 
 /// The client end of one SPDY session.
 pub struct Client {
-    writer: Arc<tokio::sync::Mutex<(OwnedWriteHalf, Compress)>>,
+    writer: Arc<tokio::sync::Mutex<(WriteHalf, Compress)>>,
     streams: StreamTable,
     next_id: u32,
     /// PING ids the server echoed, GOAWAYs it sent.
@@ -166,7 +168,7 @@ impl Drop for Client {
 pub struct ClientStream {
     pub id: u32,
     events: mpsc::UnboundedReceiver<Event>,
-    writer: Arc<tokio::sync::Mutex<(OwnedWriteHalf, Compress)>>,
+    writer: Arc<tokio::sync::Mutex<(WriteHalf, Compress)>>,
 }
 
 impl ClientStream {
@@ -201,7 +203,7 @@ impl ClientStream {
 }
 
 async fn write_data(
-    writer: &tokio::sync::Mutex<(OwnedWriteHalf, Compress)>,
+    writer: &tokio::sync::Mutex<(WriteHalf, Compress)>,
     id: u32,
     data: &[u8],
     fin: bool,
@@ -239,8 +241,10 @@ fn deflate(z: &mut Compress, headers: &[(&str, &str)]) -> Vec<u8> {
 }
 
 impl Client {
-    pub fn new(tcp: TcpStream) -> Client {
-        let (read, write) = tcp.into_split();
+    /// A session over `io`: the upgraded TCP connection, or a tunnel through WebSocket.
+    pub fn new<IO: AsyncRead + AsyncWrite + Send + 'static>(io: IO) -> Client {
+        let (read, write) = tokio::io::split(io);
+        let (read, write): (ReadHalf, WriteHalf) = (Box::new(read), Box::new(write));
         let mut z = Compress::new(Compression::fast(), true);
         z.set_dictionary(&dictionary()).unwrap();
         let streams: StreamTable = Arc::default();
@@ -323,7 +327,7 @@ impl Client {
 }
 
 async fn read_frames(
-    mut read: OwnedReadHalf,
+    mut read: ReadHalf,
     streams: StreamTable,
     pongs: mpsc::UnboundedSender<u32>,
     goaway: Arc<Mutex<Option<u32>>>,
@@ -497,12 +501,18 @@ pub async fn finish_session(mut streams: SessionStreams, s: &Session) -> Outcome
             None => Vec::new(),
         }
     };
-    let (_stdin, stdout, stderr, error) = tokio::join!(
-        feed,
-        read(streams.stdout.take()),
-        read(streams.stderr.take()),
-        streams.error.read_to_end()
-    );
+    // A session that never ends is a failure, not a hung test.
+    let (_stdin, stdout, stderr, error) =
+        tokio::time::timeout(std::time::Duration::from_secs(120), async {
+            tokio::join!(
+                feed,
+                read(streams.stdout.take()),
+                read(streams.stderr.take()),
+                streams.error.read_to_end()
+            )
+        })
+        .await
+        .expect("the session ends within 2 minutes");
     let error = error.expect("the error stream ends with FIN");
     let status = if error.is_empty() {
         serde_json::json!({"status": "Success"})

@@ -834,3 +834,217 @@ async fn an_agent_restart_during_an_attach_leaves_the_container_running() {
     remove_pod(&mut c, &pod).await;
     assert_clean(&f, "attach-restart");
 }
+
+mod websocket {
+    //! The WebSocket transports with tokio-tungstenite as the client.
+
+    use super::*;
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    type Ws = tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >;
+
+    /// Connects to `url` (http:// → ws://) offering `protocol`; the chosen one comes back.
+    async fn connect(url: &str, protocol: &str) -> Result<(Ws, String), u16> {
+        let mut request = url
+            .replacen("http://", "ws://", 1)
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("Sec-WebSocket-Protocol", protocol.parse().unwrap());
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((ws, response)) => {
+                let chosen = response.headers()["sec-websocket-protocol"]
+                    .to_str()
+                    .unwrap()
+                    .to_string();
+                Ok((ws, chosen))
+            }
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => Err(r.status().as_u16()),
+            Err(e) => panic!("connect {url}: {e}"),
+        }
+    }
+
+    /// Reads channel messages until the close; (stdout, stderr, status JSON).
+    async fn read_channels(ws: &mut Ws) -> (Vec<u8>, Vec<u8>, serde_json::Value, Option<u16>) {
+        let (mut out, mut err, mut status) = (Vec::new(), Vec::new(), Vec::new());
+        let mut close = None;
+        while let Some(message) = ws.next().await {
+            match message.unwrap() {
+                Message::Binary(d) if !d.is_empty() => match d[0] {
+                    1 => out.extend_from_slice(&d[1..]),
+                    2 => err.extend_from_slice(&d[1..]),
+                    3 => status.extend_from_slice(&d[1..]),
+                    c => panic!("server wrote on channel {c}"),
+                },
+                Message::Close(frame) => {
+                    close = frame.map(|f| u16::from(f.code));
+                    break;
+                }
+                _ => {}
+            }
+        }
+        let status = if status.is_empty() {
+            serde_json::json!({"status": "Success"})
+        } else {
+            serde_json::from_slice(&status).unwrap()
+        };
+        (out, err, status, close)
+    }
+
+    #[tokio::test]
+    async fn v5_exec_and_attach_carry_channels_and_close_stdin() {
+        let _top = CgroupTop;
+        let f = fixture().await;
+        let mut c = f.agent.runtime().await;
+        let (pod, id) = running(&f, &mut c, "ws-exec", &["sh"], |cfg| {
+            cfg.stdin = true;
+            cfg.stdin_once = true;
+        })
+        .await;
+        let s = Session {
+            stdin: Some(Vec::new()),
+            ..out_err()
+        };
+        let url = exec_url(
+            &mut c,
+            &id,
+            &["sh", "-c", "cat; echo -n bye >&2; exit 3"],
+            &s,
+        )
+        .await;
+        let (mut ws, chosen) = connect(&url, "v5.channel.k8s.io").await.unwrap();
+        assert_eq!(chosen, "v5.channel.k8s.io");
+        ws.send(Message::Binary([&[0u8][..], b"hello"].concat().into()))
+            .await
+            .unwrap();
+        // v5's close of channel 0: cat reads EOF.
+        ws.send(Message::Binary(vec![255u8, 0].into()))
+            .await
+            .unwrap();
+        let (out, err, status, close) = read_channels(&mut ws).await;
+        assert_eq!(
+            (out.as_slice(), err.as_slice()),
+            (&b"hello"[..], &b"bye"[..])
+        );
+        assert_eq!(status["reason"], "NonZeroExitCode", "{status}");
+        assert_eq!(status["details"]["causes"][0]["message"], "3");
+        assert_eq!(close, Some(1000));
+
+        // Attach to the container's own sh: the close of stdin (stdin_once) ends it.
+        let url = attach_url(&mut c, &id, &s).await;
+        let (mut ws, _) = connect(&url, "v5.channel.k8s.io").await.unwrap();
+        ws.send(Message::Binary(
+            [&[0u8][..], b"echo -n attached\n"].concat().into(),
+        ))
+        .await
+        .unwrap();
+        ws.send(Message::Binary(vec![255u8, 0].into()))
+            .await
+            .unwrap();
+        let (out, _, status, _) = read_channels(&mut ws).await;
+        assert_eq!(out, b"attached");
+        assert_eq!(status["status"], "Success");
+        assert_eq!(wait_exited(&mut c, &id).await.exit_code, 0);
+        assert!(
+            f.agent
+                .metric("berth_streaming_sessions_total{verb=\"exec\",protocol=\"websocket\"}")
+                >= 1.0
+        );
+        remove_pod(&mut c, &pod).await;
+        assert_clean(&f, "ws-exec");
+    }
+
+    #[tokio::test]
+    async fn unknown_subprotocols_are_refused() {
+        let _top = CgroupTop;
+        let f = fixture().await;
+        let mut c = f.agent.runtime().await;
+        let (pod, id) = running(&f, &mut c, "ws-refuse", &["sleep", "1000"], |_| {}).await;
+        let url = exec_url(&mut c, &id, &["true"], &out_err()).await;
+        assert_eq!(
+            connect(&url, "base64.channel.k8s.io").await.err(),
+            Some(403)
+        );
+        remove_pod(&mut c, &pod).await;
+        assert_clean(&f, "ws-refuse");
+    }
+
+    /// The SPDY client over the WebSocket's binary messages (a pipe and two pumps).
+    fn tunnel(ws: Ws) -> Client {
+        let (ours, theirs) = tokio::io::duplex(256 * 1024);
+        let (mut from_client, mut to_client) = tokio::io::split(theirs);
+        let (mut sink, mut source) = ws.split();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 16 * 1024];
+            while let Ok(n) = from_client.read(&mut buf).await {
+                if n == 0
+                    || sink
+                        .send(Message::Binary(buf[..n].to_vec().into()))
+                        .await
+                        .is_err()
+                {
+                    break;
+                }
+            }
+            let _ = sink.close().await;
+        });
+        tokio::spawn(async move {
+            while let Some(Ok(message)) = source.next().await {
+                if let Message::Binary(d) = message {
+                    if to_client.write_all(&d).await.is_err() {
+                        break;
+                    }
+                }
+            }
+            let _ = to_client.shutdown().await;
+        });
+        Client::new(ours)
+    }
+
+    #[tokio::test]
+    async fn port_forward_over_websocket_tunnels_spdy() {
+        let _top = CgroupTop;
+        let f = fixture().await;
+        let mut c = f.agent.runtime().await;
+        let pod = run_pod(&mut c, pod_config(&f, "ws-forward")).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut all = Vec::new();
+            s.read_to_end(&mut all).await.unwrap();
+            s.write_all(&Sha256::digest(&all)).await.unwrap();
+        });
+        let url = c
+            .port_forward(PortForwardRequest {
+                pod_sandbox_id: pod.clone(),
+                port: vec![port as i32],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .url;
+        let (ws, chosen) = connect(&url, "SPDY/3.1+portforward.k8s.io").await.unwrap();
+        assert_eq!(chosen, "SPDY/3.1+portforward.k8s.io");
+        let mut client = tunnel(ws);
+        let (e, mut data) = forward_pair(&mut client, port, 0).await;
+        let payload: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        data.send(&payload).await.unwrap();
+        data.close().await.unwrap();
+        assert_eq!(
+            data.read_to_end().await.unwrap(),
+            Sha256::digest(&payload).to_vec()
+        );
+        server.await.unwrap();
+        drop((client, e, data));
+        wait_metric(&f, "berth_streaming_active_sessions{", 0.0).await;
+        remove_pod(&mut c, &pod).await;
+        assert_clean(&f, "ws-forward");
+    }
+}
