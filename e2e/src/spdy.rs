@@ -188,6 +188,20 @@ impl ClientStream {
         self.events.recv().await
     }
 
+    /// Everything the server sends until it ends the stream, and the RST_STREAM status if it
+    /// reset it rather than FIN it (client-go reads a reset as the end of the data too).
+    pub async fn read_until_closed(&mut self) -> (Vec<u8>, Option<u32>) {
+        let mut out = Vec::new();
+        loop {
+            match self.events.recv().await {
+                Some(Event::Data(d)) => out.extend(d),
+                Some(Event::Fin) | None => return (out, None),
+                Some(Event::Reset(s)) => return (out, Some(s)),
+                Some(Event::Reply) => {}
+            }
+        }
+    }
+
     /// Everything the server sends until its FIN (Ok) or RST_STREAM (Err with the status).
     pub async fn read_to_end(&mut self) -> Result<Vec<u8>, u32> {
         let mut out = Vec::new();
@@ -497,7 +511,7 @@ pub async fn finish_session(mut streams: SessionStreams, s: &Session) -> Outcome
     };
     let read = |stream: Option<ClientStream>| async move {
         match stream {
-            Some(mut st) => st.read_to_end().await.unwrap_or_default(),
+            Some(mut st) => st.read_until_closed().await.0,
             None => Vec::new(),
         }
     };
@@ -508,12 +522,13 @@ pub async fn finish_session(mut streams: SessionStreams, s: &Session) -> Outcome
                 feed,
                 read(streams.stdout.take()),
                 read(streams.stderr.take()),
-                streams.error.read_to_end()
+                streams.error.read_until_closed()
             )
         })
         .await
         .expect("the session ends within 2 minutes");
-    let error = error.expect("the error stream ends with FIN");
+    // berth FINs the error stream; containerd's server may reset it once written.
+    let (error, _) = error;
     let status = if error.is_empty() {
         serde_json::json!({"status": "Success"})
     } else {

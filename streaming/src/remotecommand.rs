@@ -189,6 +189,22 @@ pub(crate) enum Run {
     Attach(AttachRequest),
 }
 
+impl Run {
+    /// Runs the exec or attach on the backend to its outcome.
+    pub(crate) async fn run(self, ctx: &Context, io: ProcessIo) -> Outcome {
+        match self {
+            Run::Exec(r) => match ctx.backend.exec(r, io).await {
+                Ok(code) => Outcome::Exited(code),
+                Err(e) => Outcome::Failed(e),
+            },
+            Run::Attach(r) => match ctx.backend.attach(r, io).await {
+                Ok(()) => Outcome::Detached,
+                Err(e) => Outcome::Failed(e),
+            },
+        }
+    }
+}
+
 /// Serves one exec or attach session over SPDY to its end.
 pub(crate) async fn serve_spdy(
     ctx: &Context,
@@ -267,18 +283,7 @@ pub(crate) async fn serve_spdy(
         resize,
     };
     let error = streams.error.expect("gathered");
-    let job = async {
-        match run {
-            Run::Exec(r) => match ctx.backend.exec(r, io).await {
-                Ok(code) => Outcome::Exited(code),
-                Err(e) => Outcome::Failed(e),
-            },
-            Run::Attach(r) => match ctx.backend.attach(r, io).await {
-                Ok(()) => Outcome::Detached,
-                Err(e) => Outcome::Failed(e),
-            },
-        }
-    };
+    let job = run.run(ctx, io);
     let outcome = tokio::select! {
         outcome = job => Some(outcome),
         // The client went away: dropping the job kills an exec'd process, detaches an attach.

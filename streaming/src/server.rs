@@ -192,20 +192,7 @@ impl Server {
             Some(c) => Some(c),
             // A client that names no protocol gets the oldest remotecommand one.
             None if offered.is_empty() && !matches!(request, Request::PortForward(_)) => None,
-            None => {
-                self.ctx.reject("protocol");
-                let mut response = plain(
-                    StatusCode::FORBIDDEN,
-                    &format!("none of the offered stream protocols {offered:?} is supported"),
-                );
-                for (name, _) in ours {
-                    response.headers_mut().append(
-                        "X-Accepted-Stream-Protocol-Versions",
-                        HeaderValue::from_static(name),
-                    );
-                }
-                return response;
-            }
+            None => return self.refuse_protocols("stream", &offered, ours),
         };
         let on_upgrade = hyper::upgrade::on(&mut req);
         let server = self.clone();
@@ -252,18 +239,7 @@ impl Server {
             _ => websocket::REMOTE_COMMAND,
         };
         let Some((chosen, can_close)) = negotiate(&offered, ours) else {
-            self.ctx.reject("protocol");
-            let mut response = plain(
-                StatusCode::FORBIDDEN,
-                &format!("none of the offered WebSocket protocols {offered:?} is supported"),
-            );
-            for (name, _) in ours {
-                response.headers_mut().append(
-                    "X-Accepted-Stream-Protocol-Versions",
-                    HeaderValue::from_static(name),
-                );
-            }
-            return response;
+            return self.refuse_protocols("WebSocket", &offered, ours);
         };
         let on_upgrade = hyper::upgrade::on(&mut req);
         let server = self.clone();
@@ -302,6 +278,27 @@ impl Server {
             HeaderValue::from_str(&accept).expect("base64 is a header value"),
         );
         h.insert("Sec-WebSocket-Protocol", HeaderValue::from_static(chosen));
+        response
+    }
+
+    /// 403 naming the protocols we would have taken, as kubelet's server answers.
+    fn refuse_protocols<T>(
+        &self,
+        kind: &str,
+        offered: &[&str],
+        ours: &[(&'static str, T)],
+    ) -> Response<Full<Bytes>> {
+        self.ctx.reject("protocol");
+        let mut response = plain(
+            StatusCode::FORBIDDEN,
+            &format!("none of the offered {kind} protocols {offered:?} is supported"),
+        );
+        for (name, _) in ours {
+            response.headers_mut().append(
+                "X-Accepted-Stream-Protocol-Versions",
+                HeaderValue::from_static(name),
+            );
+        }
         response
     }
 

@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
-use crate::remotecommand::{outcome_message, Outcome, Run, Version};
+use crate::remotecommand::{outcome_message, Run, Version};
 use crate::server::Context;
 use crate::spdy::{Limits, Session};
 use crate::{portforward, ProcessIo, TerminalSize};
@@ -115,18 +115,7 @@ where
         stderr: stderr_tx,
         resize: resize_rx,
     };
-    let job = async {
-        match run {
-            Run::Exec(r) => match ctx.backend.exec(r, io).await {
-                Ok(code) => Outcome::Exited(code),
-                Err(e) => Outcome::Failed(e),
-            },
-            Run::Attach(r) => match ctx.backend.attach(r, io).await {
-                Ok(()) => Outcome::Detached,
-                Err(e) => Outcome::Failed(e),
-            },
-        }
-    };
+    let job = run.run(ctx, io);
     tokio::pin!(job);
     let mut outcome = None;
     // Output as it comes, until the job is done and its output drained (the senders dropped).

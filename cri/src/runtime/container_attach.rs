@@ -2,15 +2,13 @@
 //! the streaming server's URL; the session goes through the pod's monitor, which holds the
 //! container's stdio (`berth_podsandbox::container::attach`).
 
-use berth_podsandbox::container::ContainerState;
 use berth_podsandbox::Pods;
 use berth_streaming::{AttachRequest as StreamAttach, Request, Server};
 use k8s_cri::v1::{AttachRequest, AttachResponse};
 use tonic::Status;
 
-use super::container_exec::check_stdio;
+use super::container_exec::{check_stdio, running_container};
 use super::streaming_url;
-use crate::service::find_container;
 
 pub(super) fn attach(
     pods: &Pods,
@@ -26,13 +24,7 @@ pub(super) fn attach(
         r.stdout,
         r.stderr,
     )?;
-    let record = find_container(pods, &r.container_id)?;
-    if record.state() != ContainerState::Running {
-        return Err(Status::failed_precondition(format!(
-            "berth: container {} is not running",
-            record.id
-        )));
-    }
+    let record = running_container(pods, &r.container_id)?;
     let url = streaming_url(
         server,
         Request::Attach(StreamAttach {

@@ -2,7 +2,7 @@
 //! request and returns the streaming server's URL for it; the session runs when the client
 //! connects (`berth_streaming`, `crate::streaming`).
 
-use berth_podsandbox::container::ContainerState;
+use berth_podsandbox::container::{ContainerRecord, ContainerState};
 use berth_podsandbox::Pods;
 use berth_streaming::{ExecRequest as StreamExec, Request, Server};
 use k8s_cri::v1::{ExecRequest, ExecResponse};
@@ -17,13 +17,7 @@ pub(super) fn exec(pods: &Pods, server: &Server, r: ExecRequest) -> Result<ExecR
     if r.cmd.is_empty() {
         return Err(Status::invalid_argument("berth: Exec needs a command"));
     }
-    let record = find_container(pods, &r.container_id)?;
-    if record.state() != ContainerState::Running {
-        return Err(Status::failed_precondition(format!(
-            "berth: container {} is not running",
-            record.id
-        )));
-    }
+    let record = running_container(pods, &r.container_id)?;
     let url = streaming_url(
         server,
         Request::Exec(StreamExec {
@@ -36,6 +30,18 @@ pub(super) fn exec(pods: &Pods, server: &Server, r: ExecRequest) -> Result<ExecR
         }),
     )?;
     Ok(ExecResponse { url })
+}
+
+/// The container, if it is running (Exec and Attach need it so, as containerd does).
+pub(super) fn running_container(pods: &Pods, id: &str) -> Result<ContainerRecord, Status> {
+    let record = find_container(pods, id)?;
+    if record.state() != ContainerState::Running {
+        return Err(Status::failed_precondition(format!(
+            "berth: container {} is not running",
+            record.id
+        )));
+    }
+    Ok(record)
 }
 
 /// What Exec and Attach both refuse (kubelet's streaming server refuses the same).

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Stdio;
 
 use bytes::Bytes;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::UnixListener;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -65,8 +65,8 @@ async fn exec_pipes(
     let exec::Started {
         mut running,
         stdin,
-        mut stdout,
-        mut stderr,
+        stdout,
+        stderr,
     } = exec::start(
         berthd,
         state_root,
@@ -90,32 +90,55 @@ async fn exec_pipes(
             // The client's stdin ended: so does the process's (the pipe closes on drop).
         })
     });
-    let (out_tx, err_tx) = (stdio.stdout, stdio.stderr);
-    let (mut out_buf, mut err_buf) = (vec![0u8; 32 * 1024], vec![0u8; 32 * 1024]);
+    let output = [
+        boxed(stdout).zip(stdio.stdout),
+        boxed(stderr).zip(stdio.stderr),
+    ];
+    let code = relay_until_exit(&mut running, id, output).await;
+    if let Some(f) = feeding {
+        f.abort();
+    }
+    code
+}
+
+type Reader = Box<dyn AsyncRead + Unpin + Send>;
+
+fn boxed<R: AsyncRead + Unpin + Send + 'static>(r: Option<R>) -> Option<Reader> {
+    r.map(|r| Box::new(r) as Reader)
+}
+
+/// Relays each output to its sender until the executor has exited and the output is read (at
+/// most [`DRAIN_GRACE`] after the exit: a background process the command left may hold it
+/// open); the exit code.
+async fn relay_until_exit(
+    running: &mut Running,
+    id: &str,
+    output: [Option<(Reader, mpsc::Sender<Bytes>)>; 2],
+) -> Result<i32, ExecError> {
+    let [first, second] = output;
+    let (mut a, a_tx) = first.unzip();
+    let (mut b, b_tx) = second.unzip();
+    let (mut a_buf, mut b_buf) = (vec![0u8; 32 * 1024], vec![0u8; 32 * 1024]);
     let mut status = None;
     let mut drain_until = None;
-    while status.is_none() || stdout.is_some() || stderr.is_some() {
+    while status.is_none() || a.is_some() || b.is_some() {
         tokio::select! {
-            n = read_some(&mut stdout, &mut out_buf) => {
-                if !relay(n, &out_buf, out_tx.as_ref()).await {
-                    stdout = None;
+            n = read_some(&mut a, &mut a_buf) => {
+                if !relay(n, &a_buf, a_tx.as_ref()).await {
+                    a = None;
                 }
             }
-            n = read_some(&mut stderr, &mut err_buf) => {
-                if !relay(n, &err_buf, err_tx.as_ref()).await {
-                    stderr = None;
+            n = read_some(&mut b, &mut b_buf) => {
+                if !relay(n, &b_buf, b_tx.as_ref()).await {
+                    b = None;
                 }
             }
             s = running.wait(), if status.is_none() => {
                 status = Some(s);
-                // A background process the command left may hold the pipes open.
                 drain_until = Some(Instant::now() + DRAIN_GRACE);
             }
             _ = sleep_until(drain_until) => break,
         }
-    }
-    if let Some(f) = feeding {
-        f.abort();
     }
     let status = status.unwrap_or_else(|| Err(io::Error::other("not waited for")));
     running.exit_code(id, status)
@@ -228,29 +251,12 @@ async fn relay_terminal(
             }
         })
     });
-    let out = stdio.stdout;
-    let mut buf = vec![0u8; 32 * 1024];
-    let mut reading = true;
-    let mut status = None;
-    let mut drain_until = None;
-    while status.is_none() || reading {
-        tokio::select! {
-            n = fd_io::read(&master, &mut buf), if reading => {
-                // EIO once every holder of the slave has closed it.
-                if !relay(n, &buf, out.as_ref()).await {
-                    reading = false;
-                }
-            }
-            s = running.wait(), if status.is_none() => {
-                status = Some(s);
-                drain_until = Some(Instant::now() + DRAIN_GRACE);
-            }
-            _ = sleep_until(drain_until) => break,
-        }
-    }
+    // The master reads EIO once every holder of the slave has closed it: the end.
+    let reader = fd_io::FdReader(master);
+    let output = [boxed(Some(reader)).zip(stdio.stdout), None];
+    let code = relay_until_exit(running, id, output).await;
     for task in [feeding, resizing].into_iter().flatten() {
         task.abort();
     }
-    let status = status.unwrap_or_else(|| Err(io::Error::other("not waited for")));
-    running.exit_code(id, status)
+    code
 }

@@ -6,6 +6,33 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
 use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, ReadBuf};
+
+/// A registered descriptor read as a tokio `AsyncRead` (a pty master's output).
+pub(super) struct FdReader(pub Arc<AsyncFd<OwnedFd>>);
+
+impl AsyncRead for FdReader {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        loop {
+            let mut ready = std::task::ready!(self.0.poll_read_ready(cx))?;
+            let unfilled = buf.initialize_unfilled();
+            match ready
+                .try_io(|fd| nix::unistd::read(fd.as_raw_fd(), unfilled).map_err(io::Error::from))
+            {
+                Ok(Ok(n)) => {
+                    buf.advance(n);
+                    return std::task::Poll::Ready(Ok(()));
+                }
+                Ok(Err(e)) => return std::task::Poll::Ready(Err(e)),
+                Err(_would_block) => continue,
+            }
+        }
+    }
+}
 
 /// Makes `fd` non-blocking and registers it with the runtime.
 pub(super) fn register(fd: OwnedFd) -> io::Result<Arc<AsyncFd<OwnedFd>>> {
@@ -17,16 +44,6 @@ pub(super) fn register(fd: OwnedFd) -> io::Result<Arc<AsyncFd<OwnedFd>>> {
     // long as it is registered, and is closed only after deregistration.
     let registered = unsafe { AsyncFd::register(fd) }.map_err(io::Error::from)?;
     Ok(Arc::new(registered))
-}
-
-pub(super) async fn read(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        let mut ready = fd.readable().await?;
-        match ready.try_io(|fd| nix::unistd::read(fd.as_raw_fd(), buf).map_err(io::Error::from)) {
-            Ok(result) => return result,
-            Err(_would_block) => continue,
-        }
-    }
 }
 
 pub(super) async fn write_all(fd: &AsyncFd<OwnedFd>, mut data: &[u8]) -> io::Result<()> {

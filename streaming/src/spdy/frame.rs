@@ -90,15 +90,17 @@ pub enum FrameError {
 }
 
 /// Parses frames out of a byte buffer as they arrive: a frame split at any byte boundary is
-/// waited for, a frame longer than `max_len` is refused before its body is buffered.
+/// waited for, a control frame longer than `max_control` is refused before its body is
+/// buffered (data frames may be as long as SPDY allows: the Go client writes whatever its
+/// caller hands it as one frame).
 #[derive(Debug)]
 pub struct Decoder {
-    max_len: usize,
+    max_control: usize,
 }
 
 impl Decoder {
-    pub fn new(max_len: usize) -> Self {
-        Decoder { max_len }
+    pub fn new(max_control: usize) -> Self {
+        Decoder { max_control }
     }
 
     /// The next whole frame in `buf` (consumed), `Ok(None)` if more bytes are needed.
@@ -107,13 +109,13 @@ impl Decoder {
             return Ok(None);
         }
         let len = u32::from_be_bytes([0, buf[5], buf[6], buf[7]]) as usize;
-        if len > self.max_len {
+        let control = buf[0] & 0x80 != 0;
+        if control && len > self.max_control {
             return Err(FrameError::TooLong {
                 len,
-                max: self.max_len,
+                max: self.max_control,
             });
         }
-        let control = buf[0] & 0x80 != 0;
         if control {
             let version = u16::from_be_bytes([buf[0], buf[1]]) & 0x7fff;
             if version != VERSION {
@@ -399,12 +401,12 @@ mod tests {
     }
 
     #[test]
-    fn a_frame_over_the_limit_is_refused_before_its_body_arrives() {
+    fn a_control_frame_over_the_limit_is_refused_before_its_body_arrives() {
         let mut buf = BytesMut::new();
-        Frame::Data {
+        Frame::SynReply {
             stream: 1,
             fin: false,
-            data: Bytes::from(vec![0u8; 100]),
+            headers: Bytes::from(vec![0u8; 96]),
         }
         .encode(&mut buf);
         buf.truncate(HEADER_LEN);
@@ -412,6 +414,15 @@ mod tests {
             Decoder::new(64).decode(&mut buf),
             Err(FrameError::TooLong { len: 100, max: 64 })
         );
+        // Data frames are bounded only by the 24-bit length.
+        let mut buf = BytesMut::new();
+        Frame::Data {
+            stream: 1,
+            fin: false,
+            data: Bytes::from(vec![0u8; 100]),
+        }
+        .encode(&mut buf);
+        assert!(Decoder::new(64).decode(&mut buf).unwrap().is_some());
     }
 
     #[test]

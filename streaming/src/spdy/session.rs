@@ -25,8 +25,8 @@ pub const MAX_DATA_FRAME: usize = 32 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// The longest frame accepted (data or control).
-    pub max_frame: usize,
+    /// The longest control frame accepted (data frames may be as long as SPDY allows).
+    pub max_control_frame: usize,
     /// The most a header block may inflate to.
     pub max_header_block: usize,
     /// Streams open at once; more are refused with RST_STREAM.
@@ -40,7 +40,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_frame: 1 << 20,
+            max_control_frame: 1 << 20,
             max_header_block: 64 * 1024,
             max_streams: 1024,
             stream_queue: 16,
@@ -327,7 +327,7 @@ async fn read_loop<R: AsyncRead>(
     ended: Arc<watch::Sender<Option<End>>>,
 ) {
     tokio::pin!(read);
-    let decoder = Decoder::new(limits.max_frame);
+    let decoder = Decoder::new(limits.max_control_frame);
     let mut inflater = Inflater::new(limits.max_header_block);
     let live = Arc::new(AtomicUsize::new(0));
     let mut open: HashMap<u32, Open> = HashMap::new();

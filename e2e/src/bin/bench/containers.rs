@@ -15,7 +15,7 @@ use crate::{percentile, Figures};
 
 const RUNS: usize = 20;
 
-fn container(image: &str, name: &str) -> ContainerConfig {
+pub(crate) fn container(image: &str, name: &str) -> ContainerConfig {
     ContainerConfig {
         metadata: Some(ContainerMetadata {
             name: name.into(),
@@ -45,7 +45,7 @@ async fn start_container(
     start_container_as(c, pod, config, container(image, name)).await
 }
 
-async fn start_container_as(
+pub(crate) async fn start_container_as(
     c: &mut RuntimeServiceClient<Channel>,
     pod: &str,
     config: &PodSandboxConfig,
@@ -69,7 +69,7 @@ async fn start_container_as(
     id
 }
 
-async fn remove_pod(c: &mut RuntimeServiceClient<Channel>, pod: &str) {
+pub(crate) async fn remove_pod(c: &mut RuntimeServiceClient<Channel>, pod: &str) {
     let _ = c
         .stop_pod_sandbox(StopPodSandboxRequest {
             pod_sandbox_id: pod.into(),

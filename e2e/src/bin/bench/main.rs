@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 mod containers;
 mod sandboxes;
+mod streaming;
 
 use berth_e2e::images::ImageBuilder;
 use berth_e2e::network::{Extra, TestNetwork};
@@ -281,6 +282,15 @@ async fn main() {
         &mut berth,
     )
     .await;
+    streaming::measure(
+        &agent.paths.socket,
+        "berth",
+        &images[0].1,
+        agent.pid(),
+        &is_monitor,
+        &mut berth,
+    )
+    .await;
     berth.rows.push((
         "agent RSS idle (before the RPCs)".into(),
         idle_rss
@@ -310,6 +320,15 @@ async fn main() {
                 })
                 .unwrap_or(0);
             containers::measure(
+                &peer,
+                "peer",
+                &images[0].1,
+                containerd_pid,
+                &is_shim,
+                &mut figures,
+            )
+            .await;
+            streaming::measure(
                 &peer,
                 "peer",
                 &images[0].1,
