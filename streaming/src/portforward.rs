@@ -165,17 +165,15 @@ async fn forward(
     };
     let writer = data.writer.clone();
     let pod_to_client = async move {
-        let mut buf = vec![0u8; 64 * 1024];
+        // Read straight into buffers that become the frames' payloads: no copy on the way.
+        let mut buf = bytes::BytesMut::new();
         loop {
-            match from_pod.read(&mut buf).await {
+            buf.reserve(crate::spdy::session::MAX_DATA_FRAME);
+            match from_pod.read_buf(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     bytes_out.inc_by(n as u64);
-                    if writer
-                        .write(Bytes::copy_from_slice(&buf[..n]))
-                        .await
-                        .is_err()
-                    {
+                    if writer.write(buf.split().freeze()).await.is_err() {
                         break;
                     }
                 }

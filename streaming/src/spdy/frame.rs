@@ -240,6 +240,12 @@ fn control_head(out: &mut BytesMut, kind: u16, flags: u8, len: usize) {
     out.put_u32(((flags as u32) << 24) | len as u32);
 }
 
+/// Appends a data frame's 8-byte header; its payload follows on the wire.
+pub fn encode_data_head(stream: u32, fin: bool, len: usize, out: &mut BytesMut) {
+    out.put_u32(stream & 0x7fff_ffff);
+    out.put_u32(((if fin { FLAG_FIN } else { 0 } as u32) << 24) | len as u32);
+}
+
 impl Frame {
     /// Appends the frame's wire form. Bodies over 2^24 - 1 bytes are the caller's bug: data is
     /// chunked before it gets here.

@@ -21,7 +21,7 @@ use super::frame::{goaway, rst, Decoder, Frame};
 use super::headers::{Deflater, Headers, Inflater};
 
 /// Data frames berth sends carry at most this much.
-pub const MAX_DATA_FRAME: usize = 32 * 1024;
+pub const MAX_DATA_FRAME: usize = 128 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -279,38 +279,101 @@ async fn write_loop<W: AsyncWrite>(
 ) {
     tokio::pin!(write);
     let mut deflater = Deflater::new();
-    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut batch = Batch::default();
     while let Some(first) = out.recv().await {
         let mut next = Some(first);
+        let mut shutdown = false;
         // Coalesce what is already queued into one write.
         while let Some(item) = next.take() {
-            let frame = match item {
+            match item {
                 Out::Shutdown => {
-                    let _ = write.write_all(&buf).await;
-                    let _ = write.flush().await;
-                    let _ = write.shutdown().await;
-                    return;
+                    shutdown = true;
+                    break;
                 }
-                Out::Frame(f) => f,
-                Out::Reply { stream } => Frame::SynReply {
+                Out::Frame(f) => batch.push(f),
+                Out::Reply { stream } => batch.push(Frame::SynReply {
                     stream,
                     fin: false,
                     headers: deflater.encode(&[]).into(),
-                },
-            };
-            frame.encode(&mut buf);
-            if buf.len() < 256 * 1024 {
+                }),
+            }
+            if batch.len < 1024 * 1024 {
                 next = out.try_recv().ok();
             }
         }
-        if let Err(e) = write.write_all(&buf).await {
+        if let Err(e) = batch.write_to(&mut write).await {
             set_end(&ended, End::Io(format!("write: {e}")));
             return;
         }
-        buf.clear();
+        if shutdown {
+            break;
+        }
     }
     let _ = write.flush().await;
     let _ = write.shutdown().await;
+}
+
+/// Frames waiting to be written in one go: small ones encoded into a buffer, a large data
+/// frame's payload kept as it came (written with writev, not copied).
+#[derive(Default)]
+struct Batch {
+    head: BytesMut,
+    parts: Vec<Bytes>,
+    len: usize,
+}
+
+impl Batch {
+    fn push(&mut self, frame: Frame) {
+        match frame {
+            Frame::Data { stream, fin, data } if data.len() >= 4096 => {
+                super::frame::encode_data_head(stream, fin, data.len(), &mut self.head);
+                self.parts.push(self.head.split().freeze());
+                self.len += 8 + data.len();
+                self.parts.push(data);
+            }
+            frame => {
+                let before = self.head.len();
+                frame.encode(&mut self.head);
+                self.len += self.head.len() - before;
+            }
+        }
+    }
+
+    async fn write_to<W: AsyncWrite>(
+        &mut self,
+        write: &mut std::pin::Pin<&mut W>,
+    ) -> std::io::Result<()> {
+        if !self.head.is_empty() {
+            self.parts.push(self.head.split().freeze());
+        }
+        let mut parts = std::mem::take(&mut self.parts);
+        let mut first = 0;
+        while first < parts.len() {
+            let slices: Vec<std::io::IoSlice<'_>> = parts[first..]
+                .iter()
+                .take(64)
+                .map(|b| std::io::IoSlice::new(b))
+                .collect();
+            let mut n = write.write_vectored(&slices).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            while n > 0 {
+                let part = &mut parts[first];
+                if n >= part.len() {
+                    n -= part.len();
+                    first += 1;
+                } else {
+                    let _ = part.split_to(n);
+                    n = 0;
+                }
+            }
+        }
+        parts.clear();
+        self.parts = parts;
+        self.len = 0;
+        Ok(())
+    }
 }
 
 /// A client stream the reader still takes data for.

@@ -201,6 +201,8 @@ async fn main() {
     let mut peer: Option<PathBuf> = None;
     let mut peer_pid: Option<u32> = None;
     let mut lab = false;
+    // `--only streaming`: just that section (and the figures it needs), to iterate on it.
+    let mut only: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -213,9 +215,10 @@ async fn main() {
                 peer_pid = Some(value.expect("--peer-pid needs the peer daemon's pid"));
             }
             "--lab" => lab = true,
+            "--only" => only = Some(args.next().expect("--only needs a section: streaming")),
             other => panic!(
                 "unknown argument {other}; usage: berth-bench [--peer unix:///path.sock \
-                 [--peer-pid PID]] [--lab]"
+                 [--peer-pid PID]] [--lab] [--only streaming]"
             ),
         }
     }
@@ -263,8 +266,26 @@ async fn main() {
     };
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let idle_rss = rss_kib(agent.pid());
-    let mut berth = measure(&agent.paths.socket, "berth").await;
-    measure_pulls(&agent.paths.socket, &images, &mut berth).await;
+    let everything = only.is_none();
+    let mut berth = Figures {
+        name: "berth".into(),
+        rows: Vec::new(),
+    };
+    if everything {
+        berth = measure(&agent.paths.socket, "berth").await;
+        measure_pulls(&agent.paths.socket, &images, &mut berth).await;
+    } else {
+        // The section's containers need the image.
+        measure_pulls(
+            &agent.paths.socket,
+            &images[..1],
+            &mut Figures {
+                name: String::new(),
+                rows: Vec::new(),
+            },
+        )
+        .await;
+    }
     let pods_dir = agent
         .paths
         .state
@@ -272,16 +293,18 @@ async fn main() {
         .to_string_lossy()
         .into_owned();
     let is_monitor = move |_: &str, cmdline: &str| cmdline.contains(&pods_dir);
-    sandboxes::measure(&agent.paths.socket, "berth", &is_monitor, &mut berth).await;
-    containers::measure(
-        &agent.paths.socket,
-        "berth",
-        &images[0].1,
-        agent.pid(),
-        &is_monitor,
-        &mut berth,
-    )
-    .await;
+    if everything {
+        sandboxes::measure(&agent.paths.socket, "berth", &is_monitor, &mut berth).await;
+        containers::measure(
+            &agent.paths.socket,
+            "berth",
+            &images[0].1,
+            agent.pid(),
+            &is_monitor,
+            &mut berth,
+        )
+        .await;
+    }
     streaming::measure(
         &agent.paths.socket,
         "berth",
@@ -305,12 +328,26 @@ async fn main() {
     ));
     let mut all = vec![berth];
     if let Some(peer) = peer {
-        let mut figures = measure(&peer, "peer").await;
+        let mut figures = Figures {
+            name: "peer".into(),
+            rows: Vec::new(),
+        };
+        if everything {
+            figures = measure(&peer, "peer").await;
+        }
         if lab {
-            measure_pulls(&peer, &images, &mut figures).await;
             let is_shim =
                 |comm: &str, _: &str| comm.starts_with("containerd-shim") || comm == "pause";
-            sandboxes::measure(&peer, "peer", &is_shim, &mut figures).await;
+            if everything {
+                measure_pulls(&peer, &images, &mut figures).await;
+                sandboxes::measure(&peer, "peer", &is_shim, &mut figures).await;
+            } else {
+                let mut scratch = Figures {
+                    name: String::new(),
+                    rows: Vec::new(),
+                };
+                measure_pulls(&peer, &images[..1], &mut scratch).await;
+            }
             // The daemon whose CPU and memory count: as given, or from the pid file beside its
             // socket.
             let containerd_pid = peer_pid
@@ -319,15 +356,17 @@ async fn main() {
                     std::fs::read_to_string(file).ok()?.trim().parse().ok()
                 })
                 .unwrap_or(0);
-            containers::measure(
-                &peer,
-                "peer",
-                &images[0].1,
-                containerd_pid,
-                &is_shim,
-                &mut figures,
-            )
-            .await;
+            if everything {
+                containers::measure(
+                    &peer,
+                    "peer",
+                    &images[0].1,
+                    containerd_pid,
+                    &is_shim,
+                    &mut figures,
+                )
+                .await;
+            }
             streaming::measure(
                 &peer,
                 "peer",

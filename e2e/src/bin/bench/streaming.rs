@@ -72,8 +72,9 @@ pub async fn measure(
     let mut sender = container(image, "sender");
     // One connection at a time gets FORWARD_BYTES of zeros on port 9000.
     let script = format!(
-        "printf '#!/bin/sh\\nhead -c {FORWARD_BYTES} /dev/zero\\n' > /send && chmod +x /send && \
-         exec nc -ll -p 9000 -e /send"
+        "printf '#!/bin/sh\\ndd if=/dev/zero bs=1048576 count={} 2>/dev/null\\n' > /send && \
+         chmod +x /send && exec nc -ll -p 9000 -e /send",
+        FORWARD_BYTES / 1048576
     );
     sender.command = vec!["sh".into(), "-c".into(), script];
     let id = start_container_as(&mut c, &pod, &config, sender).await;
