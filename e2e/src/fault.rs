@@ -24,6 +24,8 @@ pub enum Fault {
 struct State {
     fault: Mutex<Fault>,
     blob_requests: AtomicUsize,
+    /// Every request head seen, as sent.
+    heads: Mutex<Vec<String>>,
     stop: AtomicBool,
 }
 
@@ -43,6 +45,7 @@ impl FaultProxy {
         let state = Arc::new(State {
             fault: Mutex::new(Fault::None),
             blob_requests: AtomicUsize::new(0),
+            heads: Mutex::new(Vec::new()),
             stop: AtomicBool::new(false),
         });
         let upstream = upstream.to_string();
@@ -71,6 +74,11 @@ impl FaultProxy {
 
     pub fn set(&self, fault: Fault) {
         *self.state.fault.lock().unwrap() = fault;
+    }
+
+    /// The heads of every request seen so far (request line and headers).
+    pub fn requests(&self) -> Vec<String> {
+        self.state.heads.lock().unwrap().clone()
     }
 
     /// Blob GETs seen so far.
@@ -106,6 +114,7 @@ fn serve(mut client: TcpStream, upstream: &str, state: &State) -> std::io::Resul
     client.set_nonblocking(false)?;
     let head = read_head(&mut client)?;
     let text = String::from_utf8_lossy(&head).into_owned();
+    state.heads.lock().unwrap().push(text.clone());
     let request_line = text.lines().next().unwrap_or("").to_string();
     let is_blob_get = request_line.starts_with("GET ") && request_line.contains("/blobs/sha256:");
     let fault = if is_blob_get {

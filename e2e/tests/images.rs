@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use berth_e2e::fault::{Fault, FaultProxy};
 use berth_e2e::images::{Compression, Hostile, ImageBuilder, IndexBuilder, Platform, PushedImage};
 use berth_e2e::registry::{http_request, TestRegistry};
-use berth_e2e::{TempDir, TestAgent};
+use berth_e2e::TestAgent;
 use berth_image::digest::{chain_ids, Digest};
 use k8s_cri::v1::*;
 
@@ -447,56 +447,6 @@ async fn token_auth_with_every_kind_of_credential() {
     };
     pull_with(&agent, &reference, Some(by_token)).await.unwrap();
     assert!(registry.token_requests() >= 4);
-}
-
-/// Writes `<dir>/<host>/hosts.toml`.
-fn hosts_toml(dir: &Path, host: &str, text: &str) {
-    std::fs::create_dir_all(dir.join(host)).unwrap();
-    std::fs::write(dir.join(host).join("hosts.toml"), text).unwrap();
-}
-
-#[tokio::test]
-async fn hosts_toml_mirrors_are_tried_in_order_with_fallback() {
-    let registry = TestRegistry::start();
-    // Images as a docker.io / registry.k8s.io mirror holds them: the path kept, the host dropped.
-    let hub = ImageBuilder::busybox().push(&registry, "library/busybox", "1.36");
-    let k8s = ImageBuilder::busybox()
-        .label("pause", "yes")
-        .push(&registry, "pause", "3.9");
-    let certs = TempDir::new("berth-e2e-certs");
-    let dead = format!("127.0.0.1:{}", berth_e2e::free_port());
-    hosts_toml(
-        certs.path(),
-        "docker.io",
-        &format!(
-            "server = \"https://registry-1.docker.invalid\"\n\n[host.\"http://{dead}\"]\n  capabilities = [\"pull\", \"resolve\"]\n\n\
-             [host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n",
-            registry.address()
-        ),
-    );
-    hosts_toml(
-        certs.path(),
-        "registry.k8s.io",
-        &format!("server = \"http://{}\"\n[host.\"http://{}\"]\n  capabilities = [\"pull\", \"resolve\"]\n", registry.address(), registry.address()),
-    );
-    let agent =
-        TestAgent::start_with(&format!("[registry]\nconfig_path = {:?}\n", certs.path())).await;
-    assert_eq!(
-        pull(&agent, "busybox:1.36").await.unwrap(),
-        hub.config_digest
-    );
-    let i = status(&agent, "docker.io/library/busybox:1.36", false)
-        .await
-        .image
-        .unwrap();
-    assert_eq!(i.repo_tags, ["docker.io/library/busybox:1.36"]);
-    assert_eq!(
-        pull(&agent, "registry.k8s.io/pause:3.9").await.unwrap(),
-        k8s.config_digest
-    );
-    // No mirror has it and the server does not exist: a clear error, not a hang.
-    let err = pull(&agent, "busybox:missing").await.unwrap_err();
-    assert!(err.message().contains("busybox:missing"), "{err:?}");
 }
 
 #[tokio::test]

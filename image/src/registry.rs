@@ -47,17 +47,47 @@ pub enum RegistryError {
     Content(#[from] crate::content::ContentError),
     #[error("no configured host may {0}")]
     NoHost(&'static str),
+    /// Every host failed: the last one's error, and what the ones before it said (a mirror's
+    /// TLS failure must not hide behind the server's DNS failure).
+    #[error("{last} (before it: {})", earlier.join("; "))]
+    Hosts {
+        last: Box<RegistryError>,
+        earlier: Vec<String>,
+    },
 }
 
 impl RegistryError {
+    /// The error that decides the kind: the last host's when several failed.
+    pub fn last(&self) -> &RegistryError {
+        match self {
+            RegistryError::Hosts { last, .. } => last,
+            e => e,
+        }
+    }
+
     pub fn is_not_found(&self) -> bool {
-        matches!(self, RegistryError::Status { status, .. } if *status == StatusCode::NOT_FOUND)
+        matches!(self.last(), RegistryError::Status { status, .. } if *status == StatusCode::NOT_FOUND)
     }
 
     pub fn is_auth(&self) -> bool {
-        matches!(self, RegistryError::Auth { .. })
-            || matches!(self, RegistryError::Status { status, .. }
+        matches!(self.last(), RegistryError::Auth { .. })
+            || matches!(self.last(), RegistryError::Status { status, .. }
                 if *status == StatusCode::UNAUTHORIZED || *status == StatusCode::FORBIDDEN)
+    }
+
+    /// The outcome of trying hosts in order, given each one's failure.
+    fn all_failed(mut failures: Vec<RegistryError>, none: RegistryError) -> RegistryError {
+        match failures.len() {
+            0 => none,
+            1 => failures.remove(0),
+            _ => {
+                let last = failures.pop().expect("two or more");
+                RegistryError::Hosts {
+                    last: Box::new(last),
+                    earlier: failures.iter().map(|e| e.to_string()).collect(),
+                }
+            }
+        }
     }
 }
 
@@ -138,11 +168,12 @@ impl<'a> Session<'a> {
     /// trying hosts in order. The digest of the bytes is checked when asked by digest.
     pub async fn manifest(&self, reference: &str) -> Result<FetchedManifest, RegistryError> {
         let by_digest = reference.parse::<Digest>().ok();
-        let mut last = RegistryError::NoHost(if by_digest.is_some() {
+        let none = RegistryError::NoHost(if by_digest.is_some() {
             "pull"
         } else {
             "resolve"
         });
+        let mut failures = Vec::new();
         for host in &self.hosts {
             let allowed = if by_digest.is_some() {
                 host.capabilities.pull
@@ -157,11 +188,11 @@ impl<'a> Session<'a> {
                 Ok(m) => return Ok(m),
                 Err(e) => {
                     tracing::debug!(url, error = %e, "manifest fetch failed; trying the next host");
-                    last = e;
+                    failures.push(e);
                 }
             }
         }
-        Err(last)
+        Err(RegistryError::all_failed(failures, none))
     }
 
     async fn fetch_manifest(
@@ -224,7 +255,7 @@ impl<'a> Session<'a> {
         size: Option<u64>,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<(), RegistryError> {
-        let mut last = RegistryError::NoHost("pull");
+        let mut failures = Vec::new();
         for host in self.hosts.iter().filter(|h| h.capabilities.pull) {
             let url = host.url(&format!("/{}/blobs/{digest}", self.repository));
             let result = async {
@@ -239,11 +270,14 @@ impl<'a> Session<'a> {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     tracing::debug!(url, error = %e, "blob fetch failed; trying the next host");
-                    last = e;
+                    failures.push(e);
                 }
             }
         }
-        Err(last)
+        Err(RegistryError::all_failed(
+            failures,
+            RegistryError::NoHost("pull"),
+        ))
     }
 
     async fn download(
@@ -504,4 +538,33 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = inner.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn when_every_host_fails_each_failure_is_told_and_the_last_decides_the_kind() {
+        let tls = RegistryError::Transport {
+            url: "https://mirror/v2/x/manifests/1".into(),
+            message: "invalid peer certificate: UnknownIssuer".into(),
+        };
+        let missing = RegistryError::Status {
+            url: "https://server/v2/x/manifests/1".into(),
+            status: StatusCode::NOT_FOUND,
+            detail: String::new(),
+        };
+        let e = RegistryError::all_failed(vec![tls, missing], RegistryError::NoHost("resolve"));
+        let text = e.to_string();
+        assert!(
+            text.contains("UnknownIssuer") && text.contains("404"),
+            "{text}"
+        );
+        assert!(e.is_not_found());
+        assert!(matches!(
+            RegistryError::all_failed(Vec::new(), RegistryError::NoHost("pull")),
+            RegistryError::NoHost("pull")
+        ));
+    }
 }

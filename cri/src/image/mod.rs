@@ -109,7 +109,7 @@ fn image_status_error(e: ImageError) -> Status {
         }
         ImageError::NotFound { .. } => Status::not_found(message),
         ImageError::Unauthorized { .. } => Status::permission_denied(message),
-        ImageError::Registry { source, .. } => match source {
+        ImageError::Registry { source, .. } => match source.last() {
             RegistryError::Stalled { .. } => Status::deadline_exceeded(message),
             RegistryError::Content(_) => Status::data_loss(message),
             RegistryError::Invalid { .. } => Status::failed_precondition(message),

@@ -171,6 +171,52 @@ impl TestRegistry {
         }
     }
 
+    /// This registry's storage served over HTTPS by a second docker-registry with `cert` and
+    /// `key` (PEM), for TLS tests; pushes still go to this one, over plain HTTP.
+    pub fn tls_twin(&self, cert: &Path, key: &Path) -> TlsTwin {
+        let dir = TempDir::new("berth-registry-tls");
+        let config = dir.path().join("config.yml");
+        let storage = self.dir().join("storage");
+        let log = dir.path().join("registry.log");
+        for attempt in 1..=BIND_ATTEMPTS {
+            let address = format!("127.0.0.1:{}", free_port());
+            let text = format!(
+                "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                 http:\n  addr: {address}\n  tls:\n    certificate: {}\n    key: {}\n",
+                storage.display(),
+                cert.display(),
+                key.display()
+            );
+            std::fs::write(&config, text).expect("write registry config");
+            let mut child = spawn_registry(&config, &log);
+            let deadline = Instant::now() + READY_TIMEOUT;
+            let listening = format!("listening on {address}");
+            loop {
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                if text.contains(&listening) {
+                    return TlsTwin {
+                        child,
+                        address,
+                        _dir: dir,
+                    };
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    assert!(
+                        text.contains("address already in use") && attempt < BIND_ATTEMPTS,
+                        "TLS docker-registry did not start:\n{text}"
+                    );
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "TLS docker-registry: no answer:\n{text}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        unreachable!("asserted above")
+    }
+
     /// `127.0.0.1:PORT`, the registry host of image references pushed here.
     pub fn address(&self) -> String {
         self.address.clone()
@@ -374,6 +420,20 @@ fn spawn_registry(config: &Path, log: &Path) -> Child {
     command
         .spawn()
         .unwrap_or_else(|e| panic!("run {REGISTRY_BIN}: {e} (install Debian's docker-registry)"))
+}
+
+/// A docker-registry serving another's storage over HTTPS; killed on drop.
+pub struct TlsTwin {
+    child: Child,
+    pub address: String,
+    _dir: TempDir,
+}
+
+impl Drop for TlsTwin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// The token scope the fixture asks for: `repository:<name>:pull,push` for paths under a
