@@ -156,10 +156,34 @@ async fn tty_exec_gets_a_controlling_terminal_resizes_and_dies_with_its_client()
         text.starts_with("/dev/pts/"),
         "a terminal of its own: {text:?}"
     );
-    // The client goes away mid-session: the exec'd shell and its children go with it.
+    // A session still running after a moment is waited for by a slim `berthd init wait`, not
+    // by the executor libcontainer ran in.
+    let state = f.agent.paths.state.display().to_string();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let waiters = loop {
+        let waiters: Vec<u32> = berth_e2e::network::processes_mentioning("init\0wait\0")
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| c.contains(&state))
+            })
+            .collect();
+        if !waiters.is_empty() || Instant::now() > deadline {
+            break waiters;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(waiters.len(), 1, "one waiter for the one open session");
+    // The client goes away mid-session: the exec'd shell and its children go with it, killed
+    // through the waiter, which goes too.
     drop((stdout, resize, streams));
     wait_gone(&mut c, &id, "resize-loop").await;
     wait_metric(&f, "berth_streaming_active_sessions{", 0.0).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::path::Path::new(&format!("/proc/{}", waiters[0])).exists() {
+        assert!(Instant::now() < deadline, "the waiter outlived its session");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     remove_pod(&mut c, &pod).await;
     assert_clean(&f, "exec-tty");
 }

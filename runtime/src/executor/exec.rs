@@ -82,11 +82,100 @@ pub(super) fn run(
     if TERMINATED.load(Ordering::SeqCst) {
         let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
     }
+    // A short command (a probe's ExecSync) is waited for here; one still running after
+    // SLIM_AFTER (an interactive session) is waited for by a slimmer image of ourselves.
+    if !exits_within(pid, SLIM_AFTER) {
+        become_waiter(pid, report);
+    }
+    // Only if the exec of our own binary failed: wait here, as the waiter would.
+    wait_and_report(pid, report)
+}
+
+/// How long an exec'd process runs before its executor slims down into `berthd init wait`.
+const SLIM_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Whether `pid` (our child) exits within `limit`; it is not reaped.
+fn exits_within(pid: Pid, limit: std::time::Duration) -> bool {
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return false;
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let timeout = nix::poll::PollTimeout::try_from(left.as_millis() as i32)
+            .unwrap_or(nix::poll::PollTimeout::ZERO);
+        let mut fds = [nix::poll::PollFd::new(
+            pidfd.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        match nix::poll::poll(&mut fds, timeout) {
+            Ok(n) if n > 0 => return true,
+            // A SIGTERM (its handler killed the process): look again.
+            Err(nix::errno::Errno::EINTR) => continue,
+            _ => return false,
+        }
+    }
+}
+
+/// `berthd init wait <pid> <report>`: what the executor becomes once the process runs. The
+/// process stays our child across execve, and a fresh image of the binary holds a fraction of
+/// the memory libcontainer left behind (an open `kubectl exec` costs that for its whole life).
+/// SIGTERM is blocked across the execve and unblocked once the handler is back, so one sent
+/// in between is not lost (nor is it the default action, which would orphan the process).
+pub(super) fn wait_for(pid: &str, report: &Path) -> i32 {
+    let Ok(pid) = pid.parse::<i32>() else {
+        return fail(report, &format!("wait: bad pid {pid:?}"));
+    };
+    let pid = Pid::from_raw(pid);
+    CHILD.store(pid.as_raw(), Ordering::SeqCst);
+    let action = SigAction::new(
+        SigHandler::Handler(on_sigterm),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only touches atomics and calls kill(2), both async-signal-safe.
+    if unsafe { sigaction(Signal::SIGTERM, &action) }.is_err() {
+        // Without the handler a timeout could not kill it: do not let it run unseen.
+        let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
+    }
+    let _ = SigSet::empty().thread_set_mask();
+    wait_and_report(pid, report)
+}
+
+fn wait_and_report(pid: Pid, report: &Path) -> i32 {
     let code = wait(pid);
     if let Err(e) = write_report(report, &format!("exited {code}")) {
         eprintln!("berthd init: write report {}: {e}", report.display());
     }
     code
+}
+
+/// Execs `berthd init wait <pid> <report>`; returns only if that failed (SIGTERM unblocked).
+fn become_waiter(pid: Pid, report: &Path) {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let mut term = SigSet::empty();
+    term.add(Signal::SIGTERM);
+    let _ = term.thread_block();
+    let args = [
+        CString::new("berthd").ok(),
+        CString::new("init").ok(),
+        CString::new("wait").ok(),
+        CString::new(pid.as_raw().to_string()).ok(),
+        CString::new(report.as_os_str().as_bytes()).ok(),
+    ];
+    if let (Some(args), Ok(exe)) = (
+        args.into_iter().collect::<Option<Vec<CString>>>(),
+        CString::new("/proc/self/exe"),
+    ) {
+        let _ = nix::unistd::execv(&exe, &args);
+    }
+    let _ = term.thread_unblock();
 }
 
 fn fail(report: &Path, error: &str) -> i32 {

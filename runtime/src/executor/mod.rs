@@ -8,6 +8,8 @@
 //! `berthd init start <state root> <id> <report file>`: lets the init exec the entrypoint.
 //! `berthd init delete <state root> <id> <report file>`: removes libcontainer's state and the
 //!   container's cgroups (the process must be gone).
+//! `berthd init exec …` runs a process in a running container (`exec`); once the process runs
+//!   it execs `berthd init wait <pid> <report file>`, a fresh image that only waits.
 
 mod exec;
 
@@ -19,6 +21,13 @@ use libcontainer::syscall::syscall::SyscallType;
 
 /// Entry point; returns the exit code. Must be called before any thread exists.
 pub fn run(args: &[String]) -> i32 {
+    // What an exec becomes once its process runs (see `exec::wait_for`): it keeps SIGTERM
+    // blocked until its handler is installed.
+    if let [op, pid, report] = args {
+        if op == "wait" {
+            return exec::wait_for(pid, Path::new(report));
+        }
+    }
     reset_signals();
     let (op, rest) = match args.split_first() {
         Some((op, rest)) => (op.as_str(), rest),
