@@ -171,10 +171,15 @@ impl Drop for Running {
 
 static NEXT_EXEC: AtomicU64 = AtomicU64::new(0);
 
-/// A file of our own beside libcontainer's state (`<root>/<id>.exec-<pid>-<n>.<suffix>`).
+/// A file of our own beside libcontainer's state (`<root>/<id>.exec-<tag>.<suffix>`).
 pub(super) fn exec_file(state_root: &Path, id: &str, suffix: &str) -> PathBuf {
+    state_root.join(format!("{id}.exec-{}.{suffix}", exec_tag()))
+}
+
+/// `<our pid>-<n>`: unique among the execs of this agent and of any other on the host.
+pub(super) fn exec_tag() -> String {
     let n = NEXT_EXEC.fetch_add(1, Ordering::Relaxed);
-    state_root.join(format!("{id}.exec-{}-{n}.{suffix}", std::process::id()))
+    format!("{}-{n}", std::process::id())
 }
 
 fn report_path(state_root: &Path, id: &str) -> PathBuf {

@@ -169,12 +169,8 @@ async fn exec_tty(
     let failed = |what: &str, e: io::Error| {
         ExecError::Failed(format!("exec in container {id}: {what}: {e}"))
     };
-    let console = exec::exec_file(state_root, id, "console.sock");
-    let name = console
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("console.sock")
-        .to_string();
+    let name = console_socket_name(id);
+    let console = state_root.join(&name);
     // sun_path is short; the state root may not be.
     let (_dir, short) = berth_runtime::monitor::protocol::short_socket_path(state_root, &name)
         .map_err(|e| failed("console socket", e))?;
@@ -209,6 +205,14 @@ async fn exec_tty(
     };
     drop(listener);
     relay_terminal(&mut running, id, master, stdio).await
+}
+
+/// The console socket's file name in the state root. It is bound through
+/// `/proc/self/fd/<dir fd>/<name>`, which must fit sun_path (108 bytes) however long the
+/// container id, our pid and the exec counter are.
+fn console_socket_name(id: &str) -> String {
+    let short_id: String = id.chars().take(12).collect();
+    format!("{short_id}.tty-{}.sock", exec::exec_tag())
 }
 
 /// Removes the console socket's path when the exec ends, however it ends.
@@ -259,4 +263,17 @@ async fn relay_terminal(
         task.abort();
     }
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_console_socket_path_fits_sun_path() {
+        let id = "f".repeat(64);
+        // The longest descriptor number a process may have, and our name for the socket.
+        let path = format!("/proc/self/fd/{}/{}", u32::MAX, console_socket_name(&id));
+        assert!(path.len() < 108, "{} bytes: {path}", path.len());
+    }
 }
