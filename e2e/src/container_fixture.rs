@@ -181,11 +181,29 @@ pub fn assert_clean(f: &Fixture, pod_name: &str) {
     assert!(nested.is_empty(), "container cgroups left: {nested:?}");
 }
 
-/// Removes this test process's top cgroup (`berth-e2e-<pid>`) and the pod cgroups under it.
-pub struct CgroupTop;
+/// Removes this test process's top cgroup (`berth-e2e-<pid>`) and the pod cgroups under it,
+/// once the last test of the process that holds one is done: the tests of a suite run at once
+/// in one process, and one test's cleanup must not take an empty pod cgroup another test's
+/// agent has just made (its monitor would then fail to join it).
+pub struct CgroupTop(());
+
+static TOP_HOLDERS: std::sync::Mutex<usize> = std::sync::Mutex::new(0);
+
+impl CgroupTop {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> CgroupTop {
+        *TOP_HOLDERS.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        CgroupTop(())
+    }
+}
 
 impl Drop for CgroupTop {
     fn drop(&mut self) {
+        let mut holders = TOP_HOLDERS.lock().unwrap_or_else(|e| e.into_inner());
+        *holders -= 1;
+        if *holders > 0 {
+            return;
+        }
         for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
             let top = h.path().join(format!("berth-e2e-{}", std::process::id()));
             if let Ok(pods) = std::fs::read_dir(&top) {

@@ -53,7 +53,7 @@ fn container_in<'a>(e: &'a ContainerEventResponse, id: &str) -> Option<&'a Conta
 
 #[tokio::test]
 async fn events_follow_a_pod_and_its_container_in_order_with_their_statuses() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let _cgroups = PodCgroups(vec!["events".into()]);
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
@@ -172,7 +172,7 @@ async fn events_follow_a_pod_and_its_container_in_order_with_their_statuses() {
 
 #[tokio::test]
 async fn exits_while_the_agent_is_down_are_published_once_it_is_back() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let _cgroups = PodCgroups(vec!["downexit".into()]);
     let mut f = fixture().await;
     let mut c = f.agent.runtime().await;
@@ -228,7 +228,7 @@ async fn exits_while_the_agent_is_down_are_published_once_it_is_back() {
 
 #[tokio::test]
 async fn a_subscriber_that_stops_reading_is_dropped_and_the_others_get_everything() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let _cgroups = PodCgroups(vec!["slowsub".into()]);
     let f = fixture_with("[events]\nqueue = 4\n").await;
     let mut c = f.agent.runtime().await;
@@ -292,7 +292,7 @@ async fn a_subscriber_that_stops_reading_is_dropped_and_the_others_get_everythin
 
 #[tokio::test]
 async fn a_pod_whose_monitor_dies_is_stopped_at_once_and_said_so_once() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let _cgroups = PodCgroups(vec!["deadmon".into()]);
     let f = fixture().await;
     let mut c = f.agent.runtime().await;

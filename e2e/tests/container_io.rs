@@ -5,7 +5,7 @@ use k8s_cri::v1::*;
 
 #[tokio::test]
 async fn exec_sync_returns_output_and_code_and_times_out() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     let pod_cfg = pod_config(&f, "execs");
@@ -57,7 +57,7 @@ async fn exec_sync_returns_output_and_code_and_times_out() {
 
 #[tokio::test]
 async fn stdin_is_an_open_pipe_only_when_asked_for() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     let pod_cfg = pod_config(&f, "stdin");
@@ -107,7 +107,7 @@ async fn stdin_is_an_open_pipe_only_when_asked_for() {
 
 #[tokio::test]
 async fn tty_containers_run_on_a_terminal_and_log_one_stream() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     let pod_cfg = pod_config(&f, "tty");
@@ -135,7 +135,7 @@ async fn tty_containers_run_on_a_terminal_and_log_one_stream() {
 
 #[tokio::test]
 async fn a_container_holds_no_descriptor_of_another() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     let pod_cfg = pod_config(&f, "fds");

@@ -6,7 +6,7 @@ use k8s_cri::v1::*;
 
 #[tokio::test]
 async fn bind_mounts_reach_the_host_and_missing_sources_are_created() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     let pod_cfg = pod_config(&f, "mounts");
@@ -50,7 +50,7 @@ async fn bind_mounts_reach_the_host_and_missing_sources_are_created() {
 
 #[tokio::test]
 async fn privileged_containers_need_a_privileged_pod() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     let plain_cfg = pod_config(&f, "plainpod");
@@ -166,7 +166,7 @@ fn host_to_container(source: &std::path::Path) -> Mount {
 
 #[tokio::test]
 async fn host_to_container_propagation_needs_a_slave_or_shared_source() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     let pod_cfg = pod_config(&f, "propagation");
@@ -248,7 +248,7 @@ fn overlay_lowerdirs(mountpoint: &std::path::Path) -> Vec<std::path::PathBuf> {
 
 #[tokio::test]
 async fn removing_the_image_of_a_running_container_keeps_its_rootfs() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     let pod_cfg = pod_config(&f, "imagegone");

@@ -8,7 +8,7 @@ use k8s_cri::v1::*;
 
 #[tokio::test]
 async fn update_container_resources_changes_the_live_cgroup() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     let pod_cfg = pod_config(&f, "resize");
@@ -127,7 +127,7 @@ async fn update_container_resources_changes_the_live_cgroup() {
 
 #[tokio::test]
 async fn oom_kill_user_reopen_log_and_metrics() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     let pod_cfg = pod_config(&f, "oomlog");
@@ -230,7 +230,7 @@ async fn oom_kill_user_reopen_log_and_metrics() {
 /// its processes.
 #[tokio::test]
 async fn cgroup_stats_of_a_running_container_show_its_cpu_memory_and_processes() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     let pod_cfg = pod_config(&f, "stats");
@@ -287,7 +287,7 @@ async fn cgroup_stats_of_a_running_container_show_its_cpu_memory_and_processes()
 /// background, so polled for), the filters, and unknown ids.
 #[tokio::test]
 async fn container_stats_report_cpu_memory_and_the_writable_layer() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     let pod_cfg = pod_config(&f, "cristats");
@@ -399,7 +399,7 @@ async fn container_stats_report_cpu_memory_and_the_writable_layer() {
 /// tells the two apart by the reason).
 #[tokio::test]
 async fn a_killed_container_under_a_memory_limit_is_an_error_not_an_oom_kill() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let _cgroups = PodCgroups(vec!["notoom".into()]);
     let f = fixture().await;
     let mut c = f.agent.runtime().await;

@@ -9,7 +9,7 @@ use k8s_cri::v1::*;
 
 #[tokio::test]
 async fn container_lifecycle_exit_codes_logs_and_status() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     let pod_cfg = pod_config(&f, "life");
@@ -155,7 +155,7 @@ async fn container_lifecycle_exit_codes_logs_and_status() {
 
 #[tokio::test]
 async fn stop_sends_sigterm_then_sigkill_after_the_timeout() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     let pod_cfg = pod_config(&f, "stopper");
@@ -241,7 +241,7 @@ async fn stop_sends_sigterm_then_sigkill_after_the_timeout() {
 
 #[tokio::test]
 async fn containers_and_their_logs_survive_an_agent_kill() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let mut f = fixture().await;
     let mut c = f.agent.runtime().await;
     let pod_cfg = pod_config(&f, "survive");
@@ -331,7 +331,7 @@ async fn containers_and_their_logs_survive_an_agent_kill() {
 
 #[tokio::test]
 async fn a_hundred_create_start_stop_remove_cycles_leave_nothing() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     let _cgroups = PodCgroups(vec!["cycles".into()]);
@@ -365,7 +365,7 @@ async fn a_hundred_create_start_stop_remove_cycles_leave_nothing() {
 /// StopContainer, out of anyone's sight.
 #[tokio::test]
 async fn a_stopped_container_leaves_no_process_whatever_its_pid_namespace() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let _pods = PodCgroups(vec!["pidhost".into(), "pidpod".into(), "pidown".into()]);
     let f = fixture().await;
     let mut c = f.agent.runtime().await;

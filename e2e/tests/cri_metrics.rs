@@ -87,7 +87,7 @@ async fn pod_metrics(c: &mut berth_e2e::RuntimeClient) -> Vec<PodSandboxMetrics>
 
 #[tokio::test]
 async fn pod_sandbox_metrics_cover_every_described_family_for_a_running_container() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let _cgroups = PodCgroups(vec!["metrics".into()]);
     let f = fixture().await;
     let mut c = f.agent.runtime().await;

@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 #[tokio::test]
 async fn attach_with_stdin_once_closes_the_containers_stdin() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     let (pod, id) = running(&f, &mut c, "attach-once", &["sh"], |cfg| {
@@ -44,7 +44,7 @@ async fn attach_with_stdin_once_closes_the_containers_stdin() {
 
 #[tokio::test]
 async fn two_attachers_see_the_output_and_detaching_leaves_the_container_running() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     let script = "i=0; while true; do echo line$i; i=$((i+1)); sleep 0.05; done";
@@ -89,7 +89,7 @@ async fn two_attachers_see_the_output_and_detaching_leaves_the_container_running
 
 #[tokio::test]
 async fn port_forward_reaches_a_listener_inside_the_pod() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     let net = berth_e2e::network::TestNetwork::create(
@@ -196,7 +196,7 @@ async fn port_forward_reaches_a_listener_inside_the_pod() {
 
 #[tokio::test]
 async fn port_forward_in_a_host_network_pod_dials_the_host() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     // pod_config's pods use the host's network.
@@ -222,7 +222,7 @@ async fn port_forward_in_a_host_network_pod_dials_the_host() {
 
 #[tokio::test]
 async fn an_agent_restart_during_an_attach_leaves_the_container_running() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let mut f = fixture().await;
     let mut c = f.agent.runtime().await;
     let script = "while true; do echo tick; sleep 0.05; done";
@@ -320,7 +320,7 @@ mod websocket {
 
     #[tokio::test]
     async fn v5_exec_and_attach_carry_channels_and_close_stdin() {
-        let _top = CgroupTop;
+        let _top = CgroupTop::new();
         let f = fixture().await;
         let mut c = f.agent.runtime().await;
         let (pod, id) = running(&f, &mut c, "ws-exec", &["sh"], |cfg| {
@@ -383,7 +383,7 @@ mod websocket {
 
     #[tokio::test]
     async fn unknown_subprotocols_are_refused() {
-        let _top = CgroupTop;
+        let _top = CgroupTop::new();
         let f = fixture().await;
         let mut c = f.agent.runtime().await;
         let (pod, id) = running(&f, &mut c, "ws-refuse", &["sleep", "1000"], |_| {}).await;
@@ -430,7 +430,7 @@ mod websocket {
 
     #[tokio::test]
     async fn port_forward_over_websocket_tunnels_spdy() {
-        let _top = CgroupTop;
+        let _top = CgroupTop::new();
         let f = fixture().await;
         let mut c = f.agent.runtime().await;
         let pod = run_pod(&mut c, pod_config(&f, "ws-forward")).await;

@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 
 #[tokio::test]
 async fn exec_streams_output_and_reports_exit_codes() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     let (pod, id) = running(&f, &mut c, "exec-codes", &["sleep", "1000"], |_| {}).await;
@@ -48,7 +48,7 @@ async fn exec_streams_output_and_reports_exit_codes() {
 
 #[tokio::test]
 async fn sixteen_mib_through_exec_stdin_and_stdout_keep_their_checksum() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     let (pod, id) = running(&f, &mut c, "exec-bulk", &["sleep", "1000"], |_| {}).await;
@@ -93,7 +93,7 @@ async fn sixteen_mib_through_exec_stdin_and_stdout_keep_their_checksum() {
 
 #[tokio::test]
 async fn exec_ends_when_the_process_exits_though_stdin_stays_open() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     let (pod, id) = running(&f, &mut c, "exec-open", &["sleep", "1000"], |_| {}).await;
@@ -117,7 +117,7 @@ async fn exec_ends_when_the_process_exits_though_stdin_stays_open() {
 
 #[tokio::test]
 async fn tty_exec_gets_a_controlling_terminal_resizes_and_dies_with_its_client() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     let (pod, id) = running(&f, &mut c, "exec-tty", &["sleep", "1000"], |_| {}).await;
@@ -190,7 +190,7 @@ async fn tty_exec_gets_a_controlling_terminal_resizes_and_dies_with_its_client()
 
 #[tokio::test]
 async fn a_client_that_drops_mid_output_kills_the_exec() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     let (pod, id) = running(&f, &mut c, "exec-drop", &["sleep", "1000"], |_| {}).await;
@@ -210,7 +210,7 @@ async fn a_client_that_drops_mid_output_kills_the_exec() {
 
 #[tokio::test]
 async fn urls_work_once_and_bad_requests_get_http_errors() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     let (pod, id) = running(&f, &mut c, "exec-urls", &["sleep", "1000"], |_| {}).await;
@@ -268,7 +268,7 @@ async fn urls_work_once_and_bad_requests_get_http_errors() {
 
 #[tokio::test]
 async fn an_unused_url_expires() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let f = fixture_with("[streaming]\ntoken_ttl_secs = 1\n").await;
     let mut c = f.agent.runtime().await;
     let (pod, id) = running(&f, &mut c, "exec-ttl", &["sleep", "1000"], |_| {}).await;
@@ -285,7 +285,7 @@ async fn an_unused_url_expires() {
 
 #[tokio::test]
 async fn streaming_rpcs_refuse_what_cannot_be_served() {
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     let (pod, id) = running(&f, &mut c, "exec-rpc", &["sleep", "1000"], |_| {}).await;
@@ -358,7 +358,7 @@ async fn streaming_rpcs_refuse_what_cannot_be_served() {
 #[tokio::test]
 async fn misbehaving_clients_are_cut_off_and_leave_nothing_behind() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let _top = CgroupTop;
+    let _top = CgroupTop::new();
     let f = fixture_with("[streaming]\nstream_creation_timeout_secs = 2\n").await;
     let mut c = f.agent.runtime().await;
     let (pod, id) = running(&f, &mut c, "exec-bad", &["sleep", "1000"], |_| {}).await;
