@@ -9,7 +9,6 @@ use berth_podsandbox::container::{ContainerRecord, ContainerState, ExecStdio};
 use berth_podsandbox::Pods;
 use berth_streaming::{AttachRequest, Backend, ExecRequest, ProcessIo};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
 
 pub struct StreamBackend {
     pods: Arc<Pods>,
@@ -36,25 +35,14 @@ impl StreamBackend {
     }
 }
 
-/// The session's stdio as the container side takes it (sizes as `(width, height)`).
+/// The session's stdio as the container side takes it.
 fn exec_stdio(tty: bool, io: ProcessIo) -> ExecStdio {
-    let resize = io.resize.map(|mut sizes| {
-        let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(async move {
-            while let Some(size) = sizes.recv().await {
-                if tx.send((size.width, size.height)).await.is_err() {
-                    return;
-                }
-            }
-        });
-        rx
-    });
     ExecStdio {
         tty,
         stdin: io.stdin,
         stdout: io.stdout,
         stderr: io.stderr,
-        resize,
+        resize: io.resize,
     }
 }
 

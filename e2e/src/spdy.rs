@@ -204,14 +204,9 @@ impl ClientStream {
 
     /// Everything the server sends until its FIN (Ok) or RST_STREAM (Err with the status).
     pub async fn read_to_end(&mut self) -> Result<Vec<u8>, u32> {
-        let mut out = Vec::new();
-        loop {
-            match self.events.recv().await {
-                Some(Event::Data(d)) => out.extend(d),
-                Some(Event::Fin) | None => return Ok(out),
-                Some(Event::Reset(s)) => return Err(s),
-                Some(Event::Reply) => {}
-            }
+        match self.read_until_closed().await {
+            (data, None) => Ok(data),
+            (_, Some(status)) => Err(status),
         }
     }
 }

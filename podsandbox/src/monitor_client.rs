@@ -107,6 +107,11 @@ fn send(pod_dir: &Path, request: &Request, timeout: Duration) -> Result<Response
         .map_err(|e| format!("read from the pod's monitor: {e}"))?;
     let response: Response =
         serde_json::from_str(&answer).map_err(|e| format!("monitor answered {answer:?}: {e}"))?;
+    accepted(response)
+}
+
+/// The monitor's answer, or its refusal as the error.
+fn accepted(response: Response) -> Result<Response, String> {
     if response.ok {
         Ok(response)
     } else {
@@ -128,7 +133,7 @@ pub struct Attached {
 
 /// Attaches to container `id` (`Request::Attach`). Blocking.
 pub fn attach(pod_dir: &Path, id: &str) -> Result<Attached, String> {
-    use std::os::fd::AsRawFd;
+    use std::os::fd::AsFd;
     let (_dir, path) =
         short_socket_path(pod_dir, SOCKET_FILE).map_err(|e| format!("pod dir: {e}"))?;
     let socket =
@@ -146,28 +151,11 @@ pub fn attach(pod_dir: &Path, id: &str) -> Result<Attached, String> {
     let mut stdin = None;
     while !received.contains(&b'\n') {
         let mut buf = [0u8; 4096];
-        let n = {
-            let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-            let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-            let msg = nix::sys::socket::recvmsg::<()>(
-                socket.as_raw_fd(),
-                &mut iov,
-                Some(&mut space),
-                nix::sys::socket::MsgFlags::MSG_CMSG_CLOEXEC,
-            )
+        let (n, fd) = berth_runtime::terminal::receive_with_fd(socket.as_fd(), &mut buf)
             .map_err(|e| format!("read from the pod's monitor: {e}"))?;
-            for cmsg in msg.cmsgs().map_err(|e| e.to_string())? {
-                if let nix::sys::socket::ControlMessageOwned::ScmRights(fds) = cmsg {
-                    for fd in fds {
-                        use std::os::fd::FromRawFd;
-                        // SAFETY: installed for us by the kernel just now, owned by nothing else.
-                        let owned = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-                        stdin.get_or_insert(owned);
-                    }
-                }
-            }
-            msg.bytes
-        };
+        if stdin.is_none() {
+            stdin = fd;
+        }
         if n == 0 {
             return Err("the pod's monitor closed the connection".to_string());
         }
@@ -184,11 +172,7 @@ pub fn attach(pod_dir: &Path, id: &str) -> Result<Attached, String> {
             String::from_utf8_lossy(&received)
         )
     })?;
-    if !response.ok {
-        return Err(response
-            .error
-            .unwrap_or_else(|| "monitor refused".to_string()));
-    }
+    accepted(response)?;
     socket.set_read_timeout(None).map_err(|e| e.to_string())?;
     Ok(Attached {
         socket,

@@ -7,9 +7,21 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// The one descriptor of the next message on a connected unix socket.
 pub fn receive_fd(socket: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
     let mut buf = [0u8; 256];
-    let mut iov = [io::IoSliceMut::new(&mut buf)];
+    match receive_with_fd(socket, &mut buf)? {
+        (_, Some(fd)) => Ok(fd),
+        (_, None) => Err(io::Error::other("the message carried no descriptor")),
+    }
+}
+
+/// The next message on a connected unix socket: the bytes it put in `buf`, and the first
+/// descriptor it carried (SCM_RIGHTS; any others are closed).
+pub fn receive_with_fd(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+) -> io::Result<(usize, Option<OwnedFd>)> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut iov = [io::IoSliceMut::new(buf)];
     let mut space = nix::cmsg_space!([RawFd; 1]);
     let msg = recvmsg::<()>(
         socket.as_raw_fd(),
@@ -17,20 +29,18 @@ pub fn receive_fd(socket: BorrowedFd<'_>) -> io::Result<OwnedFd> {
         Some(&mut space),
         MsgFlags::MSG_CMSG_CLOEXEC,
     )?;
+    let mut first = None;
     for cmsg in msg.cmsgs()? {
         if let ControlMessageOwned::ScmRights(fds) = cmsg {
-            let mut fds = fds.into_iter();
-            if let Some(fd) = fds.next() {
-                for extra in fds {
-                    // SAFETY: installed for us by the kernel just now and owned by nothing else.
-                    drop(unsafe { OwnedFd::from_raw_fd(extra) });
-                }
-                // SAFETY: as above.
-                return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+            for fd in fds {
+                // SAFETY: installed for us by the kernel just now and owned by nothing else;
+                // all but the first are closed when dropped here.
+                let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+                first.get_or_insert(owned);
             }
         }
     }
-    Err(io::Error::other("the message carried no descriptor"))
+    Ok((msg.bytes, first))
 }
 
 /// Sets the window size of the terminal `fd` (TIOCSWINSZ; the foreground process gets SIGWINCH).

@@ -116,14 +116,21 @@ pub struct TerminalSize {
     pub height: u16,
 }
 
+impl TerminalSize {
+    /// `(width, height)`, unless either is zero (clients send zeros; they mean nothing).
+    pub fn usable(self) -> Option<(u16, u16)> {
+        (self.width > 0 && self.height > 0).then_some((self.width, self.height))
+    }
+}
+
 /// A process's stdio as the session carries it. `None` for a stream the request did not ask
 /// for. `stdin` ending means the client closed its stdin; dropping `stdout`/`stderr` ends those
-/// streams. Output is sent in the order it is queued.
+/// streams. Output is sent in the order it is queued. Terminal sizes are `(width, height)`.
 pub struct ProcessIo {
     pub stdin: Option<mpsc::Receiver<Bytes>>,
     pub stdout: Option<mpsc::Sender<Bytes>>,
     pub stderr: Option<mpsc::Sender<Bytes>>,
-    pub resize: Option<mpsc::Receiver<TerminalSize>>,
+    pub resize: Option<mpsc::Receiver<(u16, u16)>>,
 }
 
 /// What the sessions run: the agent's containers and pods.

@@ -103,26 +103,6 @@ pub(crate) struct Wanted {
     pub resize: bool,
 }
 
-impl Wanted {
-    pub(crate) fn exec(r: &ExecRequest, version: Version) -> Wanted {
-        Wanted {
-            stdin: r.stdin,
-            stdout: r.stdout,
-            stderr: r.stderr,
-            resize: r.tty && version >= Version::V3,
-        }
-    }
-
-    pub(crate) fn attach(r: &AttachRequest, version: Version) -> Wanted {
-        Wanted {
-            stdin: r.stdin,
-            stdout: r.stdout,
-            stderr: r.stderr,
-            resize: r.tty && version >= Version::V3,
-        }
-    }
-}
-
 /// The streams of one session once the client has opened them all.
 struct Streams {
     error: Option<IncomingStream>,
@@ -190,6 +170,27 @@ pub(crate) enum Run {
 }
 
 impl Run {
+    pub(crate) fn verb(&self) -> &'static str {
+        match self {
+            Run::Exec(_) => "exec",
+            Run::Attach(_) => "attach",
+        }
+    }
+
+    /// The streams the request needs under `version` (a resize stream for a tty from v3 on).
+    pub(crate) fn wanted(&self, version: Version) -> Wanted {
+        let (stdin, stdout, stderr, tty) = match self {
+            Run::Exec(r) => (r.stdin, r.stdout, r.stderr, r.tty),
+            Run::Attach(r) => (r.stdin, r.stdout, r.stderr, r.tty),
+        };
+        Wanted {
+            stdin,
+            stdout,
+            stderr,
+            resize: tty && version >= Version::V3,
+        }
+    }
+
     /// Runs the exec or attach on the backend to its outcome.
     pub(crate) async fn run(self, ctx: &Context, io: ProcessIo) -> Outcome {
         match self {
@@ -213,10 +214,7 @@ pub(crate) async fn serve_spdy(
     run: Run,
     version: Version,
 ) {
-    let (verb, wanted) = match &run {
-        Run::Exec(r) => ("exec", Wanted::exec(r, version)),
-        Run::Attach(r) => ("attach", Wanted::attach(r, version)),
-    };
+    let (verb, wanted) = (run.verb(), run.wanted(version));
     let Some(streams) = gather(&mut incoming, &wanted, ctx.config.stream_creation_timeout()).await
     else {
         tracing::warn!("{verb} session: the client did not open its streams in time");
@@ -317,7 +315,7 @@ pub(crate) async fn serve_spdy(
 }
 
 /// Terminal sizes from the resize stream: JSON objects, one per line; zero sizes are skipped.
-async fn read_resizes(mut rx: mpsc::Receiver<Bytes>, tx: mpsc::Sender<TerminalSize>) {
+async fn read_resizes(mut rx: mpsc::Receiver<Bytes>, tx: mpsc::Sender<(u16, u16)>) {
     let mut pending = Vec::new();
     while let Some(data) = rx.recv().await {
         pending.extend_from_slice(&data);
@@ -333,23 +331,19 @@ async fn read_resizes(mut rx: mpsc::Receiver<Bytes>, tx: mpsc::Sender<TerminalSi
     }
 }
 
-fn take_sizes(pending: &mut Vec<u8>) -> Vec<TerminalSize> {
+fn take_sizes(pending: &mut Vec<u8>) -> Vec<(u16, u16)> {
     let mut sizes = Vec::new();
     while let Some(end) = pending.iter().position(|&b| b == b'\n') {
         let line: Vec<u8> = pending.drain(..=end).collect();
         if let Ok(size) = serde_json::from_slice::<TerminalSize>(&line) {
-            if size.width > 0 && size.height > 0 {
-                sizes.push(size);
-            }
+            sizes.extend(size.usable());
         }
     }
     // Go's json.Encoder ends every value with a newline; a whole value without one is
     // accepted too.
     if let Ok(size) = serde_json::from_slice::<TerminalSize>(pending) {
         pending.clear();
-        if size.width > 0 && size.height > 0 {
-            sizes.push(size);
-        }
+        sizes.extend(size.usable());
     }
     sizes
 }
@@ -395,21 +389,9 @@ mod tests {
 {"Width":0,"Height":0}
 {"Width":120,"#
             .to_vec();
-        assert_eq!(
-            take_sizes(&mut pending),
-            vec![TerminalSize {
-                width: 80,
-                height: 24
-            }]
-        );
+        assert_eq!(take_sizes(&mut pending), vec![(80, 24)]);
         pending.extend_from_slice(b"\"Height\":40}\n");
-        assert_eq!(
-            take_sizes(&mut pending),
-            vec![TerminalSize {
-                width: 120,
-                height: 40
-            }]
-        );
+        assert_eq!(take_sizes(&mut pending), vec![(120, 40)]);
         assert!(pending.is_empty());
     }
 }

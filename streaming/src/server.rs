@@ -22,7 +22,8 @@ use crate::spdy::{Limits, Session};
 use crate::tokens::{TokenError, Tokens};
 use crate::{portforward, websocket, Backend, Request, StreamingConfig, StreamingMetrics};
 
-const PORT_FORWARD_PROTOCOL: &str = "portforward.k8s.io";
+/// Port-forward's one SPDY protocol (the version does not apply to it).
+const PORT_FORWARD_PROTOCOLS: &[(&str, Version)] = &[("portforward.k8s.io", Version::V4)];
 
 /// What every session needs.
 #[derive(Clone)]
@@ -183,9 +184,8 @@ impl Server {
             );
         }
         let offered = header_values(req.headers(), "x-stream-protocol-version");
-        let remote = [(PORT_FORWARD_PROTOCOL, Version::V4)];
         let ours: &[(&str, Version)] = match request {
-            Request::PortForward(_) => &remote,
+            Request::PortForward(_) => PORT_FORWARD_PROTOCOLS,
             _ => Version::SPDY,
         };
         let chosen = match negotiate(&offered, ours) {
@@ -194,26 +194,15 @@ impl Server {
             None if offered.is_empty() && !matches!(request, Request::PortForward(_)) => None,
             None => return self.refuse_protocols("stream", &offered, ours),
         };
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        let server = self.clone();
         let version = chosen.map(|(_, v)| v).unwrap_or(Version::V1);
-        let span = tracing::info_span!("stream", verb, container = %request.target());
-        tokio::spawn(
-            async move {
-                match on_upgrade.await {
-                    Ok(upgraded) => server.serve(TokioIo::new(upgraded), request, version).await,
-                    Err(e) => tracing::debug!("upgrade failed: {e}"),
-                }
-            }
-            .instrument(span),
+        let mut response = self.switch(
+            &mut req,
+            request,
+            Transport::Spdy,
+            move |server, io, request| async move { server.serve(io, request, version).await },
         );
-        let mut response = Response::new(Full::new(Bytes::new()));
-        *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        let h = response.headers_mut();
-        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("SPDY/3.1"));
         if let Some((name, _)) = chosen {
-            h.insert(
+            response.headers_mut().insert(
                 "X-Stream-Protocol-Version",
                 HeaderValue::from_str(name).expect("a protocol name is a header value"),
             );
@@ -241,17 +230,11 @@ impl Server {
         let Some((chosen, can_close)) = negotiate(&offered, ours) else {
             return self.refuse_protocols("WebSocket", &offered, ours);
         };
-        let on_upgrade = hyper::upgrade::on(&mut req);
-        let server = self.clone();
-        let span =
-            tracing::info_span!("stream", verb = request.verb(), container = %request.target());
-        tokio::spawn(
-            async move {
-                let io = match on_upgrade.await {
-                    Ok(upgraded) => TokioIo::new(upgraded),
-                    Err(e) => return tracing::debug!("upgrade failed: {e}"),
-                };
-                let session = server.start_session(request.verb(), "websocket");
+        let mut response = self.switch(
+            &mut req,
+            request,
+            Transport::WebSocket,
+            move |server, io, request| async move {
                 match request {
                     Request::Exec(r) => {
                         websocket::serve_remote(&server.ctx, io, Run::Exec(r), can_close).await
@@ -264,7 +247,42 @@ impl Server {
                         websocket::serve_port_forward(&server.ctx, io, r.sandbox_id, limits).await
                     }
                 }
-                drop(session);
+            },
+        );
+        let h = response.headers_mut();
+        h.insert(
+            "Sec-WebSocket-Accept",
+            HeaderValue::from_str(&accept).expect("base64 is a header value"),
+        );
+        h.insert("Sec-WebSocket-Protocol", HeaderValue::from_static(chosen));
+        response
+    }
+
+    /// Answers 101 with the transport's `Upgrade`, and once hyper hands over the connection runs
+    /// `serve` on it: one session, counted in the metrics, in a span naming its container.
+    fn switch<F, Fut>(
+        self: &Arc<Self>,
+        req: &mut HttpRequest<Incoming>,
+        request: Request,
+        transport: Transport,
+        serve: F,
+    ) -> Response<Full<Bytes>>
+    where
+        F: FnOnce(Arc<Server>, TokioIo<hyper::upgrade::Upgraded>, Request) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let on_upgrade = hyper::upgrade::on(req);
+        let server = self.clone();
+        let verb = request.verb();
+        let span = tracing::info_span!("stream", verb, container = %request.target());
+        tokio::spawn(
+            async move {
+                let io = match on_upgrade.await {
+                    Ok(upgraded) => TokioIo::new(upgraded),
+                    Err(e) => return tracing::debug!("upgrade failed: {e}"),
+                };
+                let _counted = server.start_session(verb, transport.label());
+                serve(server.clone(), io, request).await;
             }
             .instrument(span),
         );
@@ -272,12 +290,10 @@ impl Server {
         *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         let h = response.headers_mut();
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert(
-            "Sec-WebSocket-Accept",
-            HeaderValue::from_str(&accept).expect("base64 is a header value"),
+            header::UPGRADE,
+            HeaderValue::from_static(transport.upgrade()),
         );
-        h.insert("Sec-WebSocket-Protocol", HeaderValue::from_static(chosen));
         response
     }
 
@@ -326,7 +342,6 @@ impl Server {
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
     {
-        let _counted = self.start_session(request.verb(), "spdy");
         let (session, incoming) = Session::start(io, self.limits());
         match request {
             Request::Exec(r) => {
@@ -339,6 +354,31 @@ impl Server {
             Request::PortForward(r) => {
                 portforward::serve_spdy(&self.ctx, session, incoming, r.sandbox_id).await
             }
+        }
+    }
+}
+
+/// What an upgraded connection speaks.
+#[derive(Debug, Clone, Copy)]
+enum Transport {
+    Spdy,
+    WebSocket,
+}
+
+impl Transport {
+    /// The `protocol` label of the session metrics.
+    fn label(self) -> &'static str {
+        match self {
+            Transport::Spdy => "spdy",
+            Transport::WebSocket => "websocket",
+        }
+    }
+
+    /// The `Upgrade` header of the 101 answer.
+    fn upgrade(self) -> &'static str {
+        match self {
+            Transport::Spdy => "SPDY/3.1",
+            Transport::WebSocket => "websocket",
         }
     }
 }

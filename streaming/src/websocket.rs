@@ -67,15 +67,16 @@ pub(crate) async fn serve_remote<IO>(ctx: &Context, io: IO, run: Run, can_close:
 where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (verb, stdin, stdout, stderr, tty) = match &run {
-        Run::Exec(r) => ("exec", r.stdin, r.stdout, r.stderr, r.tty),
-        Run::Attach(r) => ("attach", r.stdin, r.stdout, r.stderr, r.tty),
-    };
+    // The channel protocol has its resize channel whatever the version.
+    let (verb, wanted) = (run.verb(), run.wanted(Version::V4));
     let (mut sink, mut source) = websocket(io).await.split();
-    let (stdin_tx, stdin_rx) = stdin.then(|| mpsc::channel::<Bytes>(16)).unzip();
-    let (resize_tx, resize_rx) = tty.then(|| mpsc::channel::<TerminalSize>(4)).unzip();
-    let (stdout_tx, mut stdout_rx) = stdout.then(|| mpsc::channel::<Bytes>(16)).unzip();
-    let (stderr_tx, mut stderr_rx) = stderr.then(|| mpsc::channel::<Bytes>(16)).unzip();
+    let (stdin_tx, stdin_rx) = wanted.stdin.then(|| mpsc::channel::<Bytes>(16)).unzip();
+    let (resize_tx, resize_rx) = wanted
+        .resize
+        .then(|| mpsc::channel::<(u16, u16)>(4))
+        .unzip();
+    let (stdout_tx, mut stdout_rx) = wanted.stdout.then(|| mpsc::channel::<Bytes>(16)).unzip();
+    let (stderr_tx, mut stderr_rx) = wanted.stderr.then(|| mpsc::channel::<Bytes>(16)).unzip();
     let bytes_in = ctx.metrics.bytes(verb, "in");
     let bytes_out = ctx.metrics.bytes(verb, "out");
     // Reading runs on its own, so a process that does not read stdin never holds up output.
@@ -97,11 +98,11 @@ where
                     }
                 }
                 RESIZE => {
-                    let size = serde_json::from_slice::<TerminalSize>(&data[1..]);
-                    if let (Some(tx), Ok(size)) = (&resize_tx, size) {
-                        if size.width > 0 && size.height > 0 {
-                            let _ = tx.send(size).await;
-                        }
+                    let size = serde_json::from_slice::<TerminalSize>(&data[1..]).ok();
+                    if let (Some(tx), Some(size)) =
+                        (&resize_tx, size.and_then(TerminalSize::usable))
+                    {
+                        let _ = tx.send(size).await;
                     }
                 }
                 CLOSE if can_close && data.get(1) == Some(&STDIN) => stdin_tx = None,

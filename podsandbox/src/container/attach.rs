@@ -49,10 +49,8 @@ pub async fn attach(record: &ContainerRecord, stdio: ExecStdio) -> Result<(), St
         let pod_dir = record.pod_dir.clone();
         let id = record.id.clone();
         tasks.0.push(tokio::spawn(async move {
-            while let Some(data) = rx.recv().await {
-                if fd_io::write_all(&fd, &data).await.is_err() {
-                    return;
-                }
+            if !fd_io::feed(&fd, &mut rx).await {
+                return;
             }
             drop(fd);
             if close_after {
@@ -66,15 +64,9 @@ pub async fn attach(record: &ContainerRecord, stdio: ExecStdio) -> Result<(), St
             }
         }));
     }
-    if let (Some(fd), Some(mut sizes), true) = (stdin_fd.clone(), stdio.resize, tty) {
+    if let (Some(fd), Some(sizes), true) = (stdin_fd.clone(), stdio.resize, tty) {
         tasks.0.push(tokio::spawn(async move {
-            while let Some((width, height)) = sizes.recv().await {
-                let _ = berth_runtime::terminal::set_window_size(
-                    std::os::fd::AsFd::as_fd(fd.get_ref()),
-                    width,
-                    height,
-                );
-            }
+            fd_io::apply_resizes(&fd, sizes).await
         }));
     }
     // Only the tasks hold the container's stdin from here.

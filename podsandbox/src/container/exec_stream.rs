@@ -236,24 +236,12 @@ async fn relay_terminal(
     let feeding = stdio.stdin.map(|mut rx| {
         let master = master.clone();
         tokio::spawn(async move {
-            while let Some(data) = rx.recv().await {
-                if fd_io::write_all(&master, &data).await.is_err() {
-                    return;
-                }
-            }
+            fd_io::feed(&master, &mut rx).await;
         })
     });
-    let resizing = stdio.resize.map(|mut rx| {
+    let resizing = stdio.resize.map(|sizes| {
         let master = master.clone();
-        tokio::spawn(async move {
-            while let Some((width, height)) = rx.recv().await {
-                let _ = berth_runtime::terminal::set_window_size(
-                    master.get_ref().as_fd(),
-                    width,
-                    height,
-                );
-            }
-        })
+        tokio::spawn(async move { fd_io::apply_resizes(&master, sizes).await })
     });
     // The master reads EIO once every holder of the slave has closed it: the end.
     let reader = fd_io::FdReader(master);

@@ -57,3 +57,31 @@ pub(super) async fn write_all(fd: &AsyncFd<OwnedFd>, mut data: &[u8]) -> io::Res
     }
     Ok(())
 }
+
+/// Writes what arrives on `rx` to `fd` until `rx` ends (true) or a write fails (false: the
+/// process's stdin is gone).
+pub(super) async fn feed(
+    fd: &AsyncFd<OwnedFd>,
+    rx: &mut tokio::sync::mpsc::Receiver<bytes::Bytes>,
+) -> bool {
+    while let Some(data) = rx.recv().await {
+        if write_all(fd, &data).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Sets each `(width, height)` from `sizes` on the terminal `fd` (a pty master).
+pub(super) async fn apply_resizes(
+    fd: &AsyncFd<OwnedFd>,
+    mut sizes: tokio::sync::mpsc::Receiver<(u16, u16)>,
+) {
+    while let Some((width, height)) = sizes.recv().await {
+        let _ = berth_runtime::terminal::set_window_size(
+            std::os::fd::AsFd::as_fd(fd.get_ref()),
+            width,
+            height,
+        );
+    }
+}

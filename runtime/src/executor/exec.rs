@@ -47,6 +47,18 @@ extern "C" fn on_sigterm(_: libc::c_int) {
     }
 }
 
+/// Installs `on_sigterm`. SA_RESTART: libcontainer's reads and our waits must not fail with
+/// EINTR; the handler does the killing itself and clones inherit it only until they exec.
+fn handle_sigterm() -> nix::Result<()> {
+    let action = SigAction::new(
+        SigHandler::Handler(on_sigterm),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler only touches atomics and calls kill(2), both async-signal-safe.
+    unsafe { sigaction(Signal::SIGTERM, &action) }.map(|_| ())
+}
+
 /// Runs the exec; returns our exit code. `cmd` is what follows `--`.
 pub(super) fn run(
     root: &Path,
@@ -55,15 +67,7 @@ pub(super) fn run(
     console: Option<&Path>,
     cmd: &[String],
 ) -> i32 {
-    // SA_RESTART: libcontainer's reads and our waits must not fail with EINTR; the handler does
-    // the killing itself and clones inherit it only until they exec.
-    let action = SigAction::new(
-        SigHandler::Handler(on_sigterm),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    // SAFETY: the handler only touches atomics and calls kill(2), both async-signal-safe.
-    if let Err(e) = unsafe { sigaction(Signal::SIGTERM, &action) } {
+    if let Err(e) = handle_sigterm() {
         return fail(report, &format!("install SIGTERM handler: {e}"));
     }
     let pid = match start(root, id, report, console, cmd) {
@@ -133,13 +137,7 @@ pub(super) fn wait_for(pid: &str, report: &Path) -> i32 {
     };
     let pid = Pid::from_raw(pid);
     CHILD.store(pid.as_raw(), Ordering::SeqCst);
-    let action = SigAction::new(
-        SigHandler::Handler(on_sigterm),
-        SaFlags::SA_RESTART,
-        SigSet::empty(),
-    );
-    // SAFETY: the handler only touches atomics and calls kill(2), both async-signal-safe.
-    if unsafe { sigaction(Signal::SIGTERM, &action) }.is_err() {
+    if handle_sigterm().is_err() {
         // Without the handler a timeout could not kill it: do not let it run unseen.
         let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
     }
