@@ -104,6 +104,17 @@ fn exec_leftovers(state_root: &Path) -> Vec<String> {
         .collect()
 }
 
+/// The names in a directory, sorted.
+fn state_listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 /// `sleep 60` as /proc/<pid>/cmdline has it.
 const SLEEP_60: &str = "sleep\x0060\x00";
 
@@ -131,6 +142,7 @@ async fn exec_sync_runs_in_the_container_caps_output_and_kills_on_timeout() {
         top: cgroup_parent().trim_start_matches('/').to_string(),
     };
     let (init_pid, exit_file) = create_and_start(&pod, &b, &id);
+    let container_state = state_listing(&pod.dir.join("runc").join(&id));
     let monitor_pid = stat(init_pid).map(|(_, ppid)| ppid).unwrap();
     let berthd = berthd_path();
     let state_root = pod.dir.join("runc");
@@ -235,6 +247,13 @@ async fn exec_sync_runs_in_the_container_caps_output_and_kills_on_timeout() {
     assert_eq!(zombie_children(me), Vec::<i32>::new());
     assert_eq!(zombie_children(monitor_pid), Vec::<i32>::new());
     assert_eq!(zombie_children(init_pid), Vec::<i32>::new());
+    // Nor a file in the container's state directory (one per exec would be 8640 a day for a
+    // probe every ten seconds).
+    assert_eq!(
+        state_listing(&state_root.join(&id)),
+        container_state,
+        "the container's state directory after 2000 execs"
+    );
     // A timeout kills the process (it ran in the container's cgroup) before it returns.
     let task = tokio::spawn(exec(args(&["sleep", "60"]), Duration::from_secs(2)));
     let deadline = Instant::now() + Duration::from_secs(20);

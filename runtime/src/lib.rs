@@ -41,6 +41,19 @@ impl fmt::Display for CgroupDriver {
     }
 }
 
+/// A pidfd for `pid` (close-on-exec): signals and namespace joins through it reach that process
+/// or fail, never a later one that got its pid.
+pub fn pidfd_open(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
 pub mod cgroups;
 pub mod executor;
 pub mod monitor;

@@ -43,6 +43,25 @@ pub fn receive_with_fd(
     Ok((msg.bytes, first))
 }
 
+/// Sends `bytes` on a connected unix socket, with `fd` as SCM_RIGHTS if given; the bytes sent.
+pub fn send_with_fd(
+    socket: BorrowedFd<'_>,
+    bytes: &[u8],
+    fd: Option<BorrowedFd<'_>>,
+) -> io::Result<usize> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let fds: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
+    let rights = [ControlMessage::ScmRights(&fds)];
+    let control: &[ControlMessage<'_>] = if fds.is_empty() { &[] } else { &rights };
+    Ok(sendmsg::<()>(
+        socket.as_raw_fd(),
+        &[io::IoSlice::new(bytes)],
+        control,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )?)
+}
+
 /// Sets the window size of the terminal `fd` (TIOCSWINSZ; the foreground process gets SIGWINCH).
 pub fn set_window_size(fd: BorrowedFd<'_>, width: u16, height: u16) -> io::Result<()> {
     let size = libc::winsize {

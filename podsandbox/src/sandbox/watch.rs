@@ -4,7 +4,6 @@
 //! watch is a pidfd, readable when the process exits; taken while the recorded process is
 //! alive, it cannot follow a reused pid.
 
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 use tokio::io::unix::AsyncFd;
@@ -14,16 +13,6 @@ use super::record::{MonitorProcess, SandboxState};
 use super::Sandboxes;
 use crate::events::EventKind;
 
-fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the descriptor was just created and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
 impl Sandboxes {
     /// Watches the monitor of the ready sandbox `id` until it exits, then takes the sandbox out
     /// of Ready. A monitor already gone is handled now.
@@ -31,7 +20,7 @@ impl Sandboxes {
         let Some(monitor) = self.lock().get(id).and_then(|r| r.monitor) else {
             return;
         };
-        let watch = pidfd_open(monitor.pid)
+        let watch = berth_runtime::pidfd_open(monitor.pid as i32)
             .ok()
             .filter(|_| monitor.alive())
             // SAFETY: the AsyncFd owns the OwnedFd, so the descriptor stays open (and the same)

@@ -2,30 +2,28 @@
 //! runs a process inside the running container `<id>` and waits for it.
 //!
 //! The process is the container's own `process` from its bundle's `config.json` (user, groups,
-//! env, cwd, capabilities, rlimits, no_new_privs, AppArmor, as its init got them) with `args`
-//! replaced: what containerd hands `runc exec --process`. libcontainer's tenant builder joins
-//! the init's namespaces and cgroup. Without `--tty` the process inherits our stdin, stdout and
-//! stderr; with it, libcontainer opens a pty in the container (its controlling terminal) and
-//! sends the master to the console socket, where the caller listens.
+//! env, cwd, capabilities, rlimits, no_new_privs, as its init got them) with `args` replaced:
+//! what containerd hands `runc exec --process`. `enter` forks it into the init's cgroups and
+//! namespaces (our own code, not libcontainer's tenant builder: see there why). Without `--tty`
+//! the process inherits our stdin, stdout and stderr; with it, the child opens a pty in the
+//! container (its controlling terminal) and sends the master to the console socket, where the
+//! caller listens.
 //!
 //! The report file is rewritten atomically at each step: `pid <n>` (host pid) as soon as the
 //! process has exec'd, then `exited <code>` (128 + signal when killed), or `error: …`. Our own
 //! exit code is the process's, or 255 when it could not be started.
 //!
-//! SIGTERM kills the exec'd process: its whole process group (libcontainer makes it a session
-//! leader, so every descendant that did not move to another group), then whatever is left in its
-//! session. Then we report and exit as usual. This is how the agent ends an exec on timeout:
-//! we are its parent, so the pid cannot be reused before we have killed and reaped it.
+//! SIGTERM kills the exec'd process: its whole process group (it is a session leader, so every
+//! descendant that did not move to another group), then whatever is left in its session.
+//! Then we report and exit as usual. This is how the agent ends an exec on timeout: we are its
+//! parent, so the pid cannot be reused before we have killed and reaped it.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
-use libcontainer::container::builder::ContainerBuilder;
-use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::signal::{kill, sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use oci_spec::runtime::Spec;
 
 use super::write_report;
 
@@ -70,7 +68,7 @@ pub(super) fn run(
     if let Err(e) = handle_sigterm() {
         return fail(report, &format!("install SIGTERM handler: {e}"));
     }
-    let pid = match start(root, id, report, console, cmd) {
+    let pid = match start(root, id, console, cmd) {
         Ok(pid) => pid,
         Err(e) => return fail(report, &e),
     };
@@ -100,14 +98,10 @@ const SLIM_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Whether `pid` (our child) exits within `limit`; it is not reaped.
 fn exits_within(pid: Pid, limit: std::time::Duration) -> bool {
-    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
-    if fd < 0 {
+    use std::os::fd::AsFd;
+    let Ok(pidfd) = crate::pidfd_open(pid.as_raw()) else {
         return false;
-    }
-    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
-    let pidfd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    };
     let deadline = std::time::Instant::now() + limit;
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -184,49 +178,12 @@ fn fail(report: &Path, error: &str) -> i32 {
     FAILED
 }
 
-/// Builds the tenant process; returns its host pid once it has exec'd `cmd`.
-fn start(
-    root: &Path,
-    id: &str,
-    report: &Path,
-    console: Option<&Path>,
-    cmd: &[String],
-) -> Result<Pid, String> {
+/// Starts the process; returns its host pid once it has exec'd `cmd`.
+fn start(root: &Path, id: &str, console: Option<&Path>, cmd: &[String]) -> Result<Pid, String> {
     if cmd.is_empty() {
         return Err("exec: no command".into());
     }
-    let container = super::load(root, id)?;
-    let config = container.bundle().join("config.json");
-    let spec = Spec::load(&config).map_err(|e| format!("load {}: {e}", config.display()))?;
-    let mut process = spec
-        .process()
-        .clone()
-        .ok_or_else(|| format!("container {id}: its spec has no process"))?;
-    process
-        .set_args(Some(cmd.to_vec()))
-        .set_terminal(Some(console.is_some()));
-    let process_file = PathBuf::from(format!("{}.process.json", report.display()));
-    let written = serde_json::to_vec(&process)
-        .map_err(|e| e.to_string())
-        .and_then(|bytes| std::fs::write(&process_file, bytes).map_err(|e| e.to_string()));
-    if let Err(e) = written {
-        return Err(format!("write {}: {e}", process_file.display()));
-    }
-    let built = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
-        .with_root_path(root)
-        .and_then(|b| b.validate_id())
-        .and_then(|b| {
-            // libcontainer takes a console socket only for a "detached" terminal; the process
-            // is our child and waited for either way.
-            b.with_console_socket(console)
-                .as_tenant()
-                .with_process(Some(&process_file))
-                .with_detach(console.is_some())
-                .build()
-        })
-        .map_err(|e| format!("exec in container {id}: {e}"));
-    let _ = std::fs::remove_file(&process_file);
-    built
+    super::enter::spawn(root, id, console, cmd)
 }
 
 /// Waits for the process to exit and reaps it; returns its code, or 128 + the signal.

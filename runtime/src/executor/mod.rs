@@ -8,9 +8,11 @@
 //! `berthd init start <state root> <id> <report file>`: lets the init exec the entrypoint.
 //! `berthd init delete <state root> <id> <report file>`: removes libcontainer's state and the
 //!   container's cgroups (the process must be gone).
-//! `berthd init exec …` runs a process in a running container (`exec`); once the process runs
-//!   it execs `berthd init wait <pid> <report file>`, a fresh image that only waits.
+//! `berthd init exec …` runs a process in a running container (`exec`, without libcontainer:
+//!   `enter` forks it into the container); once the process runs it execs
+//!   `berthd init wait <pid> <report file>`, a fresh image that only waits.
 
+mod enter;
 mod exec;
 
 use std::path::{Path, PathBuf};

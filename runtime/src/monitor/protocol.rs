@@ -55,16 +55,21 @@ pub fn short_socket_path(dir: &Path, name: &str) -> std::io::Result<(std::fs::Fi
     Ok((dir_file, path))
 }
 
-/// Tells the agent listening on `socket` that container `id` has exited (its exit file is
-/// written). Never blocks and never fails the caller: an agent that is down, or too busy to take
-/// the datagram, folds the exit file when it next looks, as it does at start-up.
-pub fn send_exit_notice(socket: &Path, id: &str) -> std::io::Result<()> {
+/// [`short_socket_path`] for a socket's full path.
+pub fn short_path_of(socket: &Path) -> std::io::Result<(std::fs::File, PathBuf)> {
     let dir = socket.parent().unwrap_or(Path::new("/"));
     let name = socket
         .file_name()
         .and_then(|n| n.to_str())
-        .unwrap_or(EXIT_NOTICE_SOCKET);
-    let (_dir, short) = short_socket_path(dir, name)?;
+        .ok_or_else(|| std::io::Error::other(format!("{}: no socket name", socket.display())))?;
+    short_socket_path(dir, name)
+}
+
+/// Tells the agent listening on `socket` that container `id` has exited (its exit file is
+/// written). Never blocks and never fails the caller: an agent that is down, or too busy to take
+/// the datagram, folds the exit file when it next looks, as it does at start-up.
+pub fn send_exit_notice(socket: &Path, id: &str) -> std::io::Result<()> {
+    let (_dir, short) = short_path_of(socket)?;
     let sender = std::os::unix::net::UnixDatagram::unbound()?;
     sender.set_nonblocking(true)?;
     sender.send_to(id.as_bytes(), short).map(|_| ())

@@ -347,21 +347,16 @@ impl Monitor {
             Err(e) => Response::failure(e.clone()),
         };
         let line = format!("{}\n", serde_json::to_string(&response).unwrap_or_default());
-        let fds: Vec<std::os::fd::RawFd> = match &stdin {
-            Ok(Some(fd)) => vec![std::os::fd::AsRawFd::as_raw_fd(fd)],
-            _ => Vec::new(),
+        let fd = match &stdin {
+            Ok(Some(fd)) => Some(std::os::fd::AsFd::as_fd(fd)),
+            _ => None,
         };
-        let rights = [nix::sys::socket::ControlMessage::ScmRights(&fds)];
-        let sent = nix::sys::socket::sendmsg::<()>(
-            std::os::fd::AsRawFd::as_raw_fd(&stream),
-            &[std::io::IoSlice::new(line.as_bytes())],
-            if fds.is_empty() { &[] } else { &rights },
-            nix::sys::socket::MsgFlags::MSG_NOSIGNAL,
-            None,
-        );
+        let sent =
+            crate::terminal::send_with_fd(std::os::fd::AsFd::as_fd(&stream), line.as_bytes(), fd)
+                .ok();
         // Our copy of the descriptor goes now; the attacher has its own.
         drop(stdin);
-        if response.ok && sent == Ok(line.len()) && stream.set_nonblocking(true).is_ok() {
+        if response.ok && sent == Some(line.len()) && stream.set_nonblocking(true).is_ok() {
             self.containers.add_attacher(id, stream);
         }
     }
