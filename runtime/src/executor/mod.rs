@@ -104,7 +104,7 @@ fn create(root: &Path, id: &str, bundle: &Path, console: Option<PathBuf>) -> Res
     // stripping it from the container's path. We inherit the pod cgroup from the monitor, the
     // container's own parent: stripped of it, the path names no cgroup and creation fails. From
     // the root cgroup nothing is stripped. The container itself goes into its own cgroup anyway.
-    if let Err(e) = crate::cgroups::join(Path::new("/"), std::process::id()) {
+    if let Err(e) = crate::cgroups::join_self(Path::new("/")) {
         eprintln!("berthd init: container {id}: leave the pod cgroup: {e}");
     }
     let container = ContainerBuilder::new(id.to_string(), SyscallType::Linux)

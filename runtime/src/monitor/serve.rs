@@ -38,7 +38,7 @@ pub(super) fn setup(config: &MonitorConfig) -> Result<Monitor, String> {
     mask.thread_block()
         .map_err(|e| format!("block signals: {e}"))?;
     if let Some(cgroup) = &config.cgroup {
-        crate::cgroups::join(cgroup, std::process::id())?;
+        crate::cgroups::join_self(cgroup)?;
     }
     namespaces::create(config)?;
     namespaces::apply_sysctls(config)?;
