@@ -40,6 +40,8 @@ pub enum SpecError {
     UnknownUser { name: String, no_file: bool },
     #[error("group {name:?} not found: {}", if *no_file { "the image has no /etc/group" } else { "not in the image's /etc/group" })]
     UnknownGroup { name: String, no_file: bool },
+    #[error("user group is specified without user: run_as_group needs run_as_user, run_as_username, or an image user given as a uid")]
+    GroupWithoutUser,
     #[error("invalid user: {0}")]
     InvalidUser(String),
     #[error("unknown capability {0:?}")]

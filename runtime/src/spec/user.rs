@@ -121,7 +121,7 @@ fn parse_group(text: &str) -> Vec<GroupEntry<'_>> {
 /// Resolves the user, following containerd: `run_as_username`, else `run_as_user`, else the
 /// image's `User`. A numeric uid takes its gid from /etc/passwd (0 when not listed); a name must
 /// be listed. `run_as_group` replaces the gid; the image's group is used only with the image's
-/// user. Supplementary groups: the primary gid, the groups whose member list names the user
+/// user, and without a user it is refused unless the image's user is a uid. Supplementary groups: the primary gid, the groups whose member list names the user
 /// (policy Merge), and `supplemental_groups`.
 pub fn resolve_user(
     security: &SecurityContext,
@@ -138,8 +138,15 @@ pub fn resolve_user(
         (None, Some(uid)) => (IdRef::Id(id_from_i64("run_as_user", uid)?), None),
         (None, None) => parse_image_user(image_user)?,
     };
-    // containerd refuses run_as_group without a user; CRI-O applies it to the image's user,
-    // which is what a pod spec with only runAsGroup means.
+    // containerd refuses run_as_group without a user ("user group is specified without user"),
+    // and so does critest; an image user given as a uid is a user, and the group applies to it.
+    if security.run_as_group.is_some()
+        && username.is_none()
+        && security.run_as_user.is_none()
+        && !matches!(user, IdRef::Id(_) if !image_user.is_empty())
+    {
+        return Err(SpecError::GroupWithoutUser);
+    }
     let group = match security.run_as_group {
         Some(gid) => Some(IdRef::Id(id_from_i64("run_as_group", gid)?)),
         None => image_group,
@@ -293,13 +300,27 @@ audio:x:63:other
     }
 
     #[test]
-    fn run_as_group_without_user_applies_to_the_image_user() {
+    fn run_as_group_without_a_user_is_refused_unless_the_image_user_is_a_uid() {
         let security = SecurityContext {
             run_as_group: Some(3000),
             ..SecurityContext::default()
         };
+        // No user at all (root by default), or one named: containerd's refusal.
+        for image_user in ["", "app", "app:wheel"] {
+            let e = resolve(security.clone(), image_user).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains("user group is specified without user"),
+                "{image_user:?}: {e}"
+            );
+        }
+        // The image names its user by uid: the group applies to it.
         assert_eq!(
-            resolve(security, "app:wheel").unwrap(),
+            resolve(security.clone(), "1000").unwrap(),
+            user(1000, 3000, &[10, 44, 3000])
+        );
+        assert_eq!(
+            resolve(security, "1000:wheel").unwrap(),
             user(1000, 3000, &[10, 44, 3000])
         );
     }
