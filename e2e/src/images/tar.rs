@@ -55,6 +55,10 @@ impl Entry {
         Entry::new(path, EntryKind::CharDevice { major, minor }, 0o666)
     }
 
+    pub fn fifo(path: &str) -> Entry {
+        Entry::new(path, EntryKind::Fifo, 0o644)
+    }
+
     pub fn owned(mut self, uid: u32, gid: u32) -> Entry {
         self.uid = uid;
         self.gid = gid;

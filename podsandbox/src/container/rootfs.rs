@@ -12,6 +12,51 @@ use super::record::{ContainerError, ContainerRecord, ProcessUser, EXIT_FILE};
 use super::Containers;
 use crate::monitor_client;
 
+/// The most of an image's /etc/passwd or /etc/group that CreateContainer reads.
+pub const IMAGE_FILE_CAP: u64 = 8 << 20;
+
+/// The image's file `path` (relative, say `etc/passwd`) in the container's `rootfs`, resolved as
+/// if `rootfs` were `/` (an absolute symlink or `..` cannot leave it; openat2 RESOLVE_IN_ROOT),
+/// opened without blocking (a FIFO), and read only if it is a regular file of at most
+/// [`IMAGE_FILE_CAP`] bytes: the image decides what the path is, the agent must not hang on it
+/// or read a device forever. `None` if the image has no such file.
+pub fn read_image_file(rootfs: &Path, path: &str) -> Result<Option<String>, String> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use std::io::Read;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let shown = format!("/{path}");
+    let root =
+        std::fs::File::open(rootfs).map_err(|e| format!("open {}: {e}", rootfs.display()))?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = match openat2(root.as_raw_fd(), path, how) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT) | Err(nix::errno::Errno::ENOTDIR) => return Ok(None),
+        Err(e) => return Err(format!("image file {shown}: {e}")),
+    };
+    // SAFETY: openat2 just returned this descriptor; nothing else owns it.
+    let file = std::fs::File::from(unsafe { OwnedFd::from_raw_fd(fd) });
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("image file {shown}: {e}"))?;
+    if !meta.file_type().is_file() {
+        return Err(format!("image file {shown} is not a regular file"));
+    }
+    if meta.len() > IMAGE_FILE_CAP {
+        return Err(format!(
+            "image file {shown} is larger than {} MiB",
+            IMAGE_FILE_CAP >> 20
+        ));
+    }
+    let mut bytes = Vec::new();
+    // A file that grows after the check is still cut at the cap.
+    file.take(IMAGE_FILE_CAP)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("read image file {shown}: {e}"))?;
+    Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+}
+
 /// Everything `create` needs, gathered by the CRI layer.
 pub struct CreateInput {
     pub sandbox_id: String,
@@ -66,8 +111,12 @@ impl Containers {
             Some(options.as_str()),
         )
         .map_err(|e| fail("mount rootfs")(e.to_string()))?;
-        let passwd = std::fs::read_to_string(rootfs.join("etc/passwd")).ok();
-        let group = std::fs::read_to_string(rootfs.join("etc/group")).ok();
+        let image_file = |path: &str| {
+            read_image_file(rootfs, path)
+                .map_err(|e| ContainerError::InvalidArgument(format!("container {id}: {e}")))
+        };
+        let passwd = image_file("etc/passwd")?;
+        let group = image_file("etc/group")?;
         let log_path = if input.config.log_path.is_empty() {
             // No log directory from kubelet: keep the output beside the container's state.
             dir.join("log")
