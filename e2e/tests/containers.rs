@@ -69,6 +69,33 @@ async fn container_lifecycle_exit_codes_logs_and_status() {
     let log = std::fs::read_to_string(&s.log_path).unwrap();
     assert!(log.contains(" stdout F 1000\n"), "uid of tester: {log}");
 
+    // A group without a user (the image's is root by default) is refused, as containerd and
+    // critest have it, and leaves no container behind (the pod's count below stays 3).
+    let mut cfg = container_config(&f, "group-only", &["id"]);
+    let security = cfg
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .as_mut()
+        .unwrap();
+    security.run_as_group = Some(Int64Value { value: 1002 });
+    let err = c
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cfg),
+            sandbox_config: Some(pod_cfg.clone()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(
+        err.message()
+            .contains("user group is specified without user"),
+        "{}",
+        err.message()
+    );
+
     // Read-only rootfs: writing fails.
     let mut cfg = container_config(
         &f,
@@ -408,4 +435,59 @@ async fn a_stopped_container_leaves_no_process_whatever_its_pid_namespace() {
         remove_pod(&mut c, &pod).await;
         assert_clean(&f, name);
     }
+}
+
+/// The monitor writes logs as root, so the path kubelet names must stay inside the pod's log
+/// directory: an absolute `log_path` or one with `..` is refused before anything is made, and a
+/// symlink planted at the log path is not followed (the file it points at stays as it was).
+#[tokio::test]
+async fn log_paths_stay_inside_the_pod_log_directory_and_follow_no_symlink() {
+    let _top = CgroupTop::new();
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "logpaths");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let create = |log_path: &str| {
+        let mut cfg = container_config(&f, "logger", &["echo", "written"]);
+        cfg.log_path = log_path.into();
+        CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cfg),
+            sandbox_config: Some(pod_cfg.clone()),
+        }
+    };
+    let outside = berth_e2e::TempDir::new("berth-e2e-victim");
+    let victim = outside.path().join("victim");
+    std::fs::write(&victim, "victim\n").unwrap();
+    for bad in [
+        victim.display().to_string(),
+        "../escaped.log".to_string(),
+        "logger/../../escaped.log".to_string(),
+    ] {
+        let err = c.create_container(create(&bad)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{bad}: {err:?}");
+        assert!(err.message().contains("log_path"), "{}", err.message());
+    }
+    assert!(!f.logs.path().join("escaped.log").exists());
+
+    let planted = f.logs.path().join("logpaths/planted");
+    std::fs::create_dir_all(&planted).unwrap();
+    std::os::unix::fs::symlink(&victim, planted.join("0.log")).unwrap();
+    let created = c.create_container(create("planted/0.log")).await;
+    if let Ok(id) = created {
+        // Refused at start at the latest; either way nothing reaches the victim.
+        let id = id.into_inner().container_id;
+        let started = c
+            .start_container(StartContainerRequest {
+                container_id: id.clone(),
+            })
+            .await;
+        assert!(
+            started.is_err(),
+            "a container logging through a symlink started"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "victim\n");
+    remove_pod(&mut c, &pod).await;
+    assert_clean(&f, "logpaths");
 }

@@ -19,6 +19,31 @@ fn mode(m: i32) -> rspec::NamespaceMode {
     }
 }
 
+/// The container's log file: `log_path` under the pod's `log_directory` (empty if either is).
+/// `log_path` must stay inside: an absolute one, or one with `..`, would have the monitor
+/// write (as root) wherever the caller likes.
+fn log_file(log_directory: &str, log_path: &str) -> Result<String, Status> {
+    if log_directory.is_empty() || log_path.is_empty() {
+        return Ok(String::new());
+    }
+    let relative = std::path::Path::new(log_path);
+    let escapes = relative.components().any(|c| {
+        !matches!(
+            c,
+            std::path::Component::Normal(_) | std::path::Component::CurDir
+        )
+    });
+    if escapes {
+        return Err(Status::invalid_argument(format!(
+            "berth: log_path {log_path:?} must be a relative path inside the pod's log directory"
+        )));
+    }
+    Ok(PathBuf::from(log_directory)
+        .join(relative)
+        .display()
+        .to_string())
+}
+
 /// kubelet's `ContainerConfig` as the runtime crate's input. The log path becomes absolute:
 /// the pod's log directory joined with the container's relative path.
 pub(crate) fn container_spec(
@@ -38,14 +63,7 @@ pub(crate) fn container_spec(
     let s = linux.security_context.unwrap_or_default();
     let ns = s.namespace_options.clone().unwrap_or_default();
     let caps = s.capabilities.clone().unwrap_or_default();
-    let log_path = if log_directory.is_empty() || config.log_path.is_empty() {
-        String::new()
-    } else {
-        PathBuf::from(log_directory)
-            .join(&config.log_path)
-            .display()
-            .to_string()
-    };
+    let log_path = log_file(log_directory, &config.log_path)?;
     Ok(rspec::ContainerSpec {
         metadata: rspec::ContainerMetadata {
             name: metadata.name,
@@ -339,5 +357,29 @@ pub(crate) fn cri_container_stats(
             swap_available_bytes: None,
             swap_usage_bytes: cri_value(usage.cgroup.swap_usage_bytes),
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_path_joins_the_pod_log_directory() {
+        assert_eq!(
+            log_file("/var/log/pods/ns_pod_uid", "app/0.log").unwrap(),
+            "/var/log/pods/ns_pod_uid/app/0.log"
+        );
+        assert_eq!(log_file("", "app/0.log").unwrap(), "");
+        assert_eq!(log_file("/var/log/pods/x", "").unwrap(), "");
+    }
+
+    #[test]
+    fn a_log_path_that_leaves_the_directory_is_invalid() {
+        for bad in ["/etc/passwd", "../../etc/cron.d/x", "app/../../x", ".."] {
+            let e = log_file("/var/log/pods/x", bad).unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{bad}");
+            assert!(e.message().contains(bad), "{}", e.message());
+        }
     }
 }

@@ -191,6 +191,8 @@ fn open_log(path: &Path) -> io::Result<File> {
         .append(true)
         .create(true)
         .mode(0o640)
+        // A symlink planted at the log path must not have us append (as root) to its target.
+        .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(|e| {
             io::Error::new(
