@@ -37,6 +37,15 @@ pub fn disk_usage(path: &Path) -> DiskUsage {
     usage
 }
 
+/// Makes `dir` (and its parents) if missing and gives it mode 0700, also when it already existed
+/// with another: what lives under it (image snapshots, containers' upper dirs) may hold setuid
+/// binaries an image or a container wrote, which no other host user may reach.
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
 /// Removes `dir` and everything in it; a directory that is already gone is not an error.
 pub fn remove_dir_all_if_present(dir: &Path) -> std::io::Result<()> {
     match std::fs::remove_dir_all(dir) {

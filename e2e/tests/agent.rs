@@ -285,6 +285,30 @@ async fn socket_is_0660_in_a_0700_directory() {
     assert_eq!(mode(agent.paths.socket.parent().unwrap()), 0o700);
 }
 
+/// Snapshots and containers' writable layers may hold setuid binaries an image or a container
+/// wrote: no other host user may reach them (the Docker CVE-2021-41091 pattern), whatever mode
+/// the root dir has; directories an older berthd left 0755 are tightened.
+#[tokio::test]
+async fn data_directories_are_private_to_root_even_when_they_existed() {
+    let dir = TempDir::new("berth-e2e");
+    let paths = AgentPaths::under(dir.path());
+    std::fs::write(&paths.config, paths.config_text("")).unwrap();
+    for d in [paths.root.join("snapshots"), paths.root.join("containers")] {
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::set_permissions(&d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let agent = TestAgent::start_in(dir, paths).await;
+    let mode = |p: std::path::PathBuf| std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+    let (root, state) = (&agent.paths.root, &agent.paths.state);
+    for private in [
+        root.join("snapshots"),
+        root.join("containers"),
+        state.join("containers"),
+    ] {
+        assert_eq!(mode(private.clone()), 0o700, "{}", private.display());
+    }
+}
+
 #[tokio::test]
 async fn sigterm_shuts_down_cleanly() {
     let mut agent = TestAgent::start().await;

@@ -21,7 +21,7 @@ impl Snapshotter {
     /// Opens (creating) `root/snapshots`, removing temp dirs a crash left behind.
     pub fn open(root: &Path) -> std::io::Result<Snapshotter> {
         let root = root.join("snapshots");
-        std::fs::create_dir_all(&root)?;
+        berth_common::fs::private_dir(&root)?;
         for entry in std::fs::read_dir(&root)?.flatten() {
             if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
                 let _ = std::fs::remove_dir_all(entry.path());

@@ -61,8 +61,10 @@ impl Containers {
         events: Arc<Events>,
     ) -> std::io::Result<Containers> {
         let dir = state.join("containers");
-        std::fs::create_dir_all(&dir)?;
-        std::fs::create_dir_all(root.join("containers"))?;
+        // Bundles, and the containers' writable layers (an upper dir must stay 0755: it is the
+        // container's `/`).
+        berth_common::fs::private_dir(&dir)?;
+        berth_common::fs::private_dir(&root.join("containers"))?;
         let mut records = BTreeMap::new();
         for entry in std::fs::read_dir(&dir)?.flatten() {
             match std::fs::read(entry.path().join(RECORD_FILE))
