@@ -227,8 +227,9 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let events = Events::new(config.events.queue, EventMetrics::register(&mut registry));
     let streaming_metrics = berth_streaming::StreamingMetrics::register(&mut registry);
     let registry = Arc::new(registry);
-    let host = berth_runtime::spec::HostInfo::probe(config.runtime.cgroup_driver)
+    let mut host = berth_runtime::spec::HostInfo::probe(config.runtime.cgroup_driver)
         .map_err(AgentError::Containers)?;
+    host.default_seccomp = config.runtime.default_seccomp.profile();
     let containers = Containers::open(
         &config.state,
         &config.root,

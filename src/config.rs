@@ -163,6 +163,7 @@ pull_progress_timeout_secs = 300     # a pull with no byte received for this lon
 
 [runtime]
 cgroup_driver = "cgroupfs"       # "cgroupfs" ("systemd" is not supported yet)
+default_seccomp = "unconfined"   # a container that names no seccomp profile: "unconfined" or "runtime/default"
 "#;
 
 /// Why a configuration could not be used. Every message is one line naming the file and the key.

@@ -203,6 +203,7 @@ pub fn bundle(
         etc_passwd: None,
         etc_group: None,
         device_nodes: &[],
+        seccomp_localhost: None,
         target_pid_namespace: None,
         host: &host,
     })

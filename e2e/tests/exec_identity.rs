@@ -1,7 +1,7 @@
 //! An exec'd process is the container's own process with other arguments: whether it comes
 //! through ExecSync or the streaming server, with or without a terminal, it has the init's user,
-//! groups, capability sets, no_new_privs and seccomp mode, its cgroups, namespaces and
-//! oom_score_adj, and the container's working directory and environment. The init is read from
+//! groups, capability sets, no_new_privs and seccomp mode (RuntimeDefault in one of them), its
+//! cgroups, namespaces and oom_score_adj, and the container's working directory and environment. The init is read from
 //! the host; the exec'd process reads itself.
 
 use berth_e2e::container_fixture::*;
@@ -72,6 +72,10 @@ async fn an_exec_gets_the_init_s_identity_limits_and_namespaces() {
             add_capabilities: vec!["NET_ADMIN".into(), "SYS_PTRACE".into()],
             drop_capabilities: vec!["KILL".into(), "CHOWN".into()],
             ..Default::default()
+        });
+        s.seccomp = Some(SecurityProfile {
+            profile_type: security_profile::ProfileType::RuntimeDefault as i32,
+            localhost_ref: String::new(),
         });
     };
     let tester = |cfg: &mut ContainerConfig| {

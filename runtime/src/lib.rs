@@ -19,6 +19,30 @@ use serde::{Deserialize, Serialize};
 pub struct RuntimeConfig {
     /// How container cgroups are created and named; reported to kubelet by the RuntimeConfig RPC.
     pub cgroup_driver: CgroupDriver,
+    /// The seccomp profile of a container that asks for none (kubelet's default is unconfined).
+    pub default_seccomp: DefaultSeccomp,
+}
+
+/// `[runtime] default_seccomp`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub enum DefaultSeccomp {
+    /// No filter, as kubelet's own default.
+    #[default]
+    #[serde(rename = "unconfined")]
+    Unconfined,
+    /// Berth's RuntimeDefault profile for every container that names none.
+    #[serde(rename = "runtime/default")]
+    RuntimeDefault,
+}
+
+impl DefaultSeccomp {
+    /// The profile spec generation applies to a container that asks for none.
+    pub fn profile(self) -> spec::SeccompProfile {
+        match self {
+            DefaultSeccomp::Unconfined => spec::SeccompProfile::Unconfined,
+            DefaultSeccomp::RuntimeDefault => spec::SeccompProfile::RuntimeDefault,
+        }
+    }
 }
 
 /// The cgroup driver, as kubelet names it.

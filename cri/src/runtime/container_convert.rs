@@ -44,6 +44,43 @@ fn log_file(log_directory: &str, log_path: &str) -> Result<String, Status> {
         .to_string())
 }
 
+/// The seccomp profile a container asks for: the `seccomp` field, else the deprecated
+/// `seccomp_profile_path` (`runtime/default`, `docker/default`, `unconfined`,
+/// `localhost/<absolute path>`), else unset.
+fn seccomp_profile(
+    profile: Option<&cri::SecurityProfile>,
+    deprecated: &str,
+) -> Result<rspec::SeccompProfile, Status> {
+    use cri::security_profile::ProfileType;
+    if let Some(p) = profile {
+        return match ProfileType::try_from(p.profile_type) {
+            Ok(ProfileType::RuntimeDefault) => Ok(rspec::SeccompProfile::RuntimeDefault),
+            Ok(ProfileType::Unconfined) => Ok(rspec::SeccompProfile::Unconfined),
+            Ok(ProfileType::Localhost) if p.localhost_ref.is_empty() => Err(
+                Status::invalid_argument("berth: a Localhost seccomp profile needs localhost_ref"),
+            ),
+            Ok(ProfileType::Localhost) => Ok(rspec::SeccompProfile::Localhost(PathBuf::from(
+                &p.localhost_ref,
+            ))),
+            Err(_) => Err(Status::invalid_argument(format!(
+                "berth: unknown seccomp profile type {}",
+                p.profile_type
+            ))),
+        };
+    }
+    match deprecated {
+        "" => Ok(rspec::SeccompProfile::Unset),
+        "runtime/default" | "docker/default" => Ok(rspec::SeccompProfile::RuntimeDefault),
+        "unconfined" => Ok(rspec::SeccompProfile::Unconfined),
+        other => match other.strip_prefix("localhost/") {
+            Some(path) if !path.is_empty() => Ok(rspec::SeccompProfile::Localhost(PathBuf::from(path))),
+            _ => Err(Status::invalid_argument(format!(
+                "berth: seccomp_profile_path {other:?} is not runtime/default, unconfined or localhost/<path>"
+            ))),
+        },
+    }
+}
+
 /// kubelet's `ContainerConfig` as the runtime crate's input. The log path becomes absolute:
 /// the pod's log directory joined with the container's relative path.
 pub(crate) fn container_spec(
@@ -62,6 +99,9 @@ pub(crate) fn container_spec(
     let r = linux.resources.unwrap_or_default();
     let s = linux.security_context.unwrap_or_default();
     let ns = s.namespace_options.clone().unwrap_or_default();
+    // Deprecated, and still what older kubelets and crictl configs send.
+    #[allow(deprecated)]
+    let seccomp = seccomp_profile(s.seccomp.as_ref(), &s.seccomp_profile_path)?;
     let caps = s.capabilities.clone().unwrap_or_default();
     let log_path = log_file(log_directory, &config.log_path)?;
     Ok(rspec::ContainerSpec {
@@ -133,6 +173,7 @@ pub(crate) fn container_spec(
             readonly_rootfs: s.readonly_rootfs,
             supplemental_groups: s.supplemental_groups,
             no_new_privs: s.no_new_privs,
+            seccomp,
             masked_paths: (!s.masked_paths.is_empty()).then_some(s.masked_paths),
             readonly_paths: (!s.readonly_paths.is_empty()).then_some(s.readonly_paths),
             ..Default::default()
@@ -363,6 +404,57 @@ pub(crate) fn cri_container_stats(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_seccomp_field_wins_over_the_deprecated_path() {
+        use cri::security_profile::ProfileType;
+        let field = |t: ProfileType, r: &str| cri::SecurityProfile {
+            profile_type: t as i32,
+            localhost_ref: r.into(),
+        };
+        let localhost = |p: &str| rspec::SeccompProfile::Localhost(PathBuf::from(p));
+        let cases = [
+            (None, "", rspec::SeccompProfile::Unset),
+            (
+                None,
+                "runtime/default",
+                rspec::SeccompProfile::RuntimeDefault,
+            ),
+            (
+                None,
+                "docker/default",
+                rspec::SeccompProfile::RuntimeDefault,
+            ),
+            (None, "unconfined", rspec::SeccompProfile::Unconfined),
+            (None, "localhost//etc/p.json", localhost("/etc/p.json")),
+            (
+                Some(field(ProfileType::RuntimeDefault, "")),
+                "unconfined",
+                rspec::SeccompProfile::RuntimeDefault,
+            ),
+            (
+                Some(field(ProfileType::Unconfined, "")),
+                "runtime/default",
+                rspec::SeccompProfile::Unconfined,
+            ),
+            (
+                Some(field(ProfileType::Localhost, "/p.json")),
+                "",
+                localhost("/p.json"),
+            ),
+        ];
+        for (profile, path, want) in cases {
+            assert_eq!(
+                seccomp_profile(profile.as_ref(), path).unwrap(),
+                want,
+                "{profile:?} {path}"
+            );
+        }
+        for bad in ["localhost/", "default", "runtime/other"] {
+            assert!(seccomp_profile(None, bad).is_err(), "{bad}");
+        }
+        assert!(seccomp_profile(Some(&field(ProfileType::Localhost, "")), "").is_err());
+    }
 
     #[test]
     fn a_log_path_joins_the_pod_log_directory() {

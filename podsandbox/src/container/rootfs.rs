@@ -140,6 +140,21 @@ impl Containers {
         }
         let devices =
             spec::devices::nodes_for(&config).map_err(|e| fail("devices")(e.to_string()))?;
+        let invalid =
+            |e: spec::SpecError| ContainerError::InvalidArgument(format!("container {id}: {e}"));
+        let seccomp_localhost =
+            match spec::seccomp::localhost_path(&config.security.seccomp).map_err(invalid)? {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).map_err(|e| {
+                        invalid(spec::SpecError::InvalidSeccomp {
+                            path: path.to_path_buf(),
+                            reason: e.to_string(),
+                        })
+                    })?;
+                    Some(spec::seccomp::parse_profile(path, &text).map_err(invalid)?)
+                }
+                None => None,
+            };
         let generated = spec::generate(&SpecInput {
             container_id: id,
             rootfs,
@@ -150,9 +165,10 @@ impl Containers {
             etc_group: group.as_deref(),
             device_nodes: &devices,
             target_pid_namespace: None,
+            seccomp_localhost: seccomp_localhost.as_ref(),
             host: &self.host,
         })
-        .map_err(|e| ContainerError::InvalidArgument(format!("container {id}: {e}")))?;
+        .map_err(invalid)?;
         let user = generated.process().as_ref().map(|p| ProcessUser {
             uid: p.user().uid(),
             gid: p.user().gid(),

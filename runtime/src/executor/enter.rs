@@ -16,7 +16,9 @@
 //! our /proc/<pid>/exe), the init's PID namespace for our children. The child: the cgroups, the
 //! other namespaces (one setns on the pidfd, so a user namespace is joined first), a session of
 //! its own, the terminal, rlimits, oom_score_adj, the bounding set, groups, gid, uid, the
-//! capability sets, the working directory, no_new_privs, then execve with the container's env.
+//! capability sets, the working directory, no_new_privs and the container's seccomp filter (loaded
+//! before the credentials change when there is no no_new_privs, as runc does), then execve with
+//! the container's env.
 //! Any failure is written to a close-on-exec pipe; the pipe closing empty means it exec'd.
 
 use std::ffi::{CString, OsStr};
@@ -56,6 +58,7 @@ struct Plan {
     cgroups: Vec<PathBuf>,
     console: Option<UnixStream>,
     process: Process,
+    seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
     argv: Vec<CString>,
     env: Vec<CString>,
 }
@@ -157,6 +160,7 @@ fn prepare(root: &Path, id: &str, console: Option<&Path>, cmd: &[String]) -> Res
         cgroups,
         console,
         process,
+        seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
         argv,
         env,
     })
@@ -167,7 +171,12 @@ fn prepare(root: &Path, id: &str, console: Option<&Path>, cmd: &[String]) -> Res
 fn refuse_unsupported(spec: &Spec, process: &Process) -> Result<(), String> {
     let linux = spec.linux().as_ref();
     let unsupported = [
-        ("seccomp", linux.is_some_and(|l| l.seccomp().is_some())),
+        (
+            "a seccomp notify action",
+            linux
+                .and_then(|l| l.seccomp().as_ref())
+                .is_some_and(libcontainer::seccomp::is_notify),
+        ),
         ("an AppArmor profile", process.apparmor_profile().is_some()),
         ("an SELinux label", process.selinux_label().is_some()),
         ("a scheduler policy", process.scheduler().is_some()),
@@ -300,15 +309,32 @@ fn child(plan: &Plan) -> Result<std::convert::Infallible, String> {
     }
     let cwd = plan.process.cwd();
     let early_cwd = nix::unistd::chdir(cwd.as_path()).is_ok();
+    let no_new_privs = plan.process.no_new_privileges() == Some(true);
+    // Loading a filter needs CAP_SYS_ADMIN or no_new_privs: without the latter it goes in
+    // while we are still root, as runc does (the rest of this setup must pass it).
+    if !no_new_privs {
+        load_seccomp(plan.seccomp.as_ref())?;
+    }
     credentials(&plan.process)?;
     if !early_cwd {
         nix::unistd::chdir(cwd.as_path()).map_err(|e| format!("chdir {}: {e}", cwd.display()))?;
     }
-    if plan.process.no_new_privileges() == Some(true) {
+    if no_new_privs {
         nix::sys::prctl::set_no_new_privs()
             .map_err(|e| format!("prctl(PR_SET_NO_NEW_PRIVS): {e}"))?;
+        load_seccomp(plan.seccomp.as_ref())?;
     }
     exec(&plan.argv, &plan.env, &plan.process)
+}
+
+/// The container's seccomp filter on this process (and what it execs), if it has one.
+fn load_seccomp(seccomp: Option<&oci_spec::runtime::LinuxSeccomp>) -> Step {
+    match seccomp {
+        Some(s) => libcontainer::seccomp::initialize_seccomp(s)
+            .map(|_| ())
+            .map_err(|e| format!("load the seccomp filter: {e}")),
+        None => Ok(()),
+    }
 }
 
 /// A pty from the container's /dev/ptmx: the master goes to the console socket, the slave

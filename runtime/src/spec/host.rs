@@ -5,7 +5,7 @@ use std::path::Path;
 
 use oci_spec::runtime::Capability;
 
-use super::input::HostInfo;
+use super::input::{HostInfo, SeccompProfile};
 use super::security::capabilities_from_mask;
 use crate::CgroupDriver;
 
@@ -59,6 +59,7 @@ impl HostInfo {
             swap_controller,
             hugetlb_controller,
             capabilities,
+            default_seccomp: SeccompProfile::Unset,
         })
     }
 }

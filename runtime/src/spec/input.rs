@@ -139,10 +139,27 @@ pub struct SecurityContext {
     pub supplemental_groups: Vec<i64>,
     pub supplemental_groups_policy: SupplementalGroupsPolicy,
     pub no_new_privs: bool,
+    /// The seccomp profile asked for (`seccomp`, else the deprecated `seccomp_profile_path`).
+    #[serde(default)]
+    pub seccomp: SeccompProfile,
     /// `None`: containerd's default list. `Some(vec![])`: nothing masked (`procMount: Unmasked`).
     pub masked_paths: Option<Vec<String>>,
     /// `None`: containerd's default list. `Some(vec![])`: nothing read-only.
     pub readonly_paths: Option<Vec<String>>,
+}
+
+/// A container's seccomp profile as the CRI asks for it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeccompProfile {
+    /// Nothing asked: `[runtime] default_seccomp` decides.
+    #[default]
+    Unset,
+    Unconfined,
+    /// Berth's own default profile (`spec::seccomp::runtime_default`).
+    RuntimeDefault,
+    /// An OCI-format JSON profile at this host path (absolute).
+    Localhost(PathBuf),
 }
 
 /// Capability names as Kubernetes writes them: with or without `CAP_`, any case, or `ALL`.
@@ -262,6 +279,8 @@ pub struct HostInfo {
     pub hugetlb_controller: bool,
     /// Our effective capabilities: what a privileged container or `add: [ALL]` gets.
     pub capabilities: Capabilities,
+    /// What a container that asks for no seccomp profile gets (`[runtime] default_seccomp`).
+    pub default_seccomp: SeccompProfile,
 }
 
 /// Everything `generate` reads, borrowed from the caller.
@@ -281,5 +300,7 @@ pub struct SpecInput<'a> {
     pub device_nodes: &'a [DeviceNode],
     /// For `pid: Target`: the target container's PID namespace (`/proc/<pid>/ns/pid`).
     pub target_pid_namespace: Option<&'a Path>,
+    /// The parsed file of a `Localhost` seccomp profile (`seccomp::parse_profile`).
+    pub seccomp_localhost: Option<&'a oci_spec::runtime::LinuxSeccomp>,
     pub host: &'a HostInfo,
 }

@@ -14,6 +14,7 @@ pub mod mounts;
 pub mod namespaces;
 pub mod paths;
 pub mod resources;
+pub mod seccomp;
 pub mod security;
 pub mod user;
 
@@ -25,7 +26,7 @@ use oci_spec::runtime::{Linux, Process, Root, Spec, User};
 pub use input::{
     CapabilityChanges, ContainerMetadata, ContainerSpec, Device, DeviceKind, DeviceNode, EnvVar,
     HostInfo, HugepageLimit, ImageConfig, Mount, NamespaceMode, NamespaceOptions, Propagation,
-    Resources, SandboxInfo, SecurityContext, SpecInput, SupplementalGroupsPolicy,
+    Resources, SandboxInfo, SeccompProfile, SecurityContext, SpecInput, SupplementalGroupsPolicy,
 };
 
 /// The runtime-spec version written into `ociVersion` (libcontainer accepts any 1.x).
@@ -58,6 +59,8 @@ pub enum SpecError {
     PrivilegedNotAllowed(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error("seccomp profile {}: {reason}", path.display())]
+    InvalidSeccomp { path: PathBuf, reason: String },
 }
 
 /// Annotations containerd sets on every container, which tools (and NRI plugins) look for.
@@ -111,14 +114,18 @@ pub fn generate(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         &config.working_dir,
         &input.image.working_dir,
     ));
-    process.set_capabilities(Some(security::capabilities(
+    let capabilities = security::capabilities(
         &security.capabilities,
         security.privileged,
         &host.capabilities,
-    )?));
+    )?;
+    let bounding = capabilities.bounding().clone().unwrap_or_default();
+    process.set_capabilities(Some(capabilities));
     // containerd removes the default RLIMIT_NOFILE: the container inherits the runtime's.
     process.set_rlimits(None);
-    process.set_no_new_privileges(Some(security.no_new_privs));
+    // Only ever `Some(true)`: libcontainer loads a seccomp filter late (after dropping
+    // capabilities, where only no_new_privs allows it) whenever the field is present at all.
+    process.set_no_new_privileges(security.no_new_privs.then_some(true));
     process.set_oom_score_adj(Some(resources::oom_score_adj(
         config.resources.oom_score_adj,
         host.min_oom_score_adj,
@@ -150,7 +157,13 @@ pub fn generate(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         security.privileged,
     )?));
     linux.set_devices(Some(device_nodes));
-    linux.set_seccomp(None);
+    linux.set_seccomp(seccomp::for_container(
+        &security.seccomp,
+        &host.default_seccomp,
+        security.privileged,
+        &bounding,
+        input.seccomp_localhost,
+    )?);
     linux.set_rootfs_propagation(plan.rootfs_propagation);
     linux.set_masked_paths(Some(security::masked_paths(security)));
     linux.set_readonly_paths(Some(security::readonly_paths(security)));

@@ -134,6 +134,7 @@ mod tests {
             swap_controller: swap,
             hugetlb_controller: hugetlb,
             capabilities: Default::default(),
+            default_seccomp: Default::default(),
         }
     }
 

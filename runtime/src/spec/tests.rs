@@ -100,6 +100,7 @@ impl Fixture {
                 swap_controller: true,
                 hugetlb_controller: false,
                 capabilities: CAPABILITY_BITS.into_iter().collect::<Capabilities>(),
+                default_seccomp: Default::default(),
             },
             nodes: vec![DeviceNode {
                 path: "/dev/fuse".into(),
@@ -123,6 +124,7 @@ impl Fixture {
             etc_passwd: Some(PASSWD),
             etc_group: Some(GROUP),
             device_nodes: &self.nodes,
+            seccomp_localhost: None,
             target_pid_namespace: None,
             host: &self.host,
         })

@@ -163,29 +163,39 @@ pub async fn measure(
     let mut c = RuntimeServiceClient::new(connect(socket).await.expect("connect"));
     let config = pod_config(&format!("{tag}-ctr"), 0);
     let pod = run_pod(&mut c, config.clone()).await;
-    let mut starts = Vec::new();
-    for i in 0..RUNS + 2 {
-        let t = Instant::now();
-        let id = start_container(&mut c, &pod, &config, image, &format!("c{i}")).await;
-        let took = t.elapsed();
-        if i >= 2 {
-            starts.push(took);
+    let runtime_default = Some(SecurityProfile {
+        profile_type: security_profile::ProfileType::RuntimeDefault as i32,
+        localhost_ref: String::new(),
+    });
+    for (label, seccomp) in [("", None), (" with seccomp RuntimeDefault", runtime_default)] {
+        let mut starts = Vec::new();
+        for i in 0..RUNS + 2 {
+            let mut cfg = container(image, &format!("c{i}"));
+            if let Some(s) = cfg.linux.as_mut().and_then(|l| l.security_context.as_mut()) {
+                s.seccomp = seccomp.clone();
+            }
+            let t = Instant::now();
+            let id = start_container_as(&mut c, &pod, &config, cfg).await;
+            let took = t.elapsed();
+            if i >= 2 {
+                starts.push(took);
+            }
+            let _ = c
+                .stop_container(StopContainerRequest {
+                    container_id: id.clone(),
+                    timeout: 0,
+                })
+                .await;
+            let _ = c
+                .remove_container(RemoveContainerRequest { container_id: id })
+                .await;
         }
-        let _ = c
-            .stop_container(StopContainerRequest {
-                container_id: id.clone(),
-                timeout: 0,
-            })
-            .await;
-        let _ = c
-            .remove_container(RemoveContainerRequest { container_id: id })
-            .await;
+        starts.sort();
+        figures.rows.push((
+            format!("Create+Start container{label}, median"),
+            format!("{:.1} ms", percentile(&starts, 0.5).as_secs_f64() * 1e3),
+        ));
     }
-    starts.sort();
-    figures.rows.push((
-        "Create+Start container, median".into(),
-        format!("{:.1} ms", percentile(&starts, 0.5).as_secs_f64() * 1e3),
-    ));
 
     let id = start_container(&mut c, &pod, &config, image, "exec").await;
     let mut execs = Vec::new();
