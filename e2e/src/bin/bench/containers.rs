@@ -167,7 +167,10 @@ pub async fn measure(
         profile_type: security_profile::ProfileType::RuntimeDefault as i32,
         localhost_ref: String::new(),
     });
-    for (label, seccomp) in [("", None), (" with seccomp RuntimeDefault", runtime_default)] {
+    for (label, seccomp) in [
+        ("", None),
+        (" with seccomp RuntimeDefault", runtime_default),
+    ] {
         let mut starts = Vec::new();
         for i in 0..RUNS + 2 {
             let mut cfg = container(image, &format!("c{i}"));
