@@ -318,3 +318,89 @@ async fn removing_the_image_of_a_running_container_keeps_its_rootfs() {
     );
     assert_clean(&f, "imagegone");
 }
+
+/// A host directory with a tmpfs mounted inside it, mounted read-only at /mnt: plainly, only the
+/// top is read-only (the tmpfs stays writable, as with runc); recursive read-only reaches the
+/// tmpfs too. Recursive read-only without readonly, or with propagation, is refused; Status
+/// says the default handler has the feature.
+#[tokio::test]
+async fn recursive_read_only_mounts_reach_submounts_and_bad_ones_are_refused() {
+    let _top = CgroupTop::new();
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let features = c
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner()
+        .runtime_handlers[0]
+        .features
+        .clone()
+        .unwrap();
+    assert!(features.recursive_read_only_mounts);
+    let pod_cfg = pod_config(&f, "rro");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let source = f.logs.path().join("rro-source");
+    std::fs::create_dir_all(source.join("tmpfs")).unwrap();
+    mount_tmpfs(&source.join("tmpfs"));
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+    let _unmount = Unmount(source.join("tmpfs"));
+    let mount = |readonly: bool, rro: bool, propagation: MountPropagation| Mount {
+        container_path: "/mnt".into(),
+        host_path: source.display().to_string(),
+        readonly,
+        recursive_read_only: rro,
+        propagation: propagation as i32,
+        ..Default::default()
+    };
+    let script = "touch /mnt/top 2>&1; touch /mnt/tmpfs/sub 2>&1 && echo sub-written; echo done";
+    for (rro, sub_written) in [(false, true), (true, false)] {
+        let name = if rro { "recursive" } else { "plain" };
+        let mut cfg = container_config(&f, name, &["sh", "-c", script]);
+        cfg.mounts = vec![mount(true, rro, MountPropagation::PropagationPrivate)];
+        let id = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
+        start(&mut c, &id).await;
+        let s = wait_exited(&mut c, &id).await;
+        let log = std::fs::read_to_string(&s.log_path).unwrap();
+        assert!(
+            log.contains("Read-only file system") && log.contains("done"),
+            "{name}: {log}"
+        );
+        assert_eq!(log.contains("sub-written"), sub_written, "{name}: {log}");
+        let status = status(&mut c, &id).await;
+        assert_eq!(status.mounts[0].recursive_read_only, rro, "{name}");
+    }
+    for (readonly, propagation) in [
+        (false, MountPropagation::PropagationPrivate),
+        (true, MountPropagation::PropagationHostToContainer),
+        (true, MountPropagation::PropagationBidirectional),
+    ] {
+        let mut cfg = container_config(&f, "bad-rro", &["true"]);
+        cfg.mounts = vec![mount(readonly, true, propagation)];
+        let err = c
+            .create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.clone(),
+                config: Some(cfg),
+                sandbox_config: Some(pod_cfg.clone()),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            tonic::Code::InvalidArgument,
+            "{propagation:?}: {err:?}"
+        );
+        assert!(
+            err.message().contains("recursive read-only"),
+            "{}",
+            err.message()
+        );
+    }
+    remove_pod(&mut c, &pod).await;
+    assert_clean(&f, "rro");
+}

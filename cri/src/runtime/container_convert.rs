@@ -127,6 +127,7 @@ pub(crate) fn container_spec(
                 container_path: m.container_path.into(),
                 host_path: m.host_path.into(),
                 readonly: m.readonly,
+                recursive_read_only: m.recursive_read_only,
                 propagation: match cri::MountPropagation::try_from(m.propagation) {
                     Ok(cri::MountPropagation::PropagationHostToContainer) => {
                         rspec::Propagation::HostToContainer
@@ -296,6 +297,7 @@ pub(crate) fn cri_container_status(r: &ContainerRecord) -> cri::ContainerStatus 
                 container_path: m.container_path.display().to_string(),
                 host_path: m.host_path.display().to_string(),
                 readonly: m.readonly,
+                recursive_read_only: m.recursive_read_only,
                 selinux_relabel: m.selinux_relabel,
                 propagation: (match m.propagation {
                     rspec::Propagation::Private => cri::MountPropagation::PropagationPrivate,

@@ -67,7 +67,7 @@ pub(super) fn status(
         runtime_handlers: vec![RuntimeHandler {
             name: String::new(),
             features: Some(RuntimeHandlerFeatures {
-                recursive_read_only_mounts: false,
+                recursive_read_only_mounts: berth_runtime::spec::recursive_read_only_supported(),
                 user_namespaces: false,
             }),
         }],

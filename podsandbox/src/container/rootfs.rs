@@ -128,6 +128,9 @@ impl Containers {
         }
         let mut config = input.config.clone();
         config.log_path = log_path.display().to_string();
+        let invalid =
+            |e: spec::SpecError| ContainerError::InvalidArgument(format!("container {id}: {e}"));
+        spec::mounts::check_binds(&input.config.mounts).map_err(invalid)?;
         // As containerd: rslave/rshared only make sense from a slave/shared source mount.
         check_propagation(&input.config.mounts).map_err(ContainerError::InvalidArgument)?;
         // As containerd: a bind mount's missing host directory is created.
@@ -140,8 +143,6 @@ impl Containers {
         }
         let devices =
             spec::devices::nodes_for(&config).map_err(|e| fail("devices")(e.to_string()))?;
-        let invalid =
-            |e: spec::SpecError| ContainerError::InvalidArgument(format!("container {id}: {e}"));
         let seccomp_localhost =
             match spec::seccomp::localhost_path(&config.security.seccomp).map_err(invalid)? {
                 Some(path) => {

@@ -64,6 +64,26 @@ impl HostInfo {
     }
 }
 
+/// Whether the kernel has mount_setattr(2) (5.12 and later), which recursive read-only mounts
+/// need: called with a descriptor that cannot be valid, it fails with EBADF, not ENOSYS.
+pub fn recursive_read_only_supported() -> bool {
+    static SUPPORTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SUPPORTED.get_or_init(|| {
+        // SAFETY: mount_setattr with dfd -1, an empty path and no attributes changes nothing.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                -1,
+                c"".as_ptr(),
+                0,
+                std::ptr::null::<u8>(),
+                0,
+            )
+        };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS)
+    })
+}
+
 /// The `CapEff:` mask of a /proc/<pid>/status text.
 fn cap_eff(status: &str) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("CapEff:"))?;

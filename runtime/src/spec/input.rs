@@ -56,6 +56,10 @@ pub struct Mount {
     /// containerd does before it writes the spec.
     pub host_path: PathBuf,
     pub readonly: bool,
+    /// Read-only all the way down: submounts of the source too (`rro`, mount_setattr with
+    /// AT_RECURSIVE). Needs `readonly` and private propagation.
+    #[serde(default)]
+    pub recursive_read_only: bool,
     pub propagation: Propagation,
     pub selinux_relabel: bool,
 }

@@ -9,6 +9,7 @@
 pub mod command;
 pub mod devices;
 mod host;
+pub use host::recursive_read_only_supported;
 pub mod input;
 pub mod mounts;
 pub mod namespaces;

@@ -122,6 +122,30 @@ fn sandbox_mounts(config: &ContainerSpec, sandbox: &SandboxInfo) -> Vec<Mount> {
         .collect()
 }
 
+/// The container's own bind mounts, checked before anything is made: absolute destinations,
+/// and recursive read-only only with readonly and private propagation.
+pub fn check_binds(mounts: &[Mount]) -> Result<(), SpecError> {
+    for m in mounts {
+        let invalid = |reason: &str| {
+            Err(SpecError::InvalidMount {
+                path: m.container_path.clone(),
+                reason: reason.into(),
+            })
+        };
+        if !m.container_path.is_absolute() {
+            return invalid("the container path must be absolute");
+        }
+        // containerd's refusals: a submount propagating in could not be made read-only.
+        if m.recursive_read_only && !m.readonly {
+            return invalid("a recursive read-only mount needs readonly: true");
+        }
+        if m.recursive_read_only && m.propagation != Propagation::Private {
+            return invalid("a recursive read-only mount must have private propagation");
+        }
+    }
+    Ok(())
+}
+
 /// All mounts of the container: defaults not replaced by a bind mount (and none under /dev
 /// when /dev itself is bound), then the bind mounts, shallower destinations first so a parent
 /// never hides a child. Equal depths keep the config's order.
@@ -130,14 +154,7 @@ pub fn plan_mounts(
     sandbox: &SandboxInfo,
     privileged: bool,
 ) -> Result<MountPlan, SpecError> {
-    for m in &config.mounts {
-        if !m.container_path.is_absolute() {
-            return Err(SpecError::InvalidMount {
-                path: m.container_path.clone(),
-                reason: "the container path must be absolute".into(),
-            });
-        }
-    }
+    check_binds(&config.mounts)?;
     let mut binds: Vec<Mount> = config.mounts.clone();
     binds.extend(sandbox_mounts(config, sandbox));
     binds.sort_by_key(|m| clean_path(&m.container_path).components().count());
@@ -177,7 +194,12 @@ pub fn plan_mounts(
         mount.set_destination(clean_path(&bind.container_path));
         mount.set_typ(Some("bind".into()));
         mount.set_source(Some(bind.host_path.clone()));
-        mount.set_options(Some(vec!["rbind".into(), propagation.into(), mode.into()]));
+        let mut options = vec!["rbind".to_string(), propagation.into(), mode.into()];
+        // `ro` alone makes only the top mount read-only, as runc does.
+        if bind.recursive_read_only {
+            options.push("rro".into());
+        }
+        mount.set_options(Some(options));
         mounts.push(mount);
     }
     Ok(MountPlan {
@@ -375,6 +397,40 @@ mod tests {
                 plan.rootfs_propagation.as_deref(),
                 rootfs,
                 "{propagation:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn recursive_read_only_adds_rro_and_needs_readonly_and_private() {
+        let rro = |readonly, propagation| {
+            with_mounts(vec![Mount {
+                readonly,
+                recursive_read_only: true,
+                propagation,
+                ..bind("/data", "/h")
+            }])
+        };
+        let plan = plan_mounts(
+            &rro(true, Propagation::Private),
+            &SandboxInfo::default(),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            options(find(&plan, "/data")),
+            ["rbind", "rprivate", "ro", "rro"]
+        );
+        for (readonly, propagation, why) in [
+            (false, Propagation::Private, "readonly"),
+            (true, Propagation::HostToContainer, "private"),
+            (true, Propagation::Bidirectional, "private"),
+        ] {
+            let e = plan_mounts(&rro(readonly, propagation), &SandboxInfo::default(), false)
+                .unwrap_err();
+            assert!(
+                e.to_string().contains(why) && e.to_string().contains("/data"),
+                "{e}"
             );
         }
     }
