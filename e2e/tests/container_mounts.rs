@@ -335,7 +335,6 @@ async fn recursive_read_only_mounts_reach_submounts_and_bad_ones_are_refused() {
         .into_inner()
         .runtime_handlers[0]
         .features
-        .clone()
         .unwrap();
     assert!(features.recursive_read_only_mounts);
     let pod_cfg = pod_config(&f, "rro");

@@ -144,3 +144,74 @@ async fn an_exec_gets_the_init_s_identity_limits_and_namespaces() {
         assert_clean(&f, name);
     }
 }
+
+/// SupplementalGroupsPolicy: Merge (the default) adds the groups the image's /etc/group lists
+/// the user in; Strict gives only the primary group and `supplemental_groups`. The container's
+/// first process, an exec'd one and ContainerStatus.user agree; Status advertises the feature.
+#[tokio::test]
+async fn supplemental_groups_policy_merge_and_strict() {
+    let _top = CgroupTop::new();
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let runtime = c
+        .status(StatusRequest { verbose: false })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(runtime.features.unwrap().supplemental_groups_policy);
+    // tester is 1000:1000 and listed in group extra (2000) by the image.
+    for (name, policy, groups) in [
+        (
+            "groups-merge",
+            SupplementalGroupsPolicy::Merge,
+            vec![1000, 1234, 2000],
+        ),
+        (
+            "groups-strict",
+            SupplementalGroupsPolicy::Strict,
+            vec![1000, 1234],
+        ),
+    ] {
+        let (pod, id) = running(
+            &f,
+            &mut c,
+            name,
+            &["sh", "-c", "id -G; sleep 1000"],
+            |cfg| {
+                let s = security(cfg);
+                s.run_as_user = Some(Int64Value { value: 1000 });
+                s.supplemental_groups = vec![1234];
+                s.supplemental_groups_policy = policy as i32;
+            },
+        )
+        .await;
+        let want: Vec<String> = groups.iter().map(|g: &i64| g.to_string()).collect();
+        let want = format!("{}\n", want.join(" "));
+        let out = c
+            .exec_sync(ExecSyncRequest {
+                container_id: id.clone(),
+                cmd: vec!["id".into(), "-G".into()],
+                timeout: 20,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), want, "{name}: exec");
+        let s = status(&mut c, &id).await;
+        let log = wait_for_text(&s.log_path, "id -G output", |l| l.contains(" stdout F ")).await;
+        assert!(
+            log.contains(&format!(" stdout F {}", want)),
+            "{name}: {log}"
+        );
+        let user = s.user.unwrap().linux.unwrap();
+        let mut supplemental = user.supplemental_groups.clone();
+        supplemental.sort();
+        assert_eq!(
+            (user.uid, user.gid, supplemental),
+            (1000, 1000, groups),
+            "{name}"
+        );
+        remove_pod(&mut c, &pod).await;
+        assert_clean(&f, name);
+    }
+}

@@ -173,11 +173,18 @@ pub(crate) fn container_spec(
             run_as_username: (!s.run_as_username.is_empty()).then_some(s.run_as_username),
             readonly_rootfs: s.readonly_rootfs,
             supplemental_groups: s.supplemental_groups,
+            supplemental_groups_policy: match cri::SupplementalGroupsPolicy::try_from(
+                s.supplemental_groups_policy,
+            ) {
+                Ok(cri::SupplementalGroupsPolicy::Strict) => {
+                    rspec::SupplementalGroupsPolicy::Strict
+                }
+                _ => rspec::SupplementalGroupsPolicy::Merge,
+            },
             no_new_privs: s.no_new_privs,
             seccomp,
             masked_paths: (!s.masked_paths.is_empty()).then_some(s.masked_paths),
             readonly_paths: (!s.readonly_paths.is_empty()).then_some(s.readonly_paths),
-            ..Default::default()
         },
     })
 }

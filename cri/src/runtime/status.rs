@@ -72,7 +72,7 @@ pub(super) fn status(
             }),
         }],
         features: Some(RuntimeFeatures {
-            supplemental_groups_policy: false,
+            supplemental_groups_policy: true,
         }),
     })
 }
