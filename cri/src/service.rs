@@ -98,7 +98,30 @@ pub(crate) fn create_input(
     let image_config = oci_spec::image::ImageConfiguration::from_reader(&image_json[..])
         .map(|c| berth_runtime::spec::ImageConfig::from(&c))
         .map_err(|e| Status::internal(format!("berth: image {image_name}: config: {e}")))?;
-    let spec = container_spec(config, &pod.spec.log_directory)?;
+    let mut spec = container_spec(config, &pod.spec.log_directory)?;
+    // Image volumes: each image must be pulled (kubelet pulls it first, as for the rootfs).
+    let mut image_volumes = Vec::new();
+    for (index, mount) in spec.mounts.iter_mut().enumerate() {
+        let Some(volume) = mount.image.as_mut() else {
+            continue;
+        };
+        let found = pods.images.resolve(&volume.reference).ok_or_else(|| {
+            Status::not_found(format!(
+                "berth: image {:?} of the image volume at {} not found: pull it first",
+                volume.reference,
+                mount.container_path.display()
+            ))
+        })?;
+        volume.id = found.id.to_string();
+        image_volumes.push((
+            index,
+            found
+                .chain_ids
+                .iter()
+                .map(|c| pods.images.snapshot_dir(c))
+                .collect(),
+        ));
+    }
     let pod_dir = pods.sandboxes.pod_dir_path(&pod.id);
     Ok(CreateInput {
         sandbox_id: pod.id.clone(),
@@ -113,6 +136,7 @@ pub(crate) fn create_input(
             .iter()
             .map(|c| pods.images.snapshot_dir(c))
             .collect(),
+        image_volumes,
     })
 }
 

@@ -120,7 +120,7 @@ impl Pods {
         containers
             .list()
             .into_iter()
-            .map(|c| (c.id, chains_of(&c.layers)))
+            .map(|c| (c.id, chains_of(&[c.layers, c.volume_layers].concat())))
             .collect()
     }
 
@@ -141,7 +141,12 @@ impl Pods {
 
     /// CreateContainer. Its layers stay, whatever happens to the image, until it is removed.
     pub async fn create_container(&self, input: CreateInput) -> Result<String, ContainerError> {
-        let chains = chains_of(&input.layers);
+        // Image volumes' layers are leased with the rootfs's: RemoveImage cannot pull them away.
+        let mut layers = input.layers.clone();
+        for (_, volume) in &input.image_volumes {
+            layers.extend(volume.iter().cloned());
+        }
+        let chains = chains_of(&layers);
         let id = self.blocking(move |c| c.create(input)).await?;
         self.images.lease(&id, chains);
         Ok(id)

@@ -128,6 +128,13 @@ pub(crate) fn container_spec(
                 host_path: m.host_path.into(),
                 readonly: m.readonly,
                 recursive_read_only: m.recursive_read_only,
+                image: m
+                    .image
+                    .filter(|i| !i.image.is_empty())
+                    .map(|i| rspec::MountImage {
+                        reference: i.image,
+                        id: String::new(),
+                    }),
                 propagation: match cri::MountPropagation::try_from(m.propagation) {
                     Ok(cri::MountPropagation::PropagationHostToContainer) => {
                         rspec::Propagation::HostToContainer
@@ -306,6 +313,10 @@ pub(crate) fn cri_container_status(r: &ContainerRecord) -> cri::ContainerStatus 
                 readonly: m.readonly,
                 recursive_read_only: m.recursive_read_only,
                 selinux_relabel: m.selinux_relabel,
+                image: m.image.as_ref().map(|i| cri::ImageSpec {
+                    image: i.reference.clone(),
+                    ..Default::default()
+                }),
                 propagation: (match m.propagation {
                     rspec::Propagation::Private => cri::MountPropagation::PropagationPrivate,
                     rspec::Propagation::HostToContainer => {

@@ -41,6 +41,7 @@ impl Containers {
             tracing::warn!(container_id = %id, error = %e, "create failed: rolling back");
             let _ = monitor_client::request(&input.pod_dir, &Request::Delete { id: id.clone() });
             let _ = umount2(&rootfs, MntFlags::MNT_DETACH);
+            super::rootfs::unmount_image_volumes(&dir);
             let _ = std::fs::remove_dir_all(&dir);
             let _ = std::fs::remove_dir_all(&layer_dir);
         }
@@ -149,6 +150,7 @@ impl Containers {
             Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
             Err(e) => return Err(self.failed(id, "unmount rootfs", e.to_string())),
         }
+        super::rootfs::unmount_image_volumes(&dir);
         if let Some(cgroup) = &record.cgroup {
             // libcontainer's delete removes it; a container whose monitor died leaves it.
             let relative = cgroup.strip_prefix("/").unwrap_or(cgroup);

@@ -219,6 +219,7 @@ mod tests {
             layer_dir: PathBuf::from("/nonexistent/layer"),
             user: None,
             layers: Vec::new(),
+            volume_layers: Vec::new(),
         }
     }
 

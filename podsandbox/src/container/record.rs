@@ -60,6 +60,9 @@ pub struct ContainerRecord {
     /// The image snapshots (overlay lower dirs) the rootfs is built on, bottom first.
     #[serde(default)]
     pub layers: Vec<PathBuf>,
+    /// The snapshots its image volumes are mounted from, leased like `layers`.
+    #[serde(default)]
+    pub volume_layers: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

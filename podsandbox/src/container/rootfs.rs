@@ -68,6 +68,66 @@ pub struct CreateInput {
     pub image_config: ImageConfig,
     /// The image's unpacked layers, bottom first.
     pub layers: Vec<PathBuf>,
+    /// Image volumes: the index of the mount in `config.mounts`, and its image's layers,
+    /// bottom first.
+    pub image_volumes: Vec<(usize, Vec<PathBuf>)>,
+}
+
+/// Where a container's image volumes are mounted: `<container state dir>/volumes/<index>`.
+const VOLUMES_DIR: &str = "volumes";
+
+/// Mounts an image volume read-only at `<dir>/volumes/<index>`: the one layer bound, or an
+/// overlay of its layers with no upper dir.
+fn mount_image_volume(dir: &Path, index: usize, layers: &[PathBuf]) -> Result<PathBuf, String> {
+    let target = dir.join(VOLUMES_DIR).join(index.to_string());
+    std::fs::create_dir_all(&target).map_err(|e| format!("create {}: {e}", target.display()))?;
+    let mounted = match layers {
+        [] => return Err("the image has no layers".into()),
+        [only] => mount(
+            Some(only.as_path()),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .and_then(|()| {
+            mount(
+                None::<&str>,
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None::<&str>,
+            )
+        }),
+        _ => {
+            let lower: Vec<String> = layers
+                .iter()
+                .rev()
+                .map(|p| p.display().to_string())
+                .collect();
+            let options = format!("lowerdir={}", lower.join(":"));
+            mount(
+                Some("overlay"),
+                &target,
+                Some("overlay"),
+                MsFlags::MS_RDONLY,
+                Some(options.as_str()),
+            )
+        }
+    };
+    mounted.map_err(|e| format!("mount the image volume at {}: {e}", target.display()))?;
+    Ok(target)
+}
+
+/// Unmounts whatever image volumes the container in `dir` has.
+pub(super) fn unmount_image_volumes(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir.join(VOLUMES_DIR)) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        // A bind of a layer stays mounted until every one of its mounts is gone.
+        while nix::mount::umount2(&entry.path(), nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+    }
 }
 
 impl Containers {
@@ -128,6 +188,12 @@ impl Containers {
         }
         let mut config = input.config.clone();
         config.log_path = log_path.display().to_string();
+        for (index, layers) in &input.image_volumes {
+            let target = mount_image_volume(dir, *index, layers).map_err(fail("image volume"))?;
+            if let Some(m) = config.mounts.get_mut(*index) {
+                m.host_path = target;
+            }
+        }
         let invalid =
             |e: spec::SpecError| ContainerError::InvalidArgument(format!("container {id}: {e}"));
         spec::mounts::check_binds(&input.config.mounts).map_err(invalid)?;
@@ -199,6 +265,11 @@ impl Containers {
             layer_dir: layer_dir.to_path_buf(),
             user,
             layers: input.layers.clone(),
+            volume_layers: input
+                .image_volumes
+                .iter()
+                .flat_map(|(_, layers)| layers.iter().cloned())
+                .collect(),
         };
         self.save(&record)?;
         let response = monitor_client::request(

@@ -62,6 +62,19 @@ pub struct Mount {
     pub recursive_read_only: bool,
     pub propagation: Propagation,
     pub selinux_relabel: bool,
+    /// An image volume: this image mounted read-only. The agent mounts it and fills in
+    /// `host_path` before the spec is generated.
+    #[serde(default)]
+    pub image: Option<MountImage>,
+}
+
+/// The image of an image volume.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct MountImage {
+    /// As the CRI named it (kubelet passes the id PullImage returned).
+    pub reference: String,
+    /// The image id it resolved to.
+    pub id: String,
 }
 
 /// CRI `MountPropagation`.

@@ -26,8 +26,9 @@ use oci_spec::runtime::{Linux, Process, Root, Spec, User};
 
 pub use input::{
     CapabilityChanges, ContainerMetadata, ContainerSpec, Device, DeviceKind, DeviceNode, EnvVar,
-    HostInfo, HugepageLimit, ImageConfig, Mount, NamespaceMode, NamespaceOptions, Propagation,
-    Resources, SandboxInfo, SeccompProfile, SecurityContext, SpecInput, SupplementalGroupsPolicy,
+    HostInfo, HugepageLimit, ImageConfig, Mount, MountImage, NamespaceMode, NamespaceOptions,
+    Propagation, Resources, SandboxInfo, SeccompProfile, SecurityContext, SpecInput,
+    SupplementalGroupsPolicy,
 };
 
 /// The runtime-spec version written into `ociVersion` (libcontainer accepts any 1.x).

@@ -136,6 +136,9 @@ pub fn check_binds(mounts: &[Mount]) -> Result<(), SpecError> {
             return invalid("the container path must be absolute");
         }
         // containerd's refusals: a submount propagating in could not be made read-only.
+        if m.image.is_some() && !m.readonly {
+            return invalid("an image volume is read-only: it needs readonly: true");
+        }
         if m.recursive_read_only && !m.readonly {
             return invalid("a recursive read-only mount needs readonly: true");
         }
@@ -211,6 +214,7 @@ pub fn plan_mounts(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::input::MountImage;
 
     fn sandbox() -> SandboxInfo {
         SandboxInfo {
@@ -433,6 +437,26 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    #[test]
+    fn an_image_volume_must_be_read_only() {
+        let volume = |readonly| {
+            vec![Mount {
+                readonly,
+                image: Some(MountImage {
+                    reference: "sha256:abc".into(),
+                    id: "sha256:abc".into(),
+                }),
+                ..bind("/mnt/img", "")
+            }]
+        };
+        assert!(check_binds(&volume(true)).is_ok());
+        let e = check_binds(&volume(false)).unwrap_err();
+        assert!(
+            e.to_string().contains("read-only") && e.to_string().contains("/mnt/img"),
+            "{e}"
+        );
     }
 
     #[test]
