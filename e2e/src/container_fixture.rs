@@ -29,18 +29,7 @@ pub async fn fixture_with(extra: &str) -> Fixture {
     let registry = TestRegistry::start();
     let pushed = ImageBuilder::with_passwd().push(&registry, "test/ctr", "v1");
     let agent = TestAgent::start_with(extra).await;
-    agent
-        .image()
-        .await
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: pushed.image_ref(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    pull_ref(&agent, &pushed.image_ref()).await;
     Fixture {
         agent,
         registry,
@@ -90,6 +79,57 @@ pub fn container_config(f: &Fixture, name: &str, command: &[&str]) -> ContainerC
         ))),
         ..Default::default()
     }
+}
+
+/// Pulls `reference` through `agent`; the image ref PullImage answers (the image id).
+pub async fn pull_ref(agent: &TestAgent, reference: &str) -> String {
+    agent
+        .image()
+        .await
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: reference.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .image_ref
+}
+
+/// Pushes `image` to the fixture's registry as `<repo>:v1` and pulls it; its image ref.
+pub async fn push_and_pull(f: &Fixture, image: ImageBuilder, repo: &str) -> String {
+    pull_ref(&f.agent, &image.push(&f.registry, repo, "v1").image_ref()).await
+}
+
+/// A CreateContainer that must fail; its status.
+pub async fn create_refused(
+    c: &mut RuntimeClient,
+    pod: &str,
+    config: ContainerConfig,
+    pod_config: PodSandboxConfig,
+) -> tonic::Status {
+    c.create_container(CreateContainerRequest {
+        pod_sandbox_id: pod.into(),
+        config: Some(config),
+        sandbox_config: Some(pod_config),
+    })
+    .await
+    .unwrap_err()
+}
+
+/// ExecSync of `cmd` with a 20 s timeout, which must be answered.
+pub async fn exec_sync(c: &mut RuntimeClient, id: &str, cmd: &[&str]) -> ExecSyncResponse {
+    c.exec_sync(ExecSyncRequest {
+        container_id: id.into(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        timeout: 20,
+    })
+    .await
+    .unwrap()
+    .into_inner()
 }
 
 pub async fn create(

@@ -80,14 +80,7 @@ async fn container_lifecycle_exit_codes_logs_and_status() {
         .as_mut()
         .unwrap();
     security.run_as_group = Some(Int64Value { value: 1002 });
-    let err = c
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(cfg),
-            sandbox_config: Some(pod_cfg.clone()),
-        })
-        .await
-        .unwrap_err();
+    let err = create_refused(&mut c, &pod, cfg, pod_cfg.clone()).await;
     assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
     assert!(
         err.message()

@@ -103,15 +103,7 @@ async fn an_exec_gets_the_init_s_identity_limits_and_namespaces() {
         let want = expected(init, "/tmp");
         assert!(want.contains("NoNewPrivs:\t1"), "{want}");
 
-        let sync = c
-            .exec_sync(ExecSyncRequest {
-                container_id: id.clone(),
-                cmd: vec!["sh".into(), "-c".into(), PROBE.into()],
-                timeout: 20,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let sync = exec_sync(&mut c, &id, &["sh", "-c", PROBE]).await;
         assert_eq!(
             sync.exit_code,
             0,
@@ -187,15 +179,7 @@ async fn supplemental_groups_policy_merge_and_strict() {
         .await;
         let want: Vec<String> = groups.iter().map(|g: &i64| g.to_string()).collect();
         let want = format!("{}\n", want.join(" "));
-        let out = c
-            .exec_sync(ExecSyncRequest {
-                container_id: id.clone(),
-                cmd: vec!["id".into(), "-G".into()],
-                timeout: 20,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let out = exec_sync(&mut c, &id, &["id", "-G"]).await;
         assert_eq!(String::from_utf8_lossy(&out.stdout), want, "{name}: exec");
         let s = status(&mut c, &id).await;
         let log = wait_for_text(&s.log_path, "id -G output", |l| l.contains(" stdout F ")).await;

@@ -8,24 +8,6 @@ use berth_e2e::container_fixture::*;
 use berth_e2e::images::{Entry, ImageBuilder, Layer};
 use k8s_cri::v1::*;
 
-/// Pulls `image` (pushed to the fixture's registry as `test/<name>`) and returns its reference.
-async fn pull(f: &Fixture, image: ImageBuilder, name: &str) -> String {
-    let pushed = image.push(&f.registry, &format!("test/{name}"), "v1");
-    f.agent
-        .image()
-        .await
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: pushed.image_ref(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    pushed.image_ref()
-}
-
 #[tokio::test]
 async fn image_user_files_are_read_inside_the_rootfs_and_only_when_regular_and_small() {
     let _top = CgroupTop::new();
@@ -52,7 +34,7 @@ async fn image_user_files_are_read_inside_the_rootfs_and_only_when_regular_and_s
     // last-change day).
     let shadow = ImageBuilder::busybox()
         .layer(Layer::new().entry(Entry::symlink("etc/passwd", "/etc/shadow")));
-    let image = pull(&f, shadow, "passwd-to-shadow").await;
+    let image = push_and_pull(&f, shadow, "test/passwd-to-shadow").await;
     let err = c
         .create_container(create_as(image, "root"))
         .await
@@ -84,7 +66,12 @@ async fn image_user_files_are_read_inside_the_rootfs_and_only_when_regular_and_s
             "larger than",
         ),
     ] {
-        let image = pull(&f, ImageBuilder::with_passwd().layer(layer), name).await;
+        let image = push_and_pull(
+            &f,
+            ImageBuilder::with_passwd().layer(layer),
+            &format!("test/{name}"),
+        )
+        .await;
         let err = c
             .create_container(create_as(image, "tester"))
             .await

@@ -8,24 +8,6 @@ use berth_e2e::container_fixture::*;
 use berth_e2e::images::{ImageBuilder, Layer};
 use k8s_cri::v1::*;
 
-async fn pull(f: &Fixture, image: ImageBuilder, repo: &str) -> String {
-    let pushed = image.push(&f.registry, repo, "v1");
-    f.agent
-        .image()
-        .await
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: pushed.image_ref(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .image_ref
-}
-
 fn volume(container_path: &str, image: &str, readonly: bool) -> Mount {
     Mount {
         container_path: container_path.into(),
@@ -44,13 +26,13 @@ async fn image_volumes_are_read_only_leased_and_unmounted_with_their_container()
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     // Busybox plus a layer (an overlay of two), and an image of one layer (a bind).
-    let layered = pull(
+    let layered = push_and_pull(
         &f,
         ImageBuilder::busybox().layer(Layer::files(&[("marker", b"from-the-volume\n", 0o644)])),
         "test/vol-layered",
     )
     .await;
-    let single = pull(
+    let single = push_and_pull(
         &f,
         ImageBuilder::new().layer(Layer::files(&[("only", b"one layer\n", 0o644)])),
         "test/vol-single",
@@ -95,15 +77,7 @@ async fn image_volumes_are_read_only_leased_and_unmounted_with_their_container()
         })
         .await
         .unwrap();
-    let out = c
-        .exec_sync(ExecSyncRequest {
-            container_id: id.clone(),
-            cmd: vec!["cat".into(), "/mnt/vol/marker".into()],
-            timeout: 20,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let out = exec_sync(&mut c, &id, &["cat", "/mnt/vol/marker"]).await;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "from-the-volume\n");
     // Its snapshots are still on disk (leased by the container).
     let record: serde_json::Value = serde_json::from_slice(
@@ -146,14 +120,7 @@ async fn image_volumes_are_read_only_leased_and_unmounted_with_their_container()
     ] {
         let mut cfg = container_config(&f, "refused", &["true"]);
         cfg.mounts = vec![mount];
-        let err = c
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod.clone(),
-                config: Some(cfg),
-                sandbox_config: Some(pod_cfg.clone()),
-            })
-            .await
-            .unwrap_err();
+        let err = create_refused(&mut c, &pod, cfg, pod_cfg.clone()).await;
         assert_eq!(err.code(), code, "{err:?}");
     }
     c.stop_container(StopContainerRequest {

@@ -139,15 +139,7 @@ async fn runtime_default_localhost_unconfined_and_privileged() {
     with_seccomp(&mut cfg, profile(ProfileType::RuntimeDefault, ""));
     let id = create(&mut c, &pod.0, cfg, pod.1.clone()).await;
     start(&mut c, &id).await;
-    let out = c
-        .exec_sync(ExecSyncRequest {
-            container_id: id.clone(),
-            cmd: vec!["sh".into(), "-c".into(), PROBE.into()],
-            timeout: 20,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let out = exec_sync(&mut c, &id, &["sh", "-c", PROBE]).await;
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("Seccomp:\t2") && !text.contains("unshare-allowed"),
@@ -165,14 +157,7 @@ async fn runtime_default_localhost_unconfined_and_privileged() {
     ] {
         let mut cfg = container_config(&f, name, &["true"]);
         with_seccomp(&mut cfg, profile(ProfileType::Localhost, &localhost_ref));
-        let err = c
-            .create_container(CreateContainerRequest {
-                pod_sandbox_id: pod.0.clone(),
-                config: Some(cfg),
-                sandbox_config: Some(pod.1.clone()),
-            })
-            .await
-            .unwrap_err();
+        let err = create_refused(&mut c, &pod.0, cfg, pod.1.clone()).await;
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{name}: {err:?}");
         assert!(
             err.message().contains(&localhost_ref),
