@@ -76,6 +76,16 @@ pub struct CreateInput {
 /// Where a container's image volumes are mounted: `<container state dir>/volumes/<index>`.
 const VOLUMES_DIR: &str = "volumes";
 
+/// overlayfs's `lowerdir=` option for `layers` (bottom first): its first entry is the top layer.
+fn lowerdir(layers: &[PathBuf]) -> String {
+    let lower: Vec<String> = layers
+        .iter()
+        .rev()
+        .map(|p| p.display().to_string())
+        .collect();
+    format!("lowerdir={}", lower.join(":"))
+}
+
 /// Mounts an image volume read-only at `<dir>/volumes/<index>`: the one layer bound, or an
 /// overlay of its layers with no upper dir.
 fn mount_image_volume(dir: &Path, index: usize, layers: &[PathBuf]) -> Result<PathBuf, String> {
@@ -100,12 +110,7 @@ fn mount_image_volume(dir: &Path, index: usize, layers: &[PathBuf]) -> Result<Pa
             )
         }),
         _ => {
-            let lower: Vec<String> = layers
-                .iter()
-                .rev()
-                .map(|p| p.display().to_string())
-                .collect();
-            let options = format!("lowerdir={}", lower.join(":"));
+            let options = lowerdir(layers);
             mount(
                 Some("overlay"),
                 &target,
@@ -140,6 +145,12 @@ impl Containers {
         input: &CreateInput,
     ) -> Result<ContainerRecord, ContainerError> {
         let fail = |step: &'static str| move |e: String| self.failed(id, step, e);
+        let invalid =
+            |e: spec::SpecError| ContainerError::InvalidArgument(format!("container {id}: {e}"));
+        // What the request alone decides is checked before anything is mounted.
+        spec::mounts::check_binds(&input.config.mounts).map_err(invalid)?;
+        let seccomp_localhost =
+            spec::seccomp::load_localhost(&input.config.security.seccomp).map_err(invalid)?;
         for d in [
             rootfs.to_path_buf(),
             layer_dir.join("upper"),
@@ -150,16 +161,9 @@ impl Containers {
         if input.layers.is_empty() {
             return Err(fail("rootfs")("the image has no layers".to_string()));
         }
-        // overlayfs: the first lowerdir is the top layer.
-        let lower: Vec<String> = input
-            .layers
-            .iter()
-            .rev()
-            .map(|p| p.display().to_string())
-            .collect();
         let options = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.join(":"),
+            "{},upperdir={},workdir={}",
+            lowerdir(&input.layers),
             layer_dir.join("upper").display(),
             layer_dir.join("work").display()
         );
@@ -194,9 +198,6 @@ impl Containers {
                 m.host_path = target;
             }
         }
-        let invalid =
-            |e: spec::SpecError| ContainerError::InvalidArgument(format!("container {id}: {e}"));
-        spec::mounts::check_binds(&input.config.mounts).map_err(invalid)?;
         // As containerd: rslave/rshared only make sense from a slave/shared source mount.
         check_propagation(&input.config.mounts).map_err(ContainerError::InvalidArgument)?;
         // As containerd: a bind mount's missing host directory is created.
@@ -209,19 +210,6 @@ impl Containers {
         }
         let devices =
             spec::devices::nodes_for(&config).map_err(|e| fail("devices")(e.to_string()))?;
-        let seccomp_localhost =
-            match spec::seccomp::localhost_path(&config.security.seccomp).map_err(invalid)? {
-                Some(path) => {
-                    let text = std::fs::read_to_string(path).map_err(|e| {
-                        invalid(spec::SpecError::InvalidSeccomp {
-                            path: path.to_path_buf(),
-                            reason: e.to_string(),
-                        })
-                    })?;
-                    Some(spec::seccomp::parse_profile(path, &text).map_err(invalid)?)
-                }
-                None => None,
-            };
         let generated = spec::generate(&SpecInput {
             container_id: id,
             rootfs,

@@ -71,6 +71,9 @@ pub(super) fn spawn(
     console: Option<&Path>,
     cmd: &[String],
 ) -> Result<Pid, String> {
+    if cmd.is_empty() {
+        return Err("exec: no command".into());
+    }
     let plan = prepare(root, id, console, cmd)?;
     let (mut read_end, write_end) = pipe()?;
     // SAFETY: we are single-threaded (the executor starts no threads), so the child may do

@@ -68,7 +68,7 @@ pub(super) fn run(
     if let Err(e) = handle_sigterm() {
         return fail(report, &format!("install SIGTERM handler: {e}"));
     }
-    let pid = match start(root, id, console, cmd) {
+    let pid = match super::enter::spawn(root, id, console, cmd) {
         Ok(pid) => pid,
         Err(e) => return fail(report, &e),
     };
@@ -176,14 +176,6 @@ fn fail(report: &Path, error: &str) -> i32 {
         eprintln!("berthd init: write report {}: {e}", report.display());
     }
     FAILED
-}
-
-/// Starts the process; returns its host pid once it has exec'd `cmd`.
-fn start(root: &Path, id: &str, console: Option<&Path>, cmd: &[String]) -> Result<Pid, String> {
-    if cmd.is_empty() {
-        return Err("exec: no command".into());
-    }
-    super::enter::spawn(root, id, console, cmd)
 }
 
 /// Waits for the process to exit and reaps it; returns its code, or 128 + the signal.

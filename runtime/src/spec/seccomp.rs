@@ -562,16 +562,23 @@ pub fn parse_profile(path: &Path, text: &str) -> Result<LinuxSeccomp, SpecError>
     })
 }
 
-/// The profile a Localhost request names, checked: an absolute path.
-pub fn localhost_path(profile: &SeccompProfile) -> Result<Option<&Path>, SpecError> {
-    match profile {
-        SeccompProfile::Localhost(path) if !path.is_absolute() => Err(SpecError::InvalidSeccomp {
-            path: path.clone(),
-            reason: "a localhost profile must be an absolute path".into(),
-        }),
-        SeccompProfile::Localhost(path) => Ok(Some(path)),
-        _ => Ok(None),
+/// The profile a Localhost request names, read and parsed (`generate` itself reads nothing):
+/// an absolute path to a readable, valid file. `None` for every other kind of profile.
+pub fn load_localhost(profile: &SeccompProfile) -> Result<Option<LinuxSeccomp>, SpecError> {
+    let SeccompProfile::Localhost(path) = profile else {
+        return Ok(None);
+    };
+    let invalid = |reason: String| SpecError::InvalidSeccomp {
+        path: path.clone(),
+        reason,
+    };
+    if !path.is_absolute() {
+        return Err(invalid(
+            "a localhost profile must be an absolute path".into(),
+        ));
     }
+    let text = std::fs::read_to_string(path).map_err(|e| invalid(e.to_string()))?;
+    parse_profile(path, &text).map(Some)
 }
 
 /// The filter for a container: `profile` (with `Unset` meaning `default`), none when privileged.
@@ -730,7 +737,10 @@ mod tests {
         let e = parse_profile(Path::new("/etc/bad.json"), "{not json").unwrap_err();
         assert!(e.to_string().contains("/etc/bad.json"), "{e}");
         let relative = SeccompProfile::Localhost("profiles/p.json".into());
-        assert!(localhost_path(&relative).is_err());
+        assert!(load_localhost(&relative).is_err());
+        assert!(load_localhost(&SeccompProfile::RuntimeDefault)
+            .unwrap()
+            .is_none());
     }
 
     #[test]
