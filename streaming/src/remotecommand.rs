@@ -307,6 +307,9 @@ pub(crate) async fn serve_spdy(
         }
         let _ = tokio::time::timeout(FINISH_WAIT, session.ended()).await;
         session.close(Duration::from_secs(1)).await;
+    } else {
+        // A GOAWAY the reader queued for a broken client still goes out, and is read.
+        session.close(Duration::from_secs(1)).await;
     }
     for pump in pumps {
         pump.abort();

@@ -254,9 +254,14 @@ impl Session {
 
     /// Writes out everything queued so far and closes our side of the connection (waiting at
     /// most `limit` for a client that does not read).
+    /// A session refused for a protocol error also lets the reader finish its [`linger`].
     pub async fn close(&mut self, limit: Duration) {
         if self.out.send(Out::Shutdown).await.is_ok() {
             let _ = tokio::time::timeout(limit, &mut self.writer).await;
+        }
+        let refused = matches!(*self.ended.borrow(), Some(End::ProtocolError(_)));
+        if refused {
+            let _ = tokio::time::timeout(LINGER, &mut self.reader).await;
         }
     }
 }
@@ -522,5 +527,28 @@ async fn read_loop<R: AsyncRead>(
     for (_, entry) in open.drain() {
         entry.state.reset.store(true, Ordering::SeqCst);
     }
+    let refused = matches!(end, End::ProtocolError(_));
     set_end(&ended, end);
+    if refused {
+        linger(read).await;
+    }
 }
+
+/// After a GOAWAY for a protocol error: reads and drops what the client still sends, until it
+/// closes, for at most [`LINGER`] or [`LINGER_BYTES`]. Closing a socket with unread data makes
+/// the kernel answer with a reset, which can destroy the GOAWAY before the client has read it
+/// (a client still writing a 1 MiB header block, on a slow machine).
+async fn linger<R: AsyncRead>(mut read: std::pin::Pin<&mut R>) {
+    let deadline = tokio::time::Instant::now() + LINGER;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0usize;
+    while total < LINGER_BYTES {
+        match tokio::time::timeout_at(deadline, read.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => total += n,
+            _ => return,
+        }
+    }
+}
+
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 16 << 20;
