@@ -14,7 +14,7 @@ BUILD_PACKAGES := protobuf-compiler libseccomp-dev pkg-config gcc make
 TEST_PACKAGES := $(BUILD_PACKAGES) busybox-static docker-registry openssl \
 	containernetworking-plugins iproute2 iptables util-linux
 
-.PHONY: all build run test bench lint deps-build deps-test check-cargo clean
+.PHONY: all build run test test-host test-node bench lint deps-build deps-test deps-node check-cargo clean
 
 all: build
 
@@ -47,12 +47,24 @@ lint: deps-build
 # A test that cannot run here records itself in $(SKIPS) (berth_e2e::skip); the count and the
 # list are printed at the end. Under CI (`CI` set, as .ci/run does) a skip fails its test.
 SKIPS := $(CURDIR)/target/e2e-skips.txt
-test: deps-test lint
+test: test-host test-node
+
+test-host: deps-test lint
 	$(CARGO) build --bin berthd
 	@rm -f $(SKIPS)
 	$(SUDO) env "PATH=$$PATH" BERTH_E2E_SKIPS=$(SKIPS) $(CARGO) test --workspace
 	@n=$$(cat $(SKIPS) 2>/dev/null | wc -l); echo "make test: $$n tests skipped"; \
 	  [ "$$n" = 0 ] || cat $(SKIPS)
+
+# The node lane (e2e/node/): the e2e suites that cgroup v2 and the systemd driver change, run
+# inside a Debian 12 VM (systemd as PID 1, pure cgroup v2, AppArmor) under qemu, once per cgroup
+# driver. The VM image is built from Debian packages and cached in /var/cache/berth-node.
+NODE_PACKAGES := qemu-system-x86 debootstrap e2fsprogs
+deps-node: deps-test
+	@./.ci/apt-ensure $(NODE_PACKAGES)
+
+test-node: deps-node
+	$(SUDO) env "PATH=$$PATH" ./e2e/node/lane.sh
 
 bench: deps-test
 	$(CARGO) build --release --workspace --bins

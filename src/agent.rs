@@ -43,6 +43,8 @@ pub enum AgentError {
         path: PathBuf,
         pid: String,
     },
+    #[error("runtime.cgroup_driver is \"systemd\" but systemd is not this host's init (no /run/systemd/system); use \"cgroupfs\"")]
+    NoSystemd,
     #[error("socket {0} is in use by another process")]
     SocketBusy(PathBuf),
     #[error("{0} exists and is not a socket; refusing to replace it")]
@@ -227,6 +229,11 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let events = Events::new(config.events.queue, EventMetrics::register(&mut registry));
     let streaming_metrics = berth_streaming::StreamingMetrics::register(&mut registry);
     let registry = Arc::new(registry);
+    if config.runtime.cgroup_driver == berth_runtime::CgroupDriver::Systemd
+        && !berth_runtime::cgroups::systemd::booted()
+    {
+        return Err(AgentError::NoSystemd);
+    }
     let mut host = berth_runtime::spec::HostInfo::probe(config.runtime.cgroup_driver)
         .map_err(AgentError::Containers)?;
     host.default_seccomp = config.runtime.default_seccomp.profile();
@@ -248,6 +255,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let sandboxes = Sandboxes::open(
         &config.state,
         Vec::new(),
+        config.runtime.cgroup_driver,
         network,
         sandbox_metrics,
         events.clone(),
@@ -306,12 +314,17 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         version = env!("CARGO_PKG_VERSION"),
         "berthd serving CRI"
     );
+    // systemd's Type=notify: the unit is started once the socket answers.
+    if let Err(e) = berth_common::notify::notify("READY=1") {
+        tracing::warn!(error = %e, "sd_notify READY=1");
+    }
 
     let outcome = tokio::select! {
         _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); None }
         _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); None }
         r = &mut server => Some(r),
     };
+    let _ = berth_common::notify::notify("STOPPING=1");
     let result = match outcome {
         Some(Ok(Err(e))) => Err(AgentError::Serve(e)),
         Some(_) => Ok(()),

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use berth_cni::CniConfig;
 use berth_image::RegistryConfig;
-use berth_runtime::{CgroupDriver, RuntimeConfig};
+use berth_runtime::RuntimeConfig;
 use berth_streaming::StreamingConfig;
 use serde::{Deserialize, Serialize};
 
@@ -162,7 +162,7 @@ max_concurrent_downloads = 3         # layers downloaded at once, across all pul
 pull_progress_timeout_secs = 300     # a pull with no byte received for this long fails
 
 [runtime]
-cgroup_driver = "cgroupfs"       # "cgroupfs" ("systemd" is not supported yet)
+cgroup_driver = "cgroupfs"       # as kubelet's cgroupDriver: "cgroupfs", or "systemd" (pods in slices, containers in scopes; needs systemd as init)
 default_seccomp = "unconfined"   # a container that names no seccomp profile: "unconfined" or "runtime/default"
 "#;
 
@@ -305,12 +305,6 @@ impl Config {
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&self.log.level) {
             return Err(invalid("log.level", format!("{:?}: {e}", self.log.level)));
         }
-        if self.runtime.cgroup_driver == CgroupDriver::Systemd {
-            return Err(invalid(
-                "runtime.cgroup_driver",
-                "\"systemd\" is not supported yet; use \"cgroupfs\"".to_string(),
-            ));
-        }
         Ok(())
     }
 
@@ -333,6 +327,7 @@ fn one_line(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use berth_runtime::CgroupDriver;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(text, Path::new("/etc/berth/config.toml"))
@@ -434,11 +429,13 @@ mod tests {
     }
 
     #[test]
-    fn systemd_cgroup_driver_is_refused_for_now() {
-        let err = parse("[runtime]\ncgroup_driver = \"systemd\"\n")
+    fn cgroup_drivers_are_cgroupfs_and_systemd() {
+        let config = parse("[runtime]\ncgroup_driver = \"systemd\"\n").unwrap();
+        assert_eq!(config.runtime.cgroup_driver, CgroupDriver::Systemd);
+        let err = parse("[runtime]\ncgroup_driver = \"cgroupv2\"\n")
             .unwrap_err()
             .to_string();
-        assert!(err.contains("runtime.cgroup_driver"), "{err}");
+        assert!(err.contains("cgroup_driver"), "{err}");
     }
 
     #[test]

@@ -7,4 +7,5 @@ pub mod atomic;
 pub mod fs;
 pub mod ids;
 pub mod metrics;
+pub mod notify;
 pub mod time;

@@ -49,7 +49,7 @@ pub fn pod_config(f: &Fixture, name: &str) -> PodSandboxConfig {
         hostname: name.into(),
         log_directory: f.logs.path().join(name).display().to_string(),
         linux: Some(LinuxPodSandboxConfig {
-            cgroup_parent: format!("/berth-e2e-{}/{name}", std::process::id()),
+            cgroup_parent: pod_parent(name),
             ..crate::cri::pod_linux(crate::cri::namespaces(
                 NamespaceMode::Node,
                 NamespaceMode::Container,
@@ -206,18 +206,7 @@ pub fn assert_clean(f: &Fixture, pod_name: &str) {
         .flatten()
         .collect();
     assert!(left.is_empty(), "container dirs left: {left:?}");
-    let pod_cgroup = format!(
-        "/sys/fs/cgroup/memory/berth-e2e-{}/{pod_name}",
-        std::process::id()
-    );
-    let nested: Vec<_> = std::fs::read_dir(&pod_cgroup)
-        .map(|r| {
-            r.flatten()
-                .filter(|e| e.path().is_dir())
-                .map(|e| e.path())
-                .collect()
-        })
-        .unwrap_or_default();
+    let nested = container_cgroups_left(pod_name);
     assert!(nested.is_empty(), "container cgroups left: {nested:?}");
 }
 
@@ -244,8 +233,11 @@ impl Drop for CgroupTop {
         if *holders > 0 {
             return;
         }
-        for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-            let top = h.path().join(format!("berth-e2e-{}", std::process::id()));
+        if crate::cgroup_driver() == berth_runtime::CgroupDriver::Systemd {
+            crate::systemctl_stop(&format!("{}.slice", top().replace('-', "_")));
+            return;
+        }
+        for top in crate::cgroup_dirs(&top()) {
             if let Ok(pods) = std::fs::read_dir(&top) {
                 for pod in pods.flatten().filter(|p| p.path().is_dir()) {
                     let _ = std::fs::remove_dir(pod.path());
@@ -263,12 +255,61 @@ pub struct PodCgroups(pub Vec<String>);
 
 impl Drop for PodCgroups {
     fn drop(&mut self) {
-        for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-            let top = h.path().join(format!("berth-e2e-{}", std::process::id()));
+        if crate::cgroup_driver() == berth_runtime::CgroupDriver::Systemd {
+            for name in &self.0 {
+                crate::systemctl_stop(&pod_parent(name));
+            }
+            return;
+        }
+        for top in crate::cgroup_dirs(&top()) {
             for name in &self.0 {
                 remove_cgroup_tree(&top.join(name));
             }
         }
+    }
+}
+
+/// This test process's top cgroup, under which `pod_config` puts each pod.
+fn top() -> String {
+    format!("berth-e2e-{}", std::process::id())
+}
+
+/// The cgroup parent `pod_config` gives pod `pod_name`.
+pub fn pod_parent(pod_name: &str) -> String {
+    crate::pod_cgroup_parent(&top(), pod_name)
+}
+
+/// The cgroupfs path of container `id` in the pod `pod_config` made as `pod_name`.
+pub fn container_cgroup(pod_name: &str, id: &str) -> std::path::PathBuf {
+    crate::container_cgroup_path(&pod_parent(pod_name), id)
+}
+
+/// The container cgroups under the pod cgroup `pod_name` (`pod_config`'s parent) in any
+/// hierarchy: its directories but the pod monitor's leaf.
+pub fn container_cgroups(pod_name: &str) -> Vec<std::path::PathBuf> {
+    crate::cgroup_dirs(&crate::pod_cgroup_path(&pod_parent(pod_name)).to_string_lossy())
+        .iter()
+        .flat_map(|dir| std::fs::read_dir(dir).into_iter().flatten().flatten())
+        .filter(|e| e.path().is_dir())
+        .filter(|e| {
+            !e.file_name()
+                .to_string_lossy()
+                .starts_with("berth-monitor-")
+        })
+        .map(|e| e.path())
+        .collect()
+}
+
+/// [`container_cgroups`] once they are gone, or after 10 s: a scope the systemd driver stopped
+/// is removed by systemd when its job runs, just after the RPC returned.
+pub fn container_cgroups_left(pod_name: &str) -> Vec<std::path::PathBuf> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = container_cgroups(pod_name);
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -411,24 +452,11 @@ impl PodLeakCheck {
         assert!(state.is_empty(), "{when}: container state left: {state:?}");
         let runc = entries(agent.paths.state.join("pods").join(&self.pod).join("runc"));
         assert!(runc.is_empty(), "{when}: libcontainer state left: {runc:?}");
-        for h in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-            let pod_cgroup = h
-                .path()
-                .join(format!("berth-e2e-{}", std::process::id()))
-                .join(&self.pod_name);
-            let children: Vec<_> = std::fs::read_dir(&pod_cgroup)
-                .map(|d| {
-                    d.flatten()
-                        .filter(|e| e.path().is_dir())
-                        .map(|e| e.path())
-                        .collect()
-                })
-                .unwrap_or_default();
-            assert!(
-                children.is_empty(),
-                "{when}: container cgroups left: {children:?}"
-            );
-        }
+        let children = container_cgroups_left(&self.pod_name);
+        assert!(
+            children.is_empty(),
+            "{when}: container cgroups left: {children:?}"
+        );
         assert_eq!(
             fd_count(self.monitor),
             self.monitor_fds,

@@ -11,6 +11,7 @@ pub mod images;
 pub mod monitor_fixture;
 pub mod network;
 pub mod registry;
+pub mod sandbox_fixture;
 pub mod spdy;
 pub mod streaming_fixture;
 pub mod unpack_fixture;
@@ -32,6 +33,87 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 pub type RuntimeClient = RuntimeServiceClient<Channel>;
 pub type ImageClient = ImageServiceClient<Channel>;
+
+/// The directories of the cgroup `path` (a cgroupfs path such as `/berth-e2e-1/pod`) in every
+/// cgroup hierarchy of this host: one per v1 controller mount and the v2 one, or only the v2 one
+/// on a pure cgroup v2 host.
+pub fn cgroup_dirs(path: &str) -> Vec<PathBuf> {
+    let relative = path.trim_start_matches('/');
+    berth_runtime::cgroups::hierarchies()
+        .into_iter()
+        .map(|h| h.mountpoint.join(relative))
+        .collect()
+}
+
+/// The directory of the cgroup `path` in the hierarchy that holds `controller`: its v1 mount
+/// where there is one (this host's hybrid layout), else the v2 hierarchy.
+pub fn cgroup_dir(controller: &str, path: &str) -> PathBuf {
+    let hierarchies = berth_runtime::cgroups::hierarchies();
+    let h = hierarchies
+        .iter()
+        .find(|h| h.controllers.iter().any(|c| c == controller))
+        .or_else(|| hierarchies.iter().find(|h| h.v2))
+        .unwrap_or_else(|| panic!("no cgroup hierarchy holds {controller}"));
+    h.mountpoint.join(path.trim_start_matches('/'))
+}
+
+/// The cgroup driver the suites run berthd with: `$BERTH_E2E_CGROUP_DRIVER` (`systemd` or
+/// `cgroupfs`; the node lane runs its suites with each), cgroupfs when unset.
+pub fn cgroup_driver() -> berth_runtime::CgroupDriver {
+    match std::env::var("BERTH_E2E_CGROUP_DRIVER").as_deref() {
+        Ok("systemd") => berth_runtime::CgroupDriver::Systemd,
+        Ok("cgroupfs") | Err(_) => berth_runtime::CgroupDriver::Cgroupfs,
+        Ok(other) => panic!("BERTH_E2E_CGROUP_DRIVER={other:?}: expected systemd or cgroupfs"),
+    }
+}
+
+/// The cgroup parent of pod `name` under a test's own top (`berth-e2e-<pid>`), named as kubelet
+/// names it for the driver under test: `/<top>/<name>`, or the slice `<top>-<name>.slice` (with
+/// `_` for the `-` in either, a dash opening a level of slices).
+pub fn pod_cgroup_parent(top: &str, name: &str) -> String {
+    match cgroup_driver() {
+        berth_runtime::CgroupDriver::Cgroupfs => format!("/{top}/{name}"),
+        berth_runtime::CgroupDriver::Systemd => {
+            format!("{}-{}.slice", top.replace('-', "_"), name.replace('-', "_"))
+        }
+    }
+}
+
+/// The cgroupfs path of the cgroup a pod with cgroup parent `parent` gets.
+pub fn pod_cgroup_path(parent: &str) -> PathBuf {
+    berth_runtime::cgroups::parent_path(cgroup_driver(), parent).unwrap()
+}
+
+/// The cgroupfs path of container `id`'s cgroup in a pod with cgroup parent `parent`.
+pub fn container_cgroup_path(parent: &str, id: &str) -> PathBuf {
+    let oci = berth_runtime::spec::resources::cgroups_path(cgroup_driver(), parent, id).unwrap();
+    berth_runtime::cgroups::systemd::fs_path(&oci).unwrap()
+}
+
+/// The directory of the pod monitor's cgroup in a pod with cgroup parent `parent`.
+pub fn monitor_cgroup_path(parent: &str, sandbox_id: &str) -> PathBuf {
+    let leaf = match cgroup_driver() {
+        berth_runtime::CgroupDriver::Cgroupfs => format!("berth-monitor-{sandbox_id}"),
+        berth_runtime::CgroupDriver::Systemd => format!("berth-monitor-{sandbox_id}.scope"),
+    };
+    pod_cgroup_path(parent).join(leaf)
+}
+
+/// Stops a systemd unit (a test's slice and everything in it), waiting for the job.
+pub fn systemctl_stop(unit: &str) {
+    let _ = Command::new("systemctl")
+        .args(["stop", unit])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Whether this host's memory controller is on cgroup v2 (the node lane's VM), so a test knows
+/// which files it reads.
+pub fn memory_on_v2() -> bool {
+    !berth_runtime::cgroups::hierarchies()
+        .iter()
+        .any(|h| h.controllers.iter().any(|c| c == "memory"))
+}
 
 /// Where [`skip`] records skipped tests: `$BERTH_E2E_SKIPS` (`make test` sets it and prints
 /// the list at the end).
@@ -146,6 +228,23 @@ impl AgentPaths {
 
     /// The config file text for these paths, followed by `extra` (more sections or keys).
     pub fn config_text(&self, extra: &str) -> String {
+        // The driver under test goes into [runtime], which `extra` may already open (or name a
+        // driver of its own).
+        let driver = match cgroup_driver() {
+            berth_runtime::CgroupDriver::Cgroupfs => "cgroupfs",
+            berth_runtime::CgroupDriver::Systemd => "systemd",
+        };
+        let extra = if extra.contains("cgroup_driver") {
+            extra.to_string()
+        } else if extra.contains("[runtime]\n") {
+            extra.replacen(
+                "[runtime]\n",
+                &format!("[runtime]\ncgroup_driver = {driver:?}\n"),
+                1,
+            )
+        } else {
+            format!("{extra}\n[runtime]\ncgroup_driver = {driver:?}\n")
+        };
         format!(
             "root = {:?}\nstate = {:?}\n{extra}\n[grpc]\naddress = {:?}\nshutdown_timeout_secs = 5\n\
              [metrics]\naddress = {:?}\n[log]\nlevel = \"debug\"\n[cni]\nconf_dir = {:?}\n",
@@ -320,13 +419,8 @@ pub fn cleanup_leftovers(dir: &Path, state: &Path) {
 
 /// SIGKILLs every process in the cgroup (all hierarchies) and removes it.
 pub fn kill_cgroup(cgroup: &str) {
-    let relative = cgroup.trim_start_matches('/');
-    let Ok(hierarchies) = std::fs::read_dir("/sys/fs/cgroup") else {
-        return;
-    };
-    let dirs: Vec<PathBuf> = hierarchies
-        .flatten()
-        .map(|h| h.path().join(relative))
+    let dirs: Vec<PathBuf> = cgroup_dirs(cgroup)
+        .into_iter()
         .filter(|d| d.is_dir())
         .collect();
     for d in &dirs {

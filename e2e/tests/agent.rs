@@ -240,6 +240,32 @@ async fn second_agent_on_the_same_state_dir_is_refused() {
         .unwrap();
 }
 
+/// The systemd driver needs systemd as init (the node lane runs it where it is).
+#[tokio::test]
+async fn the_systemd_driver_without_systemd_is_refused_at_start() {
+    if berth_runtime::cgroups::systemd::booted() {
+        berth_e2e::skip(
+            "the_systemd_driver_without_systemd_is_refused_at_start",
+            "systemd is this host's init",
+        );
+        return;
+    }
+    let dir = TempDir::new("berth-e2e-nosystemd");
+    let paths = AgentPaths::under(dir.path());
+    std::fs::write(
+        &paths.config,
+        paths.config_text("[runtime]\ncgroup_driver = \"systemd\"\n"),
+    )
+    .unwrap();
+    let (status, _, stderr) = run_berthd(&["--config", paths.config.to_str().unwrap()]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains("runtime.cgroup_driver") && stderr.contains("not this host's init"),
+        "{stderr}"
+    );
+    assert!(!paths.socket.exists(), "{stderr}");
+}
+
 #[tokio::test]
 async fn a_socket_in_use_is_refused() {
     let first = TestAgent::start().await;

@@ -27,14 +27,33 @@ async fn update_container_resources_changes_the_live_cgroup() {
         ..Default::default()
     };
     let cgroup = |controller: &str, file: &str| {
-        let path = format!(
-            "/sys/fs/cgroup/{controller}/berth-e2e-{}/resize/{id}/{file}",
-            std::process::id()
-        );
+        let path = berth_e2e::cgroup_dir(
+            controller,
+            &container_cgroup("resize", &id).to_string_lossy(),
+        )
+        .join(file);
         std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
             .trim()
             .to_string()
+    };
+    // The files the limits below land in: v1's, or v2's (cpu.weight from shares with the
+    // conversion kubelet and runc share: 1 + (512 - 2) * 9999 / 262142 = 20).
+    let v2 = berth_e2e::memory_on_v2();
+    let memory_file = if v2 {
+        "memory.max"
+    } else {
+        "memory.limit_in_bytes"
+    };
+    let assert_cpu = |shares_v1: &str, weight_v2: &str| {
+        if v2 {
+            assert_eq!(cgroup("cpu", "cpu.weight"), weight_v2);
+            assert_eq!(cgroup("cpu", "cpu.max"), "50000 100000");
+        } else {
+            assert_eq!(cgroup("cpu", "cpu.shares"), shares_v1);
+            assert_eq!(cgroup("cpu", "cpu.cfs_quota_us"), "50000");
+            assert_eq!(cgroup("cpu", "cpu.cfs_period_us"), "100000");
+        }
     };
     c.update_container_resources(update(LinuxContainerResources {
         cpu_shares: 512,
@@ -46,10 +65,8 @@ async fn update_container_resources_changes_the_live_cgroup() {
     }))
     .await
     .unwrap();
-    assert_eq!(cgroup("cpu", "cpu.shares"), "512");
-    assert_eq!(cgroup("cpu", "cpu.cfs_quota_us"), "50000");
-    assert_eq!(cgroup("cpu", "cpu.cfs_period_us"), "100000");
-    assert_eq!(cgroup("memory", "memory.limit_in_bytes"), "67108864");
+    assert_cpu("512", "20");
+    assert_eq!(cgroup("memory", memory_file), "67108864");
     let linux = status(&mut c, &id).await.resources.unwrap().linux.unwrap();
     assert_eq!(
         (
@@ -89,11 +106,11 @@ async fn update_container_resources_changes_the_live_cgroup() {
         .await
         .unwrap_err();
     assert!(
-        err.message().contains("memory.limit_in_bytes") && err.message().contains("4096"),
+        err.message().contains(memory_file) && err.message().contains("4096"),
         "{err:?}"
     );
-    assert_eq!(cgroup("memory", "memory.limit_in_bytes"), "67108864");
-    assert_eq!(cgroup("cpu", "cpu.shares"), "512");
+    assert_eq!(cgroup("memory", memory_file), "67108864");
+    assert_cpu("512", "20");
     let linux = status(&mut c, &id).await.resources.unwrap().linux.unwrap();
     assert_eq!(linux.memory_limit_in_bytes, 64 << 20);
 
@@ -246,7 +263,7 @@ async fn cgroup_stats_of_a_running_container_show_its_cpu_memory_and_processes()
     );
     let id = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
     start(&mut c, &id).await;
-    let cgroup = std::path::PathBuf::from(format!("/berth-e2e-{}/stats/{id}", std::process::id()));
+    let cgroup = container_cgroup("stats", &id);
     let deadline = Instant::now() + Duration::from_secs(30);
     let stats = loop {
         let stats = berth_runtime::cgroups::stats::read(&cgroup);

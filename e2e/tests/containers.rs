@@ -403,10 +403,7 @@ async fn a_stopped_container_leaves_no_process_whatever_its_pid_namespace() {
         eprintln!("case {name}");
         let id = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
         start(&mut c, &id).await;
-        let cgroup = std::path::PathBuf::from(format!(
-            "/sys/fs/cgroup/pids/berth-e2e-{}/{name}/{id}",
-            std::process::id()
-        ));
+        let cgroup = berth_e2e::cgroup_dir("pids", &container_cgroup(name, &id).to_string_lossy());
         let deadline = Instant::now() + Duration::from_secs(20);
         while cgroup_procs(&cgroup).len() < 2 {
             assert!(Instant::now() < deadline, "{name}: both sleeps never ran");

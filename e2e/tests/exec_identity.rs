@@ -41,7 +41,19 @@ fn expected(init: i32, cwd: &str) -> String {
             out.push('\n');
         }
     }
-    out.push_str(&std::fs::read_to_string(format!("/proc/{init}/cgroup")).unwrap());
+    // The init's cgroups as a process in its cgroup namespace sees them: in a namespace of its
+    // own (cgroup v2 gives unprivileged containers one) that is the namespace's root, "/".
+    let cgroups = std::fs::read_to_string(format!("/proc/{init}/cgroup")).unwrap();
+    let own_cgroupns = std::fs::read_link(format!("/proc/{init}/ns/cgroup")).unwrap()
+        != std::fs::read_link("/proc/self/ns/cgroup").unwrap();
+    if own_cgroupns {
+        for line in cgroups.lines() {
+            let (hierarchy, _) = line.rsplit_once(':').unwrap();
+            out.push_str(&format!("{hierarchy}:/\n"));
+        }
+    } else {
+        out.push_str(&cgroups);
+    }
     for ns in ["cgroup", "ipc", "mnt", "net", "pid", "user", "uts"] {
         let link = std::fs::read_link(format!("/proc/{init}/ns/{ns}")).unwrap();
         out.push_str(&format!("{}\n", link.display()));

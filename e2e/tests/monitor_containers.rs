@@ -1,8 +1,6 @@
 //! Containers through the pod monitor and the executor (`berthd init`), below the CRI layer:
 //! a real pod, a real image, a spec from `berth_runtime::spec`, the monitor's control socket.
 
-use std::path::Path;
-
 use berth_e2e::monitor_fixture::{
     bundle, create, pod_with_image, request, wait_exit, CgroupCleanup,
 };
@@ -75,7 +73,7 @@ async fn monitor_runs_containers_logs_them_and_records_exits() {
         "{log}"
     );
     assert!(request(&pod.dir, &Request::Delete { id: id.clone() }).ok);
-    assert!(!Path::new(&format!("/sys/fs/cgroup/memory/berth-e2e-{suffix}/{id}")).exists());
+    assert!(!berth_e2e::cgroup_dir("memory", &format!("berth-e2e-{suffix}/{id}")).exists());
     drop(b);
 
     // Killed by a signal: 128 + 9.

@@ -229,10 +229,15 @@ impl Containers {
             gid: p.user().gid(),
             additional_gids: p.user().additional_gids().clone().unwrap_or_default(),
         });
+        // The record keeps the cgroup's cgroupfs path under either driver: stats, updates, OOM
+        // and killing read and write it there.
         let cgroup = generated
             .linux()
             .as_ref()
-            .and_then(|l| l.cgroups_path().clone());
+            .and_then(|l| l.cgroups_path().clone())
+            .map(|p| berth_runtime::cgroups::systemd::fs_path(&p))
+            .transpose()
+            .map_err(|e| ContainerError::InvalidArgument(format!("container {id}: {e}")))?;
         generated
             .save(dir.join("config.json"))
             .map_err(|e| fail("write config.json")(e.to_string()))?;

@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use berth_runtime::monitor::protocol::{ns_path, MonitorConfig};
+use berth_runtime::CgroupDriver;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 pub use metrics::SandboxMetrics;
@@ -57,6 +58,7 @@ pub enum SandboxError {
 pub struct Sandboxes {
     state: PathBuf,
     handlers: Vec<String>,
+    cgroup_driver: CgroupDriver,
     network: PodNetwork,
     sandboxes: Mutex<BTreeMap<String, SandboxRecord>>,
     /// One lock per pod identity: a repeated RunPodSandbox waits for the first and gets its result.
@@ -72,6 +74,7 @@ impl Sandboxes {
     pub async fn open(
         state: &Path,
         handlers: Vec<String>,
+        cgroup_driver: CgroupDriver,
         network: PodNetwork,
         metrics: SandboxMetrics,
         events: Arc<Events>,
@@ -81,6 +84,7 @@ impl Sandboxes {
         let sandboxes = Sandboxes {
             state: state.to_path_buf(),
             handlers,
+            cgroup_driver,
             network,
             sandboxes: Mutex::new(BTreeMap::new()),
             builds: Mutex::new(HashMap::new()),
@@ -224,7 +228,7 @@ impl Sandboxes {
     /// RunPodSandbox: builds the sandbox and returns its id once it is Ready. The same pod
     /// identity asked again gets the same sandbox, even while the first build runs.
     pub async fn run(self: &Arc<Self>, spec: SandboxSpec) -> Result<String, SandboxError> {
-        validate(&spec, &self.handlers)?;
+        validate(&spec, &self.handlers, self.cgroup_driver)?;
         let key = spec.metadata.clone();
         let lock = {
             let mut builds = self.builds.lock().unwrap_or_else(|e| e.into_inner());
@@ -315,11 +319,23 @@ impl Sandboxes {
                 mount_shm(&shm).map_err(fail("mount /dev/shm"))?;
                 record.shm_mounted = true;
             }
-            let cgroup = if record.spec.cgroup_parent.is_empty() {
+            let systemd_slice = (self.cgroup_driver == CgroupDriver::Systemd).then(|| {
+                // systemd makes the monitor's scope (and the slice, when kubelet has not).
+                if record.spec.cgroup_parent.is_empty() {
+                    berth_runtime::cgroups::systemd::DEFAULT_SLICE.to_string()
+                } else {
+                    record.spec.cgroup_parent.clone()
+                }
+            });
+            let cgroup = if record.spec.cgroup_parent.is_empty() || systemd_slice.is_some() {
                 None
             } else {
+                // The monitor (and the pod init it forks) runs in a leaf of the pod cgroup, not in
+                // the pod cgroup itself: on cgroup v2 a cgroup holding processes cannot hand its
+                // controllers down, so the containers' cgroups below it could not be limited.
                 let path = berth_runtime::cgroups::cgroupfs_path(&record.spec.cgroup_parent)
-                    .map_err(fail("cgroup"))?;
+                    .map_err(fail("cgroup"))?
+                    .join(format!("berth-monitor-{id}"));
                 let created = berth_runtime::cgroups::ensure(&path)
                     .map_err(|e| fail("cgroup")(e.to_string()))?;
                 undo.push("remove cgroups", {
@@ -347,6 +363,7 @@ impl Sandboxes {
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect(),
                 cgroup,
+                systemd_slice,
                 exit_notice: Some(
                     self.state
                         .join(berth_runtime::monitor::protocol::EXIT_NOTICE_SOCKET),
@@ -535,7 +552,11 @@ impl Sandboxes {
     }
 }
 
-fn validate(spec: &SandboxSpec, handlers: &[String]) -> Result<(), SandboxError> {
+fn validate(
+    spec: &SandboxSpec,
+    handlers: &[String],
+    driver: CgroupDriver,
+) -> Result<(), SandboxError> {
     let m = &spec.metadata;
     if m.name.is_empty() || m.uid.is_empty() || m.namespace.is_empty() {
         return Err(SandboxError::InvalidArgument(
@@ -554,7 +575,7 @@ fn validate(spec: &SandboxSpec, handlers: &[String]) -> Result<(), SandboxError>
         )));
     }
     if !spec.cgroup_parent.is_empty() {
-        berth_runtime::cgroups::cgroupfs_path(&spec.cgroup_parent)
+        berth_runtime::cgroups::parent_path(driver, &spec.cgroup_parent)
             .map_err(SandboxError::InvalidArgument)?;
     }
     if spec.namespaces.network == NamespaceMode::Target

@@ -65,11 +65,12 @@ impl Sandboxes {
     /// A sample of `record`'s usage now. Blocking (a few small reads).
     pub fn usage(&self, record: &SandboxRecord) -> SandboxUsage {
         let timestamp = berth_common::time::now_nanos();
-        let cgroup = berth_runtime::cgroups::cgroupfs_path(&record.spec.cgroup_parent)
-            .ok()
-            .filter(|_| !record.spec.cgroup_parent.is_empty())
-            .map(|path| stats::read(&path))
-            .unwrap_or_default();
+        let cgroup =
+            berth_runtime::cgroups::parent_path(self.cgroup_driver, &record.spec.cgroup_parent)
+                .ok()
+                .filter(|_| !record.spec.cgroup_parent.is_empty())
+                .map(|path| stats::read(&path))
+                .unwrap_or_default();
         let interfaces = record
             .monitor
             .filter(|m| m.alive() && !record.spec.host_network())

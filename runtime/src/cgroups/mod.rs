@@ -5,6 +5,7 @@
 
 pub mod detail;
 pub mod stats;
+pub mod systemd;
 pub mod update;
 
 use std::path::{Component, Path, PathBuf};
@@ -101,6 +102,15 @@ pub fn cgroupfs_path(parent: &str) -> Result<PathBuf, String> {
     Ok(clean)
 }
 
+/// The cgroupfs path of a pod's cgroup parent under `driver`: a checked path for cgroupfs, a
+/// slice's directory for systemd.
+pub fn parent_path(driver: crate::CgroupDriver, parent: &str) -> Result<PathBuf, String> {
+    match driver {
+        crate::CgroupDriver::Cgroupfs => cgroupfs_path(parent),
+        crate::CgroupDriver::Systemd => systemd::slice_path(parent),
+    }
+}
+
 /// Makes `path` in every hierarchy. Returns the directories that did not exist before, parents
 /// first, so that [`remove_created`] can take back exactly those.
 pub fn ensure(path: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -124,6 +134,9 @@ pub fn ensure(path: &Path) -> std::io::Result<Vec<PathBuf>> {
                 )));
             }
             created.push(dir.clone());
+            if h.v2 {
+                enable_controllers(&parent);
+            }
             // A new v1 cpuset cgroup starts with no CPUs or memory nodes: no task could join.
             if h.controllers.iter().any(|c| c == "cpuset") {
                 for file in ["cpuset.cpus", "cpuset.mems"] {
@@ -135,6 +148,20 @@ pub fn ensure(path: &Path) -> std::io::Result<Vec<PathBuf>> {
         }
     }
     Ok(created)
+}
+
+/// v2: lets the children of `dir` use every controller `dir` has, as kubelet and libcontainer
+/// do for the cgroups they make, so a pod cgroup berth made reports and limits memory, CPU and
+/// pids like one kubelet made. Best effort, one controller at a time: a controller the parent
+/// cannot hand down (its own parent did not enable it, or `dir` holds processes) is left out.
+fn enable_controllers(dir: &Path) {
+    let available = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+    let enabled = std::fs::read_to_string(dir.join("cgroup.subtree_control")).unwrap_or_default();
+    for c in available.split_whitespace() {
+        if !enabled.split_whitespace().any(|e| e == c) {
+            let _ = std::fs::write(dir.join("cgroup.subtree_control"), format!("+{c}"));
+        }
+    }
 }
 
 /// Moves the calling process into `path` in every hierarchy. A single-threaded caller moves on

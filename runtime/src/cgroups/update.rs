@@ -276,6 +276,7 @@ pub fn plan(
 /// runc), the error names the file and the value.
 pub fn apply(writes: &[Write]) -> Result<(), UpdateError> {
     for w in writes {
+        below_usage(w).map_err(UpdateError::Refused)?;
         // No O_CREAT: a missing file is an error, not a new file; one write() per value, as
         // cgroupfs wants.
         let result = std::fs::OpenOptions::new()
@@ -300,6 +301,29 @@ pub fn apply(writes: &[Write]) -> Result<(), UpdateError> {
         }
     }
     Ok(())
+}
+
+/// v1 refuses a memory limit below what the container uses and cannot reclaim (EBUSY); v2 takes
+/// any `memory.max` and OOM-kills the container to meet it. An update must not kill: below the
+/// current usage is refused on v2 too, before the file is written.
+fn below_usage(w: &Write) -> Result<(), String> {
+    if w.file.file_name().and_then(|n| n.to_str()) != Some("memory.max") {
+        return Ok(());
+    }
+    let (Ok(limit), Some(dir)) = (w.value.parse::<u64>(), w.file.parent()) else {
+        return Ok(());
+    };
+    let used = std::fs::read_to_string(dir.join("memory.current"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok());
+    match used {
+        Some(used) if used > limit => Err(format!(
+            "write {limit} to {}: below what the container uses ({used} bytes); cgroup v2 \
+             would OOM-kill it",
+            w.file.display()
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn refusal(w: &Write, e: &std::io::Error) -> String {

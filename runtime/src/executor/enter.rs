@@ -233,7 +233,12 @@ fn cgroups_to_join(
     let theirs =
         std::fs::read_to_string(format!("/proc/{init}/cgroup")).map_err(|e| e.to_string())?;
     let ours = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
-    let wanted = spec.linux().as_ref().and_then(|l| l.cgroups_path().clone());
+    let wanted = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().clone())
+        .map(|p| crate::cgroups::systemd::fs_path(&p))
+        .transpose()?;
     join_files(&theirs, &ours, wanted.as_deref(), hierarchies)
 }
 

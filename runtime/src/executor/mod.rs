@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::container::Container;
 use libcontainer::syscall::syscall::SyscallType;
+use oci_spec::runtime::Spec;
 
 /// Entry point; returns the exit code. Must be called before any thread exists.
 pub fn run(args: &[String]) -> i32 {
@@ -107,13 +108,19 @@ fn create(root: &Path, id: &str, bundle: &Path, console: Option<PathBuf>) -> Res
     if let Err(e) = crate::cgroups::join_self(Path::new("/")) {
         eprintln!("berthd init: container {id}: leave the pod cgroup: {e}");
     }
+    // The systemd driver's cgroupsPath (`slice:prefix:name`) has libcontainer make the
+    // container's scope over D-Bus instead of its cgroup directories.
+    let systemd = Spec::load(bundle.join("config.json"))
+        .ok()
+        .and_then(|s| s.linux().as_ref().and_then(|l| l.cgroups_path().clone()))
+        .is_some_and(|p| crate::cgroups::systemd::is_systemd_form(&p));
     let container = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
         .with_root_path(root)
         .and_then(|b| b.validate_id())
         .map_err(|e| format!("container {id}: {e}"))?
         .with_console_socket(console)
         .as_init(bundle)
-        .with_systemd(false)
+        .with_systemd(systemd)
         .with_detach(true)
         .build()
         .map_err(|e| format!("create container {id}: {e}"))?;

@@ -31,9 +31,14 @@ pub struct MonitorConfig {
     pub hostname: Option<String>,
     /// Namespaced sysctls, applied inside the pod's namespaces (`net.ipv4.ip_forward` → value).
     pub sysctls: Vec<(String, String)>,
-    /// The pod's cgroup (cgroupfs path), which the monitor joins so the pod is charged for it.
+    /// The monitor's cgroup (cgroupfs path: a leaf of the pod's), which it joins so the pod is
+    /// charged for it.
     #[serde(default)]
     pub cgroup: Option<PathBuf>,
+    /// systemd driver: the pod's slice, in which the monitor makes its own scope
+    /// (`berth-monitor-<sandbox id>.scope`) instead of joining `cgroup`.
+    #[serde(default)]
+    pub systemd_slice: Option<String>,
     /// The agent's [`EXIT_NOTICE_SOCKET`], told of every exit the monitor records.
     #[serde(default)]
     pub exit_notice: Option<PathBuf>,

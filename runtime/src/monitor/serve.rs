@@ -37,7 +37,14 @@ pub(super) fn setup(config: &MonitorConfig) -> Result<Monitor, String> {
     let mask = handled_signals();
     mask.thread_block()
         .map_err(|e| format!("block signals: {e}"))?;
-    if let Some(cgroup) = &config.cgroup {
+    if let Some(slice) = &config.systemd_slice {
+        crate::cgroups::systemd::join_new_scope(
+            slice,
+            crate::cgroups::systemd::MONITOR_PREFIX,
+            &config.sandbox_id,
+            std::process::id() as i32,
+        )?;
+    } else if let Some(cgroup) = &config.cgroup {
         crate::cgroups::join_self(cgroup)?;
     }
     namespaces::create(config)?;
@@ -189,7 +196,7 @@ impl Monitor {
                 .into_iter()
                 .map(|(fd, id, n, write)| (fd.try_clone_to_owned(), id, n, write))
                 .collect();
-            let (listener_ready, signal_ready, ready_streams, ready_attachers) = {
+            let (listener_ready, signal_ready, ready_streams, ready_attachers, oom_ready) = {
                 let mut fds = vec![
                     PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
@@ -209,6 +216,10 @@ impl Monitor {
                         fds.push(PollFd::new(fd.as_fd(), flags));
                     }
                 }
+                let oom_watch = self.containers.oom_watch_fd().map(|fd| {
+                    fds.push(PollFd::new(fd, PollFlags::POLLIN));
+                    fds.len() - 1
+                });
                 if let Err(e) = poll(&mut fds, PollTimeout::NONE) {
                     if e == nix::errno::Errno::EINTR {
                         continue;
@@ -243,8 +254,12 @@ impl Monitor {
                     ready(&fds[1]),
                     ready_streams,
                     ready_attachers,
+                    oom_watch.is_some_and(|i| ready(&fds[i])),
                 )
             };
+            if oom_ready {
+                self.containers.oom_events();
+            }
             for (id, n, readable) in ready_attachers {
                 self.containers.attacher_ready(&id, n, readable);
             }

@@ -8,6 +8,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
@@ -24,6 +25,8 @@ struct Supervised {
     exit_file: PathBuf,
     cgroup: Option<PathBuf>,
     exited: bool,
+    /// An OOM kill seen in the cgroup's `memory.events` while the container ran (v2).
+    oom_seen: bool,
     /// The write end of the container's stdin pipe, held open so reads block instead of EOF.
     stdin: Option<OwnedFd>,
     tty: bool,
@@ -41,6 +44,10 @@ pub(super) struct Supervisor {
     /// Where the agent hears of exits as they are recorded.
     exit_notice: Option<PathBuf>,
     next_attacher: u64,
+    /// cgroup v2: a watch on each container's `memory.events`. The systemd driver's scopes are
+    /// removed by systemd as soon as their last process exits, which can be before the monitor
+    /// has reaped the init and read the file: an OOM kill is noted when it happens instead.
+    oom_watch: Option<(Inotify, HashMap<WatchDescriptor, String>)>,
 }
 
 /// Runs the executor (`berthd init <op> …`) to completion and returns its report line. The
@@ -140,6 +147,71 @@ impl Supervisor {
             by_id: HashMap::new(),
             exit_notice,
             next_attacher: 0,
+            oom_watch: None,
+        }
+    }
+
+    /// Watches `memory.events` of container `id`'s v2 cgroup, making the inotify instance on
+    /// first use. Best effort: without the watch the file is still read when the init exits.
+    fn watch_oom(&mut self, id: &str, cgroup: &Path) {
+        let Some(v2) = crate::cgroups::hierarchies().into_iter().find(|h| h.v2) else {
+            return;
+        };
+        let events = v2
+            .mountpoint
+            .join(cgroup.strip_prefix("/").unwrap_or(cgroup))
+            .join("memory.events");
+        if !events.exists() {
+            return;
+        }
+        if self.oom_watch.is_none() {
+            match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) {
+                Ok(inotify) => self.oom_watch = Some((inotify, HashMap::new())),
+                Err(e) => {
+                    eprintln!("monitor: inotify: {e}");
+                    return;
+                }
+            }
+        }
+        if let Some((inotify, watches)) = &mut self.oom_watch {
+            match inotify.add_watch(&events, AddWatchFlags::IN_MODIFY) {
+                Ok(wd) => {
+                    watches.insert(wd, id.to_string());
+                }
+                Err(e) => eprintln!("monitor: watch {}: {e}", events.display()),
+            }
+        }
+    }
+
+    /// The inotify descriptor to poll, once a container is watched.
+    pub(super) fn oom_watch_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.oom_watch.as_ref().map(|(inotify, _)| inotify.as_fd())
+    }
+
+    /// Reads the watch's events: a container whose `memory.events` counts an OOM kill has it
+    /// noted for its exit record.
+    pub(super) fn oom_events(&mut self) {
+        let Some((inotify, watches)) = &mut self.oom_watch else {
+            return;
+        };
+        while let Ok(events) = inotify.read_events() {
+            if events.is_empty() {
+                break;
+            }
+            for event in events {
+                let Some(id) = watches.get(&event.wd) else {
+                    continue;
+                };
+                if event.mask.contains(AddWatchFlags::IN_IGNORED) {
+                    watches.remove(&event.wd);
+                    continue;
+                }
+                if let Some(c) = self.by_id.get_mut(id.as_str()) {
+                    if !c.oom_seen && c.cgroup.as_deref().is_some_and(oom_killed) {
+                        c.oom_seen = true;
+                    }
+                }
+            }
         }
     }
 
@@ -237,13 +309,17 @@ impl Supervisor {
                 stderr,
                 log,
                 exit_file,
-                cgroup,
+                cgroup: cgroup.clone(),
                 exited: false,
+                oom_seen: false,
                 stdin: stdin_held,
                 tty,
                 attachers: Vec::new(),
             },
         );
+        if let Some(cgroup) = &cgroup {
+            self.watch_oom(id, cgroup);
+        }
         Ok(pid)
     }
 
@@ -311,6 +387,8 @@ impl Supervisor {
             WaitStatus::Signaled(pid, sig, _) => (pid, 128 + sig as i32, Some(sig as i32)),
             _ => return,
         };
+        // An OOM kill counts in memory.events before its victim exits: its event is queued.
+        self.oom_events();
         let Some((id, c)) = self.by_id.iter_mut().find(|(_, c)| c.pid == pid.as_raw()) else {
             return;
         };
@@ -324,7 +402,7 @@ impl Supervisor {
         }
         // Whatever the container wrote before it died goes to the log before the record.
         drain(c);
-        let oom = c.cgroup.as_deref().is_some_and(oom_killed);
+        let oom = c.oom_seen || c.cgroup.as_deref().is_some_and(oom_killed);
         let mut record = ExitRecord::new(exit_code, signal, berth_common::time::now_nanos(), oom);
         record.log_bytes = c.log.bytes_written();
         match serde_json::to_vec(&record) {

@@ -97,16 +97,28 @@ pub fn oom_score_adj(requested: i64, host_min: i32) -> Result<i32, SpecError> {
 }
 
 /// The container's cgroup. cgroupfs: `<cgroup_parent>/<id>` as an absolute path (containerd's
-/// `getCgroupsPath`); a pod without a parent puts its containers under `/berth`.
+/// `getCgroupsPath`); a pod without a parent puts its containers under `/berth`. systemd:
+/// `<slice>:berth:<id>`, the scope `berth-<id>.scope` in the pod's slice (`system.slice` for a
+/// pod without one).
 pub fn cgroups_path(
     driver: CgroupDriver,
     cgroup_parent: &str,
     container_id: &str,
 ) -> Result<PathBuf, SpecError> {
     match driver {
-        CgroupDriver::Systemd => Err(SpecError::Unsupported(
-            "the systemd cgroup driver is not supported yet".into(),
-        )),
+        CgroupDriver::Systemd => {
+            let slice = if cgroup_parent.is_empty() {
+                crate::cgroups::systemd::DEFAULT_SLICE
+            } else {
+                cgroup_parent
+            };
+            crate::cgroups::systemd::slice_path(slice).map_err(SpecError::InvalidResource)?;
+            Ok(PathBuf::from(crate::cgroups::systemd::oci_path(
+                slice,
+                crate::cgroups::systemd::CONTAINER_PREFIX,
+                container_id,
+            )))
+        }
         CgroupDriver::Cgroupfs => {
             let parent = if cgroup_parent.is_empty() {
                 "berth"
@@ -276,8 +288,12 @@ mod tests {
     }
 
     #[test]
-    fn systemd_cgroup_driver_is_not_supported_yet() {
-        let err = cgroups_path(CgroupDriver::Systemd, "kubepods.slice", "c1").unwrap_err();
-        assert!(err.to_string().contains("systemd"), "{err}");
+    fn systemd_cgroups_path_is_a_berth_scope_in_the_pods_slice() {
+        let got = cgroups_path(CgroupDriver::Systemd, "kubepods-pod1.slice", "c1").unwrap();
+        assert_eq!(got, PathBuf::from("kubepods-pod1.slice:berth:c1"));
+        let got = cgroups_path(CgroupDriver::Systemd, "", "c1").unwrap();
+        assert_eq!(got, PathBuf::from("system.slice:berth:c1"));
+        let err = cgroups_path(CgroupDriver::Systemd, "/kubepods/pod1", "c1").unwrap_err();
+        assert!(err.to_string().contains("slice"), "{err}");
     }
 }

@@ -1,0 +1,119 @@
+//! Shared by the sandbox suites (`e2e/tests/sandbox*.rs`): pod configs as kubelet sends them,
+//! CRI call shorthands on a [`TestAgent`], commands in a pod's pinned namespaces, and the leak
+//! check every sandbox test ends with.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+use k8s_cri::v1::*;
+
+use crate::network::{mounts_under, processes_mentioning, TestNetwork};
+use crate::TestAgent;
+
+pub fn pod_config(name: &str) -> PodSandboxConfig {
+    pod_config_with(
+        name,
+        NamespaceMode::Pod,
+        NamespaceMode::Container,
+        NamespaceMode::Pod,
+    )
+}
+
+/// A pod with the given network, PID and IPC namespace modes.
+pub fn pod_config_with(
+    name: &str,
+    network: NamespaceMode,
+    pid: NamespaceMode,
+    ipc: NamespaceMode,
+) -> PodSandboxConfig {
+    PodSandboxConfig {
+        metadata: Some(PodSandboxMetadata {
+            name: name.to_string(),
+            uid: format!("uid-{name}"),
+            namespace: "default".to_string(),
+            attempt: 0,
+        }),
+        hostname: name.to_string(),
+        labels: HashMap::from([("app".to_string(), name.to_string())]),
+        linux: Some(crate::cri::pod_linux(crate::cri::namespaces(
+            network, pid, ipc,
+        ))),
+        ..Default::default()
+    }
+}
+
+pub async fn run(agent: &TestAgent, config: PodSandboxConfig) -> Result<String, tonic::Status> {
+    crate::cri::try_run_pod(&mut agent.runtime().await, config).await
+}
+
+pub async fn status(agent: &TestAgent, id: &str, verbose: bool) -> PodSandboxStatusResponse {
+    agent
+        .runtime()
+        .await
+        .pod_sandbox_status(PodSandboxStatusRequest {
+            pod_sandbox_id: id.to_string(),
+            verbose,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+pub async fn stop(agent: &TestAgent, id: &str) {
+    agent
+        .runtime()
+        .await
+        .stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: id.to_string(),
+        })
+        .await
+        .unwrap();
+}
+
+pub async fn remove(agent: &TestAgent, id: &str) {
+    crate::cri::remove_pod(&mut agent.runtime().await, id).await;
+}
+
+pub fn pod_dir(agent: &TestAgent, id: &str) -> PathBuf {
+    agent.paths.state.join("pods").join(id)
+}
+
+/// Runs a command inside the pod's pinned namespaces.
+pub fn in_pod(agent: &TestAgent, id: &str, namespaces: &[&str], command: &[&str]) -> String {
+    let dir = pod_dir(agent, id).join("ns");
+    let mut cmd = Command::new("nsenter");
+    for ns in namespaces {
+        cmd.arg(format!("--{ns}={}", dir.join(ns).display()));
+    }
+    let out = cmd.args(command).output().expect("nsenter");
+    assert!(
+        out.status.success(),
+        "{command:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Everything a sandbox could leave behind, for the agent and network under test.
+pub fn assert_no_leaks(agent: &TestAgent, network: Option<&TestNetwork>) {
+    let pods: Vec<_> = std::fs::read_dir(agent.paths.state.join("pods"))
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(pods.is_empty(), "pod dirs left: {pods:?}");
+    assert_eq!(
+        mounts_under(agent.dir()),
+        Vec::<String>::new(),
+        "mounts left"
+    );
+    let monitors = processes_mentioning(&agent.paths.state.join("pods").to_string_lossy());
+    assert!(monitors.is_empty(), "monitor processes left: {monitors:?}");
+    if let Some(net) = network {
+        assert_eq!(net.leases(), Vec::<String>::new(), "IP leases left");
+        assert_eq!(net.veths(), Vec::<String>::new(), "veths left");
+    }
+    let results: Vec<_> = std::fs::read_dir(agent.paths.state.join("cni/results"))
+        .map(|r| r.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(results.is_empty(), "cached CNI results left: {results:?}");
+}

@@ -1,0 +1,150 @@
+//! The systemd cgroup driver. kubelet names a pod's cgroup as a slice
+//! (`kubepods-burstable-pod<uid>.slice`); each container runs in a transient scope unit in it
+//! (`berth-<id>.scope`, made by libcontainer over D-Bus with the container's resources), and
+//! the pod's monitor in one of its own (`berth-monitor-<pod id>.scope`), so that neither is in
+//! berthd's service and a restart of the unit leaves them be. Everything that reads or writes a
+//! cgroup afterwards (stats, updates, OOM, killing) uses the scope's cgroupfs path, which this
+//! module derives from the names.
+
+use std::path::{Path, PathBuf};
+
+/// The prefix of a container's scope: `berth-<container id>.scope`.
+pub const CONTAINER_PREFIX: &str = "berth";
+/// The prefix of a pod monitor's scope: `berth-monitor-<sandbox id>.scope`.
+pub const MONITOR_PREFIX: &str = "berth-monitor";
+/// Where a pod without a cgroup parent puts its units, as containerd does.
+pub const DEFAULT_SLICE: &str = "system.slice";
+
+/// Whether systemd is this host's init, as sd_booted(3) decides.
+pub fn booted() -> bool {
+    Path::new("/run/systemd/system").is_dir()
+}
+
+/// The cgroupfs path of slice `name`: each `-` in a slice's name opens a level, so
+/// `kubepods-burstable-pod1.slice` is `/kubepods.slice/kubepods-burstable.slice/
+/// kubepods-burstable-pod1.slice`, and `-.slice` is the root.
+pub fn slice_path(name: &str) -> Result<PathBuf, String> {
+    let invalid = |why: &str| format!("cgroup parent {name:?} is not a systemd slice: {why}");
+    let stem = name
+        .strip_suffix(".slice")
+        .ok_or_else(|| invalid("it must end in .slice"))?;
+    if stem == "-" {
+        return Ok(PathBuf::from("/"));
+    }
+    if stem.is_empty() || name.contains('/') {
+        return Err(invalid("a slice is a unit name, not a path"));
+    }
+    let mut path = PathBuf::from("/");
+    let mut prefix = String::new();
+    for part in stem.split('-') {
+        if part.is_empty() || part == "." || part == ".." {
+            return Err(invalid("empty or dot component"));
+        }
+        prefix.push_str(part);
+        path.push(format!("{prefix}.slice"));
+        prefix.push('-');
+    }
+    Ok(path)
+}
+
+/// The OCI `cgroupsPath` that asks libcontainer for scope `<prefix>-<name>.scope` in `slice`
+/// (`slice:prefix:name`, runc's systemd form).
+pub fn oci_path(slice: &str, prefix: &str, name: &str) -> String {
+    format!("{slice}:{prefix}:{name}")
+}
+
+/// The cgroupfs path of an OCI `cgroupsPath`: the scope's directory for the systemd form
+/// (`slice:prefix:name`), the path itself for cgroupfs.
+pub fn fs_path(oci: &Path) -> Result<PathBuf, String> {
+    let text = oci.to_string_lossy();
+    let parts: Vec<&str> = text.split(':').collect();
+    match parts.as_slice() {
+        [_] => Ok(Path::new("/").join(oci)),
+        [slice, prefix, name] => {
+            let slice = if slice.is_empty() {
+                DEFAULT_SLICE
+            } else {
+                slice
+            };
+            Ok(slice_path(slice)?.join(format!("{prefix}-{name}.scope")))
+        }
+        _ => Err(format!(
+            "cgroupsPath {text:?} is neither a path nor slice:prefix:name"
+        )),
+    }
+}
+
+/// Whether an OCI `cgroupsPath` is in the systemd form.
+pub fn is_systemd_form(oci: &Path) -> bool {
+    oci.to_string_lossy().split(':').count() == 3
+}
+
+/// Moves process `pid` into a new transient scope `<prefix>-<name>.scope` in `slice` (made over
+/// D-Bus, with the accounting runc turns on and `Delegate=yes`), and waits until it is there.
+/// The scope goes away by itself once its last process has exited.
+pub fn join_new_scope(slice: &str, prefix: &str, name: &str, pid: i32) -> Result<(), String> {
+    use libcgroups::common::CgroupManager;
+    let manager = libcgroups::systemd::manager::Manager::new(
+        PathBuf::from("/sys/fs/cgroup"),
+        PathBuf::from(oci_path(slice, prefix, name)),
+        name.to_string(),
+        true,
+        std::time::Duration::from_secs(5),
+    )
+    .map_err(|e| format!("systemd scope {prefix}-{name}.scope in {slice}: {e}"))?;
+    manager
+        .add_task(nix::unistd::Pid::from_raw(pid))
+        .map_err(|e| format!("start systemd scope {prefix}-{name}.scope in {slice}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slices_open_a_level_at_each_dash() {
+        assert_eq!(
+            slice_path("kubepods-burstable-pod1.slice").unwrap(),
+            Path::new("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice")
+        );
+        assert_eq!(
+            slice_path("system.slice").unwrap(),
+            Path::new("/system.slice")
+        );
+        assert_eq!(slice_path("-.slice").unwrap(), Path::new("/"));
+        for bad in [
+            "kubepods",
+            ".slice",
+            "a--b.slice",
+            "-a.slice",
+            "a-.slice",
+            "/kubepods.slice",
+            "a/../b.slice",
+            "..-x.slice",
+        ] {
+            assert!(slice_path(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn oci_paths_name_the_scope_directory() {
+        let oci = oci_path("kubepods-pod1.slice", CONTAINER_PREFIX, "c1");
+        assert_eq!(oci, "kubepods-pod1.slice:berth:c1");
+        assert!(is_systemd_form(Path::new(&oci)));
+        assert_eq!(
+            fs_path(Path::new(&oci)).unwrap(),
+            Path::new("/kubepods.slice/kubepods-pod1.slice/berth-c1.scope")
+        );
+        assert_eq!(
+            fs_path(Path::new(":berth:c1")).unwrap(),
+            Path::new("/system.slice/berth-c1.scope")
+        );
+        assert!(!is_systemd_form(Path::new("/kubepods/pod1/c1")));
+        assert_eq!(
+            fs_path(Path::new("/kubepods/pod1/c1")).unwrap(),
+            Path::new("/kubepods/pod1/c1")
+        );
+        assert!(fs_path(Path::new("a:b")).is_err());
+        assert!(fs_path(Path::new("nope:berth:c1")).is_err());
+    }
+}
