@@ -67,6 +67,20 @@ async fn update_container_resources_changes_the_live_cgroup() {
     .unwrap();
     assert_cpu("512", "20");
     assert_eq!(cgroup("memory", memory_file), "67108864");
+    if v2 {
+        // v2 only: memory+swap becomes memory.swap.max (their difference), and unified keys
+        // are written as they come.
+        c.update_container_resources(update(LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            memory_swap_limit_in_bytes: 96 << 20,
+            unified: [("memory.high".to_string(), "50331648".to_string())].into(),
+            ..Default::default()
+        }))
+        .await
+        .unwrap();
+        assert_eq!(cgroup("memory", "memory.swap.max"), (32u64 << 20).to_string());
+        assert_eq!(cgroup("memory", "memory.high"), "50331648");
+    }
     let linux = status(&mut c, &id).await.resources.unwrap().linux.unwrap();
     assert_eq!(
         (

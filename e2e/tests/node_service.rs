@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use berth_e2e::container_fixture::{container_pid, status};
 use berth_e2e::cri::{container_linux, namespaces, pod_linux, remove_pod, run_pod};
 use berth_e2e::images::ImageBuilder;
 use berth_e2e::registry::TestRegistry;
@@ -97,21 +98,13 @@ async fn wait_log_beyond(path: &std::path::Path, count: usize) -> Vec<u64> {
     }
 }
 
-async fn running_pid(c: &mut RuntimeClient, id: &str) -> i64 {
-    let status = c
-        .container_status(ContainerStatusRequest {
-            container_id: id.into(),
-            verbose: true,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+/// The pid of container `id`'s init, which must be running.
+async fn running_pid(c: &mut RuntimeClient, id: &str) -> i32 {
     assert_eq!(
-        status.status.unwrap().state,
+        status(c, id).await.state,
         ContainerState::ContainerRunning as i32
     );
-    let info: serde_json::Value = serde_json::from_str(&status.info["info"]).unwrap();
-    info["pid"].as_i64().unwrap()
+    container_pid(c, id).await
 }
 
 #[tokio::test]
@@ -257,7 +250,7 @@ async fn under_systemd_a_restart_and_a_kill_leave_containers_running_and_logging
     .unwrap();
     remove_pod(&mut c, &pod).await;
     assert!(
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(init as i32), None).is_err(),
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(init), None).is_err(),
         "the container's init is gone with its pod"
     );
     drop(unit);
