@@ -221,6 +221,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
 
     let mut registry = Registry::default();
     metrics::register_build_info(&mut registry);
+    metrics::register_cgroup_info(&mut registry, config.runtime.cgroup_driver);
     let cri_metrics = Arc::new(CriMetrics::register(&mut registry));
     let image_metrics = ImageMetrics::register(&mut registry);
     let cni_metrics = berth_cni::CniMetrics::register(&mut registry);

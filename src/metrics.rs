@@ -34,6 +34,31 @@ pub fn register_build_info(registry: &mut Registry) {
     );
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CgroupLabels {
+    driver: &'static str,
+    hierarchy: &'static str,
+}
+
+/// Registers `berth_cgroup_info{driver,hierarchy} 1`: the configured cgroup driver (which must
+/// match kubelet's) and the host's layout (`v1`, `hybrid` or `v2`).
+pub fn register_cgroup_info(registry: &mut Registry, driver: berth_runtime::CgroupDriver) {
+    let info = Family::<CgroupLabels, Gauge>::default();
+    info.get_or_create(&CgroupLabels {
+        driver: match driver {
+            berth_runtime::CgroupDriver::Cgroupfs => "cgroupfs",
+            berth_runtime::CgroupDriver::Systemd => "systemd",
+        },
+        hierarchy: berth_runtime::cgroups::layout(&berth_runtime::cgroups::hierarchies()),
+    })
+    .set(1);
+    registry.register(
+        "berth_cgroup_info",
+        "the cgroup driver berthd runs with and the host's cgroup layout; always 1",
+        info,
+    );
+}
+
 /// Serves `/metrics` on an already bound listener until the task is dropped.
 pub async fn serve(listener: TcpListener, registry: Arc<Registry>) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;

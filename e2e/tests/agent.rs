@@ -196,6 +196,14 @@ async fn metrics_count_the_rpcs_just_made() {
         "{text}"
     );
     assert!(text.contains(r#"berth_build_info{version="#), "{text}");
+    // The default driver, and this host's layout (hybrid here, v2 on the node lane).
+    let layout = berth_runtime::cgroups::layout(&berth_runtime::cgroups::hierarchies());
+    assert!(
+        text.contains(&format!(
+            r#"berth_cgroup_info{{driver="cgroupfs",hierarchy="{layout}"}} 1"#
+        )),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -135,6 +135,31 @@ async fn under_systemd_a_restart_and_a_kill_leave_containers_running_and_logging
     let mut c =
         RuntimeServiceClient::new(connect(&paths.socket).await.expect("ready means serving"));
     c.version(VersionRequest::default()).await.unwrap();
+    // kubelet reads the driver from RuntimeConfig and refuses to run on a mismatch.
+    let linux = c
+        .runtime_config(RuntimeConfigRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .linux
+        .unwrap();
+    let expected = match berth_e2e::cgroup_driver() {
+        berth_runtime::CgroupDriver::Systemd => CgroupDriver::Systemd,
+        berth_runtime::CgroupDriver::Cgroupfs => CgroupDriver::Cgroupfs,
+    };
+    assert_eq!(linux.cgroup_driver, expected as i32);
+    let metrics = berth_e2e::http_get(&paths.metrics, "/metrics").unwrap();
+    let driver = if expected == CgroupDriver::Systemd {
+        "systemd"
+    } else {
+        "cgroupfs"
+    };
+    assert!(
+        metrics.contains(&format!(
+            r#"berth_cgroup_info{{driver="{driver}",hierarchy="v2"}} 1"#
+        )),
+        "{metrics}"
+    );
 
     let registry = TestRegistry::start();
     let image = ImageBuilder::with_passwd()

@@ -82,6 +82,18 @@ pub fn hierarchies() -> Vec<Hierarchy> {
         .clone()
 }
 
+/// The host's cgroup layout: `v2` (one unified hierarchy, as on a systemd node), `v1` (controller
+/// hierarchies only) or `hybrid` (v1 controllers beside a cgroup2 mount).
+pub fn layout(hierarchies: &[Hierarchy]) -> &'static str {
+    let v2 = hierarchies.iter().any(|h| h.v2);
+    let v1 = hierarchies.iter().any(|h| !h.v2);
+    match (v1, v2) {
+        (true, true) => "hybrid",
+        (false, true) => "v2",
+        _ => "v1",
+    }
+}
+
 /// A cgroup path as kubelet gives it (`/kubepods/burstable/pod<uid>`), checked: relative
 /// components are refused so it cannot name anything outside the hierarchies.
 pub fn cgroupfs_path(parent: &str) -> Result<PathBuf, String> {
@@ -279,6 +291,9 @@ mod tests {
         assert_eq!(h[1].controllers, ["name=systemd"]);
         assert_eq!(h[2].controllers, ["cpu", "cpuacct"]);
         assert_eq!(h[4].controllers, ["cpuset"]);
+        assert_eq!(layout(&h), "hybrid");
+        assert_eq!(layout(&h[..1]), "v2");
+        assert_eq!(layout(&h[1..]), "v1");
     }
 
     #[test]
