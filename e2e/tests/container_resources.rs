@@ -78,7 +78,10 @@ async fn update_container_resources_changes_the_live_cgroup() {
         }))
         .await
         .unwrap();
-        assert_eq!(cgroup("memory", "memory.swap.max"), (32u64 << 20).to_string());
+        assert_eq!(
+            cgroup("memory", "memory.swap.max"),
+            (32u64 << 20).to_string()
+        );
         assert_eq!(cgroup("memory", "memory.high"), "50331648");
     }
     let linux = status(&mut c, &id).await.resources.unwrap().linux.unwrap();
