@@ -15,8 +15,8 @@ cd "$(dirname "$0")/../.."
 # and containers run, limits, OOM, stats, exec's cgroup, the unit's restarts).
 NODE_SUITES="${NODE_SUITES:-node_service sandbox_cgroups containers container_resources exec_identity}"
 # Under the first driver only: the rest of what a v2 systemd node changes (namespaces and CNI,
-# the monitor on its own, seccomp), which no driver touches.
-NODE_ONCE_SUITES="${NODE_ONCE_SUITES:-sandbox monitor_containers seccomp}"
+# the monitor on its own, seccomp, AppArmor), which no driver touches.
+NODE_ONCE_SUITES="${NODE_ONCE_SUITES:-sandbox monitor_containers seccomp apparmor}"
 NODE_DRIVERS="${NODE_DRIVERS:-systemd cgroupfs}"
 # Tests left to the host suite: loops that prove no leak over many cycles, 10-20x slower under
 # TCG and testing nothing cgroup v2 or systemd changes.

@@ -204,6 +204,7 @@ pub fn bundle(
         etc_group: None,
         device_nodes: &[],
         seccomp_localhost: None,
+        apparmor_profile: None,
         target_pid_namespace: None,
         host: &host,
     })

@@ -81,6 +81,46 @@ fn seccomp_profile(
     }
 }
 
+/// The AppArmor profile a container asks for: the `apparmor` field, else the deprecated
+/// `apparmor_profile` (`runtime/default`, `unconfined`, `localhost/<name>`), else unset. A
+/// localhost reference may carry the `localhost/` prefix (critest's does); it is the name after.
+fn apparmor_profile(
+    profile: Option<&cri::SecurityProfile>,
+    deprecated: &str,
+) -> Result<rspec::AppArmorProfile, Status> {
+    use cri::security_profile::ProfileType;
+    let localhost = |name: &str| {
+        let name = name.strip_prefix("localhost/").unwrap_or(name);
+        if name.is_empty() {
+            Err(Status::invalid_argument(
+                "berth: a Localhost AppArmor profile needs a profile name",
+            ))
+        } else {
+            Ok(rspec::AppArmorProfile::Localhost(name.to_string()))
+        }
+    };
+    if let Some(p) = profile {
+        return match ProfileType::try_from(p.profile_type) {
+            Ok(ProfileType::RuntimeDefault) => Ok(rspec::AppArmorProfile::RuntimeDefault),
+            Ok(ProfileType::Unconfined) => Ok(rspec::AppArmorProfile::Unconfined),
+            Ok(ProfileType::Localhost) => localhost(&p.localhost_ref),
+            Err(_) => Err(Status::invalid_argument(format!(
+                "berth: unknown AppArmor profile type {}",
+                p.profile_type
+            ))),
+        };
+    }
+    match deprecated {
+        "" => Ok(rspec::AppArmorProfile::Unset),
+        "runtime/default" => Ok(rspec::AppArmorProfile::RuntimeDefault),
+        "unconfined" => Ok(rspec::AppArmorProfile::Unconfined),
+        other if other.starts_with("localhost/") => localhost(other),
+        other => Err(Status::invalid_argument(format!(
+            "berth: apparmor_profile {other:?} is not runtime/default, unconfined or localhost/<name>"
+        ))),
+    }
+}
+
 /// kubelet's `ContainerConfig` as the runtime crate's input. The log path becomes absolute:
 /// the pod's log directory joined with the container's relative path.
 pub(crate) fn container_spec(
@@ -102,6 +142,8 @@ pub(crate) fn container_spec(
     // Deprecated, and still what older kubelets and crictl configs send.
     #[allow(deprecated)]
     let seccomp = seccomp_profile(s.seccomp.as_ref(), &s.seccomp_profile_path)?;
+    #[allow(deprecated)]
+    let apparmor = apparmor_profile(s.apparmor.as_ref(), &s.apparmor_profile)?;
     let caps = s.capabilities.clone().unwrap_or_default();
     let log_path = log_file(log_directory, &config.log_path)?;
     Ok(rspec::ContainerSpec {
@@ -190,6 +232,7 @@ pub(crate) fn container_spec(
             },
             no_new_privs: s.no_new_privs,
             seccomp,
+            apparmor,
             masked_paths: (!s.masked_paths.is_empty()).then_some(s.masked_paths),
             readonly_paths: (!s.readonly_paths.is_empty()).then_some(s.readonly_paths),
         },
@@ -474,6 +517,53 @@ mod tests {
             assert!(seccomp_profile(None, bad).is_err(), "{bad}");
         }
         assert!(seccomp_profile(Some(&field(ProfileType::Localhost, "")), "").is_err());
+    }
+
+    #[test]
+    fn apparmor_comes_from_the_field_else_the_deprecated_string() {
+        use cri::security_profile::ProfileType;
+        let field = |t: ProfileType, r: &str| cri::SecurityProfile {
+            profile_type: t as i32,
+            localhost_ref: r.to_string(),
+        };
+        let local = |n: &str| rspec::AppArmorProfile::Localhost(n.to_string());
+        let cases = [
+            (None, "", rspec::AppArmorProfile::Unset),
+            (
+                None,
+                "runtime/default",
+                rspec::AppArmorProfile::RuntimeDefault,
+            ),
+            (None, "unconfined", rspec::AppArmorProfile::Unconfined),
+            (None, "localhost/deny-write", local("deny-write")),
+            // The field wins over a bogus deprecated string, as critest's "prefer new field".
+            (
+                Some(field(ProfileType::Localhost, "localhost/audit")),
+                "localhost/non-existent",
+                local("audit"),
+            ),
+            (
+                Some(field(ProfileType::Localhost, "audit")),
+                "",
+                local("audit"),
+            ),
+            (
+                Some(field(ProfileType::Unconfined, "")),
+                "runtime/default",
+                rspec::AppArmorProfile::Unconfined,
+            ),
+        ];
+        for (profile, deprecated, want) in cases {
+            assert_eq!(
+                apparmor_profile(profile.as_ref(), deprecated).unwrap(),
+                want,
+                "{profile:?} {deprecated}"
+            );
+        }
+        for bad in ["localhost/", "docker/default", "other"] {
+            assert!(apparmor_profile(None, bad).is_err(), "{bad}");
+        }
+        assert!(apparmor_profile(Some(&field(ProfileType::Localhost, "")), "").is_err());
     }
 
     #[test]

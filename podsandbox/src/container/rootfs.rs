@@ -151,6 +151,11 @@ impl Containers {
         spec::mounts::check_binds(&input.config.mounts).map_err(invalid)?;
         let seccomp_localhost =
             spec::seccomp::load_localhost(&input.config.security.seccomp).map_err(invalid)?;
+        let apparmor = spec::apparmor::resolve(
+            &input.config.security.apparmor,
+            input.config.security.privileged,
+        )
+        .map_err(|e| ContainerError::InvalidArgument(format!("container {id}: {e}")))?;
         for d in [
             rootfs.to_path_buf(),
             layer_dir.join("upper"),
@@ -221,6 +226,7 @@ impl Containers {
             device_nodes: &devices,
             target_pid_namespace: None,
             seccomp_localhost: seccomp_localhost.as_ref(),
+            apparmor_profile: apparmor.as_deref(),
             host: &self.host,
         })
         .map_err(invalid)?;

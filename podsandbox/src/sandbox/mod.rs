@@ -321,11 +321,10 @@ impl Sandboxes {
             }
             let systemd_slice = (self.cgroup_driver == CgroupDriver::Systemd).then(|| {
                 // systemd makes the monitor's scope (and the slice, when kubelet has not).
-                if record.spec.cgroup_parent.is_empty() {
-                    berth_runtime::cgroups::systemd::DEFAULT_SLICE.to_string()
-                } else {
-                    record.spec.cgroup_parent.clone()
-                }
+                // validate() checked it names a slice.
+                berth_runtime::cgroups::systemd::slice_name(&record.spec.cgroup_parent)
+                    .unwrap_or(berth_runtime::cgroups::systemd::DEFAULT_SLICE)
+                    .to_string()
             });
             let cgroup = if record.spec.cgroup_parent.is_empty() || systemd_slice.is_some() {
                 None

@@ -20,19 +20,37 @@ pub fn booted() -> bool {
     Path::new("/run/systemd/system").is_dir()
 }
 
-/// The cgroupfs path of slice `name`: each `-` in a slice's name opens a level, so
-/// `kubepods-burstable-pod1.slice` is `/kubepods.slice/kubepods-burstable.slice/
+/// The slice a pod's cgroup parent names: the parent itself (`kubepods-pod1.slice`), or the last
+/// component of a path of slices (`/kubepods.slice/kubepods-pod1.slice`, as critest and some
+/// kubelets send it), as containerd reads it.
+pub fn slice_name(parent: &str) -> Result<&str, String> {
+    let name = parent
+        .trim_end_matches('/')
+        .rsplit('/')
+        .next()
+        .unwrap_or("");
+    if !name.ends_with(".slice") {
+        return Err(format!(
+            "cgroup parent {parent:?} is not a systemd slice: it must end in .slice"
+        ));
+    }
+    Ok(name)
+}
+
+/// The cgroupfs path of slice `parent` ([`slice_name`]): each `-` in a slice's name opens a
+/// level, so `kubepods-burstable-pod1.slice` is `/kubepods.slice/kubepods-burstable.slice/
 /// kubepods-burstable-pod1.slice`, and `-.slice` is the root.
-pub fn slice_path(name: &str) -> Result<PathBuf, String> {
-    let invalid = |why: &str| format!("cgroup parent {name:?} is not a systemd slice: {why}");
+pub fn slice_path(parent: &str) -> Result<PathBuf, String> {
+    let name = slice_name(parent)?;
+    let invalid = |why: &str| format!("cgroup parent {parent:?} is not a systemd slice: {why}");
     let stem = name
         .strip_suffix(".slice")
         .ok_or_else(|| invalid("it must end in .slice"))?;
     if stem == "-" {
         return Ok(PathBuf::from("/"));
     }
-    if stem.is_empty() || name.contains('/') {
-        return Err(invalid("a slice is a unit name, not a path"));
+    if stem.is_empty() {
+        return Err(invalid("no name before .slice"));
     }
     let mut path = PathBuf::from("/");
     let mut prefix = String::new();
@@ -112,15 +130,22 @@ mod tests {
             Path::new("/system.slice")
         );
         assert_eq!(slice_path("-.slice").unwrap(), Path::new("/"));
+        // A path of slices names its last one.
+        assert_eq!(
+            slice_path("/kubepods.slice/kubepods-pod1.slice/").unwrap(),
+            Path::new("/kubepods.slice/kubepods-pod1.slice")
+        );
+        assert_eq!(slice_path("/test.slice").unwrap(), Path::new("/test.slice"));
         for bad in [
             "kubepods",
             ".slice",
             "a--b.slice",
             "-a.slice",
             "a-.slice",
-            "/kubepods.slice",
-            "a/../b.slice",
+            "/kubepods/pod1",
+            "a/..",
             "..-x.slice",
+            "/",
         ] {
             assert!(slice_path(bad).is_err(), "{bad}");
         }

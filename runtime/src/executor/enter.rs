@@ -180,7 +180,6 @@ fn refuse_unsupported(spec: &Spec, process: &Process) -> Result<(), String> {
                 .and_then(|l| l.seccomp().as_ref())
                 .is_some_and(libcontainer::seccomp::is_notify),
         ),
-        ("an AppArmor profile", process.apparmor_profile().is_some()),
         ("an SELinux label", process.selinux_label().is_some()),
         ("a scheduler policy", process.scheduler().is_some()),
         ("an I/O priority", process.io_priority().is_some()),
@@ -296,6 +295,11 @@ fn errno(what: &str) -> String {
 
 /// The child's side; returns only on failure.
 fn child(plan: &Plan) -> Result<std::convert::Infallible, String> {
+    // Through the host's /proc, before the mount namespace changes: the kernel keeps the request
+    // until execve, which enters the profile.
+    if let Some(profile) = plan.process.apparmor_profile() {
+        crate::spec::apparmor::change_on_exec(profile)?;
+    }
     for file in &plan.cgroups {
         std::fs::write(file, "0").map_err(|e| format!("join cgroup {}: {e}", file.display()))?;
     }

@@ -159,6 +159,9 @@ pub struct SecurityContext {
     /// The seccomp profile asked for (`seccomp`, else the deprecated `seccomp_profile_path`).
     #[serde(default)]
     pub seccomp: SeccompProfile,
+    /// The AppArmor profile asked for (`apparmor`, else the deprecated `apparmor_profile`).
+    #[serde(default)]
+    pub apparmor: AppArmorProfile,
     /// `None`: containerd's default list. `Some(vec![])`: nothing masked (`procMount: Unmasked`).
     pub masked_paths: Option<Vec<String>>,
     /// `None`: containerd's default list. `Some(vec![])`: nothing read-only.
@@ -177,6 +180,31 @@ pub enum SeccompProfile {
     RuntimeDefault,
     /// An OCI-format JSON profile at this host path (absolute).
     Localhost(PathBuf),
+}
+
+/// A container's AppArmor profile as the CRI asks for it (`apparmor::decide` makes it a name).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AppArmorProfile {
+    /// Nothing asked: berth's default where AppArmor is enabled, as containerd.
+    #[default]
+    Unset,
+    Unconfined,
+    /// berth's own default profile (`apparmor::DEFAULT_PROFILE`).
+    RuntimeDefault,
+    /// A profile already loaded on the host, by name.
+    Localhost(String),
+}
+
+impl std::fmt::Display for AppArmorProfile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AppArmorProfile::Unset => f.write_str("(unset)"),
+            AppArmorProfile::Unconfined => f.write_str("unconfined"),
+            AppArmorProfile::RuntimeDefault => f.write_str("runtime/default"),
+            AppArmorProfile::Localhost(name) => write!(f, "localhost/{name}"),
+        }
+    }
 }
 
 /// Capability names as Kubernetes writes them: with or without `CAP_`, any case, or `ALL`.
@@ -319,5 +347,7 @@ pub struct SpecInput<'a> {
     pub target_pid_namespace: Option<&'a Path>,
     /// The parsed file of a `Localhost` seccomp profile (`seccomp::parse_profile`).
     pub seccomp_localhost: Option<&'a oci_spec::runtime::LinuxSeccomp>,
+    /// The AppArmor profile to run under (`apparmor::resolve`), or `None` for unconfined.
+    pub apparmor_profile: Option<&'a str>,
     pub host: &'a HostInfo,
 }

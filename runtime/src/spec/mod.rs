@@ -10,6 +10,7 @@ pub mod command;
 pub mod devices;
 mod host;
 pub use host::recursive_read_only_supported;
+pub mod apparmor;
 pub mod input;
 pub mod mounts;
 pub mod namespaces;
@@ -25,10 +26,10 @@ use std::path::PathBuf;
 use oci_spec::runtime::{Linux, Process, Root, Spec, User};
 
 pub use input::{
-    CapabilityChanges, ContainerMetadata, ContainerSpec, Device, DeviceKind, DeviceNode, EnvVar,
-    HostInfo, HugepageLimit, ImageConfig, Mount, MountImage, NamespaceMode, NamespaceOptions,
-    Propagation, Resources, SandboxInfo, SeccompProfile, SecurityContext, SpecInput,
-    SupplementalGroupsPolicy,
+    AppArmorProfile, CapabilityChanges, ContainerMetadata, ContainerSpec, Device, DeviceKind,
+    DeviceNode, EnvVar, HostInfo, HugepageLimit, ImageConfig, Mount, MountImage, NamespaceMode,
+    NamespaceOptions, Propagation, Resources, SandboxInfo, SeccompProfile, SecurityContext,
+    SpecInput, SupplementalGroupsPolicy,
 };
 
 /// The runtime-spec version written into `ociVersion` (libcontainer accepts any 1.x).
@@ -132,7 +133,7 @@ pub fn generate(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         config.resources.oom_score_adj,
         host.min_oom_score_adj,
     )?));
-    process.set_apparmor_profile(None);
+    process.set_apparmor_profile(input.apparmor_profile.map(str::to_string));
     process.set_selinux_label(None);
 
     let plan = mounts::plan_mounts(config, sandbox, security.privileged)?;

@@ -113,6 +113,8 @@ pub fn cgroups_path(
                 cgroup_parent
             };
             crate::cgroups::systemd::slice_path(slice).map_err(SpecError::InvalidResource)?;
+            let slice =
+                crate::cgroups::systemd::slice_name(slice).map_err(SpecError::InvalidResource)?;
             Ok(PathBuf::from(crate::cgroups::systemd::oci_path(
                 slice,
                 crate::cgroups::systemd::CONTAINER_PREFIX,
@@ -291,6 +293,12 @@ mod tests {
     fn systemd_cgroups_path_is_a_berth_scope_in_the_pods_slice() {
         let got = cgroups_path(CgroupDriver::Systemd, "kubepods-pod1.slice", "c1").unwrap();
         assert_eq!(got, PathBuf::from("kubepods-pod1.slice:berth:c1"));
+        let got = cgroups_path(
+            CgroupDriver::Systemd,
+            "/kubepods.slice/kubepods-pod1.slice",
+            "c1",
+        );
+        assert_eq!(got.unwrap(), PathBuf::from("kubepods-pod1.slice:berth:c1"));
         let got = cgroups_path(CgroupDriver::Systemd, "", "c1").unwrap();
         assert_eq!(got, PathBuf::from("system.slice:berth:c1"));
         let err = cgroups_path(CgroupDriver::Systemd, "/kubepods/pod1", "c1").unwrap_err();

@@ -125,6 +125,7 @@ impl Fixture {
             etc_group: Some(GROUP),
             device_nodes: &self.nodes,
             seccomp_localhost: None,
+            apparmor_profile: None,
             target_pid_namespace: None,
             host: &self.host,
         })
