@@ -72,7 +72,7 @@ chmod 0644 "$work/vmlinuz" "$work/initrd.img"
 rm -rf "$root/var/cache/apt/archives"/*.deb "$root/var/lib/apt/lists"/*
 
 echo "node image: mkfs.ext4 -d ($SIZE, sparse)" >&2
-mkfs.ext4 -q -F -L berth-node -d "$root" "$work/base.img" "$SIZE"
+mkfs.ext4 -q -F -L berth-node -d "$root" "$work/base.img" "$SIZE" >&2
 rm -rf "$root"
 mkdir -p "$out"
 mv "$work/base.img" "$work/vmlinuz" "$work/initrd.img" "$out/"

@@ -37,8 +37,8 @@ async fn update_container_resources_changes_the_live_cgroup() {
             .trim()
             .to_string()
     };
-    // The files the limits below land in: v1's, or v2's (cpu.weight from shares with the
-    // conversion kubelet and runc share: 1 + (512 - 2) * 9999 / 262142 = 20).
+    // The files the limits below land in: v1's, or v2's (cpu.weight from shares on the curve
+    // runc, libcontainer and kubelet share: 512 → 59).
     let v2 = berth_e2e::memory_on_v2();
     let memory_file = if v2 {
         "memory.max"
@@ -65,7 +65,7 @@ async fn update_container_resources_changes_the_live_cgroup() {
     }))
     .await
     .unwrap();
-    assert_cpu("512", "20");
+    assert_cpu("512", "59");
     assert_eq!(cgroup("memory", memory_file), "67108864");
     if v2 {
         // v2 only: memory+swap becomes memory.swap.max (their difference), and unified keys
@@ -83,6 +83,26 @@ async fn update_container_resources_changes_the_live_cgroup() {
             (32u64 << 20).to_string()
         );
         assert_eq!(cgroup("memory", "memory.high"), "50331648");
+    }
+    if berth_e2e::cgroup_driver() == berth_runtime::CgroupDriver::Systemd {
+        // systemd writes a unit's properties back into its cgroup on every reload: the update
+        // must be in the scope's properties, not only in its files.
+        let reload = std::process::Command::new("systemctl")
+            .arg("daemon-reload")
+            .status()
+            .unwrap();
+        assert!(reload.success());
+        assert_cpu("512", "59");
+        assert_eq!(
+            cgroup("memory", memory_file),
+            "67108864",
+            "after daemon-reload"
+        );
+        assert_eq!(
+            cgroup("memory", "memory.high"),
+            "50331648",
+            "after daemon-reload"
+        );
     }
     let linux = status(&mut c, &id).await.resources.unwrap().linux.unwrap();
     assert_eq!(
@@ -127,7 +147,7 @@ async fn update_container_resources_changes_the_live_cgroup() {
         "{err:?}"
     );
     assert_eq!(cgroup("memory", memory_file), "67108864");
-    assert_cpu("512", "20");
+    assert_cpu("512", "59");
     let linux = status(&mut c, &id).await.resources.unwrap().linux.unwrap();
     assert_eq!(linux.memory_limit_in_bytes, 64 << 20);
 

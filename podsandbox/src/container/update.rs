@@ -47,6 +47,12 @@ impl Containers {
             UpdateError::Invalid(m) => invalid(m),
             UpdateError::Refused(m) => self.failed(id, "update resources", m),
         })?;
+        // The files are written (and the kernel took them); the scope's properties follow, so
+        // that systemd keeps the new limits when it reloads.
+        if self.host.cgroup_driver == berth_runtime::CgroupDriver::Systemd {
+            berth_runtime::cgroups::systemd::set_scope_resources(&cgroup, &linux)
+                .map_err(|e| self.failed(id, "update the scope's properties", e))?;
+        }
         if let Some(adj) = oom_score_adj.filter(|_| record.pid > 0) {
             update::set_oom_score_adj(record.pid, adj)
                 .map_err(|e| self.failed(id, "update oom_score_adj", e))?;

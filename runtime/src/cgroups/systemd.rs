@@ -115,6 +115,49 @@ pub fn join_new_scope(slice: &str, prefix: &str, name: &str, pid: i32) -> Result
         .map_err(|e| format!("start systemd scope {prefix}-{name}.scope in {slice}: {e}"))
 }
 
+/// The slice and name of a container scope from its cgroupfs path
+/// (`…/<slice>/berth-<name>.scope`).
+pub fn scope_of(fs_path: &Path) -> Option<(String, String)> {
+    let unit = fs_path.file_name()?.to_str()?;
+    let name = unit
+        .strip_suffix(".scope")?
+        .strip_prefix(CONTAINER_PREFIX)?
+        .strip_prefix('-')?;
+    let slice = fs_path.parent()?.file_name()?.to_str()?;
+    slice
+        .ends_with(".slice")
+        .then(|| (slice.to_string(), name.to_string()))
+}
+
+/// Sets `resources` as the properties of the container scope at `fs_path` (MemoryMax=,
+/// CPUWeight=, CPUQuota…, unified keys), over D-Bus. systemd writes a unit's properties back
+/// into its cgroup whenever it reloads, so an update written only to the files would be undone.
+pub fn set_scope_resources(
+    fs_path: &Path,
+    resources: &oci_spec::runtime::LinuxResources,
+) -> Result<(), String> {
+    use libcgroups::common::{CgroupManager, ControllerOpt};
+    let (slice, name) = scope_of(fs_path)
+        .ok_or_else(|| format!("{} is not a berth container scope", fs_path.display()))?;
+    let unit = format!("{CONTAINER_PREFIX}-{name}.scope");
+    let manager = libcgroups::systemd::manager::Manager::new(
+        PathBuf::from("/sys/fs/cgroup"),
+        PathBuf::from(oci_path(&slice, CONTAINER_PREFIX, &name)),
+        name.clone(),
+        true,
+        std::time::Duration::from_secs(5),
+    )
+    .map_err(|e| format!("systemd unit {unit}: {e}"))?;
+    manager
+        .apply(&ControllerOpt {
+            resources,
+            disable_oom_killer: false,
+            oom_score_adj: None,
+            freezer_state: None,
+        })
+        .map_err(|e| format!("set the properties of {unit}: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,6 +192,17 @@ mod tests {
         ] {
             assert!(slice_path(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_scope_path_gives_back_its_slice_and_container() {
+        let path = Path::new("/kubepods.slice/kubepods-pod1.slice/berth-c1.scope");
+        assert_eq!(
+            scope_of(path),
+            Some(("kubepods-pod1.slice".into(), "c1".into()))
+        );
+        assert_eq!(scope_of(Path::new("/kubepods/pod1/c1")), None);
+        assert_eq!(scope_of(Path::new("/x/berth-c1.scope")), None);
     }
 
     #[test]

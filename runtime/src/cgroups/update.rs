@@ -112,10 +112,21 @@ fn write(dir: &Path, file: &str, value: impl ToString) -> Write {
     }
 }
 
-/// v1 `cpu.shares` → v2 `cpu.weight`, the conversion runc, crun and kubelet share.
+/// v1 `cpu.shares` → v2 `cpu.weight`: the curve runc (since 1.3.2), crun, libcontainer (which
+/// sets the weight a container is created with, and its systemd scope's CPUWeight) and kubelet's
+/// cgroup library use. With l = log2(shares), weight = ⌈10^((l² + 125·l) / 612 − 7/34)⌉, which
+/// keeps the defaults aligned (1024 → 100) and the ends (2 → 1, 262144 → 10000); the older
+/// straight line put 1024 at 39.
 fn cpu_weight(shares: u64) -> u64 {
-    let shares = shares.clamp(2, 262_144);
-    1 + ((shares - 2) * 9999) / 262_142
+    match shares {
+        0..=2 => 1,
+        262_144.. => 10_000,
+        _ => {
+            let l = (shares as f64).log2();
+            let weight = 10f64.powf((l * l + 125.0 * l) / 612.0 - 7.0 / 34.0).ceil() as u64;
+            weight.clamp(1, 10_000)
+        }
+    }
 }
 
 /// The writes that set `r` (an OCI translation of the merged resources) in the container's
@@ -547,7 +558,7 @@ mod tests {
         assert_eq!(
             files(&got),
             pairs(&[
-                ("/pod/c1/cpu.weight", "39"),
+                ("/pod/c1/cpu.weight", "100"),
                 ("/pod/c1/cpu.max", "50000 100000"),
             ])
         );
@@ -556,6 +567,11 @@ mod tests {
         assert_eq!(
             (cpu_weight(2), cpu_weight(262_144), cpu_weight(1)),
             (1, 10_000, 1)
+        );
+        // Points of the curve (512 → 59 is what libcontainer itself wrote on the node lane).
+        assert_eq!(
+            [2, 3, 512, 1024, 2048, 100_000, 262_143].map(cpu_weight),
+            [1, 2, 59, 100, 174, 4_340, 10_000]
         );
 
         let got = plan(&memory(Some(64 << 20), Some(96 << 20)), &v2(), None).unwrap();
