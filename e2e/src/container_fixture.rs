@@ -315,7 +315,7 @@ pub fn container_cgroups_left(pod_name: &str) -> Vec<std::path::PathBuf> {
 
 /// Kills whatever still runs in `dir` or below (a process a broken runtime left behind) and
 /// removes the cgroups, deepest first.
-fn remove_cgroup_tree(dir: &std::path::Path) {
+pub fn remove_cgroup_tree(dir: &std::path::Path) {
     let Ok(children) = std::fs::read_dir(dir) else {
         return;
     };

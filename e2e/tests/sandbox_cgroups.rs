@@ -213,13 +213,18 @@ fn assert_made_cgroups_gone(top: &str, monitor_cgroup: &std::path::Path) {
     }
 }
 
-/// systemd driver: stops the test's top slice (made by systemd for the pods' slices) at the end.
+/// The test's own top cgroup, taken back at the end even when the test failed: the slice
+/// systemd made (systemd driver), or whatever is left of the tree in every hierarchy (cgroupfs).
 struct TopSlice(String);
 
 impl Drop for TopSlice {
     fn drop(&mut self) {
         if berth_e2e::cgroup_driver() == berth_runtime::CgroupDriver::Systemd {
             berth_e2e::systemctl_stop(&format!("{}.slice", self.0.replace('-', "_")));
+            return;
+        }
+        for dir in berth_e2e::cgroup_dirs(&self.0) {
+            berth_e2e::container_fixture::remove_cgroup_tree(&dir);
         }
     }
 }
