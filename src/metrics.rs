@@ -45,10 +45,7 @@ struct CgroupLabels {
 pub fn register_cgroup_info(registry: &mut Registry, driver: berth_runtime::CgroupDriver) {
     let info = Family::<CgroupLabels, Gauge>::default();
     info.get_or_create(&CgroupLabels {
-        driver: match driver {
-            berth_runtime::CgroupDriver::Cgroupfs => "cgroupfs",
-            berth_runtime::CgroupDriver::Systemd => "systemd",
-        },
+        driver: driver.as_str(),
         hierarchy: berth_runtime::cgroups::layout(&berth_runtime::cgroups::hierarchies()),
     })
     .set(1);

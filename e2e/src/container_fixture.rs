@@ -234,7 +234,7 @@ impl Drop for CgroupTop {
             return;
         }
         if crate::cgroup_driver() == berth_runtime::CgroupDriver::Systemd {
-            crate::systemctl_stop(&format!("{}.slice", top().replace('-', "_")));
+            crate::systemctl_stop(&crate::top_slice(&top()));
             return;
         }
         for top in crate::cgroup_dirs(&top()) {

@@ -79,6 +79,12 @@ pub fn pod_cgroup_parent(top: &str, name: &str) -> String {
     }
 }
 
+/// The systemd driver's slice for a test's top `top`, the parent of every slice
+/// [`pod_cgroup_parent`] names under it: stopping it takes them all.
+pub fn top_slice(top: &str) -> String {
+    format!("{}.slice", top.replace('-', "_"))
+}
+
 /// The cgroupfs path of the cgroup a pod with cgroup parent `parent` gets.
 pub fn pod_cgroup_path(parent: &str) -> PathBuf {
     berth_runtime::cgroups::parent_path(cgroup_driver(), parent).unwrap()
@@ -230,10 +236,7 @@ impl AgentPaths {
     pub fn config_text(&self, extra: &str) -> String {
         // The driver under test goes into [runtime], which `extra` may already open (or name a
         // driver of its own).
-        let driver = match cgroup_driver() {
-            berth_runtime::CgroupDriver::Cgroupfs => "cgroupfs",
-            berth_runtime::CgroupDriver::Systemd => "systemd",
-        };
+        let driver = cgroup_driver().as_str();
         let extra = if extra.contains("cgroup_driver") {
             extra.to_string()
         } else if extra.contains("[runtime]\n") {

@@ -149,11 +149,7 @@ async fn under_systemd_a_restart_and_a_kill_leave_containers_running_and_logging
     };
     assert_eq!(linux.cgroup_driver, expected as i32);
     let metrics = berth_e2e::http_get(&paths.metrics, "/metrics").unwrap();
-    let driver = if expected == CgroupDriver::Systemd {
-        "systemd"
-    } else {
-        "cgroupfs"
-    };
+    let driver = berth_e2e::cgroup_driver().as_str();
     assert!(
         metrics.contains(&format!(
             r#"berth_cgroup_info{{driver="{driver}",hierarchy="v2"}} 1"#
@@ -279,6 +275,6 @@ async fn under_systemd_a_restart_and_a_kill_leave_containers_running_and_logging
         "the container's init is gone with its pod"
     );
     drop(unit);
-    berth_e2e::systemctl_stop(&format!("{}.slice", top.replace('-', "_")));
+    berth_e2e::systemctl_stop(&berth_e2e::top_slice(&top));
     cleanup_leftovers(dir.path(), &paths.state);
 }

@@ -220,7 +220,7 @@ struct TopSlice(String);
 impl Drop for TopSlice {
     fn drop(&mut self) {
         if berth_e2e::cgroup_driver() == berth_runtime::CgroupDriver::Systemd {
-            berth_e2e::systemctl_stop(&format!("{}.slice", self.0.replace('-', "_")));
+            berth_e2e::systemctl_stop(&berth_e2e::top_slice(&self.0));
             return;
         }
         for dir in berth_e2e::cgroup_dirs(&self.0) {

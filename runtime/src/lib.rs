@@ -52,16 +52,24 @@ pub enum CgroupDriver {
     /// Cgroups are directories made directly under `/sys/fs/cgroup`.
     #[default]
     Cgroupfs,
-    /// Cgroups are systemd units (slices and scopes). Not supported yet: berth has no systemd client.
+    /// Cgroups are systemd units: pods in slices, containers and monitors in scopes
+    /// (`cgroups::systemd`).
     Systemd,
+}
+
+impl CgroupDriver {
+    /// The name kubelet and the config file use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CgroupDriver::Cgroupfs => "cgroupfs",
+            CgroupDriver::Systemd => "systemd",
+        }
+    }
 }
 
 impl fmt::Display for CgroupDriver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            CgroupDriver::Cgroupfs => "cgroupfs",
-            CgroupDriver::Systemd => "systemd",
-        })
+        f.write_str(self.as_str())
     }
 }
 

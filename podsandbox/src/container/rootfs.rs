@@ -145,17 +145,18 @@ impl Containers {
         input: &CreateInput,
     ) -> Result<ContainerRecord, ContainerError> {
         let fail = |step: &'static str| move |e: String| self.failed(id, step, e);
-        let invalid =
-            |e: spec::SpecError| ContainerError::InvalidArgument(format!("container {id}: {e}"));
+        let invalid = |e: &dyn std::fmt::Display| {
+            ContainerError::InvalidArgument(format!("container {id}: {e}"))
+        };
         // What the request alone decides is checked before anything is mounted.
-        spec::mounts::check_binds(&input.config.mounts).map_err(invalid)?;
-        let seccomp_localhost =
-            spec::seccomp::load_localhost(&input.config.security.seccomp).map_err(invalid)?;
+        spec::mounts::check_binds(&input.config.mounts).map_err(|e| invalid(&e))?;
+        let seccomp_localhost = spec::seccomp::load_localhost(&input.config.security.seccomp)
+            .map_err(|e| invalid(&e))?;
         let apparmor = spec::apparmor::resolve(
             &input.config.security.apparmor,
             input.config.security.privileged,
         )
-        .map_err(|e| ContainerError::InvalidArgument(format!("container {id}: {e}")))?;
+        .map_err(|e| invalid(&e))?;
         for d in [
             rootfs.to_path_buf(),
             layer_dir.join("upper"),
@@ -229,7 +230,7 @@ impl Containers {
             apparmor_profile: apparmor.as_deref(),
             host: &self.host,
         })
-        .map_err(invalid)?;
+        .map_err(|e| invalid(&e))?;
         let user = generated.process().as_ref().map(|p| ProcessUser {
             uid: p.user().uid(),
             gid: p.user().gid(),
@@ -243,7 +244,7 @@ impl Containers {
             .and_then(|l| l.cgroups_path().clone())
             .map(|p| berth_runtime::cgroups::systemd::fs_path(&p))
             .transpose()
-            .map_err(|e| ContainerError::InvalidArgument(format!("container {id}: {e}")))?;
+            .map_err(|e| invalid(&e))?;
         generated
             .save(dir.join("config.json"))
             .map_err(|e| fail("write config.json")(e.to_string()))?;

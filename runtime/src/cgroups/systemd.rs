@@ -102,17 +102,25 @@ pub fn is_systemd_form(oci: &Path) -> bool {
 /// The scope goes away by itself once its last process has exited.
 pub fn join_new_scope(slice: &str, prefix: &str, name: &str, pid: i32) -> Result<(), String> {
     use libcgroups::common::CgroupManager;
-    let manager = libcgroups::systemd::manager::Manager::new(
+    manager(slice, prefix, name)?
+        .add_task(nix::unistd::Pid::from_raw(pid))
+        .map_err(|e| format!("start systemd scope {prefix}-{name}.scope in {slice}: {e}"))
+}
+
+/// libcgroups' systemd manager for scope `<prefix>-<name>.scope` in `slice`, on the system bus.
+fn manager(
+    slice: &str,
+    prefix: &str,
+    name: &str,
+) -> Result<libcgroups::systemd::manager::Manager, String> {
+    libcgroups::systemd::manager::Manager::new(
         PathBuf::from("/sys/fs/cgroup"),
         PathBuf::from(oci_path(slice, prefix, name)),
         name.to_string(),
         true,
         std::time::Duration::from_secs(5),
     )
-    .map_err(|e| format!("systemd scope {prefix}-{name}.scope in {slice}: {e}"))?;
-    manager
-        .add_task(nix::unistd::Pid::from_raw(pid))
-        .map_err(|e| format!("start systemd scope {prefix}-{name}.scope in {slice}: {e}"))
+    .map_err(|e| format!("systemd scope {prefix}-{name}.scope in {slice}: {e}"))
 }
 
 /// The slice and name of a container scope from its cgroupfs path
@@ -140,15 +148,7 @@ pub fn set_scope_resources(
     let (slice, name) = scope_of(fs_path)
         .ok_or_else(|| format!("{} is not a berth container scope", fs_path.display()))?;
     let unit = format!("{CONTAINER_PREFIX}-{name}.scope");
-    let manager = libcgroups::systemd::manager::Manager::new(
-        PathBuf::from("/sys/fs/cgroup"),
-        PathBuf::from(oci_path(&slice, CONTAINER_PREFIX, &name)),
-        name.clone(),
-        true,
-        std::time::Duration::from_secs(5),
-    )
-    .map_err(|e| format!("systemd unit {unit}: {e}"))?;
-    manager
+    manager(&slice, CONTAINER_PREFIX, &name)?
         .apply(&ControllerOpt {
             resources,
             disable_oom_killer: false,

@@ -115,18 +115,28 @@ fn executor(
     }
 }
 
+/// The files that count a cgroup's OOM kills: v2 `memory.events`, v1 `memory.oom_control`.
+fn oom_files(cgroup: &Path) -> Vec<PathBuf> {
+    let relative = cgroup.strip_prefix("/").unwrap_or(cgroup);
+    crate::cgroups::hierarchies()
+        .into_iter()
+        .filter_map(|h| {
+            let file = if h.v2 {
+                "memory.events"
+            } else if h.controllers.iter().any(|c| c == "memory") {
+                "memory.oom_control"
+            } else {
+                return None;
+            };
+            Some(h.mountpoint.join(relative).join(file))
+        })
+        .collect()
+}
+
 /// Whether the container's memory cgroup recorded an OOM kill (v1 `memory.oom_control`, v2
 /// `memory.events`).
 fn oom_killed(cgroup: &Path) -> bool {
-    let relative = cgroup.strip_prefix("/").unwrap_or(cgroup);
-    for h in crate::cgroups::hierarchies() {
-        let file = if h.v2 {
-            h.mountpoint.join(relative).join("memory.events")
-        } else if h.controllers.iter().any(|c| c == "memory") {
-            h.mountpoint.join(relative).join("memory.oom_control")
-        } else {
-            continue;
-        };
+    for file in oom_files(cgroup) {
         if let Ok(text) = std::fs::read_to_string(file) {
             let killed = text
                 .lines()
@@ -154,16 +164,12 @@ impl Supervisor {
     /// Watches `memory.events` of container `id`'s v2 cgroup, making the inotify instance on
     /// first use. Best effort: without the watch the file is still read when the init exits.
     fn watch_oom(&mut self, id: &str, cgroup: &Path) {
-        let Some(v2) = crate::cgroups::hierarchies().into_iter().find(|h| h.v2) else {
+        let Some(events) = oom_files(cgroup)
+            .into_iter()
+            .find(|f| f.ends_with("memory.events") && f.exists())
+        else {
             return;
         };
-        let events = v2
-            .mountpoint
-            .join(cgroup.strip_prefix("/").unwrap_or(cgroup))
-            .join("memory.events");
-        if !events.exists() {
-            return;
-        }
         if self.oom_watch.is_none() {
             match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) {
                 Ok(inotify) => self.oom_watch = Some((inotify, HashMap::new())),
