@@ -18,7 +18,7 @@ NODE_SUITES="${NODE_SUITES:-node_service sandbox_cgroups container_resources exe
 # lifecycle and its logs, namespaces and CNI, the monitor on its own, seccomp, AppArmor). The
 # whole of `make test` must stay within 25 minutes on 2 cores, and TCG makes each suite 5-10x
 # slower than on the host.
-NODE_ONCE_SUITES="${NODE_ONCE_SUITES:-containers sandbox monitor_containers seccomp apparmor}"
+NODE_ONCE_SUITES="${NODE_ONCE_SUITES:-containers sandbox monitor_containers seccomp apparmor faults}"
 NODE_DRIVERS="${NODE_DRIVERS:-systemd cgroupfs}"
 # Tests left to the host suite: loops that prove no leak over many cycles, 10-20x slower under
 # TCG and testing nothing cgroup v2 or systemd changes.

@@ -85,6 +85,21 @@ pub fn ping(pod_dir: &Path) -> Option<u32> {
     response.pid.map(|p| p as u32)
 }
 
+/// Whether the pod's monitor is gone: nothing listens on its socket (only the monitor holds
+/// it). A monitor that is there but slow to answer is not gone.
+pub fn gone(pod_dir: &Path) -> bool {
+    let Ok((_dir, path)) = short_socket_path(pod_dir, SOCKET_FILE) else {
+        return true;
+    };
+    match UnixStream::connect(path) {
+        Ok(_) => false,
+        Err(e) => matches!(
+            e.raw_os_error(),
+            Some(libc::ECONNREFUSED) | Some(libc::ENOENT)
+        ),
+    }
+}
+
 /// One request to a pod's monitor; its refusal is the error.
 pub fn request(pod_dir: &Path, request: &Request) -> Result<Response, String> {
     send(pod_dir, request, REQUEST_TIMEOUT)

@@ -196,7 +196,9 @@ impl Pods {
             .map_err(|e| ExecError::Failed(format!("find our binary: {e}")))?;
         exec_sync(
             &berthd,
-            &record.pod_dir.join("runc"),
+            &record
+                .pod_dir
+                .join(berth_runtime::monitor::protocol::RUNC_DIR),
             &record.id,
             cmd,
             timeout,
@@ -215,7 +217,9 @@ impl Pods {
             .map_err(|e| ExecError::Failed(format!("find our binary: {e}")))?;
         exec_stream(
             &berthd,
-            &record.pod_dir.join("runc"),
+            &record
+                .pod_dir
+                .join(berth_runtime::monitor::protocol::RUNC_DIR),
             &record.id,
             cmd,
             stdio,

@@ -4,14 +4,19 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use berth_runtime::monitor::protocol::{Request, SOCKET_FILE};
+use berth_runtime::monitor::protocol::{ExitRecord, Request, RUNC_DIR};
 use nix::mount::{umount2, MntFlags};
 
-use super::record::{ContainerError, ContainerState, EXIT_FILE};
+use super::record::{ContainerError, ContainerRecord, ContainerState, EXIT_FILE};
 use super::rootfs::CreateInput;
 use super::Containers;
 use crate::events::EventKind;
 use crate::monitor_client;
+
+/// How long the agent waits for a container's cgroup to empty after SIGKILL.
+const ORPHAN_KILL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The exit code of a container whose end nobody saw (containerd's `unknownExitCode`).
+const UNKNOWN_EXIT_CODE: i32 = 255;
 
 impl Containers {
     /// CreateContainer: rootfs, bundle, and the container built (not started) by the monitor.
@@ -88,6 +93,9 @@ impl Containers {
         if record.state() == ContainerState::Exited {
             return Ok(());
         }
+        if monitor_client::gone(&record.pod_dir) {
+            return self.kill_orphan(&record);
+        }
         let signal = parse_signal(&record.stop_signal).unwrap_or(libc::SIGTERM);
         let exit_file = self.dir(id).join(EXIT_FILE);
         if record.state() == ContainerState::Created {
@@ -130,20 +138,51 @@ impl Containers {
         Ok(())
     }
 
+    /// A container whose monitor is gone (killed, crashed): nobody holds its stdio, reaps it or
+    /// records its exit, so the agent ends it through its cgroup and records the exit itself:
+    /// killed (137) if anything still ran, else unknown (255, as containerd reports an exit
+    /// that a dead shim took with it).
+    fn kill_orphan(&self, record: &ContainerRecord) -> Result<(), ContainerError> {
+        let id = &record.id;
+        let Some(cgroup) = &record.cgroup else {
+            return Err(self.failed(
+                id,
+                "stop",
+                "the pod's monitor is gone and the container has no cgroup to end it through"
+                    .to_string(),
+            ));
+        };
+        let killed = berth_runtime::cgroups::kill_all(cgroup, ORPHAN_KILL_TIMEOUT)
+            .map_err(|e| self.failed(id, "kill through the cgroup", e))?;
+        tracing::warn!(container_id = %id, processes = killed, "the pod's monitor is gone: container killed through its cgroup");
+        let now = berth_common::time::now_nanos();
+        let exit = if killed > 0 {
+            ExitRecord::new(128 + libc::SIGKILL, Some(libc::SIGKILL), now, false)
+        } else {
+            ExitRecord::new(UNKNOWN_EXIT_CODE, None, now, false)
+        };
+        let bytes =
+            serde_json::to_vec(&exit).map_err(|e| self.failed(id, "exit record", e.to_string()))?;
+        berth_common::atomic::write_atomic_unsynced(&self.dir(id).join(EXIT_FILE), &bytes)
+            .map_err(|e| self.failed(id, "write exit record", e.to_string()))?;
+        self.fold_exit(id);
+        Ok(())
+    }
+
     /// RemoveContainer: stop, then the monitor's and libcontainer's state, the rootfs, the
     /// writable layer and the record. CRI: an unknown container is already removed.
     pub fn remove(&self, id: &str) -> Result<(), ContainerError> {
         let Some(record) = self.fold_exit(id) else {
             return Ok(());
         };
-        // A pod whose monitor is gone has no process left to stop.
-        if record.pod_dir.join(SOCKET_FILE).exists() {
-            self.stop(id, Duration::ZERO)?;
-            if let Err(e) =
-                monitor_client::request(&record.pod_dir, &Request::Delete { id: id.to_string() })
-            {
-                tracing::warn!(container_id = %id, error = %e, "monitor could not delete the container's state");
-            }
+        self.stop(id, Duration::ZERO)?;
+        if monitor_client::gone(&record.pod_dir) {
+            // What the monitor's delete would have removed.
+            let _ = std::fs::remove_dir_all(record.pod_dir.join(RUNC_DIR).join(id));
+        } else if let Err(e) =
+            monitor_client::request(&record.pod_dir, &Request::Delete { id: id.to_string() })
+        {
+            tracing::warn!(container_id = %id, error = %e, "monitor could not delete the container's state");
         }
         let dir = self.dir(id);
         match umount2(&dir.join("rootfs"), MntFlags::MNT_DETACH) {
@@ -152,7 +191,11 @@ impl Containers {
         }
         super::rootfs::unmount_image_volumes(&dir);
         if let Some(cgroup) = &record.cgroup {
-            // libcontainer's delete removes it; a container whose monitor died leaves it.
+            // libcontainer's delete removes it; a container whose monitor died leaves it, with
+            // whatever its init left behind in the host's or the pod's PID namespace.
+            if let Err(e) = berth_runtime::cgroups::kill_all(cgroup, ORPHAN_KILL_TIMEOUT) {
+                return Err(self.failed(id, "kill what is left in the cgroup", e));
+            }
             let relative = cgroup.strip_prefix("/").unwrap_or(cgroup);
             for h in berth_runtime::cgroups::hierarchies() {
                 let _ = std::fs::remove_dir(h.mountpoint.join(relative));

@@ -19,7 +19,7 @@ mod watch;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use berth_runtime::monitor::protocol::{ns_path, MonitorConfig};
 use berth_runtime::CgroupDriver;
@@ -332,9 +332,10 @@ impl Sandboxes {
                 // The monitor (and the pod init it forks) runs in a leaf of the pod cgroup, not in
                 // the pod cgroup itself: on cgroup v2 a cgroup holding processes cannot hand its
                 // controllers down, so the containers' cgroups below it could not be limited.
-                let path = berth_runtime::cgroups::cgroupfs_path(&record.spec.cgroup_parent)
+                let path = self
+                    .monitor_cgroup(&record)
                     .map_err(fail("cgroup"))?
-                    .join(format!("berth-monitor-{id}"));
+                    .ok_or_else(|| fail("cgroup")("no cgroup parent".to_string()))?;
                 let created = berth_runtime::cgroups::ensure(&path)
                     .map_err(|e| fail("cgroup")(e.to_string()))?;
                 undo.push("remove cgroups", {
@@ -467,10 +468,38 @@ impl Sandboxes {
             None => monitor_client::kill_unreported(&dir2),
         })
         .await;
+        // The monitor's cgroup still holds the pod's init (a shared PID namespace) if the
+        // monitor died before it could end it.
+        if let Ok(Some(cgroup)) = self.monitor_cgroup(record) {
+            if let Err(e) = berth_runtime::cgroups::kill_all(&cgroup, Duration::from_secs(10)) {
+                tracing::warn!(pod_id = %record.id, error = %e, "processes left in the monitor's cgroup");
+            }
+        }
         let _ = berth_runtime::monitor::unpin_all(&dir);
         if record.shm_mounted {
             let _ = umount2(&dir.join("shm"), MntFlags::MNT_DETACH);
             record.shm_mounted = false;
+        }
+    }
+
+    /// The cgroupfs path of the cgroup the pod's monitor (and the pod's init) runs in: a leaf of
+    /// the pod's cgroup, or its own scope in the pod's slice; none for a pod without a cgroup
+    /// parent under cgroupfs (the monitor stays in the agent's).
+    fn monitor_cgroup(&self, record: &SandboxRecord) -> Result<Option<PathBuf>, String> {
+        use berth_runtime::cgroups::systemd;
+        let parent = &record.spec.cgroup_parent;
+        match self.cgroup_driver {
+            CgroupDriver::Systemd => {
+                let slice = systemd::slice_name(parent).unwrap_or(systemd::DEFAULT_SLICE);
+                let oci = systemd::oci_path(slice, systemd::MONITOR_PREFIX, &record.id);
+                systemd::fs_path(Path::new(&oci)).map(Some)
+            }
+            CgroupDriver::Cgroupfs if parent.is_empty() => Ok(None),
+            CgroupDriver::Cgroupfs => {
+                Ok(Some(berth_runtime::cgroups::cgroupfs_path(parent)?.join(
+                    format!("{}-{}", systemd::MONITOR_PREFIX, record.id),
+                )))
+            }
         }
     }
 

@@ -205,41 +205,79 @@ pub fn parse_procs(text: &str) -> Vec<i32> {
     text.lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
-/// SIGKILLs every process in the cgroup `path` (cgroupfs path) and waits until none is left,
-/// at most `timeout`. Killed processes that were re-parented to the caller (a subreaper) are
-/// reaped here. Used when a container's init has exited: without a PID namespace of its own
-/// (the host's, or the pod's), the kernel leaves its other processes running.
-pub fn kill_all(path: &Path, timeout: Duration) -> Result<(), String> {
-    use nix::sys::signal::{kill, Signal};
-    use nix::sys::wait::{waitpid, WaitPidFlag};
-    use nix::unistd::Pid;
+/// The processes in the cgroup `path` (cgroupfs path), in any hierarchy, each once.
+pub fn procs(path: &Path) -> Vec<i32> {
+    let mut pids: Vec<i32> = dirs_of(path)
+        .iter()
+        .flat_map(|d| {
+            parse_procs(&std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default())
+        })
+        .collect();
+    pids.sort_unstable();
+    pids.dedup();
+    pids
+}
+
+/// The directories of the cgroup `path` that exist, one per hierarchy.
+fn dirs_of(path: &Path) -> Vec<PathBuf> {
     let relative = path.strip_prefix("/").unwrap_or(path);
-    let dirs: Vec<PathBuf> = hierarchies()
+    hierarchies()
         .into_iter()
         .map(|h| h.mountpoint.join(relative))
         .filter(|d| d.join("cgroup.procs").exists())
-        .collect();
+        .collect()
+}
+
+/// SIGKILLs every process in the cgroup `path` (cgroupfs path) and waits until none is left,
+/// at most `timeout`; returns how many it found there first. Whatever PID namespace they are
+/// in: without one of its own (the host's, or the pod's) the kernel leaves a container's other
+/// processes running when its init dies, and a container whose monitor died has nobody else to
+/// end it. v2's `cgroup.kill` kills the whole cgroup at once, forks in flight included; on v1
+/// the freezer (where mounted) holds every task still while the signals go out, so nothing
+/// forks past them. Killed processes that were re-parented to the caller (a subreaper) are
+/// reaped here.
+pub fn kill_all(path: &Path, timeout: Duration) -> Result<usize, String> {
+    use nix::sys::signal::{kill, Signal};
+    use nix::sys::wait::{waitpid, WaitPidFlag};
+    use nix::unistd::Pid;
+    let dirs = dirs_of(path);
+    let found = procs(path).len();
     let deadline = Instant::now() + timeout;
+    let mut freezer = dirs
+        .iter()
+        .map(|d| d.join("freezer.state"))
+        .find(|f| f.exists());
     loop {
-        let mut pids: Vec<i32> = dirs
-            .iter()
-            .flat_map(|d| {
-                parse_procs(&std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default())
-            })
-            .collect();
-        pids.sort_unstable();
-        pids.dedup();
+        let pids = procs(path);
         if pids.is_empty() {
-            return Ok(());
+            return Ok(found);
         }
         if Instant::now() >= deadline {
+            if let Some(state) = &freezer {
+                let _ = std::fs::write(state, "THAWED");
+            }
             return Err(format!(
                 "processes {pids:?} still in cgroup {} after SIGKILL",
                 path.display()
             ));
         }
-        for pid in &pids {
-            let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+        let killed_at_once = dirs
+            .iter()
+            .any(|d| std::fs::write(d.join("cgroup.kill"), "1").is_ok());
+        if !killed_at_once {
+            // A frozen task takes its SIGKILL when thawed; freezing again each round costs
+            // little and catches what forked before the first.
+            if let Some(state) = &freezer {
+                if std::fs::write(state, "FROZEN").is_err() {
+                    freezer = None;
+                }
+            }
+            for pid in procs(path) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+            if let Some(state) = &freezer {
+                let _ = std::fs::write(state, "THAWED");
+            }
         }
         std::thread::sleep(Duration::from_millis(2));
         for pid in &pids {

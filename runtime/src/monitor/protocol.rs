@@ -12,6 +12,8 @@ pub const LOG_FILE: &str = "monitor.log";
 /// The monitor's pid, written first thing after it detached.
 pub const PID_FILE: &str = "monitor.pid";
 pub const NS_DIR: &str = "ns";
+/// Where libcontainer keeps the pod's containers' state (runc's `--root`).
+pub const RUNC_DIR: &str = "runc";
 /// The agent's datagram socket in its state dir, to which a monitor sends the id of each
 /// container whose exit it has just recorded (the agent folds it at once instead of polling).
 pub const EXIT_NOTICE_SOCKET: &str = "exits.sock";

@@ -96,7 +96,10 @@ pub(super) fn setup(config: &MonitorConfig) -> Result<Monitor, String> {
         listener,
         signals,
         pod_init,
-        containers: Supervisor::new(config.pod_dir.join("runc"), config.exit_notice.clone()),
+        containers: Supervisor::new(
+            config.pod_dir.join(super::protocol::RUNC_DIR),
+            config.exit_notice.clone(),
+        ),
     })
 }
 

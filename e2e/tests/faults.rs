@@ -1,0 +1,140 @@
+//! The faults the reliability review found, each reproduced against a real berthd: what a dead
+//! helper, a hostile registry or an unlucky crash must not be able to do to a node.
+
+use std::time::{Duration, Instant};
+
+use berth_e2e::container_fixture::*;
+use k8s_cri::v1::*;
+
+/// Waits until process `pid` has exited (gone, or a zombie nobody reaps).
+async fn wait_gone(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        if matches!(state, None | Some("Z")) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{pid} did not exit");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Polls until the cgroup directories of `path` are gone in every hierarchy (systemd removes an
+/// emptied scope a moment after its last process went), at most 10 s; returns what is left.
+async fn cgroup_dirs_left(path: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let left: Vec<_> = berth_e2e::cgroup_dirs(&path.to_string_lossy())
+            .into_iter()
+            .filter(|d| d.exists())
+            .collect();
+        if left.is_empty() || Instant::now() >= deadline {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The monitor holds a pod's namespaces and its containers' stdio, but liveness must not depend
+/// on it: after a SIGKILL of a pod's monitor, StopContainer, StopPodSandbox and
+/// RemovePodSandbox still succeed (the agent kills through the container's cgroup what the
+/// monitor would have killed, whatever the PID namespace), the container reads exited by
+/// SIGKILL, and nothing is left: no process in any of the pod's cgroups, no cgroup, no mount.
+#[tokio::test]
+async fn a_pod_whose_monitor_was_killed_still_stops_and_goes() {
+    let _top = CgroupTop::new();
+    let cases = [
+        // RemovePodSandbox straight away, as kubelet does for a pod it has given up on.
+        ("deadmon-host", NamespaceMode::Node, "remove"),
+        // StopPodSandbox, then RemovePodSandbox.
+        ("deadmon-pod", NamespaceMode::Pod, "stop pod"),
+        // StopContainer, then the pod.
+        ("deadmon-own", NamespaceMode::Container, "stop container"),
+    ];
+    let _pods = PodCgroups(cases.iter().map(|(n, _, _)| n.to_string()).collect());
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    for (name, mode, path) in cases {
+        eprintln!("case {name}: {path}");
+        let mut pod_cfg = pod_config(&f, name);
+        pod_namespaces(&mut pod_cfg).pid = mode as i32;
+        let pod = run_pod(&mut c, pod_cfg.clone()).await;
+        let mut cfg = container_config(&f, "forks", &["sh", "-c", "sleep 1001 & exec sleep 1002"]);
+        container_namespaces(&mut cfg).pid = mode as i32;
+        let id = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
+        start(&mut c, &id).await;
+        let cgroup = berth_e2e::cgroup_dir("pids", &container_cgroup(name, &id).to_string_lossy());
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while cgroup_procs(&cgroup).len() < 2 {
+            assert!(Instant::now() < deadline, "{name}: both sleeps never ran");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let monitor = monitor_pid(&mut c, &pod).await;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(monitor),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        wait_gone(monitor).await;
+
+        if path == "stop container" {
+            c.stop_container(StopContainerRequest {
+                container_id: id.clone(),
+                timeout: 2,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{name}: StopContainer with a dead monitor: {e}"));
+        }
+        if path != "remove" {
+            c.stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: pod.clone(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{name}: StopPodSandbox with a dead monitor: {e}"));
+            let s = status(&mut c, &id).await;
+            assert_eq!(s.state, ContainerState::ContainerExited as i32, "{name}");
+            assert_eq!(s.exit_code, 137, "{name}: killed by the agent: {s:?}");
+            assert_eq!(s.reason, "Error", "{name}");
+            assert_eq!(
+                cgroup_procs(&cgroup),
+                Vec::<i32>::new(),
+                "{name}: processes left in the container's cgroup after StopPodSandbox"
+            );
+            let init = berth_e2e::cgroup_dir(
+                "pids",
+                &berth_e2e::monitor_cgroup_path(&pod_parent(name), &pod).to_string_lossy(),
+            );
+            assert_eq!(
+                cgroup_procs(&init),
+                Vec::<i32>::new(),
+                "{name}: processes left in the monitor's cgroup after StopPodSandbox"
+            );
+        }
+        c.remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{name}: RemovePodSandbox with a dead monitor: {e}"));
+        let listed = c
+            .list_containers(ListContainersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+        assert!(
+            listed.iter().all(|l| l.id != id),
+            "{name}: container still listed"
+        );
+        assert_clean(&f, name);
+        for dir in [
+            container_cgroup(name, &id),
+            berth_e2e::monitor_cgroup_path(&pod_parent(name), &pod),
+        ] {
+            let left = cgroup_dirs_left(&dir).await;
+            assert!(left.is_empty(), "{name}: cgroups left: {left:?}");
+        }
+    }
+}
