@@ -395,7 +395,12 @@ impl Supervisor {
         };
         // An OOM kill counts in memory.events before its victim exits: its event is queued.
         self.oom_events();
-        let Some((id, c)) = self.by_id.iter_mut().find(|(_, c)| c.pid == pid.as_raw()) else {
+        // An exited container stays here until deleted, and its pid may be a new init's now.
+        let Some((id, c)) = self
+            .by_id
+            .iter_mut()
+            .find(|(_, c)| c.pid == pid.as_raw() && !c.exited)
+        else {
             return;
         };
         c.exited = true;
@@ -567,4 +572,60 @@ fn drain(c: &mut Supervised) {
 /// its 0/1/2, which clears the flag there).
 fn cloexec_pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn supervised(dir: &Path, id: &str, pid: i32, exited: bool) -> Supervised {
+        Supervised {
+            pid,
+            stdout: None,
+            stderr: None,
+            log: LogWriter::open(&dir.join(format!("{id}.log"))).unwrap(),
+            exit_file: dir.join(format!("{id}.exit")),
+            cgroup: None,
+            exited,
+            oom_seen: false,
+            stdin: None,
+            tty: false,
+            attachers: Vec::new(),
+        }
+    }
+
+    /// An exited container stays supervised until it is deleted; its pid may meanwhile be
+    /// reused by a new container's init, whose exit must be recorded for the new container and
+    /// never over the old one's record.
+    #[test]
+    fn a_reused_pid_records_the_exit_of_the_live_container_only() {
+        struct Gone(PathBuf);
+        impl Drop for Gone {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("berth-reaped-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let _gone = Gone(dir.clone());
+        let mut s = Supervisor::new(dir.clone(), None);
+        // Several old ones, so that map order cannot hide the fault.
+        for i in 0..8 {
+            let old = format!("old{i}");
+            std::fs::write(dir.join(format!("{old}.exit")), "first exit").unwrap();
+            s.by_id
+                .insert(old.clone(), supervised(&dir, &old, 4242, true));
+        }
+        s.by_id
+            .insert("new".into(), supervised(&dir, "new", 4242, false));
+        s.reaped(WaitStatus::Exited(Pid::from_raw(4242), 7));
+        for i in 0..8 {
+            let old = std::fs::read_to_string(dir.join(format!("old{i}.exit"))).unwrap();
+            assert_eq!(old, "first exit", "old{i}'s exit was overwritten");
+        }
+        let new: ExitRecord =
+            serde_json::from_slice(&std::fs::read(dir.join("new.exit")).unwrap()).unwrap();
+        assert_eq!(new.exit_code, 7);
+        assert!(s.by_id["new"].exited);
+    }
 }
