@@ -19,6 +19,9 @@ pub enum Fault {
     ServerError,
     /// Send the head and a few bytes of body, then nothing for a long time.
     Stall,
+    /// Answer 500 with a body that never ends (64 KiB a millisecond, until the client goes:
+    /// fast enough to find an unbounded read, slow enough not to take the host's memory).
+    EndlessError,
 }
 
 struct State {
@@ -130,6 +133,18 @@ fn serve(mut client: TcpStream, upstream: &str, state: &State) -> std::io::Resul
             "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             body.len()
         )?;
+        return Ok(());
+    }
+    if fault == Fault::EndlessError {
+        write!(
+            client,
+            "HTTP/1.1 500 Internal Server Error\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n{{\"errors\":[{{\"code\":\"UNKNOWN\",\"message\":\""
+        )?;
+        let chunk = vec![b'x'; 64 * 1024];
+        while !state.stop.load(Ordering::Relaxed) {
+            client.write_all(&chunk)?;
+            std::thread::sleep(Duration::from_millis(1));
+        }
         return Ok(());
     }
     // Forward with the connection closed after one answer, so we can copy until EOF.

@@ -138,3 +138,70 @@ async fn a_pod_whose_monitor_was_killed_still_stops_and_goes() {
         }
     }
 }
+
+/// A registry that answers 500 with a body that never ends must cost the agent a bounded read
+/// and the pull, nothing more: three pulls through it at once (as many as the agent downloads
+/// at a time) fail naming the status, a pull from a good registry meanwhile succeeds, and the
+/// agent still answers.
+#[tokio::test]
+async fn endless_error_bodies_fail_their_pulls_and_hold_up_no_other() {
+    use berth_e2e::fault::{Fault, FaultProxy};
+    use berth_e2e::images::{ImageBuilder, Layer};
+    let registry = berth_e2e::registry::TestRegistry::start();
+    for i in 0..3 {
+        let name = format!("endless{i}");
+        ImageBuilder::new()
+            .layer(Layer::files(&[(name.as_str(), name.as_bytes(), 0o644)]))
+            .push(&registry, &format!("test/{name}"), "v1");
+    }
+    let good = ImageBuilder::new()
+        .layer(Layer::files(&[("good", b"good", 0o644)]))
+        .push(&registry, "test/good", "v1");
+    let proxy = FaultProxy::start(&registry.address());
+    proxy.set(Fault::EndlessError);
+    let agent = berth_e2e::TestAgent::start().await;
+    let pull = |image: String| {
+        let agent = &agent;
+        async move {
+            agent
+                .image()
+                .await
+                .pull_image(PullImageRequest {
+                    image: Some(ImageSpec {
+                        image,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                })
+                .await
+                .map(|r| r.into_inner().image_ref)
+        }
+    };
+    let hostile = tokio::time::timeout(
+        Duration::from_secs(30),
+        futures_util::future::join_all(
+            (0..3).map(|i| pull(format!("{}/test/endless{i}:v1", proxy.address()))),
+        ),
+    );
+    let other = async {
+        // Once the three hostile pulls are downloading.
+        while proxy.blob_requests() < 3 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::timeout(Duration::from_secs(20), pull(good.image_ref())).await
+    };
+    let (hostile, other) = tokio::join!(hostile, other);
+    let other = other.expect("a pull from a good registry waited for the hostile ones");
+    assert_eq!(other.unwrap(), good.config_digest);
+    let hostile = hostile.expect("the pulls answered with an endless body never ended");
+    for result in hostile {
+        let err = result.expect_err("a pull answered 500 succeeded");
+        assert!(err.message().contains("500"), "{err:?}");
+    }
+    agent
+        .runtime()
+        .await
+        .version(VersionRequest::default())
+        .await
+        .unwrap();
+}

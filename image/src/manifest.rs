@@ -9,6 +9,8 @@ pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// The largest image config berth reads (it is read whole); real ones are a few KiB.
+pub const MAX_CONFIG: u64 = 8 * 1024 * 1024;
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Descriptor {
@@ -97,7 +99,22 @@ pub fn parse_index(bytes: &[u8]) -> Result<Index, ManifestError> {
 }
 
 pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, ManifestError> {
-    parse("image manifest", bytes)
+    let manifest: Manifest = parse("image manifest", bytes)?;
+    let malformed = |message: String| ManifestError::Malformed {
+        what: "image manifest",
+        message,
+    };
+    // The download refuses a blob longer than its descriptor says: a size must be there.
+    if manifest.config.size == 0 || manifest.config.size > MAX_CONFIG {
+        return Err(malformed(format!(
+            "config {} has size {} (must be 1 to {MAX_CONFIG})",
+            manifest.config.digest, manifest.config.size
+        )));
+    }
+    if let Some(layer) = manifest.layers.iter().find(|l| l.size == 0) {
+        return Err(malformed(format!("layer {} has size 0", layer.digest)));
+    }
+    Ok(manifest)
 }
 
 /// The platform this agent runs containers for, in OCI terms.
@@ -278,6 +295,30 @@ mod tests {
             b"{}"
         )
         .is_err());
+    }
+
+    fn manifest_with(config_size: u64, layer_size: u64) -> String {
+        format!(
+            r#"{{"config":{{"digest":"{}","size":{config_size}}},"layers":[{{"digest":"{}","size":{layer_size}}}]}}"#,
+            d(1),
+            d(2)
+        )
+    }
+
+    /// A size of 0 would turn the download's length check off, and the config is read whole.
+    #[test]
+    fn manifests_with_a_blob_of_size_zero_or_a_huge_config_are_refused() {
+        parse_manifest(manifest_with(500, 1000).as_bytes()).unwrap();
+        for (config, layer, what) in [
+            (0, 1000, "config"),
+            (500, 0, "layer"),
+            (MAX_CONFIG + 1, 1000, "config"),
+        ] {
+            let err = parse_manifest(manifest_with(config, layer).as_bytes())
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(what), "{config}/{layer}: {err}");
+        }
     }
 
     #[test]

@@ -26,6 +26,12 @@ pub const MANIFEST_TYPES: &[&str] = &[
 ];
 /// A manifest larger than this is refused (the distribution spec suggests 4 MiB).
 const MAX_MANIFEST: usize = 4 * 1024 * 1024;
+/// How much of an error body is read for its message.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// How long an error body may take to read.
+const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest token server answer read (a JWT is a few KiB).
+const MAX_TOKEN_ANSWER: usize = 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -219,17 +225,13 @@ impl<'a> Session<'a> {
                 message: format!("manifest larger than {MAX_MANIFEST} bytes"),
             });
         }
-        let mut bytes = Vec::new();
-        let mut stream = response.bytes_stream();
-        while let Some(chunk) = self.next_chunk(url, &mut stream).await? {
-            bytes.extend_from_slice(&chunk);
-            if bytes.len() > MAX_MANIFEST {
-                return Err(RegistryError::Invalid {
-                    url: url.to_string(),
-                    message: format!("manifest larger than {MAX_MANIFEST} bytes"),
-                });
-            }
-        }
+        let bytes = self
+            .read_capped(url, response, MAX_MANIFEST)
+            .await?
+            .ok_or_else(|| RegistryError::Invalid {
+                url: url.to_string(),
+                message: format!("manifest larger than {MAX_MANIFEST} bytes"),
+            })?;
         let digest = Digest::of(&bytes);
         if let Some(expected) = expected {
             if &digest != expected {
@@ -304,6 +306,36 @@ impl<'a> Session<'a> {
             }
         }
         Ok(())
+    }
+
+    /// A whole body of at most `cap` bytes (`None` if it is longer: the rest is not read), each
+    /// chunk within the progress timeout.
+    async fn read_capped(
+        &self,
+        url: &str,
+        response: Response,
+        cap: usize,
+    ) -> Result<Option<Vec<u8>>, RegistryError> {
+        let mut bytes = Vec::new();
+        let mut stream = response.bytes_stream();
+        while let Some(chunk) = self.next_chunk(url, &mut stream).await? {
+            if bytes.len() + chunk.len() > cap {
+                return Ok(None);
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(Some(bytes))
+    }
+
+    /// `: CODE: message` from a registry's JSON error body, if it has one. The body is only
+    /// read up to [`MAX_ERROR_BODY`] and for [`ERROR_BODY_TIMEOUT`]: it explains a failure, it
+    /// must not prolong it (an endless one held a download slot and grew the agent by GiBs).
+    async fn error_detail(&self, url: &str, response: Response) -> String {
+        let read = self.read_capped(url, response, MAX_ERROR_BODY);
+        let Ok(Ok(Some(body))) = tokio::time::timeout(ERROR_BODY_TIMEOUT, read).await else {
+            return String::new();
+        };
+        error_detail(&body)
     }
 
     /// The next body chunk, failing when none arrives within the progress timeout.
@@ -385,7 +417,7 @@ impl<'a> Session<'a> {
                 continue;
             }
             if !status.is_success() {
-                let detail = error_detail(response).await;
+                let detail = self.error_detail(url, response).await;
                 if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
                     return Err(RegistryError::Auth {
                         url: url.to_string(),
@@ -490,13 +522,24 @@ impl<'a> Session<'a> {
         if !status.is_success() {
             return Err(format!(
                 "token server {realm}: {status}{}",
-                error_detail(response).await
+                self.error_detail(realm, response).await
             ));
         }
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| format!("token server {realm}: {}", error_chain(&e)))?;
+        let body = tokio::time::timeout(
+            self.progress_timeout,
+            self.read_capped(realm, response, MAX_TOKEN_ANSWER),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "token server {realm}: answer not read in {}s",
+                self.progress_timeout.as_secs()
+            )
+        })?
+        .map_err(|e| format!("token server {realm}: {e}"))?
+        .ok_or_else(|| {
+            format!("token server {realm}: answer larger than {MAX_TOKEN_ANSWER} bytes")
+        })?;
         let body: serde_json::Value = serde_json::from_slice(&body)
             .map_err(|e| format!("token server {realm}: answer is not JSON: {e}"))?;
         body.get("token")
@@ -509,11 +552,8 @@ impl<'a> Session<'a> {
 }
 
 /// `: CODE: message` from a registry's JSON error body, if it has one.
-async fn error_detail(response: Response) -> String {
-    let Ok(body) = response.bytes().await else {
-        return String::new();
-    };
-    let parsed: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+fn error_detail(body: &[u8]) -> String {
+    let parsed: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     let first = parsed
         .as_ref()
         .and_then(|v| v.get("errors"))
