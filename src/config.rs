@@ -160,6 +160,8 @@ bin_dirs = ["/opt/cni/bin", "/usr/lib/cni"]    # where CNI plugin executables ar
 config_path = "/etc/berth/certs.d"   # containerd-style <host>/hosts.toml mirrors and TLS settings
 max_concurrent_downloads = 3         # layers downloaded at once, across all pulls
 pull_progress_timeout_secs = 300     # a pull with no byte received for this long fails
+max_layer_bytes = 68719476736       # 64 GiB: file content one layer may unpack to, holes included (a gzip/zstd bomb stops here)
+min_free_bytes = 536870912          # 512 MiB: a pull fails cleanly when the snapshot filesystem has less free
 
 [runtime]
 cgroup_driver = "cgroupfs"       # as kubelet's cgroupDriver: "cgroupfs", or "systemd" (pods in slices, containers in scopes; needs systemd as init)

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, UNIX_EPOCH};
 
-use berth_image::unpack::{unpack_layer, Compression, UnpackError, UnpackStats};
+use berth_image::unpack::{unpack_layer, Compression, UnpackError, UnpackLimits, UnpackStats};
 use sha2::{Digest, Sha256};
 
 use crate::TempDir;
@@ -262,7 +262,12 @@ impl Scratch {
     ) -> Result<(UnpackStats, String), UnpackError> {
         let tar = tar_of(entries);
         let name = format!("{}.tar", dest.file_name().unwrap().to_string_lossy());
-        unpack_layer(&self.blob(&name, &tar), Compression::None, dest)
+        unpack_layer(
+            &self.blob(&name, &tar),
+            Compression::None,
+            dest,
+            UnpackLimits::default(),
+        )
     }
 
     pub fn unpack(&self, entries: &[Ent]) -> Result<(UnpackStats, String), UnpackError> {

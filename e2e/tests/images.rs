@@ -722,3 +722,24 @@ async fn sigterm_lets_an_in_flight_pull_answer_before_exit() {
     assert_eq!(answer.code(), tonic::Code::DeadlineExceeded, "{answer:?}");
     assert!(exit.success(), "exit {exit}: {}", agent.log());
 }
+
+/// What a layer may take from the disk is configured in `[registry]`, and a pull that would
+/// pass it fails with the key named, storing nothing half-way: a disk under `min_free_bytes`,
+/// a layer over `max_layer_bytes`.
+#[tokio::test]
+async fn a_pull_past_the_disk_limits_fails_cleanly_naming_the_limit() {
+    let registry = TestRegistry::start();
+    let image = ImageBuilder::busybox().push(&registry, "test/limits", "v1");
+    for (config, key) in [
+        ("min_free_bytes = 18446744073709551615", "min_free_bytes"),
+        ("max_layer_bytes = 4096", "max_layer_bytes"),
+    ] {
+        let agent = TestAgent::start_with(&format!("[registry]\n{config}\n")).await;
+        let err = pull(&agent, &image.image_ref()).await.unwrap_err();
+        assert!(err.message().contains(key), "{key}: {err:?}");
+        let root = &agent.paths.root;
+        assert!(entries(&root.join("images")).is_empty(), "{key}: an image record");
+        let snapshots = entries(&agent.paths.root.join("snapshots"));
+        assert!(snapshots.is_empty(), "{key}: snapshots left: {snapshots:?}");
+    }
+}

@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use berth_e2e::unpack_fixture::*;
-use berth_image::unpack::{unpack_layer, Compression, UnpackError, UnpackStats};
+use berth_image::unpack::{unpack_layer, Compression, UnpackError, UnpackLimits, UnpackStats};
 
 // ---------- overlay form and metadata ----------
 
@@ -186,7 +186,13 @@ fn unpack_gives_same_tree_and_diff_id_for_gzip_zstd_and_plain() {
     for (name, compression, bytes) in &cases {
         assert_eq!(Compression::sniff(&bytes[..4]), *compression, "{name}");
         let dest = s.extra_dest(name);
-        let (stats, diff) = unpack_layer(&s.blob(name, bytes), *compression, &dest).unwrap();
+        let (stats, diff) = unpack_layer(
+            &s.blob(name, bytes),
+            *compression,
+            &dest,
+            UnpackLimits::default(),
+        )
+        .unwrap();
         assert_eq!(diff, want, "{name}");
         assert_eq!(
             stats,
@@ -266,13 +272,20 @@ fn unpack_reports_corrupt_blobs_without_panicking() {
     ];
     for (name, compression, bytes) in &cases {
         let dest = s.extra_dest(name);
-        let err = unpack_layer(&s.blob(name, bytes), *compression, &dest).expect_err(name);
+        let err = unpack_layer(
+            &s.blob(name, bytes),
+            *compression,
+            &dest,
+            UnpackLimits::default(),
+        )
+        .expect_err(name);
         assert!(err.to_string().contains("layer"), "{name}: {err}");
     }
     let missing = unpack_layer(
         &s.root().join("blobs/missing"),
         Compression::None,
         &s.dest(),
+        UnpackLimits::default(),
     )
     .unwrap_err();
     assert!(matches!(missing, UnpackError::OpenBlob { .. }), "{missing}");

@@ -6,10 +6,12 @@
 //! and any probe a broken unpacker left on the host, is removed on drop even when a test fails.
 
 use std::fs;
+use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use berth_e2e::unpack_fixture::*;
+use berth_image::unpack::{unpack_layer, Compression, UnpackError, UnpackLimits};
 
 // ---------- containment ----------
 
@@ -203,4 +205,135 @@ fn unpack_contains_whiteouts_and_opaque_markers() {
         assert!(dest.join("sub").is_dir());
     }
     s.assert_contained(&["dot", "dotdot"]);
+}
+
+// ---------- what a layer may take from the disk ----------
+
+/// A tar holding one GNU sparse file `name` of `size` bytes whose only data is `data` at
+/// `offset`; the rest is holes.
+fn sparse_tar(name: &str, size: u64, offset: u64, data: &[u8]) -> Vec<u8> {
+    let mut h = tar::Header::new_gnu();
+    h.set_path(name).unwrap();
+    h.set_entry_type(tar::EntryType::GNUSparse);
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(data.len() as u64);
+    let gnu = h.as_gnu_mut().unwrap();
+    gnu.set_real_size(size);
+    gnu.sparse[0].set_offset(offset);
+    gnu.sparse[0].set_length(data.len() as u64);
+    gnu.sparse[1].set_offset(size);
+    gnu.sparse[1].set_length(0);
+    h.set_cksum();
+    let mut b = tar::Builder::new(Vec::new());
+    b.append(&h, data).unwrap();
+    b.into_inner().unwrap()
+}
+
+fn read_at(path: &Path, offset: u64, len: usize) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; len];
+    fs::File::open(path)
+        .unwrap()
+        .read_exact_at(&mut buf, offset)
+        .unwrap();
+    buf
+}
+
+/// A GNU sparse file's holes stay holes: 1 GiB with 4 KiB of data reads back the same and takes
+/// a few KiB of disk, not a GiB of written zeros.
+#[test]
+fn sparse_files_keep_their_holes() {
+    let s = Scratch::new();
+    let (size, offset) = (1u64 << 30, 512u64 << 20);
+    let data = vec![7u8; 4096];
+    let blob = s.blob("sparse.tar", &sparse_tar("big", size, offset, &data));
+    unpack_layer(&blob, Compression::None, &s.dest(), UnpackLimits::default()).unwrap();
+    let path = s.dest().join("big");
+    let meta = fs::metadata(&path).unwrap();
+    assert_eq!(meta.len(), size);
+    assert!(
+        meta.blocks() * 512 < 1 << 20,
+        "{} bytes on disk for 4 KiB of data",
+        meta.blocks() * 512
+    );
+    assert_eq!(read_at(&path, offset, 4096), data);
+    assert_eq!(read_at(&path, 0, 4096), vec![0u8; 4096]);
+    assert_eq!(read_at(&path, size - 4096, 4096), vec![0u8; 4096]);
+}
+
+/// A few hundred bytes of tar that list a 100 GiB sparse file are refused before anything is
+/// read, under the default per-layer cap.
+#[test]
+fn a_file_larger_than_the_layer_cap_is_refused_before_it_is_read() {
+    let s = Scratch::new();
+    let blob = s.blob(
+        "huge.tar",
+        &sparse_tar("huge", 100 << 30, 512, &vec![1u8; 512]),
+    );
+    let limits = UnpackLimits::default();
+    assert!(limits.max_bytes < 100 << 30);
+    let err = unpack_layer(&blob, Compression::None, &s.dest(), limits).unwrap_err();
+    assert!(
+        matches!(err, UnpackError::Rejected { .. }) && err.to_string().contains("max_layer_bytes"),
+        "{err}"
+    );
+    assert!(fs::metadata(s.dest().join("huge")).map_or(true, |m| m.blocks() == 0));
+}
+
+/// A zstd bomb: 40 KiB that unpack to 512 files of 1 MiB each. The layer's bytes are counted
+/// across its files, and the unpack stops at the cap with nothing past it written.
+#[test]
+fn a_zstd_bomb_stops_at_the_layer_cap() {
+    let s = Scratch::new();
+    let mut encoder = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+    {
+        let mut b = tar::Builder::new(&mut encoder);
+        for i in 0..512 {
+            let mut h = tar::Header::new_gnu();
+            h.set_path(format!("f{i}")).unwrap();
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            h.set_size(1 << 20);
+            h.set_cksum();
+            b.append(&h, std::io::repeat(b'x').take(1 << 20)).unwrap();
+        }
+        b.finish().unwrap();
+    }
+    let bomb = encoder.finish().unwrap();
+    assert!(bomb.len() < 256 << 10, "{} bytes", bomb.len());
+    let blob = s.blob("bomb.tar.zst", &bomb);
+    let limits = UnpackLimits {
+        max_bytes: 64 << 20,
+        ..UnpackLimits::default()
+    };
+    let err = unpack_layer(&blob, Compression::Zstd, &s.dest(), limits).unwrap_err();
+    assert!(err.to_string().contains("max_layer_bytes"), "{err}");
+    let written: u64 = fs::read_dir(s.dest())
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(written <= 64 << 20, "{written} bytes written past the cap");
+}
+
+/// Unpacking stops, with an error that says why, when the snapshot filesystem's free space
+/// falls below the configured floor.
+#[test]
+fn a_layer_is_refused_when_the_disk_is_nearly_full() {
+    let s = Scratch::new();
+    let blob = s.blob("some.tar", &tar_of(&[file("a", b"some data")]));
+    let free = nix::sys::statvfs::statvfs(&s.dest()).unwrap();
+    let free = free.blocks_available() as u64 * free.fragment_size() as u64;
+    let limits = UnpackLimits {
+        min_free_bytes: free + (1 << 30),
+        ..UnpackLimits::default()
+    };
+    let err = unpack_layer(&blob, Compression::None, &s.dest(), limits).unwrap_err();
+    assert!(err.to_string().contains("min_free_bytes"), "{err}");
+    assert!(!s.dest().join("a").exists());
 }

@@ -38,6 +38,10 @@ pub struct RegistryConfig {
     pub max_concurrent_downloads: usize,
     /// A pull fails when no byte arrives for this long (unpacking counts as progress).
     pub pull_progress_timeout_secs: u64,
+    /// File content one layer may unpack to, holes included (`unpack::UnpackLimits`).
+    pub max_layer_bytes: u64,
+    /// A pull fails when the snapshot filesystem has fewer free bytes than this.
+    pub min_free_bytes: u64,
 }
 
 impl Default for RegistryConfig {
@@ -46,6 +50,8 @@ impl Default for RegistryConfig {
             config_path: PathBuf::from("/etc/berth/certs.d"),
             max_concurrent_downloads: 3,
             pull_progress_timeout_secs: 300,
+            max_layer_bytes: unpack::DEFAULT_MAX_LAYER_BYTES,
+            min_free_bytes: unpack::DEFAULT_MIN_FREE_BYTES,
         }
     }
 }

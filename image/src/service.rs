@@ -17,7 +17,7 @@ use crate::reference::Reference;
 use crate::registry::{Clients, RegistryError, Session};
 use crate::snapshots::{disk_usage, Snapshotter, Usage};
 use crate::store::{ImageRecord, ImageStore};
-use crate::unpack::{unpack_layer, Compression};
+use crate::unpack::{unpack_layer, Compression, UnpackLimits};
 use crate::RegistryConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -518,8 +518,13 @@ impl Images {
             .prepare()
             .map_err(|e| layer_error(format!("prepare snapshot: {e}")))?;
         let dest = prepared.fs();
+        let limits = UnpackLimits {
+            max_bytes: self.config.max_layer_bytes,
+            min_free_bytes: self.config.min_free_bytes,
+        };
         let (actual, usage) = tokio::task::spawn_blocking(move || {
-            let (_, diff) = unpack_layer(&blob, compression, &dest).map_err(|e| e.to_string())?;
+            let (_, diff) =
+                unpack_layer(&blob, compression, &dest, limits).map_err(|e| e.to_string())?;
             Ok::<_, String>((diff, disk_usage(&dest)))
         })
         .await

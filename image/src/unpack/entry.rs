@@ -3,9 +3,10 @@
 use std::collections::{HashMap, VecDeque};
 use std::ffi::CString;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 
 use nix::errno::Errno;
 use nix::fcntl::{AtFlags, OFlag, OpenHow, ResolveFlag};
@@ -18,7 +19,7 @@ use super::fsops::{
     set_fd_meta, set_xattr, Target,
 };
 use super::names::{classify_name, clean_components, join, Name};
-use super::{UnpackError, UnpackStats};
+use super::{UnpackError, UnpackLimits, UnpackStats};
 
 /// Owner, mode, times and xattrs of one entry, from its header and PAX records.
 pub(super) struct Meta {
@@ -34,7 +35,15 @@ pub(super) struct Unpacker {
     pub(super) stats: UnpackStats,
     /// Directory times, applied after all entries: creating entries inside changes them.
     pub(super) dir_times: HashMap<Vec<u8>, (TimeSpec, String)>,
+    pub(super) limits: UnpackLimits,
+    /// File content so far, holes included, against `limits.max_bytes`.
+    pub(super) logical_bytes: u64,
+    /// Bytes written since the free space was last looked at.
+    pub(super) unchecked_bytes: u64,
 }
+
+/// How many bytes may be written between two looks at the free space.
+const FREE_SPACE_CHECK_BYTES: u64 = 64 << 20;
 
 impl Unpacker {
     pub(super) fn apply<R: Read>(
@@ -180,7 +189,7 @@ impl Unpacker {
                 .map(owned)
                 .map_err(|e| fail("create file")(e.into()))?;
                 let mut file = File::from(fd);
-                self.stats.bytes += copy_data(entry, &mut file, name)?;
+                self.stats.bytes += self.copy_data(entry, &mut file, name)?;
                 set_fd_meta(file.as_fd(), &meta, name)?;
                 nix::sys::stat::futimens(file.as_raw_fd(), &meta.mtime, &meta.mtime)
                     .map_err(|e| fail("set times")(e.into()))?;
@@ -410,30 +419,90 @@ fn read_meta<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<Meta> {
 }
 
 /// Copies the entry's data into `file`, streaming. Returns the bytes written.
-fn copy_data<R: Read>(
-    entry: &mut tar::Entry<'_, R>,
-    file: &mut File,
-    name: &str,
-) -> Result<u64, UnpackError> {
-    let fail = |step: &str, source| UnpackError::Entry {
-        entry: name.to_string(),
-        step: step.to_string(),
-        source,
-    };
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut total = 0u64;
-    loop {
-        let n = match entry.read(&mut buf) {
-            Ok(0) => return Ok(total),
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(fail("read file data", e)),
+impl Unpacker {
+    /// Copies a regular file's content, leaving runs of zeros (a sparse entry's holes among
+    /// them) as holes, within the layer's byte cap and the disk's free-space floor.
+    fn copy_data<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        file: &mut File,
+        name: &str,
+    ) -> Result<u64, UnpackError> {
+        let fail = |step: &str, source| UnpackError::Entry {
+            entry: name.to_string(),
+            step: step.to_string(),
+            source,
         };
-        file.write_all(&buf[..n])
-            .map_err(|e| fail("write file data", e))?;
-        total += n as u64;
+        // The entry's size (a sparse file's real size) is known before a byte is read.
+        let size = entry.size();
+        let cap = self.limits.max_bytes;
+        if size > cap.saturating_sub(self.logical_bytes) {
+            return Err(UnpackError::Rejected {
+                entry: name.to_string(),
+                reason: format!(
+                    "{size} bytes would take the layer past its {cap} bytes (max_layer_bytes)"
+                ),
+            });
+        }
+        self.logical_bytes += size;
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0u64;
+        let mut hole = false;
+        loop {
+            let n = match entry.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(fail("read file data", e)),
+            };
+            total += n as u64;
+            if total > size {
+                return Err(UnpackError::Rejected {
+                    entry: name.to_string(),
+                    reason: format!("more content than its {size} bytes"),
+                });
+            }
+            if buf[..n].iter().all(|&b| b == 0) {
+                file.seek(io::SeekFrom::Current(n as i64))
+                    .map_err(|e| fail("skip a hole", e))?;
+                hole = true;
+                continue;
+            }
+            file.write_all(&buf[..n])
+                .map_err(|e| fail("write file data", e))?;
+            self.unchecked_bytes += n as u64;
+            if self.unchecked_bytes >= FREE_SPACE_CHECK_BYTES {
+                self.check_free_space(name)?;
+            }
+        }
+        if hole {
+            // A trailing hole is only there once the length says so.
+            file.set_len(total).map_err(|e| fail("set length", e))?;
+        }
+        Ok(total)
+    }
+
+    /// Fails once the filesystem being unpacked into has less than `min_free_bytes` left.
+    pub(super) fn check_free_space(&mut self, name: &str) -> Result<(), UnpackError> {
+        self.unchecked_bytes = 0;
+        let fs = nix::sys::statvfs::fstatvfs(&self.root).map_err(|e| UnpackError::FreeSpace {
+            path: PathBuf::from(name),
+            source: e.into(),
+        })?;
+        let free = fs.blocks_available() as u64 * fs.fragment_size() as u64;
+        let floor = self.limits.min_free_bytes;
+        if free < floor {
+            return Err(UnpackError::Rejected {
+                entry: name.to_string(),
+                reason: format!(
+                    "the snapshot filesystem has {free} bytes free, under its floor of {floor} (min_free_bytes)"
+                ),
+            });
+        }
+        Ok(())
     }
 }
+
 /// A PAX time (`"1700000000"`, `"1700000000.5"`, `"-1.25"`) as seconds and nanoseconds, the
 /// nanoseconds in 0..1e9 as timespec wants them. Digits past nanoseconds are dropped.
 fn parse_pax_time(value: &[u8]) -> Option<(i64, i64)> {

@@ -81,6 +81,31 @@ pub struct UnpackStats {
     pub bytes: u64,
 }
 
+/// What one layer may take from the disk. Holes (GNU sparse entries, runs of zeros) are never
+/// written, so what a layer writes is at most its uncompressed stream; these bound the stream a
+/// small compressed blob can expand to (a gzip or zstd bomb) and the disk it may leave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnpackLimits {
+    /// Bytes of file content (as the files read back, holes included) one layer may hold.
+    pub max_bytes: u64,
+    /// Free bytes the snapshot filesystem must keep: the unpack fails when fewer are left.
+    pub min_free_bytes: u64,
+}
+
+/// `[registry] max_layer_bytes`: 64 GiB, above the largest single layers of real images.
+pub const DEFAULT_MAX_LAYER_BYTES: u64 = 64 << 30;
+/// `[registry] min_free_bytes`: 512 MiB.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 512 << 20;
+
+impl Default for UnpackLimits {
+    fn default() -> Self {
+        UnpackLimits {
+            max_bytes: DEFAULT_MAX_LAYER_BYTES,
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum UnpackError {
     #[error("layer blob {}: cannot open: {source}", path.display())]
@@ -102,6 +127,8 @@ pub enum UnpackError {
     },
     #[error("layer entry {entry:?}: {reason}")]
     Rejected { entry: String, reason: String },
+    #[error("unpack destination {}: cannot read its free space: {source}", path.display())]
+    FreeSpace { path: PathBuf, source: io::Error },
 }
 
 /// Unpacks one layer blob (a compressed file on disk) into `dest` (an existing, empty directory)
@@ -112,6 +139,7 @@ pub fn unpack_layer(
     blob: &Path,
     compression: Compression,
     dest: &Path,
+    limits: UnpackLimits,
 ) -> Result<(UnpackStats, String), UnpackError> {
     let open_blob = |source| UnpackError::OpenBlob {
         path: blob.to_path_buf(),
@@ -157,7 +185,11 @@ pub fn unpack_layer(
         root,
         stats: UnpackStats::default(),
         dir_times: HashMap::new(),
+        limits,
+        logical_bytes: 0,
+        unchecked_bytes: 0,
     };
+    unpacker.check_free_space("")?;
     let mut last: Option<String> = None;
     for entry in archive.entries().map_err(|e| stream_err(&last, e))? {
         let mut entry = entry.map_err(|e| stream_err(&last, e))?;
