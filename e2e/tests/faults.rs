@@ -205,3 +205,71 @@ async fn endless_error_bodies_fail_their_pulls_and_hold_up_no_other() {
         .await
         .unwrap();
 }
+
+/// Containers that write as fast as they can must not starve the pod's monitor: with three
+/// containers flooding their logs, a quiet container beside them still answers ExecSync and
+/// StopContainer, a flooding one stops, and the pod stops and goes.
+#[tokio::test]
+async fn log_floods_starve_neither_the_monitor_nor_their_neighbours() {
+    let _top = CgroupTop::new();
+    let _pods = PodCgroups(vec!["flood".into()]);
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "flood");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let mut flooders = Vec::new();
+    for i in 0..3 {
+        let mut cfg =
+            container_config(&f, &format!("yes{i}"), &["yes", "a line the flood repeats"]);
+        cfg.log_path = format!("yes{i}.log");
+        let id = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
+        start(&mut c, &id).await;
+        flooders.push(id);
+    }
+    let quiet_cfg = container_config(&f, "quiet", &["sleep", "1000"]);
+    let quiet = create(&mut c, &pod, quiet_cfg, pod_cfg.clone()).await;
+    start(&mut c, &quiet).await;
+    // The floods are under way: each log has grown past 1 MiB.
+    for i in 0..3 {
+        let log = f.logs.path().join("flood").join(format!("yes{i}.log"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::fs::metadata(&log).map_or(0, |m| m.len()) < 1 << 20 {
+            assert!(Instant::now() < deadline, "yes{i} never flooded its log");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    fn within<T>(what: &str, r: Result<T, tokio::time::error::Elapsed>) -> T {
+        r.unwrap_or_else(|_| panic!("{what} did not return within 60 s during the flood"))
+    }
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        exec_sync(&mut c, &quiet, &["echo", "still here"]),
+    )
+    .await;
+    assert_eq!(within("ExecSync", out).stdout, b"still here\n");
+    for id in [&quiet, &flooders[0]] {
+        let stopped = tokio::time::timeout(
+            Duration::from_secs(60),
+            c.stop_container(StopContainerRequest {
+                container_id: id.clone(),
+                timeout: 1,
+            }),
+        )
+        .await;
+        within("StopContainer", stopped).unwrap();
+        assert_eq!(
+            status(&mut c, id).await.state,
+            ContainerState::ContainerExited as i32
+        );
+    }
+    let stopped = tokio::time::timeout(
+        Duration::from_secs(60),
+        c.stop_pod_sandbox(StopPodSandboxRequest {
+            pod_sandbox_id: pod.clone(),
+        }),
+    )
+    .await;
+    within("StopPodSandbox", stopped).unwrap();
+    remove_pod(&mut c, &pod).await;
+    assert_clean(&f, "flood");
+}

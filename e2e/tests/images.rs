@@ -738,7 +738,10 @@ async fn a_pull_past_the_disk_limits_fails_cleanly_naming_the_limit() {
         let err = pull(&agent, &image.image_ref()).await.unwrap_err();
         assert!(err.message().contains(key), "{key}: {err:?}");
         let root = &agent.paths.root;
-        assert!(entries(&root.join("images")).is_empty(), "{key}: an image record");
+        assert!(
+            entries(&root.join("images")).is_empty(),
+            "{key}: an image record"
+        );
         let snapshots = entries(&agent.paths.root.join("snapshots"));
         assert!(snapshots.is_empty(), "{key}: snapshots left: {snapshots:?}");
     }

@@ -33,6 +33,11 @@ struct Supervised {
     attachers: Vec<Attacher>,
 }
 
+/// What one wake-up of the poll loop reads from one stream at most: a container that writes
+/// faster than its log is written must not keep the loop from the control socket, the signals
+/// and the other containers (a pipe holds 64 KiB by default).
+const READ_BUDGET: usize = 128 * 1024;
+
 /// How long the processes a container's init left behind may take to go after SIGKILL.
 const KILL_ALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -448,10 +453,11 @@ impl Supervisor {
         out
     }
 
-    /// Reads what a pipe has into the container's log; at EOF the stream is closed.
+    /// Reads at most [`READ_BUDGET`] bytes of what a pipe has into the container's log (the
+    /// poll loop comes back for the rest); at EOF the stream is closed.
     pub(super) fn read(&mut self, id: &str, stream: Stream) {
         if let Some(c) = self.by_id.get_mut(id) {
-            read_stream(c, stream);
+            read_stream(c, stream, READ_BUDGET);
         }
     }
 
@@ -522,9 +528,11 @@ fn receive_terminal(listener: &std::os::unix::net::UnixListener) -> Result<Owned
     crate::terminal::receive_fd(stream.as_fd()).map_err(|e| format!("receive the terminal: {e}"))
 }
 
-fn read_stream(c: &mut Supervised, stream: Stream) {
+/// Reads a stream into the log until it would block or `budget` bytes are read.
+fn read_stream(c: &mut Supervised, stream: Stream, budget: usize) {
     let mut buf = [0u8; 32 * 1024];
-    loop {
+    let mut read = 0;
+    while read < budget {
         let file = match stream {
             Stream::Stdout => c.stdout.as_mut(),
             Stream::Stderr => c.stderr.as_mut(),
@@ -533,6 +541,7 @@ fn read_stream(c: &mut Supervised, stream: Stream) {
         match file.read(&mut buf) {
             Ok(0) => return end_stream(c, stream),
             Ok(n) => {
+                read += n;
                 if let Err(e) = c.log.write(stream, &buf[..n], SystemTime::now()) {
                     eprintln!("monitor: write log: {e}");
                 }
@@ -562,9 +571,10 @@ fn end_stream(c: &mut Supervised, stream: Stream) {
     }
 }
 
+/// Everything left in the pipes, once the container's processes are gone.
 fn drain(c: &mut Supervised) {
-    read_stream(c, Stream::Stdout);
-    read_stream(c, Stream::Stderr);
+    read_stream(c, Stream::Stdout, usize::MAX);
+    read_stream(c, Stream::Stderr, usize::MAX);
 }
 
 /// A pipe whose ends are not inherited by anything the monitor starts later: one container's
@@ -627,5 +637,61 @@ mod tests {
             serde_json::from_slice(&std::fs::read(dir.join("new.exit")).unwrap()).unwrap();
         assert_eq!(new.exit_code, 7);
         assert!(s.by_id["new"].exited);
+    }
+
+    /// A container writing without pause must not hold the poll loop: one wake-up reads a
+    /// bounded amount from a stream and leaves the rest for the next turn, after the control
+    /// socket, the signals and the other containers have had theirs.
+    #[test]
+    fn one_wake_up_reads_a_bounded_amount_from_a_flooding_stream() {
+        use std::io::Write;
+        struct Gone(PathBuf);
+        impl Drop for Gone {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("berth-flood-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let _gone = Gone(dir.clone());
+        let (r, w) = cloexec_pipe().unwrap();
+        nix::fcntl::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&w),
+            nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20),
+        )
+        .unwrap();
+        nix::fcntl::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&w),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .unwrap();
+        let mut writer = std::fs::File::from(w);
+        let line = b"a line the flood repeats\n";
+        let mut queued = 0;
+        while writer.write(line).is_ok_and(|n| n == line.len()) {
+            queued += line.len();
+        }
+        assert!(
+            queued > 2 * READ_BUDGET,
+            "only {queued} bytes fit in the pipe"
+        );
+        let mut reader = std::fs::File::from(r.try_clone().unwrap());
+        let mut s = Supervisor::new(dir.clone(), None);
+        nix::fcntl::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(&r),
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        )
+        .unwrap();
+        let mut c = supervised(&dir, "c", 1, false);
+        c.stdout = Some(std::fs::File::from(r));
+        s.by_id.insert("c".into(), c);
+        s.read("c", Stream::Stdout);
+        let mut left = vec![0u8; 2 << 20];
+        let n = reader.read(&mut left).unwrap_or(0);
+        assert!(
+            n >= queued - READ_BUDGET,
+            "one wake-up read {} of {queued} bytes",
+            queued - n
+        );
     }
 }
