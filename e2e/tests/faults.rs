@@ -273,3 +273,94 @@ async fn log_floods_starve_neither_the_monitor_nor_their_neighbours() {
     remove_pod(&mut c, &pod).await;
     assert_clean(&f, "flood");
 }
+
+/// ExecSync as kubelet calls it (a client that takes replies of at most 16 MiB): a timeout
+/// far past any deadline the agent can arm is no timeout, not a panic, and a command that fills
+/// both streams gets its output cut to what one reply can carry instead of a reply that fails.
+#[tokio::test]
+async fn exec_sync_answers_for_any_timeout_and_any_output() {
+    let _top = CgroupTop::new();
+    let _pods = PodCgroups(vec!["execlimits".into()]);
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "execlimits");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let cfg = container_config(&f, "sleeper", &["sleep", "1000"]);
+    let id = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
+    start(&mut c, &id).await;
+    let mut kubelet = c.clone().max_decoding_message_size(16 << 20);
+    let exec = |cmd: &[&str], timeout: i64| ExecSyncRequest {
+        container_id: id.clone(),
+        cmd: cmd.iter().map(|s| s.to_string()).collect(),
+        timeout,
+    };
+    for timeout in [i64::MAX, i64::MAX / 1_000_000_000, 1 << 40] {
+        let out = kubelet
+            .exec_sync(exec(&["echo", "hi"], timeout))
+            .await
+            .unwrap_or_else(|e| panic!("timeout {timeout}: {e}"))
+            .into_inner();
+        assert_eq!(out.stdout, b"hi\n", "timeout {timeout}");
+    }
+    // StopContainer's timeout is an int64 of seconds too.
+    let cfg = container_config(
+        &f,
+        "termed",
+        &[
+            "sh",
+            "-c",
+            "trap 'exit 0' TERM; touch /trapped; while :; do sleep 0.1; done",
+        ],
+    );
+    let termed = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
+    start(&mut c, &termed).await;
+    // Only once the trap is set: PID 1 of its namespace, sh would ignore SIGTERM before.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while exec_sync(&mut c, &termed, &["test", "-e", "/trapped"])
+        .await
+        .exit_code
+        != 0
+    {
+        assert!(Instant::now() < deadline, "the trap was never set");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.stop_container(StopContainerRequest {
+        container_id: termed.clone(),
+        timeout: i64::MAX,
+    })
+    .await
+    .expect("StopContainer with the largest timeout");
+    assert_eq!(status(&mut c, &termed).await.exit_code, 0);
+    let out = kubelet
+        .exec_sync(exec(
+            &[
+                "sh",
+                "-c",
+                "head -c 20000000 /dev/zero; head -c 17000000 /dev/zero >&2; exit 4",
+            ],
+            60,
+        ))
+        .await
+        .expect("a full ExecSync reply")
+        .into_inner();
+    assert_eq!(out.exit_code, 4);
+    assert!(
+        out.stdout.len() + out.stderr.len() < 16 << 20,
+        "{} + {} bytes",
+        out.stdout.len(),
+        out.stderr.len()
+    );
+    assert!(
+        out.stdout.len() > 8 << 20,
+        "{} bytes of stdout",
+        out.stdout.len()
+    );
+    f.agent
+        .runtime()
+        .await
+        .version(VersionRequest::default())
+        .await
+        .expect("the agent is still there");
+    remove_pod(&mut c, &pod).await;
+    assert_clean(&f, "execlimits");
+}

@@ -1,5 +1,6 @@
 //! ExecSync: a command in a running container's namespaces and cgroup, through `berthd init
-//! exec`; output captured (16 MiB per stream), killed on timeout.
+//! exec`; output captured (16 MiB less the reply's framing, both streams together), killed on
+//! timeout.
 
 use std::time::Duration;
 

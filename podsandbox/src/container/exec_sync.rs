@@ -14,8 +14,10 @@ use tokio::time::Instant;
 
 use super::exec::{self, ExecutorStdio, TERM_GRACE};
 
-/// Each of stdout and stderr keeps at most this much; the rest is read and discarded.
-pub const OUTPUT_CAP: usize = 16 * 1024 * 1024;
+/// stdout and stderr together keep at most this much; the rest is read and discarded. kubelet
+/// takes replies of at most 16 MiB, and a reply it cannot take fails the probe instead of
+/// showing its output: the cap leaves room for the reply's framing.
+pub const OUTPUT_CAP: usize = 16 * 1024 * 1024 - 4096;
 /// How long output is still read after the executor has exited.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
@@ -38,7 +40,7 @@ pub enum ExecError {
 }
 
 /// Runs `cmd` in container `id` (libcontainer state under `state_root`) with `berthd init exec`,
-/// capturing stdout/stderr each capped at 16 MiB (excess is discarded but still drained), killing
+/// capturing stdout and stderr within [`OUTPUT_CAP`] together (excess is discarded but still drained), killing
 /// the whole process tree on timeout (timeout 0 = none). No zombie or stray process may remain.
 pub async fn exec_sync(
     berthd: &Path,
@@ -69,10 +71,14 @@ pub async fn exec_sync(
     let (mut out_buf, mut err_buf) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
     // Stands for "never" where a deadline is not armed.
     let never = Instant::now() + Duration::from_secs(10 * 365 * 24 * 3600);
+    // A timeout past any instant the clock can name is none (CRI's is an int64 of seconds).
     let mut deadline = if timeout.is_zero() {
         never
     } else {
-        Instant::now() + timeout
+        Instant::now()
+            .checked_add(timeout)
+            .unwrap_or(never)
+            .min(never)
     };
     let mut status: Option<io::Result<ExitStatus>> = None;
     let mut drain_deadline = never;
@@ -83,11 +89,11 @@ pub async fn exec_sync(
         }
         tokio::select! {
             n = read_some(&mut stdout, &mut out_buf) => match n {
-                Ok(n) if n > 0 => keep(&mut out, &out_buf[..n]),
+                Ok(n) if n > 0 => keep(&mut out, err.len(), &out_buf[..n]),
                 _ => stdout = None,
             },
             n = read_some(&mut stderr, &mut err_buf) => match n {
-                Ok(n) if n > 0 => keep(&mut err, &err_buf[..n]),
+                Ok(n) if n > 0 => keep(&mut err, out.len(), &err_buf[..n]),
                 _ => stderr = None,
             },
             s = running.wait(), if status.is_none() => {
@@ -138,9 +144,10 @@ pub(super) async fn read_some<R: AsyncRead + Unpin>(
     }
 }
 
-/// Appends what still fits under [`OUTPUT_CAP`].
-fn keep(into: &mut Vec<u8>, bytes: &[u8]) {
-    let room = OUTPUT_CAP.saturating_sub(into.len());
+/// Appends what still fits under [`OUTPUT_CAP`], which `other` (the other stream's output so
+/// far) shares.
+fn keep(into: &mut Vec<u8>, other: usize, bytes: &[u8]) {
+    let room = OUTPUT_CAP.saturating_sub(into.len() + other);
     into.extend_from_slice(&bytes[..bytes.len().min(room)]);
 }
 
@@ -151,10 +158,19 @@ mod tests {
     #[test]
     fn output_is_capped_but_the_rest_accepted() {
         let mut v = vec![0u8; OUTPUT_CAP - 3];
-        keep(&mut v, b"abcdef");
+        keep(&mut v, 0, b"abcdef");
         assert_eq!(v.len(), OUTPUT_CAP);
         assert_eq!(&v[OUTPUT_CAP - 3..], b"abc");
-        keep(&mut v, b"more");
+        keep(&mut v, 0, b"more");
         assert_eq!(v.len(), OUTPUT_CAP);
+    }
+
+    #[test]
+    fn both_streams_share_the_cap() {
+        let mut err = vec![0u8; 10];
+        keep(&mut err, OUTPUT_CAP - 12, b"abcdef");
+        assert_eq!(err.len(), 12);
+        keep(&mut err, OUTPUT_CAP - 12, b"x");
+        assert_eq!(err.len(), 12);
     }
 }

@@ -226,14 +226,14 @@ impl Containers {
     }
 }
 
-/// Waits until `file` exists, at most `timeout`.
+/// Waits until `file` exists, at most `timeout` (one past any instant: no limit).
 fn wait_for(file: &Path, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
+    let deadline = Instant::now().checked_add(timeout);
     loop {
         if file.exists() {
             return true;
         }
-        if Instant::now() >= deadline {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
             return false;
         }
         std::thread::sleep(Duration::from_millis(10));
