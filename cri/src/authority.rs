@@ -28,6 +28,8 @@ const FLAG_PADDED: u8 = 0x8;
 const FLAG_PRIORITY: u8 = 0x20;
 /// The default SETTINGS_MAX_FRAME_SIZE, which our server keeps.
 const MAX_FRAME: usize = 16_384;
+/// The largest header block gathered from HEADERS + CONTINUATION frames to be rewritten.
+const MAX_HEADER_BLOCK: usize = 64 * 1024;
 /// Static table index of `:authority` (RFC 7541 Appendix A).
 const STATIC_AUTHORITY: u64 = 1;
 const REPLACEMENT: &[u8] = b"x";
@@ -97,6 +99,12 @@ impl AuthorityRewriter {
                 self.passthrough = length;
                 continue;
             }
+            if length > MAX_FRAME {
+                // Over the frame size our server keeps: a protocol error it answers itself.
+                self.give_up(at, out);
+                at = self.pending.len();
+                break;
+            }
             if rest.len() < FRAME_HEADER_LEN + length {
                 break;
             }
@@ -104,13 +112,22 @@ impl AuthorityRewriter {
             at += frame.len();
             let frame = frame.to_vec();
             if !self.header_frame(&frame, out) {
-                self.gave_up = true;
-                out.extend_from_slice(&self.pending[at..]);
+                self.give_up(at, out);
                 at = self.pending.len();
                 break;
             }
         }
         self.pending.drain(..at);
+    }
+
+    /// Stops interpreting the stream: what is held (a split block's frames, then the input
+    /// from `at`) goes out unchanged, and so does everything after.
+    fn give_up(&mut self, at: usize, out: &mut Vec<u8>) {
+        self.gave_up = true;
+        if let Some(split) = self.split.take() {
+            out.extend_from_slice(&split.original);
+        }
+        out.extend_from_slice(&self.pending[at..]);
     }
 
     /// Handles a HEADERS or CONTINUATION frame (or any frame while a block is split). Returns
@@ -130,6 +147,12 @@ impl AuthorityRewriter {
             }
             split.original.extend_from_slice(frame);
             split.block.extend_from_slice(payload);
+            if split.original.len() > MAX_HEADER_BLOCK {
+                // A block this long is not an old grpc-go's request; the server decides.
+                let split = self.split.take().unwrap_or_else(|| unreachable!());
+                out.extend_from_slice(&split.original);
+                return false;
+            }
             if flags & FLAG_END_HEADERS != 0 {
                 let split = self.split.take().unwrap_or_else(|| unreachable!());
                 emit_block(
@@ -531,6 +554,37 @@ mod tests {
             &block_with_authority(b"x"),
         ));
         assert_eq!(run(&input, 3), expected);
+    }
+
+    /// A client that never ends its header block (CONTINUATION after CONTINUATION), or sends
+    /// one frame far over the frame size, is not buffered: past the cap the rewriter passes the
+    /// bytes on as they came, for the server to refuse.
+    #[test]
+    fn endless_header_blocks_and_huge_frames_are_not_buffered() {
+        let mut r = AuthorityRewriter::default();
+        let mut out = Vec::new();
+        let mut fed = PREFACE.len();
+        r.feed(PREFACE, &mut out);
+        r.feed(&frame(TYPE_HEADERS, 0, 1, &[0x83; 100]), &mut out);
+        fed += FRAME_HEADER_LEN + 100;
+        for _ in 0..1000 {
+            let f = frame(TYPE_CONTINUATION, 0, 1, &[0x83; MAX_FRAME]);
+            fed += f.len();
+            r.feed(&f, &mut out);
+            assert!(
+                fed - out.len() <= MAX_HEADER_BLOCK + 2 * MAX_FRAME,
+                "{} bytes held",
+                fed - out.len()
+            );
+        }
+        let mut r = AuthorityRewriter::default();
+        let mut out = Vec::new();
+        r.feed(PREFACE, &mut out);
+        let mut huge = frame(TYPE_HEADERS, FLAG_END_HEADERS, 1, &[]);
+        huge[..3].copy_from_slice(&[0xff, 0xff, 0xff]);
+        r.feed(&huge, &mut out);
+        r.feed(&[0x83; 1 << 20], &mut out);
+        assert_eq!(out.len(), PREFACE.len() + huge.len() + (1 << 20));
     }
 
     #[test]
