@@ -364,3 +364,73 @@ async fn exec_sync_answers_for_any_timeout_and_any_output() {
     remove_pod(&mut c, &pod).await;
     assert_clean(&f, "execlimits");
 }
+
+/// A tmpfs of `size` mounted on a temp dir of its own, unmounted on drop.
+struct SmallFs {
+    dir: berth_e2e::TempDir,
+}
+
+impl SmallFs {
+    fn mount(size: &str) -> SmallFs {
+        let dir = berth_e2e::TempDir::new("berth-e2e-smallfs");
+        nix::mount::mount(
+            Some("berth-e2e-smallfs"),
+            dir.path(),
+            Some("tmpfs"),
+            nix::mount::MsFlags::empty(),
+            Some(format!("size={size}").as_str()),
+        )
+        .unwrap();
+        SmallFs { dir }
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(self.dir.path(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// A full log disk costs the container its log lines and nothing else: the monitor says so in
+/// its own log (`monitor.log`, in the pod's state dir on /run) a bounded number of times, not
+/// once per write that failed.
+#[tokio::test]
+async fn a_full_log_disk_does_not_fill_the_monitors_own_log() {
+    let _top = CgroupTop::new();
+    let _pods = PodCgroups(vec!["fulldisk".into()]);
+    let logs = SmallFs::mount("256k");
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let mut pod_cfg = pod_config(&f, "fulldisk");
+    pod_cfg.log_directory = logs.dir.path().display().to_string();
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let mut cfg = container_config(
+        &f,
+        "writer",
+        &[
+            "sh",
+            "-c",
+            "yes a line that will not fit | head -c 100000000",
+        ],
+    );
+    cfg.log_path = "writer.log".into();
+    let id = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
+    start(&mut c, &id).await;
+    let s = wait_exited(&mut c, &id).await;
+    assert_eq!(s.exit_code, 0);
+    let monitor_log = berth_e2e::sandbox_fixture::pod_dir(&f.agent, &pod)
+        .join(berth_runtime::monitor::protocol::LOG_FILE);
+    let text = std::fs::read_to_string(&monitor_log).unwrap_or_default();
+    assert!(
+        text.lines().count() <= 10,
+        "{} lines in monitor.log for one full disk, the first: {:?}",
+        text.lines().count(),
+        text.lines().next()
+    );
+    assert!(
+        text.contains("No space left"),
+        "the full disk is not told: {text:?}"
+    );
+    remove_pod(&mut c, &pod).await;
+    assert_clean(&f, "fulldisk");
+}

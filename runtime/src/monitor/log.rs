@@ -287,6 +287,52 @@ fn span<'a>(a: &'a [u8], b: &'a [u8], start: usize, end: usize) -> (&'a [u8], &'
     )
 }
 
+/// How often a run of failing log writes is told again in the monitor's own log.
+const FAILURE_NOTE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What the monitor tells of a container's failing log writes (a full disk fails every one):
+/// the first failure, then how many more at most once a minute, and the recovery. One line per
+/// failed write filled the monitor's log on /run at the rate the container wrote.
+#[derive(Debug, Default)]
+pub(super) struct FailureNotes {
+    /// Failures since the last note, and when that note was.
+    unsaid: u64,
+    failing_since_note: Option<std::time::Instant>,
+}
+
+impl FailureNotes {
+    /// A write failed at `now`: the line to print, if one is due.
+    pub(super) fn failed(&mut self, now: std::time::Instant, error: &io::Error) -> Option<String> {
+        match self.failing_since_note {
+            None => {
+                self.failing_since_note = Some(now);
+                Some(format!(
+                    "{error} (further failures are counted, told once a minute)"
+                ))
+            }
+            Some(last) if now.duration_since(last) >= FAILURE_NOTE_INTERVAL => {
+                let n = self.unsaid + 1;
+                self.unsaid = 0;
+                self.failing_since_note = Some(now);
+                Some(format!(
+                    "{n} more writes failed in the last minute, the latest: {error}"
+                ))
+            }
+            Some(_) => {
+                self.unsaid += 1;
+                None
+            }
+        }
+    }
+
+    /// A write succeeded: the line to print if writes had been failing.
+    pub(super) fn succeeded(&mut self) -> Option<String> {
+        self.failing_since_note.take()?;
+        let n = std::mem::take(&mut self.unsaid);
+        Some(format!("writes succeed again ({n} more had failed)"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -567,5 +613,29 @@ mod tests {
         assert_eq!(std::fs::metadata(dir.log()).unwrap().len(), 0);
         w.write(Stream::Stdout, b"\n", now()).unwrap();
         assert_eq!(records(&dir.log()), vec![rec("stdout", "F", b"x")]);
+    }
+
+    #[test]
+    fn failing_writes_are_told_once_then_once_a_minute_then_their_end() {
+        let t0 = std::time::Instant::now();
+        let full = io::Error::from_raw_os_error(28);
+        let mut notes = FailureNotes::default();
+        assert_eq!(notes.succeeded(), None);
+        assert!(notes.failed(t0, &full).unwrap().contains("No space left"));
+        for i in 1..1000u64 {
+            let at = t0 + std::time::Duration::from_millis(i * 10);
+            assert_eq!(notes.failed(at, &full), None, "write {i}");
+        }
+        let minute = t0 + FAILURE_NOTE_INTERVAL;
+        assert!(notes
+            .failed(minute, &full)
+            .unwrap()
+            .starts_with("1000 more"));
+        assert_eq!(notes.failed(minute, &full), None);
+        assert_eq!(
+            notes.succeeded().unwrap(),
+            "writes succeed again (1 more had failed)"
+        );
+        assert_eq!(notes.succeeded(), None);
     }
 }

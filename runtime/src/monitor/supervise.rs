@@ -14,7 +14,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
 use super::attach::Attacher;
-use super::log::{LogWriter, Stream};
+use super::log::{FailureNotes, LogWriter, Stream};
 use super::protocol::ExitRecord;
 
 struct Supervised {
@@ -22,6 +22,7 @@ struct Supervised {
     stdout: Option<std::fs::File>,
     stderr: Option<std::fs::File>,
     log: LogWriter,
+    log_failures: FailureNotes,
     exit_file: PathBuf,
     cgroup: Option<PathBuf>,
     exited: bool,
@@ -319,6 +320,7 @@ impl Supervisor {
                 stdout,
                 stderr,
                 log,
+                log_failures: FailureNotes::default(),
                 exit_file,
                 cgroup: cgroup.clone(),
                 exited: false,
@@ -542,8 +544,12 @@ fn read_stream(c: &mut Supervised, stream: Stream, budget: usize) {
             Ok(0) => return end_stream(c, stream),
             Ok(n) => {
                 read += n;
-                if let Err(e) = c.log.write(stream, &buf[..n], SystemTime::now()) {
-                    eprintln!("monitor: write log: {e}");
+                let note = match c.log.write(stream, &buf[..n], SystemTime::now()) {
+                    Ok(()) => c.log_failures.succeeded(),
+                    Err(e) => c.log_failures.failed(std::time::Instant::now(), &e),
+                };
+                if let Some(note) = note {
+                    eprintln!("monitor: {note}");
                 }
                 let stderr = stream == Stream::Stderr;
                 c.attachers.retain_mut(|a| a.send(stderr, &buf[..n]));
@@ -594,6 +600,7 @@ mod tests {
             stdout: None,
             stderr: None,
             log: LogWriter::open(&dir.join(format!("{id}.log"))).unwrap(),
+            log_failures: FailureNotes::default(),
             exit_file: dir.join(format!("{id}.exit")),
             cgroup: None,
             exited,
