@@ -85,13 +85,50 @@ pub fn ping(pod_dir: &Path) -> Option<u32> {
     response.pid.map(|p| p as u32)
 }
 
+/// Connects to the unix socket at `path` within `timeout`. A listener that stopped accepting
+/// (a stopped or stuck monitor) fills its backlog, and a blocking connect then waits for ever.
+fn connect(path: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
+    use nix::sys::socket::{socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let address = UnixAddr::new(path).map_err(std::io::Error::from)?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(std::io::Error::from)?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match nix::sys::socket::connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &address) {
+            Ok(()) => break,
+            // A unix socket's backlog is full: no connection until the listener accepts.
+            Err(nix::errno::Errno::EAGAIN) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(nix::errno::Errno::EAGAIN) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!(
+                        "the listener accepted nothing in {} ms",
+                        timeout.as_millis()
+                    ),
+                ))
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let stream = UnixStream::from(fd);
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
 /// Whether the pod's monitor is gone: nothing listens on its socket (only the monitor holds
 /// it). A monitor that is there but slow to answer is not gone.
 pub fn gone(pod_dir: &Path) -> bool {
     let Ok((_dir, path)) = short_socket_path(pod_dir, SOCKET_FILE) else {
         return true;
     };
-    match UnixStream::connect(path) {
+    match connect(&path, CONTROL_TIMEOUT) {
         Ok(_) => false,
         Err(e) => matches!(
             e.raw_os_error(),
@@ -109,7 +146,7 @@ fn send(pod_dir: &Path, request: &Request, timeout: Duration) -> Result<Response
     let (_dir, path) =
         short_socket_path(pod_dir, SOCKET_FILE).map_err(|e| format!("pod dir: {e}"))?;
     let stream =
-        UnixStream::connect(path).map_err(|e| format!("connect to the pod's monitor: {e}"))?;
+        connect(&path, timeout).map_err(|e| format!("connect to the pod's monitor: {e}"))?;
     stream
         .set_read_timeout(Some(timeout))
         .and_then(|()| stream.set_write_timeout(Some(timeout)))
@@ -151,8 +188,8 @@ pub fn attach(pod_dir: &Path, id: &str) -> Result<Attached, String> {
     use std::os::fd::AsFd;
     let (_dir, path) =
         short_socket_path(pod_dir, SOCKET_FILE).map_err(|e| format!("pod dir: {e}"))?;
-    let socket =
-        UnixStream::connect(path).map_err(|e| format!("connect to the pod's monitor: {e}"))?;
+    let socket = connect(&path, REQUEST_TIMEOUT)
+        .map_err(|e| format!("connect to the pod's monitor: {e}"))?;
     socket
         .set_read_timeout(Some(REQUEST_TIMEOUT))
         .and_then(|()| socket.set_write_timeout(Some(REQUEST_TIMEOUT)))
@@ -234,4 +271,35 @@ pub fn kill_unreported(pod_dir: &Path) {
     // The monitor leads its own session and process group.
     let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
     let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listener that accepts nothing (a SIGSTOPped monitor) with its backlog full: the
+    /// connect gives up at its timeout instead of blocking the thread for ever.
+    #[test]
+    fn connecting_to_a_listener_that_accepts_nothing_times_out() {
+        let dir = std::env::temp_dir().join(format!("berth-connect-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.sock");
+        let _ = std::fs::remove_file(&path);
+        let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let mut held = Vec::new();
+        let full = loop {
+            match connect(&path, Duration::ZERO) {
+                Ok(s) => held.push(s),
+                Err(e) => break e,
+            }
+            assert!(held.len() < 100_000, "the backlog never filled");
+        };
+        assert_eq!(full.kind(), std::io::ErrorKind::TimedOut, "{full}");
+        let started = Instant::now();
+        let err = connect(&path, Duration::from_millis(100)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        drop(held);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
