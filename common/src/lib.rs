@@ -4,6 +4,7 @@
 //! threads and no async runtime, so the monitor and the executor use it too.
 
 pub mod atomic;
+pub mod crash;
 pub mod fs;
 pub mod ids;
 pub mod metrics;

@@ -361,6 +361,31 @@ impl TestAgent {
         self.wait_ready().await;
     }
 
+    /// Restarts the agent (SIGKILL) so that it kills itself at the crash point `point`
+    /// (`berth_common::crash`) when it gets there.
+    pub async fn restart_crashing_at(&mut self, point: &str) {
+        if self.child.is_some() {
+            self.stop_with(Signal::SIGKILL);
+        }
+        let mut command = berthd_command(&self.paths.config, &self.paths.log).expect("log");
+        command.env(berth_common::crash::ENV, point);
+        self.child = Some(command.spawn().expect("respawn berthd"));
+        self.wait_ready().await;
+    }
+
+    /// Waits (at most 30 s) for an agent that is to crash by itself to be gone.
+    pub fn wait_crashed(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("agent already stopped");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the agent did not crash");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// A metric's value from a scrape: the first sample line starting with `prefix`
     /// (name and labels), or 0 when there is none yet.
     pub fn metric(&self, prefix: &str) -> f64 {
@@ -440,19 +465,26 @@ pub fn kill_cgroup(cgroup: &str) {
 
 /// Starts berthd with `config`, its stdout and stderr going to `log`.
 pub fn spawn_berthd(config: &Path, log: &Path) -> std::io::Result<Child> {
+    berthd_command(config, log)?.spawn()
+}
+
+/// The command [`spawn_berthd`] runs.
+fn berthd_command(config: &Path, log: &Path) -> std::io::Result<Command> {
     // Appends, so a restarted agent's log follows the first one's.
     let out = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)?;
-    Command::new(berthd_path())
+    let mut command = Command::new(berthd_path());
+    command
         .arg("--config")
         .arg(config)
         .env_remove("RUST_LOG")
+        .env_remove(berth_common::crash::ENV)
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
-        .stderr(out)
-        .spawn()
+        .stderr(out);
+    Ok(command)
 }
 
 /// Signals the child by its own pid, waits up to STOP_TIMEOUT, then SIGKILLs it.

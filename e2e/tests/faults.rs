@@ -434,3 +434,149 @@ async fn a_full_log_disk_does_not_fill_the_monitors_own_log() {
     remove_pod(&mut c, &pod).await;
     assert_clean(&f, "fulldisk");
 }
+
+/// What may be left of the pod `name` (made by `pod_config`) and of the agent's pods on the host.
+fn leftovers(f: &Fixture, net: &berth_e2e::network::TestNetwork, name: &str) -> Vec<String> {
+    let agent = &f.agent;
+    let mut left = Vec::new();
+    let entries = |dir: std::path::PathBuf| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    for pod in entries(agent.paths.state.join("pods")) {
+        left.push(format!("pod dir {pod}"));
+    }
+    for c in entries(agent.paths.state.join("containers")) {
+        left.push(format!("container dir {c}"));
+    }
+    for c in entries(agent.paths.root.join("containers")) {
+        left.push(format!("writable layer {c}"));
+    }
+    for m in berth_e2e::network::mounts_under(agent.dir()) {
+        left.push(format!("mount {m}"));
+    }
+    for p in
+        berth_e2e::network::processes_mentioning(&agent.paths.state.join("pods").to_string_lossy())
+    {
+        left.push(format!("process {p}"));
+    }
+    let pod_cgroup = berth_e2e::pod_cgroup_path(&pod_parent(name));
+    for d in berth_e2e::cgroup_dirs(&pod_cgroup.to_string_lossy()) {
+        if d.exists() {
+            left.push(format!("cgroup {}", d.display()));
+        }
+    }
+    for l in net.leases() {
+        left.push(format!("IP lease {l}"));
+    }
+    for v in net.veths() {
+        left.push(format!("veth {v}"));
+    }
+    for r in entries(agent.paths.state.join("cni/results")) {
+        left.push(format!("CNI result {r}"));
+    }
+    left
+}
+
+/// Every step of RunPodSandbox and of CreateContainer may be the moment the agent dies. For
+/// each, an agent made to SIGKILL itself right after the step (`berth_common::crash`) starts
+/// again and takes back everything the build had made so far: pod dir, shm and namespace
+/// mounts, monitor, cgroups, IP, veth, CNI result, rootfs mount, writable layer. A second start
+/// finds nothing more to roll back.
+#[tokio::test]
+async fn a_crash_at_any_step_of_a_build_is_rolled_back_at_the_next_start() {
+    use berth_e2e::network::{Extra, TestNetwork};
+    let _top = CgroupTop::new();
+    let sandbox_points = [
+        "sandbox-recorded",
+        "sandbox-shm",
+        "sandbox-cgroup",
+        "sandbox-monitor",
+        "sandbox-network",
+    ];
+    let container_points = ["container-rootfs", "container-created"];
+    let names: Vec<String> = sandbox_points
+        .iter()
+        .chain(container_points.iter())
+        .map(|p| format!("crash-{p}"))
+        .collect();
+    let _pods = PodCgroups(names.clone());
+    let mut f = fixture().await;
+    let net = TestNetwork::create(&f.agent.paths.cni_conf_dir, Extra::None);
+    berth_e2e::cri::wait_network_ready(&mut f.agent.runtime().await).await;
+    let pod_cfg = |f: &Fixture, name: &str| {
+        let mut cfg = pod_config(f, name);
+        pod_namespaces(&mut cfg).network = NamespaceMode::Pod as i32;
+        cfg
+    };
+    let rollbacks = |f: &Fixture| f.agent.log().matches("rolling back").count();
+    for point in sandbox_points.into_iter().chain(container_points) {
+        let name = format!("crash-{point}");
+        eprintln!("case {point}");
+        let cfg = pod_cfg(&f, &name);
+        let pod = if point.starts_with("container") {
+            Some(run_pod(&mut f.agent.runtime().await, cfg.clone()).await)
+        } else {
+            None
+        };
+        f.agent.restart_crashing_at(point).await;
+        let mut c = f.agent.runtime().await;
+        match &pod {
+            None => {
+                let r = berth_e2e::cri::try_run_pod(&mut c, cfg.clone()).await;
+                assert!(r.is_err(), "{point}: RunPodSandbox answered {r:?}");
+            }
+            Some(pod) => {
+                let r = c
+                    .create_container(CreateContainerRequest {
+                        pod_sandbox_id: pod.clone(),
+                        config: Some(container_config(&f, "c", &["sleep", "1000"])),
+                        sandbox_config: Some(cfg.clone()),
+                    })
+                    .await;
+                assert!(r.is_err(), "{point}: CreateContainer answered {r:?}");
+            }
+        }
+        f.agent.wait_crashed();
+        f.agent
+            .restart_with(nix::sys::signal::Signal::SIGKILL)
+            .await;
+        let mut c = f.agent.runtime().await;
+        if let Some(pod) = &pod {
+            let listed = c
+                .list_containers(ListContainersRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .containers;
+            assert!(listed.is_empty(), "{point}: {listed:?}");
+            remove_pod(&mut c, pod).await;
+        }
+        let listed = c
+            .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+            .await
+            .unwrap()
+            .into_inner()
+            .items;
+        assert!(listed.is_empty(), "{point}: {listed:?}");
+        let left = leftovers(&f, &net, &name);
+        assert!(
+            left.is_empty(),
+            "{point}: left after the restart: {left:#?}"
+        );
+        let before = rollbacks(&f);
+        f.agent
+            .restart_with(nix::sys::signal::Signal::SIGTERM)
+            .await;
+        assert_eq!(
+            rollbacks(&f),
+            before,
+            "{point}: a second start rolled back again"
+        );
+    }
+}

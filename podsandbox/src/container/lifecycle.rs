@@ -44,17 +44,42 @@ impl Containers {
         let result = self.build(&id, &dir, &layer_dir, &rootfs, &input);
         if let Err(e) = &result {
             tracing::warn!(container_id = %id, error = %e, "create failed: rolling back");
-            let _ = monitor_client::request(&input.pod_dir, &Request::Delete { id: id.clone() });
-            let _ = umount2(&rootfs, MntFlags::MNT_DETACH);
-            super::rootfs::unmount_image_volumes(&dir);
-            let _ = std::fs::remove_dir_all(&dir);
-            let _ = std::fs::remove_dir_all(&layer_dir);
+            let mut unfinished = ContainerRecord::unrecorded(&id, &self.root);
+            unfinished.pod_dir = input.pod_dir.clone();
+            self.take_back(&unfinished);
         }
         let record = result?;
         let sandbox_id = record.sandbox_id.clone();
         self.lock().insert(id.clone(), record);
         self.events.publish(EventKind::Created, &id, &sandbox_id);
         Ok(id)
+    }
+
+    /// Takes back whatever a create made of `record`'s container, however far it got: the
+    /// container in the pod's monitor (ended first: the monitor deletes none that runs), what
+    /// is left in its cgroup, the rootfs and image volume mounts, the bundle and the writable
+    /// layer. Not the record in memory, which an unfinished create never put there.
+    pub(super) fn take_back(&self, record: &ContainerRecord) {
+        let id = &record.id;
+        let dir = self.dir(id);
+        let pod_dir = &record.pod_dir;
+        if !pod_dir.as_os_str().is_empty() && !monitor_client::gone(pod_dir) {
+            let kill = Request::Signal {
+                id: id.clone(),
+                signal: libc::SIGKILL,
+            };
+            if monitor_client::request(pod_dir, &kill).is_ok() {
+                wait_for(&dir.join(EXIT_FILE), ORPHAN_KILL_TIMEOUT);
+            }
+            let _ = monitor_client::request(pod_dir, &Request::Delete { id: id.clone() });
+        }
+        if let Some(cgroup) = &record.cgroup {
+            let _ = berth_runtime::cgroups::kill_all(cgroup, ORPHAN_KILL_TIMEOUT);
+        }
+        let _ = umount2(&dir.join("rootfs"), MntFlags::MNT_DETACH);
+        super::rootfs::unmount_image_volumes(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        let _ = std::fs::remove_dir_all(&record.layer_dir);
     }
 
     /// StartContainer: only a created container starts.

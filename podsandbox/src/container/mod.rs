@@ -66,19 +66,27 @@ impl Containers {
         berth_common::fs::private_dir(&dir)?;
         berth_common::fs::private_dir(&root.join("containers"))?;
         let mut records = BTreeMap::new();
+        let mut unfinished = Vec::new();
         for entry in std::fs::read_dir(&dir)?.flatten() {
             match std::fs::read(entry.path().join(RECORD_FILE))
                 .map(|b| serde_json::from_slice::<ContainerRecord>(&b))
             {
+                // The monitor's answer to create is the last thing a create records: without
+                // it the create was cut short, and nobody was told the container's id.
+                Ok(Ok(r)) if r.pid == 0 && r.started_at == 0 && r.exit.is_none() => {
+                    unfinished.push(r);
+                }
                 Ok(Ok(r)) => {
                     records.insert(r.id.clone(), r);
                 }
                 _ => {
-                    tracing::warn!(dir = %entry.path().display(), "container dir without a readable record")
+                    let id = entry.file_name().to_string_lossy().into_owned();
+                    tracing::info!(container_id = %id, "rolling back a container dir without a readable record");
+                    unfinished.push(ContainerRecord::unrecorded(&id, root));
                 }
             }
         }
-        Ok(Containers {
+        let containers = Containers {
             state: state.to_path_buf(),
             root: root.to_path_buf(),
             host,
@@ -88,7 +96,12 @@ impl Containers {
             cpu_samples: Mutex::new(HashMap::new()),
             layouts: Mutex::new(HashMap::new()),
             layer_usage: Mutex::new(HashMap::new()),
-        })
+        };
+        for r in unfinished {
+            tracing::info!(container_id = %r.id, "rolling back a container whose create was interrupted");
+            containers.take_back(&r);
+        }
+        Ok(containers)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ContainerRecord>> {

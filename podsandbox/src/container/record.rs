@@ -73,6 +73,29 @@ pub struct ProcessUser {
 }
 
 impl ContainerRecord {
+    /// What is known of container `id` when only its dirs are there: where they are.
+    pub(super) fn unrecorded(id: &str, root: &std::path::Path) -> ContainerRecord {
+        ContainerRecord {
+            id: id.to_string(),
+            sandbox_id: String::new(),
+            pod_dir: PathBuf::new(),
+            config: ContainerSpec::default(),
+            image: String::new(),
+            image_id: String::new(),
+            stop_signal: String::new(),
+            log_path: PathBuf::new(),
+            cgroup: None,
+            pid: 0,
+            created_at: 0,
+            started_at: 0,
+            exit: None,
+            layer_dir: root.join("containers").join(id),
+            user: None,
+            layers: Vec::new(),
+            volume_layers: Vec::new(),
+        }
+    }
+
     pub fn state(&self) -> ContainerState {
         if self.exit.is_some() {
             ContainerState::Exited

@@ -181,6 +181,7 @@ impl Containers {
             Some(options.as_str()),
         )
         .map_err(|e| fail("mount rootfs")(e.to_string()))?;
+        berth_common::crash::point("container-rootfs");
         let image_file = |path: &str| {
             read_image_file(rootfs, path)
                 .map_err(|e| ContainerError::InvalidArgument(format!("container {id}: {e}")))
@@ -285,6 +286,7 @@ impl Containers {
             },
         )
         .map_err(fail("create in the pod's monitor"))?;
+        berth_common::crash::point("container-created");
         record.pid = response.pid.unwrap_or(0);
         self.save(&record)?;
         Ok(record)

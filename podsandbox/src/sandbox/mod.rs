@@ -110,8 +110,15 @@ impl Sandboxes {
                     if !record.spec.host_network() {
                         record.network_attached = true;
                     }
+                    // Mounted before the record could say so, perhaps.
+                    record.shm_mounted = !record.spec.host_ipc();
                     sandboxes.release(&mut record).await;
-                    let _ = std::fs::remove_dir_all(&dir);
+                    for left in berth_runtime::cgroups::remove_created(&record.cgroups_created) {
+                        tracing::warn!(pod_id = %record.id, cgroup = %left, "cgroup not removed");
+                    }
+                    if let Err(e) = berth_common::fs::remove_dir_all_if_present(&dir) {
+                        tracing::warn!(pod_id = %record.id, error = %e, "pod dir not removed");
+                    }
                     continue;
                 }
                 // A ready sandbox whose monitor died while we were down is taken out of Ready,
@@ -304,6 +311,7 @@ impl Sandboxes {
             record
                 .save(&dir)
                 .map_err(|e| fail("write record")(e.to_string()))?;
+            berth_common::crash::point("sandbox-recorded");
 
             self.write_files(&record, &dir)
                 .map_err(fail("write pod files"))?;
@@ -318,6 +326,7 @@ impl Sandboxes {
                 });
                 mount_shm(&shm).map_err(fail("mount /dev/shm"))?;
                 record.shm_mounted = true;
+                berth_common::crash::point("sandbox-shm");
             }
             let systemd_slice = (self.cgroup_driver == CgroupDriver::Systemd).then(|| {
                 // systemd makes the monitor's scope (and the slice, when kubelet has not).
@@ -336,6 +345,11 @@ impl Sandboxes {
                     .monitor_cgroup(&record)
                     .map_err(fail("cgroup"))?
                     .ok_or_else(|| fail("cgroup")("no cgroup parent".to_string()))?;
+                // Record first: a crash from here on removes what was made, not more.
+                record.cgroups_created = berth_runtime::cgroups::missing(&path);
+                record
+                    .save(&dir)
+                    .map_err(|e| fail("write record")(e.to_string()))?;
                 let created = berth_runtime::cgroups::ensure(&path)
                     .map_err(|e| fail("cgroup")(e.to_string()))?;
                 undo.push("remove cgroups", {
@@ -345,6 +359,7 @@ impl Sandboxes {
                     }
                 });
                 record.cgroups_created = created;
+                berth_common::crash::point("sandbox-cgroup");
                 Some(path)
             };
             let monitor_config = MonitorConfig {
@@ -382,6 +397,7 @@ impl Sandboxes {
             let monitor = monitor_client::start(&monitor_config)
                 .await
                 .map_err(fail("start monitor"))?;
+            berth_common::crash::point("sandbox-monitor");
             record.monitor = Some(monitor);
             record
                 .save(&dir)
@@ -396,6 +412,7 @@ impl Sandboxes {
                     .map_err(fail("network"))?;
                 record.network = status;
                 record.network_attached = true;
+                berth_common::crash::point("sandbox-network");
                 // The pod's own IP in its hosts file, now that it has one.
                 let ip = record.network.ips.first().map(String::as_str);
                 let _ = berth_common::atomic::write_atomic(

@@ -123,18 +123,38 @@ pub fn parent_path(driver: crate::CgroupDriver, parent: &str) -> Result<PathBuf,
     }
 }
 
+/// Each level of `path` in hierarchy `h`, with its parent, from the top down.
+fn levels(h: &Hierarchy, path: &Path) -> Vec<(PathBuf, PathBuf)> {
+    let mut dir = h.mountpoint.clone();
+    let mut out = Vec::new();
+    for part in path
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+    {
+        let parent = dir.clone();
+        dir.push(part);
+        out.push((parent, dir.clone()));
+    }
+    out
+}
+
+/// The directories [`ensure`] would make for `path` now: those that do not exist, parents
+/// first. Recorded before `ensure` runs, they are what a crash in between leaves to remove.
+pub fn missing(path: &Path) -> Vec<PathBuf> {
+    hierarchies()
+        .iter()
+        .flat_map(|h| levels(h, path))
+        .map(|(_, dir)| dir)
+        .filter(|dir| !dir.exists())
+        .collect()
+}
+
 /// Makes `path` in every hierarchy. Returns the directories that did not exist before, parents
 /// first, so that [`remove_created`] can take back exactly those.
 pub fn ensure(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut created = Vec::new();
     for h in hierarchies() {
-        let mut dir = h.mountpoint.clone();
-        for part in path
-            .components()
-            .filter(|c| matches!(c, Component::Normal(_)))
-        {
-            let parent = dir.clone();
-            dir.push(part);
+        for (parent, dir) in levels(&h, path) {
             if dir.exists() {
                 continue;
             }
