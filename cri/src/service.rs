@@ -143,7 +143,7 @@ pub(crate) fn create_input(
 pub(crate) fn container_error(e: ContainerError) -> Status {
     let message = format!("berth: {e}");
     match e {
-        ContainerError::NotFound(_) => Status::not_found(message),
+        ContainerError::NotFound(_) | ContainerError::ImageGone(_) => Status::not_found(message),
         ContainerError::InvalidArgument(_) => Status::invalid_argument(message),
         ContainerError::FailedPrecondition(_) => Status::failed_precondition(message),
         ContainerError::Failed { .. } => Status::unknown(message),

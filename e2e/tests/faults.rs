@@ -580,3 +580,112 @@ async fn a_crash_at_any_step_of_a_build_is_rolled_back_at_the_next_start() {
         );
     }
 }
+
+/// kubelet retries a CreateContainer whose answer it did not get, with the same name and
+/// attempt, possibly while the first is still being built: one container results, and the
+/// retry is told the name is taken.
+#[tokio::test]
+async fn a_create_container_retried_while_the_first_is_in_flight_makes_one_container() {
+    let _top = CgroupTop::new();
+    let _pods = PodCgroups(vec!["retried".into()]);
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "retried");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    for round in 0..5u32 {
+        let mut cfg = container_config(&f, "twice", &["sleep", "1000"]);
+        cfg.metadata.as_mut().unwrap().attempt = round;
+        let request = CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cfg),
+            sandbox_config: Some(pod_cfg.clone()),
+        };
+        let (mut a, mut b) = (c.clone(), c.clone());
+        let (ra, rb) = tokio::join!(
+            a.create_container(request.clone()),
+            b.create_container(request.clone())
+        );
+        let ok: Vec<_> = [&ra, &rb].into_iter().filter(|r| r.is_ok()).collect();
+        assert_eq!(ok.len(), 1, "round {round}: {ra:?} / {rb:?}");
+        let refused = [ra, rb].into_iter().find_map(|r| r.err()).unwrap();
+        assert!(refused.message().contains("reserved"), "{refused:?}");
+        let listed = c
+            .list_containers(ListContainersRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .containers;
+        assert_eq!(
+            listed
+                .iter()
+                .filter(|l| l.metadata.as_ref().unwrap().attempt == round)
+                .count(),
+            1,
+            "round {round}: {listed:?}"
+        );
+    }
+    remove_pod(&mut c, &pod).await;
+    assert_clean(&f, "retried");
+}
+
+/// RemoveImage racing a CreateContainer of that image must not take the layers the new
+/// container's rootfs is being mounted on: the create either finds the image gone (NotFound,
+/// nothing made) or succeeds with every file there (the layers are leased before the mount).
+#[tokio::test]
+async fn remove_image_racing_create_container_never_breaks_the_rootfs() {
+    let _top = CgroupTop::new();
+    let _pods = PodCgroups(vec!["leased".into()]);
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "leased");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let mut images = f.agent.image().await;
+    let mut created = 0;
+    for round in 0..10u32 {
+        pull_ref(&f.agent, &f.image).await;
+        let mut cfg = container_config(&f, "racer", &["sleep", "1000"]);
+        cfg.metadata.as_mut().unwrap().attempt = round;
+        let mut creator = c.clone();
+        let create = creator.create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(cfg),
+            sandbox_config: Some(pod_cfg.clone()),
+        });
+        let remove = async {
+            // Into the create, as far as a few milliseconds go.
+            tokio::time::sleep(Duration::from_millis(u64::from(round))).await;
+            images
+                .remove_image(RemoveImageRequest {
+                    image: Some(ImageSpec {
+                        image: f.image.clone(),
+                        ..Default::default()
+                    }),
+                })
+                .await
+        };
+        let (created_result, removed) = tokio::join!(create, remove);
+        removed.unwrap();
+        let id = match created_result {
+            Ok(r) => r.into_inner().container_id,
+            // The image went first: the create is refused before anything is mounted.
+            Err(e) if e.code() == tonic::Code::NotFound => continue,
+            Err(e) => panic!("round {round}: the create failed on its way: {e:?}"),
+        };
+        created += 1;
+        start(&mut c, &id).await;
+        let out = exec_sync(&mut c, &id, &["ls", "/bin/busybox", "/etc/passwd"]).await;
+        assert_eq!(
+            out.exit_code,
+            0,
+            "round {round}: the rootfs lost its files: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        c.remove_container(RemoveContainerRequest { container_id: id })
+            .await
+            .unwrap();
+    }
+    eprintln!("{created} of 10 creates won the race");
+    assert!(created > 0, "no create ever won the race");
+    remove_pod(&mut c, &pod).await;
+    assert_clean(&f, "leased");
+}

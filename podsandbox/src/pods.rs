@@ -139,7 +139,9 @@ impl Pods {
             })?
     }
 
-    /// CreateContainer. Its layers stay, whatever happens to the image, until it is removed.
+    /// CreateContainer. Its layers stay, whatever happens to the image, until it is removed:
+    /// they are leased before anything is mounted on them, and a create whose image went
+    /// before that is NotFound.
     pub async fn create_container(&self, input: CreateInput) -> Result<String, ContainerError> {
         // Image volumes' layers are leased with the rootfs's: RemoveImage cannot pull them away.
         let mut layers = input.layers.clone();
@@ -147,9 +149,27 @@ impl Pods {
             layers.extend(volume.iter().cloned());
         }
         let chains = chains_of(&layers);
-        let id = self.blocking(move |c| c.create(input)).await?;
-        self.images.lease(&id, chains);
-        Ok(id)
+        let id = berth_common::ids::new_id().map_err(|e| ContainerError::Failed {
+            id: String::new(),
+            step: "make an id",
+            message: e.to_string(),
+        })?;
+        let images = self.images.clone();
+        let image = input.image.clone();
+        let holder = id.clone();
+        let created = self
+            .blocking(move |c| {
+                images.lease(&holder, chains);
+                if layers.iter().any(|l| !l.exists()) {
+                    return Err(ContainerError::ImageGone(image));
+                }
+                c.create(&holder, input)
+            })
+            .await;
+        if created.is_err() {
+            self.release(id.clone()).await;
+        }
+        created.map(|()| id)
     }
 
     pub async fn start_container(&self, id: String) -> Result<(), ContainerError> {

@@ -19,25 +19,11 @@ const ORPHAN_KILL_TIMEOUT: Duration = Duration::from_secs(10);
 const UNKNOWN_EXIT_CODE: i32 = 255;
 
 impl Containers {
-    /// CreateContainer: rootfs, bundle, and the container built (not started) by the monitor.
-    /// Any failure takes back every step.
-    pub fn create(&self, input: CreateInput) -> Result<String, ContainerError> {
-        {
-            let records = self.lock();
-            let same = records.values().find(|r| {
-                r.sandbox_id == input.sandbox_id
-                    && r.config.metadata.name == input.config.metadata.name
-                    && r.config.metadata.attempt == input.config.metadata.attempt
-            });
-            if let Some(r) = same {
-                return Err(ContainerError::InvalidArgument(format!(
-                    "container name {:?} attempt {} is reserved for {} in pod {}",
-                    r.config.metadata.name, r.config.metadata.attempt, r.id, r.sandbox_id
-                )));
-            }
-        }
-        let id = berth_common::ids::new_id()
-            .map_err(|e| self.failed("", "make an id", e.to_string()))?;
+    /// CreateContainer of container `id`: rootfs, bundle, and the container built (not
+    /// started) by the monitor. Any failure takes back every step.
+    pub fn create(&self, id: &str, input: CreateInput) -> Result<(), ContainerError> {
+        let id = id.to_string();
+        let _name = self.reserve_name(&input, &id)?;
         let dir = self.dir(&id);
         let layer_dir = self.root.join("containers").join(&id);
         let rootfs = dir.join("rootfs");
@@ -52,7 +38,44 @@ impl Containers {
         let sandbox_id = record.sandbox_id.clone();
         self.lock().insert(id.clone(), record);
         self.events.publish(EventKind::Created, &id, &sandbox_id);
-        Ok(id)
+        Ok(())
+    }
+
+    /// Reserves the pod's container name and attempt for container `id` until the returned
+    /// guard goes: taken by a recorded container, or by a create still in flight (kubelet
+    /// retries one whose answer it missed), it is InvalidArgument naming the holder.
+    fn reserve_name(
+        &self,
+        input: &CreateInput,
+        id: &str,
+    ) -> Result<NameReservation<'_>, ContainerError> {
+        let key = (
+            input.sandbox_id.clone(),
+            input.config.metadata.name.clone(),
+            input.config.metadata.attempt,
+        );
+        let records = self.lock();
+        let mut creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+        let holder = records
+            .values()
+            .find(|r| {
+                r.sandbox_id == key.0
+                    && r.config.metadata.name == key.1
+                    && r.config.metadata.attempt == key.2
+            })
+            .map(|r| r.id.clone())
+            .or_else(|| creating.get(&key).cloned());
+        if let Some(holder) = holder {
+            return Err(ContainerError::InvalidArgument(format!(
+                "container name {:?} attempt {} is reserved for {holder} in pod {}",
+                key.1, key.2, key.0
+            )));
+        }
+        creating.insert(key.clone(), id.to_string());
+        Ok(NameReservation {
+            containers: self,
+            key,
+        })
     }
 
     /// Takes back whatever a create made of `record`'s container, however far it got: the
@@ -283,6 +306,23 @@ pub fn parse_signal(s: &str) -> Option<i32> {
     name.parse::<nix::sys::signal::Signal>()
         .ok()
         .map(|s| s as i32)
+}
+
+/// A container name held by a create in flight; released when the create ends (its record,
+/// if it made one, holds the name from then on).
+struct NameReservation<'a> {
+    containers: &'a Containers,
+    key: (String, String, u32),
+}
+
+impl Drop for NameReservation<'_> {
+    fn drop(&mut self) {
+        self.containers
+            .creating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key);
+    }
 }
 
 #[cfg(test)]

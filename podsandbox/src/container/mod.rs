@@ -43,6 +43,8 @@ pub struct Containers {
     records: Mutex<BTreeMap<String, ContainerRecord>>,
     metrics: ContainerMetrics,
     events: Arc<Events>,
+    /// The names (pod, name, attempt) of creates in flight, with the id each will have.
+    creating: Mutex<HashMap<(String, String, u32), String>>,
     /// Each container's CPU rate and the sample it was measured from.
     cpu_samples: Mutex<HashMap<String, stats::CpuRate>>,
     /// Where each container's cgroup files are, probed on its first stats sample.
@@ -93,6 +95,7 @@ impl Containers {
             records: Mutex::new(records),
             metrics,
             events,
+            creating: Mutex::new(HashMap::new()),
             cpu_samples: Mutex::new(HashMap::new()),
             layouts: Mutex::new(HashMap::new()),
             layer_usage: Mutex::new(HashMap::new()),

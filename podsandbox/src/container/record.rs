@@ -13,6 +13,9 @@ pub(super) const EXIT_FILE: &str = "exit.json";
 pub enum ContainerError {
     #[error("container {0} not found")]
     NotFound(String),
+    /// The image a create was building on was removed before its layers were leased.
+    #[error("image {0} not found: removed while the container was being created")]
+    ImageGone(String),
     #[error("{0}")]
     InvalidArgument(String),
     #[error("{0}")]
