@@ -14,7 +14,7 @@ BUILD_PACKAGES := protobuf-compiler libseccomp-dev pkg-config gcc make
 TEST_PACKAGES := $(BUILD_PACKAGES) busybox-static docker-registry openssl \
 	containernetworking-plugins iproute2 iptables util-linux
 
-.PHONY: all build run test test-host test-node bench lint deps-build deps-test deps-node check-cargo clean
+.PHONY: all build run test test-host test-node bench soak lint deps-build deps-test deps-node check-cargo clean
 
 all: build
 
@@ -69,6 +69,14 @@ test-node: deps-node
 bench: deps-test
 	$(CARGO) build --release --workspace --bins
 	$(SUDO) env BERTHD=$(CURDIR)/target/release/berthd ./target/release/berth-bench $(BENCH_ARGS)
+
+# The soak (e2e/src/soak.rs): pod lifecycles over the CRI socket while berthd, monitors and
+# containers are SIGKILLed at seeded random moments; prints the seed and the leak table.
+# SOAK_ARGS: --lifecycles N (1000), --in-flight N (8), --seed N, --fault-every-ms N (700).
+SOAK_ARGS ?=
+soak: deps-test
+	$(CARGO) build --bin berthd --bin berth-soak --bin berth-cni-gate
+	$(SUDO) env "PATH=$$PATH" ./target/debug/berth-soak $(SOAK_ARGS)
 
 clean:
 	$(CARGO) clean

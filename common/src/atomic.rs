@@ -56,6 +56,30 @@ fn write(path: &Path, bytes: &[u8], mode: u32, durability: Durability) -> std::i
     result
 }
 
+/// Removes the temp files that writers other than this process left in `dir` (a writer killed
+/// between its temp file and the rename leaves one). Returns how many went. For the directories
+/// that outlive the agent, at its start.
+pub fn remove_stale_temps(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    let mine = std::process::id();
+    entries
+        .flatten()
+        .filter(|e| temp_writer(&e.file_name().to_string_lossy()).is_some_and(|pid| pid != mine))
+        .filter(|e| std::fs::remove_file(e.path()).is_ok())
+        .count()
+}
+
+/// The pid of the writer of temp file `name` (`.<name>.tmp-<pid>-<n>`), if it is one.
+fn temp_writer(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix('.')?;
+    let (_, tail) = rest.rsplit_once(".tmp-")?;
+    let (pid, n) = tail.split_once('-')?;
+    n.parse::<u64>().ok()?;
+    pid.parse().ok()
+}
+
 /// A process-unique number for temp names.
 pub fn unique() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -92,6 +116,32 @@ mod tests {
             .collect();
         assert_eq!(names, ["record.json"]);
         assert!(write_atomic(&dir.join("missing/x"), b"").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn temps_of_other_writers_are_swept_and_nothing_else() {
+        let dir =
+            std::env::temp_dir().join(format!("berth-sweep-{}-{}", std::process::id(), unique()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mine = format!(".r.json.tmp-{}-5", std::process::id());
+        for name in [
+            ".r.json.tmp-1-2",
+            ".x.tmp-99999-123",
+            "r.json",
+            ".hidden",
+            mine.as_str(),
+        ] {
+            std::fs::write(dir.join(name), b"").unwrap();
+        }
+        assert_eq!(remove_stale_temps(&dir), 2);
+        let mut left: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        assert_eq!(left, [".hidden", mine.as_str(), "r.json"]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -12,6 +12,7 @@ pub mod monitor_fixture;
 pub mod network;
 pub mod registry;
 pub mod sandbox_fixture;
+pub mod soak;
 pub mod spdy;
 pub mod streaming_fixture;
 pub mod unpack_fixture;

@@ -26,6 +26,8 @@ impl PodNetwork {
     /// Watches `config.conf_dir`; results are cached under `<state>/cni/results`.
     pub fn new(config: &CniConfig, state: &Path, metrics: CniMetrics) -> PodNetwork {
         let cache = ResultCache::new(state.join("cni/results"));
+        // A result being written when the last agent was killed.
+        berth_common::atomic::remove_stale_temps(cache.dir());
         PodNetwork {
             watcher: NetworkWatcher::start(config.conf_dir.clone()),
             invoker: Arc::new(CniInvoker::from_config(config, cache).with_metrics(metrics)),
