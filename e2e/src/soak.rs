@@ -25,7 +25,7 @@ use crate::{RuntimeClient, TempDir, TestAgent};
 /// Lines each container writes, one every [`LINE_EVERY_MS`], before it exits with
 /// [`EXIT_CODE`].
 const LINES: usize = 20;
-const LINE_EVERY_MS: u64 = 30;
+const LINE_EVERY_MS: u64 = 10;
 const EXIT_CODE: i32 = 7;
 /// How long one RPC is retried before the lifecycle is failed.
 const RETRY_FOR: Duration = Duration::from_secs(120);
@@ -461,8 +461,9 @@ async fn run_container(
         }
     })
     .await?;
+    let pause = format!("{:.3}", LINE_EVERY_MS as f64 / 1000.0);
     let script = format!(
-        "i=0; while [ $i -lt {LINES} ]; do echo line-$i; i=$((i+1)); sleep 0.0{LINE_EVERY_MS}; done; exit {EXIT_CODE}"
+        "i=0; while [ $i -lt {LINES} ]; do echo line-$i; i=$((i+1)); sleep {pause}; done; exit {EXIT_CODE}"
     );
     let config = ContainerConfig {
         metadata: Some(ContainerMetadata {

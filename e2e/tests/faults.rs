@@ -129,6 +129,7 @@ async fn a_pod_whose_monitor_was_killed_still_stops_and_goes() {
             "{name}: container still listed"
         );
         assert_clean(&f, name);
+        assert!(f.agent.metric("berth_container_orphans_killed_total") >= 1.0);
         for dir in [
             container_cgroup(name, &id),
             berth_e2e::monitor_cgroup_path(&pod_parent(name), &pod),
@@ -569,6 +570,9 @@ async fn a_crash_at_any_step_of_a_build_is_rolled_back_at_the_next_start() {
             left.is_empty(),
             "{point}: left after the restart: {left:#?}"
         );
+        let counted = f.agent.metric("berth_sandbox_rollbacks_total")
+            + f.agent.metric("berth_container_rollbacks_total");
+        assert_eq!(counted, 1.0, "{point}: rollbacks counted at the start");
         let before = rollbacks(&f);
         f.agent
             .restart_with(nix::sys::signal::Signal::SIGTERM)
@@ -578,6 +582,7 @@ async fn a_crash_at_any_step_of_a_build_is_rolled_back_at_the_next_start() {
             before,
             "{point}: a second start rolled back again"
         );
+        assert_eq!(f.agent.metric("berth_sandbox_rollbacks_total"), 0.0);
     }
 }
 

@@ -203,6 +203,7 @@ impl Containers {
         let killed = berth_runtime::cgroups::kill_all(cgroup, ORPHAN_KILL_TIMEOUT)
             .map_err(|e| self.failed(id, "kill through the cgroup", e))?;
         tracing::warn!(container_id = %id, processes = killed, "the pod's monitor is gone: container killed through its cgroup");
+        self.metrics.orphan_killed();
         let now = berth_common::time::now_nanos();
         let exit = if killed > 0 {
             ExitRecord::new(128 + libc::SIGKILL, Some(libc::SIGKILL), now, false)

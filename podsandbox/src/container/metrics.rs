@@ -14,6 +14,8 @@ pub struct ContainerMetrics {
     by_state: Family<StateLabel, Gauge>,
     oom_kills: Counter,
     log_bytes: Counter,
+    orphans_killed: Counter,
+    rolled_back: Counter,
 }
 
 impl ContainerMetrics {
@@ -34,7 +36,25 @@ impl ContainerMetrics {
             "CRI log bytes written by pod monitors, counted when a container's exit is seen",
             m.log_bytes.clone(),
         );
+        registry.register(
+            "berth_container_orphans_killed",
+            "Containers whose pod monitor was gone, ended by the agent through their cgroup",
+            m.orphans_killed.clone(),
+        );
+        registry.register(
+            "berth_container_rollbacks",
+            "Containers whose create a crash cut short, taken back at the agent's start",
+            m.rolled_back.clone(),
+        );
         m
+    }
+
+    pub(super) fn orphan_killed(&self) {
+        self.orphans_killed.inc();
+    }
+
+    pub(super) fn rolled_back(&self) {
+        self.rolled_back.inc();
     }
 
     /// A container's exit, seen for the first time.

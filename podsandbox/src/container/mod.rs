@@ -103,6 +103,7 @@ impl Containers {
         for r in unfinished {
             tracing::info!(container_id = %r.id, "rolling back a container whose create was interrupted");
             containers.take_back(&r);
+            containers.metrics.rolled_back();
         }
         Ok(containers)
     }

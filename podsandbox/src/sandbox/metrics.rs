@@ -15,6 +15,7 @@ fn create_histogram() -> Histogram {
 pub struct SandboxMetrics {
     by_state: Family<StateLabel, Gauge>,
     create: Family<OutcomeLabel, Histogram, fn() -> Histogram>,
+    rolled_back: prometheus_client::metrics::counter::Counter,
 }
 
 impl Default for SandboxMetrics {
@@ -22,6 +23,7 @@ impl Default for SandboxMetrics {
         Self {
             by_state: Family::default(),
             create: Family::new_with_constructor(create_histogram),
+            rolled_back: Default::default(),
         }
     }
 }
@@ -39,7 +41,16 @@ impl SandboxMetrics {
             "Time for RunPodSandbox to build a sandbox, by outcome",
             m.create.clone(),
         );
+        registry.register(
+            "berth_sandbox_rollbacks",
+            "Sandboxes whose build a crash cut short, taken back at the agent's start",
+            m.rolled_back.clone(),
+        );
         m
+    }
+
+    pub(crate) fn rolled_back(&self) {
+        self.rolled_back.inc();
     }
 
     pub(crate) fn set_counts(&self, ready: i64, not_ready: i64) {

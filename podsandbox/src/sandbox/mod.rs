@@ -119,6 +119,7 @@ impl Sandboxes {
                     if let Err(e) = berth_common::fs::remove_dir_all_if_present(&dir) {
                         tracing::warn!(pod_id = %record.id, error = %e, "pod dir not removed");
                     }
+                    sandboxes.metrics.rolled_back();
                     continue;
                 }
                 // A ready sandbox whose monitor died while we were down is taken out of Ready,
