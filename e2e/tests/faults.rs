@@ -694,3 +694,91 @@ async fn remove_image_racing_create_container_never_breaks_the_rootfs() {
     remove_pod(&mut c, &pod).await;
     assert_clean(&f, "leased");
 }
+
+/// kubelet after a node restart: 50 pods at once, each RunPodSandbox, CreateContainer and
+/// StartContainer, and every call asked a second time as a retry would (RunPodSandbox returns
+/// the same sandbox, the second create is told the name is taken, the second start finds it
+/// running): exactly 50 pods, one running container each.
+#[tokio::test]
+async fn fifty_pods_at_once_asked_twice_make_fifty_pods_of_one_container() {
+    use berth_e2e::network::{Extra, TestNetwork};
+    let _top = CgroupTop::new();
+    let names: Vec<String> = (0..50).map(|i| format!("burst-{i}")).collect();
+    let _pods = PodCgroups(names.clone());
+    let f = fixture().await;
+    let net = TestNetwork::create(&f.agent.paths.cni_conf_dir, Extra::None);
+    berth_e2e::cri::wait_network_ready(&mut f.agent.runtime().await).await;
+    let c = f.agent.runtime().await;
+    let one = |name: String| {
+        let mut c = c.clone();
+        let f = &f;
+        async move {
+            let mut cfg = pod_config(f, &name);
+            pod_namespaces(&mut cfg).network = NamespaceMode::Pod as i32;
+            let mut pods = Vec::new();
+            let mut created = Vec::new();
+            for _ in 0..2 {
+                let pod = run_pod(&mut c, cfg.clone()).await;
+                let request = CreateContainerRequest {
+                    pod_sandbox_id: pod.clone(),
+                    config: Some(container_config(f, "main", &["sleep", "1000"])),
+                    sandbox_config: Some(cfg.clone()),
+                };
+                match c.create_container(request).await {
+                    Ok(r) => created.push(r.into_inner().container_id),
+                    Err(e) => assert!(e.message().contains("reserved"), "{name}: {e:?}"),
+                }
+                if let Some(id) = created.first() {
+                    let started = c
+                        .start_container(StartContainerRequest {
+                            container_id: id.clone(),
+                        })
+                        .await;
+                    if let Err(e) = started {
+                        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{name}: {e:?}");
+                    }
+                }
+                pods.push(pod);
+            }
+            assert_eq!(
+                pods[0], pods[1],
+                "{name}: a retried RunPodSandbox made a second pod"
+            );
+            assert_eq!(created.len(), 1, "{name}: {created:?}");
+            pods.remove(0)
+        }
+    };
+    let pods = futures_util::future::join_all(names.iter().cloned().map(one)).await;
+    let mut c = f.agent.runtime().await;
+    let listed_pods = c
+        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert_eq!(listed_pods.len(), 50);
+    let containers = c
+        .list_containers(ListContainersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .containers;
+    assert_eq!(containers.len(), 50);
+    assert!(
+        containers
+            .iter()
+            .all(|x| x.state == ContainerState::ContainerRunning as i32),
+        "{containers:?}"
+    );
+    let per_pod: std::collections::HashSet<_> = containers
+        .iter()
+        .map(|x| x.pod_sandbox_id.clone())
+        .collect();
+    assert_eq!(per_pod.len(), 50);
+    assert_eq!(net.leases().len(), 50, "one IP per pod");
+    for pod in &pods {
+        remove_pod(&mut c, pod).await;
+    }
+    assert_eq!(net.leases(), Vec::<String>::new());
+    assert_clean(&f, "burst-0");
+}
