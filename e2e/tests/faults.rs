@@ -782,3 +782,59 @@ async fn fifty_pods_at_once_asked_twice_make_fifty_pods_of_one_container() {
     assert_eq!(net.leases(), Vec::<String>::new());
     assert_clean(&f, "burst-0");
 }
+
+/// StopPodSandbox racing a CreateContainer in the same pod (kubelet tearing down a pod it was
+/// still building): once the stop returns, nothing of the pod runs, whichever came first, and
+/// the create either made a container the stop then stopped or was refused.
+#[tokio::test]
+async fn stop_pod_sandbox_racing_create_container_leaves_nothing_running() {
+    let _top = CgroupTop::new();
+    let names: Vec<String> = (0..8).map(|i| format!("stoprace-{i}")).collect();
+    let _pods = PodCgroups(names.clone());
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    for (round, name) in names.iter().enumerate() {
+        let pod_cfg = pod_config(&f, name);
+        let pod = run_pod(&mut c, pod_cfg.clone()).await;
+        let mut creator = c.clone();
+        let create = creator.create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config(&f, "late", &["sleep", "1000"])),
+            sandbox_config: Some(pod_cfg.clone()),
+        });
+        let mut stopper = c.clone();
+        let stop = async {
+            tokio::time::sleep(Duration::from_millis(round as u64 * 2)).await;
+            stopper
+                .stop_pod_sandbox(StopPodSandboxRequest {
+                    pod_sandbox_id: pod.clone(),
+                })
+                .await
+        };
+        let (created, stopped) = tokio::join!(create, stop);
+        stopped.unwrap();
+        let running: Vec<(std::path::PathBuf, Vec<i32>)> = container_cgroups(name)
+            .into_iter()
+            .map(|d| {
+                let procs = cgroup_procs(&d);
+                (d, procs)
+            })
+            .filter(|(_, p)| !p.is_empty())
+            .collect();
+        assert!(
+            running.is_empty(),
+            "round {round} (create {}): processes after StopPodSandbox: {running:?}",
+            if created.is_ok() {
+                "succeeded"
+            } else {
+                "refused"
+            }
+        );
+        if let Ok(r) = created {
+            let s = status(&mut c, &r.into_inner().container_id).await;
+            assert_ne!(s.state, ContainerState::ContainerRunning as i32);
+        }
+        remove_pod(&mut c, &pod).await;
+        assert_clean(&f, name);
+    }
+}

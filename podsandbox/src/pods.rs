@@ -18,7 +18,7 @@ use crate::container::{
     ContainerUsage, Containers, CreateInput, ExecError, ExecOutput, ExecStdio,
 };
 use crate::events::Events;
-use crate::sandbox::record::SandboxRecord;
+use crate::sandbox::record::{SandboxRecord, SandboxState};
 use crate::sandbox::{SandboxError, SandboxUsage, Sandboxes};
 
 /// How often the containers' writable layers are measured for their stats (kubelet polls
@@ -56,6 +56,10 @@ pub struct Pods {
     pub sandboxes: Arc<Sandboxes>,
     pub containers: Arc<Containers>,
     pub events: Arc<Events>,
+    /// Per pod: creates of containers hold it shared, stopping or removing the pod exclusive,
+    /// so a container being made while its pod is taken down is either made first (and then
+    /// stopped with the others) or refused.
+    teardown: std::sync::Mutex<HashMap<String, Arc<tokio::sync::RwLock<()>>>>,
 }
 
 impl Pods {
@@ -73,7 +77,18 @@ impl Pods {
             sandboxes,
             containers,
             events,
+            teardown: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Pod `sandbox_id`'s teardown lock ([`Pods::teardown`]).
+    fn teardown_lock(&self, sandbox_id: &str) -> Arc<tokio::sync::RwLock<()>> {
+        self.teardown
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(sandbox_id.to_string())
+            .or_default()
+            .clone()
     }
 
     /// What happened while the agent was down, as events: the sandboxes whose monitor died,
@@ -149,6 +164,19 @@ impl Pods {
             layers.extend(volume.iter().cloned());
         }
         let chains = chains_of(&layers);
+        let lock = self.teardown_lock(&input.sandbox_id);
+        let _not_torn_down = lock.read().await;
+        // The pod was stopped while this create waited for the lock.
+        if self
+            .sandboxes
+            .get(&input.sandbox_id)
+            .is_none_or(|s| s.state != SandboxState::Ready)
+        {
+            return Err(ContainerError::FailedPrecondition(format!(
+                "pod sandbox {} is not ready",
+                input.sandbox_id
+            )));
+        }
         let id = berth_common::ids::new_id().map_err(|e| ContainerError::Failed {
             id: String::new(),
             step: "make an id",
@@ -326,14 +354,23 @@ impl Pods {
 
     /// StopPodSandbox: every container of the pod is stopped first, then the sandbox.
     pub async fn stop_pod(&self, sandbox_id: &str) -> Result<(), PodError> {
+        let lock = self.teardown_lock(sandbox_id);
+        let _no_create = lock.write().await;
         self.take_containers(sandbox_id, false).await?;
         Ok(self.sandboxes.stop(sandbox_id).await?)
     }
 
     /// RemovePodSandbox: every container of the pod is stopped and removed, then the sandbox.
     pub async fn remove_pod(&self, sandbox_id: &str) -> Result<(), PodError> {
+        let lock = self.teardown_lock(sandbox_id);
+        let _no_create = lock.write().await;
         self.take_containers(sandbox_id, true).await?;
-        Ok(self.sandboxes.remove(sandbox_id).await?)
+        self.sandboxes.remove(sandbox_id).await?;
+        self.teardown
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(sandbox_id);
+        Ok(())
     }
 
     async fn take_containers(&self, sandbox_id: &str, remove: bool) -> Result<(), ContainerError> {
