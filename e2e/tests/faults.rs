@@ -4,6 +4,7 @@
 use std::time::{Duration, Instant};
 
 use berth_e2e::container_fixture::*;
+use berth_e2e::RuntimeClient;
 use k8s_cri::v1::*;
 
 /// Waits until process `pid` has exited (gone, or a zombie nobody reaps).
@@ -19,6 +20,34 @@ async fn wait_gone(pid: i32) {
         }
         assert!(Instant::now() < deadline, "{pid} did not exit");
         tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A fixture with one running pod `name` from `pod_config`, whose cgroups are taken back on
+/// drop (after the agent: fields drop in order).
+struct OnePod {
+    f: Fixture,
+    c: RuntimeClient,
+    cfg: PodSandboxConfig,
+    pod: String,
+    _pods: PodCgroups,
+    _top: CgroupTop,
+}
+
+async fn one_pod(name: &str) -> OnePod {
+    let _top = CgroupTop::new();
+    let _pods = PodCgroups(vec![name.to_string()]);
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let cfg = pod_config(&f, name);
+    let pod = run_pod(&mut c, cfg.clone()).await;
+    OnePod {
+        f,
+        c,
+        cfg,
+        pod,
+        _pods,
+        _top,
     }
 }
 
@@ -212,12 +241,14 @@ async fn endless_error_bodies_fail_their_pulls_and_hold_up_no_other() {
 /// StopContainer, a flooding one stops, and the pod stops and goes.
 #[tokio::test]
 async fn log_floods_starve_neither_the_monitor_nor_their_neighbours() {
-    let _top = CgroupTop::new();
-    let _pods = PodCgroups(vec!["flood".into()]);
-    let f = fixture().await;
-    let mut c = f.agent.runtime().await;
-    let pod_cfg = pod_config(&f, "flood");
-    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let OnePod {
+        f,
+        mut c,
+        cfg: pod_cfg,
+        pod,
+        _pods,
+        _top,
+    } = one_pod("flood").await;
     let mut flooders = Vec::new();
     for i in 0..3 {
         let mut cfg =
@@ -280,12 +311,14 @@ async fn log_floods_starve_neither_the_monitor_nor_their_neighbours() {
 /// both streams gets its output cut to what one reply can carry instead of a reply that fails.
 #[tokio::test]
 async fn exec_sync_answers_for_any_timeout_and_any_output() {
-    let _top = CgroupTop::new();
-    let _pods = PodCgroups(vec!["execlimits".into()]);
-    let f = fixture().await;
-    let mut c = f.agent.runtime().await;
-    let pod_cfg = pod_config(&f, "execlimits");
-    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let OnePod {
+        f,
+        mut c,
+        cfg: pod_cfg,
+        pod,
+        _pods,
+        _top,
+    } = one_pod("execlimits").await;
     let cfg = container_config(&f, "sleeper", &["sleep", "1000"]);
     let id = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
     start(&mut c, &id).await;
@@ -591,12 +624,14 @@ async fn a_crash_at_any_step_of_a_build_is_rolled_back_at_the_next_start() {
 /// retry is told the name is taken.
 #[tokio::test]
 async fn a_create_container_retried_while_the_first_is_in_flight_makes_one_container() {
-    let _top = CgroupTop::new();
-    let _pods = PodCgroups(vec!["retried".into()]);
-    let f = fixture().await;
-    let mut c = f.agent.runtime().await;
-    let pod_cfg = pod_config(&f, "retried");
-    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let OnePod {
+        f,
+        mut c,
+        cfg: pod_cfg,
+        pod,
+        _pods,
+        _top,
+    } = one_pod("retried").await;
     for round in 0..5u32 {
         let mut cfg = container_config(&f, "twice", &["sleep", "1000"]);
         cfg.metadata.as_mut().unwrap().attempt = round;
@@ -638,12 +673,14 @@ async fn a_create_container_retried_while_the_first_is_in_flight_makes_one_conta
 /// nothing made) or succeeds with every file there (the layers are leased before the mount).
 #[tokio::test]
 async fn remove_image_racing_create_container_never_breaks_the_rootfs() {
-    let _top = CgroupTop::new();
-    let _pods = PodCgroups(vec!["leased".into()]);
-    let f = fixture().await;
-    let mut c = f.agent.runtime().await;
-    let pod_cfg = pod_config(&f, "leased");
-    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let OnePod {
+        f,
+        mut c,
+        cfg: pod_cfg,
+        pod,
+        _pods,
+        _top,
+    } = one_pod("leased").await;
     let mut images = f.agent.image().await;
     let mut created = 0;
     for round in 0..10u32 {
