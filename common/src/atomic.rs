@@ -121,9 +121,16 @@ mod tests {
 
     #[test]
     fn temps_of_other_writers_are_swept_and_nothing_else() {
+        struct Gone(std::path::PathBuf);
+        impl Drop for Gone {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
         let dir =
             std::env::temp_dir().join(format!("berth-sweep-{}-{}", std::process::id(), unique()));
         std::fs::create_dir_all(&dir).unwrap();
+        let _gone = Gone(dir.clone());
         let mine = format!(".r.json.tmp-{}-5", std::process::id());
         for name in [
             ".r.json.tmp-1-2",
@@ -142,6 +149,5 @@ mod tests {
             .collect();
         left.sort();
         assert_eq!(left, [".hidden", mine.as_str(), "r.json"]);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -281,8 +281,15 @@ mod tests {
     /// connect gives up at its timeout instead of blocking the thread for ever.
     #[test]
     fn connecting_to_a_listener_that_accepts_nothing_times_out() {
+        struct Gone(std::path::PathBuf);
+        impl Drop for Gone {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
         let dir = std::env::temp_dir().join(format!("berth-connect-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        let _gone = Gone(dir.clone());
         let path = dir.join("s.sock");
         let _ = std::fs::remove_file(&path);
         let _listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
@@ -300,6 +307,5 @@ mod tests {
         assert_eq!(err.kind(), std::io::ErrorKind::TimedOut, "{err}");
         assert!(started.elapsed() >= Duration::from_millis(100));
         drop(held);
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }
