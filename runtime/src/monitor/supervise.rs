@@ -594,6 +594,22 @@ fn cloexec_pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
 mod tests {
     use super::*;
 
+    /// Removes its directory on drop, when the test fails too.
+    struct Gone(PathBuf);
+
+    impl Drop for Gone {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// A temp dir of this test's own.
+    fn scratch(name: &str) -> (PathBuf, Gone) {
+        let dir = std::env::temp_dir().join(format!("berth-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        (dir.clone(), Gone(dir))
+    }
+
     fn supervised(dir: &Path, id: &str, pid: i32, exited: bool) -> Supervised {
         Supervised {
             pid,
@@ -616,15 +632,7 @@ mod tests {
     /// never over the old one's record.
     #[test]
     fn a_reused_pid_records_the_exit_of_the_live_container_only() {
-        struct Gone(PathBuf);
-        impl Drop for Gone {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
-        let dir = std::env::temp_dir().join(format!("berth-reaped-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let _gone = Gone(dir.clone());
+        let (dir, _gone) = scratch("reaped");
         let mut s = Supervisor::new(dir.clone(), None);
         // Several old ones, so that map order cannot hide the fault.
         for i in 0..8 {
@@ -652,15 +660,7 @@ mod tests {
     #[test]
     fn one_wake_up_reads_a_bounded_amount_from_a_flooding_stream() {
         use std::io::Write;
-        struct Gone(PathBuf);
-        impl Drop for Gone {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
-        let dir = std::env::temp_dir().join(format!("berth-flood-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let _gone = Gone(dir.clone());
+        let (dir, _gone) = scratch("flood");
         let (r, w) = cloexec_pipe().unwrap();
         nix::fcntl::fcntl(
             std::os::fd::AsRawFd::as_raw_fd(&w),
