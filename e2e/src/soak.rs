@@ -75,6 +75,8 @@ pub struct SoakReport {
     pub mismatches: Vec<String>,
     /// What was left on the host, by kind.
     pub leaks: Vec<(&'static str, Vec<String>)>,
+    /// Where the agent's log was kept, when the run was not clean.
+    pub agent_log: Option<PathBuf>,
 }
 
 impl SoakReport {
@@ -113,6 +115,9 @@ impl fmt::Display for SoakReport {
         }
         for m in self.mismatches.iter().take(10) {
             writeln!(f, "  mismatch: {m}")?;
+        }
+        if let Some(log) = &self.agent_log {
+            writeln!(f, "  the agent's log: {}", log.display())?;
         }
         Ok(())
     }
@@ -292,6 +297,13 @@ pub async fn run(config: SoakConfig) -> SoakReport {
     agent.restart_with(Signal::SIGKILL).await;
     report.leaks = leaks(&agent, &net, &names, &snapshots_before);
     report.elapsed = started.elapsed();
+    if !report.clean() {
+        // The agent's log goes with its temp dir: kept where the report names it.
+        let kept = std::env::temp_dir().join(format!("berth-soak-{}.log", config.seed));
+        if std::fs::write(&kept, agent.log()).is_ok() {
+            report.agent_log = Some(kept);
+        }
+    }
     report
 }
 

@@ -875,3 +875,62 @@ async fn stop_pod_sandbox_racing_create_container_leaves_nothing_running() {
         assert_clean(&f, name);
     }
 }
+
+/// The descriptors a process holds (but 0, 1 and 2, and /dev/null), as `readlink` names them.
+fn held_descriptors(pid: i32) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) > Some(2))
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|l| l.display().to_string())
+                .filter(|l| l != "/dev/null")
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A container that is created but not started waits in its init before execve, holding what
+/// the executor inherited. It must hold nothing of its monitor's: with the monitor's listening
+/// socket, a dead monitor's pod still accepted connections nobody would answer (the soak found
+/// an agent start-up waiting two minutes on one), and the log file, signalfd and the other
+/// containers' pipes were held by a process that has no use for them.
+#[tokio::test]
+async fn a_created_container_holds_none_of_its_monitors_descriptors() {
+    let OnePod {
+        f,
+        mut c,
+        cfg: pod_cfg,
+        pod,
+        _pods,
+        _top,
+    } = one_pod("fdhygiene").await;
+    // A running neighbour, so the monitor holds another container's pipes too.
+    let other = create(
+        &mut c,
+        &pod,
+        container_config(&f, "other", &["sleep", "1000"]),
+        pod_cfg.clone(),
+    )
+    .await;
+    start(&mut c, &other).await;
+    let id = create(
+        &mut c,
+        &pod,
+        container_config(&f, "waiting", &["sleep", "1000"]),
+        pod_cfg.clone(),
+    )
+    .await;
+    let init = container_pid(&mut c, &id).await;
+    let monitor = monitor_pid(&mut c, &pod).await;
+    let shared: Vec<String> = held_descriptors(init)
+        .intersection(&held_descriptors(monitor))
+        .cloned()
+        .collect();
+    assert!(
+        shared.is_empty(),
+        "the created container's init holds its monitor's {shared:?}"
+    );
+    remove_pod(&mut c, &pod).await;
+    assert_clean(&f, "fdhygiene");
+}

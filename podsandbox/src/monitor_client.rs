@@ -122,9 +122,15 @@ fn connect(path: &Path, timeout: Duration) -> std::io::Result<UnixStream> {
     Ok(stream)
 }
 
-/// Whether the pod's monitor is gone: nothing listens on its socket (only the monitor holds
-/// it). A monitor that is there but slow to answer is not gone.
+/// Whether the pod's monitor is gone: the process the sandbox recorded is not running, or
+/// nothing listens on its socket. A monitor that is there but slow to answer is not gone.
 pub fn gone(pod_dir: &Path) -> bool {
+    let recorded = crate::sandbox::record::SandboxRecord::load(pod_dir)
+        .ok()
+        .and_then(|r| r.monitor);
+    if recorded.is_some_and(|m| !m.alive()) {
+        return true;
+    }
     let Ok((_dir, path)) = short_socket_path(pod_dir, SOCKET_FILE) else {
         return true;
     };

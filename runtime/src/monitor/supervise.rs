@@ -90,11 +90,17 @@ fn executor(
                     .unwrap_or(null.as_raw_fd())
             };
             // SAFETY: dup2 onto the standard descriptors of this child, which owns no Rust
-            // object for them; _exit skips the monitor's destructors and atexit handlers.
+            // object for them, and close_range of the rest, whose owners (the monitor's
+            // objects, copied by fork) are never used or dropped here: _exit skips the
+            // monitor's destructors and atexit handlers.
             unsafe {
                 libc::dup2(fd(&stdin), 0);
                 libc::dup2(fd(&stdout), 1);
                 libc::dup2(fd(&stderr), 2);
+                // Nothing else of the monitor's goes with the executor: a created container's
+                // init waits for its start holding what it inherited, and with the monitor's
+                // listening socket a dead monitor's pod would still accept connections.
+                libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
                 let code = crate::executor::run(&argv);
                 libc::_exit(code)
             }
