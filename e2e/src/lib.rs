@@ -308,11 +308,12 @@ impl TestAgent {
                 }
             }
             if let Ok(channel) = connect(&self.paths.socket).await {
-                if RuntimeServiceClient::new(channel)
-                    .version(VersionRequest::default())
-                    .await
-                    .is_ok()
-                {
+                // The socket is bound before the stores are open: a start that hangs there
+                // must end in the panic below, not in a Version call that never returns.
+                let mut client = RuntimeServiceClient::new(channel);
+                let version = client.version(VersionRequest::default());
+                let left = deadline.saturating_duration_since(Instant::now());
+                if let Ok(Ok(_)) = tokio::time::timeout(left, version).await {
                     return;
                 }
             }
