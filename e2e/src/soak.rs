@@ -504,6 +504,7 @@ async fn run_container(
     // A start whose answer was lost finds the container no longer created: that is a start.
     retry(socket, targets, "StartContainer", |mut c| {
         let id = id.clone();
+        let pod = pod.to_string();
         async move {
             match c
                 .start_container(StartContainerRequest {
@@ -511,6 +512,8 @@ async fn run_container(
                 })
                 .await
             {
+                // A pod whose monitor was struck cannot start anything: kubelet makes it anew.
+                Err(_) if lock(targets).struck.monitor.contains(&pod) => Ok(()),
                 Err(e) if e.code() == tonic::Code::FailedPrecondition => {
                     let s = c
                         .container_status(ContainerStatusRequest {
@@ -576,9 +579,12 @@ async fn run_container(
                 status.exit_code, status.reason
             ));
         }
+        // An exec that raced the container's exit is killed with it (137): only one that ran
+        // to its end must have said its word.
         if let Ok(r) = &exec {
-            if r.get_ref().stdout != b"exec\n" {
-                problems.push(format!("exec said {:?}", r.get_ref().stdout));
+            let r = r.get_ref();
+            if r.exit_code == 0 && r.stdout != b"exec\n" {
+                problems.push(format!("exec exited 0 saying {:?}", r.stdout));
             }
         }
     } else if struck_container && !struck_monitor && ![137, EXIT_CODE].contains(&status.exit_code) {

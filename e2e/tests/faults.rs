@@ -934,3 +934,43 @@ async fn a_created_container_holds_none_of_its_monitors_descriptors() {
     remove_pod(&mut c, &pod).await;
     assert_clean(&f, "fdhygiene");
 }
+
+/// A monitor that dies while it creates a container (made to SIGKILL itself right after the
+/// executor built it) leaves the container's init waiting in its cgroup: the failed
+/// CreateContainer must end it through the cgroup its record names, so that the pod then goes
+/// without a trace.
+#[tokio::test]
+async fn a_monitor_dying_in_a_create_leaves_no_container_behind() {
+    let _top = CgroupTop::new();
+    let _pods = PodCgroups(vec!["monitorcrash".into()]);
+    let mut f = fixture().await;
+    f.agent.restart_crashing_at("monitor-created").await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "monitorcrash");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let err = c
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.clone(),
+            config: Some(container_config(&f, "c", &["sleep", "1000"])),
+            sandbox_config: Some(pod_cfg),
+        })
+        .await
+        .expect_err("the monitor died answering");
+    eprintln!("CreateContainer: {err:?}");
+    let running: Vec<_> = container_cgroups("monitorcrash")
+        .into_iter()
+        .filter(|d| !cgroup_procs(d).is_empty())
+        .collect();
+    assert!(
+        running.is_empty(),
+        "a container init outlived the failed create: {running:?}"
+    );
+    remove_pod(&mut c, &pod).await;
+    assert_clean(&f, "monitorcrash");
+    let pod_cgroup = berth_e2e::pod_cgroup_path(&pod_parent("monitorcrash"));
+    let left: Vec<_> = berth_e2e::cgroup_dirs(&pod_cgroup.to_string_lossy())
+        .into_iter()
+        .filter(|d| d.exists())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

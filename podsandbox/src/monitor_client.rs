@@ -47,6 +47,8 @@ pub async fn start(config: &MonitorConfig) -> Result<MonitorProcess, String> {
         .stderr(log)
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        // A crash point named for the monitor reaches it (tests only; see berth_common::crash).
+        .envs(std::env::var(berth_common::crash::ENV).map(|v| (berth_common::crash::ENV, v)))
         .spawn()
         .map_err(|e| format!("start monitor: {e}"))?;
     let stdout = child.stdout.take().ok_or("monitor stdout not piped")?;

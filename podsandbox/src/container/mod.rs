@@ -172,6 +172,12 @@ impl Containers {
         all
     }
 
+    /// The record of container `id` as last written to disk.
+    fn read_record(&self, id: &str) -> Option<ContainerRecord> {
+        let bytes = std::fs::read(self.dir(id).join(RECORD_FILE)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
     fn read_exit(&self, id: &str) -> Option<ExitRecord> {
         let bytes = std::fs::read(self.dir(id).join(EXIT_FILE)).ok()?;
         serde_json::from_slice(&bytes).ok()

@@ -334,10 +334,13 @@ impl Monitor {
                 cgroup,
                 stdin,
                 tty,
-            } => self
-                .containers
-                .create(&id, &bundle, &log_path, exit_file, cgroup, stdin, tty)
-                .map(Some),
+            } => {
+                let created = self
+                    .containers
+                    .create(&id, &bundle, &log_path, exit_file, cgroup, stdin, tty);
+                berth_common::crash::point("monitor-created");
+                created.map(Some)
+            }
             Request::Start { id } => self.containers.start(&id).map(|()| None),
             Request::Signal { id, signal } => self.containers.signal(&id, signal).map(|()| None),
             Request::ReopenLog { id } => self.containers.reopen_log(&id).map(|()| None),
