@@ -335,6 +335,22 @@ pub fn remove_cgroup_tree(dir: &std::path::Path) {
     let _ = std::fs::remove_dir(dir);
 }
 
+/// Waits until process `pid` has exited (gone, or a zombie nobody reaps), at most 20 s.
+pub fn wait_process_gone(pid: i32) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        if matches!(state, None | Some("Z")) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{pid} did not exit");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// The processes in the cgroup directory `dir` (any hierarchy's).
 pub fn cgroup_procs(dir: &std::path::Path) -> Vec<i32> {
     berth_runtime::cgroups::parse_procs(

@@ -7,22 +7,6 @@ use berth_e2e::container_fixture::*;
 use berth_e2e::RuntimeClient;
 use k8s_cri::v1::*;
 
-/// Waits until process `pid` has exited (gone, or a zombie nobody reaps).
-async fn wait_gone(pid: i32) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next());
-        if matches!(state, None | Some("Z")) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{pid} did not exit");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 /// A fixture with one running pod `name` from `pod_config`, whose cgroups are taken back on
 /// drop (after the agent: fields drop in order).
 struct OnePod {
@@ -107,7 +91,7 @@ async fn a_pod_whose_monitor_was_killed_still_stops_and_goes() {
             nix::sys::signal::Signal::SIGKILL,
         )
         .unwrap();
-        wait_gone(monitor).await;
+        wait_process_gone(monitor);
 
         if path == "stop container" {
             c.stop_container(StopContainerRequest {

@@ -413,7 +413,7 @@ async fn sandboxes_survive_an_agent_kill_and_a_dead_monitor_reads_not_ready() {
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    wait_gone(monitor_b);
+    berth_e2e::container_fixture::wait_process_gone(monitor_b);
     agent.restart_with(nix::sys::signal::Signal::SIGKILL).await;
 
     let st = status(&agent, &a, false).await.status.unwrap();
@@ -426,22 +426,6 @@ async fn sandboxes_survive_an_agent_kill_and_a_dead_monitor_reads_not_ready() {
         remove(&agent, id).await;
     }
     assert_no_leaks(&agent, Some(&net));
-}
-
-/// Waits until process `pid` has exited (gone, or a zombie nobody reaps).
-fn wait_gone(pid: i32) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next());
-        if matches!(state, None | Some("Z")) {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "{pid} did not exit");
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[tokio::test]
