@@ -27,6 +27,8 @@ NODE_DRIVERS="${NODE_DRIVERS:-systemd cgroupfs}"
 # monitor does run here: a scope is ended and removed differently from a cgroupfs leaf.
 NODE_SKIP="${NODE_SKIP:-a_hundred_create_start_stop_remove_cycles_leave_nothing fifty_run_stop_remove_cycles_leave_nothing endless_error_bodies log_floods exec_sync_answers a_full_log_disk retried_while remove_image_racing fifty_pods stop_pod_sandbox_racing a_crash_at_any_step a_created_container_holds a_monitor_dying}"
 NODE_TIMEOUT="${NODE_TIMEOUT:-1500}"
+# What one suite may take in the VM (the slowest takes about 100 s under TCG).
+NODE_SUITE_TIMEOUT="${NODE_SUITE_TIMEOUT:-420}"
 NODE_ACCEL="${NODE_ACCEL:-tcg}"
 NODE_CPU="${NODE_CPU:-max}"
 NODE_CPUS="${NODE_CPUS:-2}"
@@ -103,7 +105,8 @@ for driver in $NODE_DRIVERS; do
     case " $once " in *" \$name "*) [ \$first = 1 ] || continue ;; esac
     echo "berth-node: suite \$name, cgroup driver \$driver"
     start=\$(date +%s)
-    if ! "\$t" --test-threads=2 $(for t in $NODE_SKIP; do printf -- '--skip %s ' "$t"; done); then
+    # A suite that hangs fails here, naming itself, instead of holding the VM to NODE_TIMEOUT.
+    if ! timeout --signal=KILL $NODE_SUITE_TIMEOUT "\$t" --test-threads=2 $(for t in $NODE_SKIP; do printf -- '--skip %s ' "$t"; done); then
       status=1
       echo "berth-node: FAILED suite \$name, cgroup driver \$driver"
     fi
