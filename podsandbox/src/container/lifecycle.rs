@@ -32,7 +32,7 @@ impl Containers {
             tracing::warn!(container_id = %id, error = %e, "create failed: rolling back");
             // The record, once written, names the container's cgroup: its init may be there
             // (the monitor died while creating it) with nobody else to end it.
-            let unfinished = self.read_record(&id).unwrap_or_else(|| {
+            let unfinished = ContainerRecord::load(&dir).unwrap_or_else(|| {
                 let mut r = ContainerRecord::unrecorded(&id, &self.root);
                 r.pod_dir = input.pod_dir.clone();
                 r
@@ -102,7 +102,7 @@ impl Containers {
             let _ = monitor_client::request(pod_dir, &Request::Delete { id: id.clone() });
         }
         if let Some(cgroup) = &record.cgroup {
-            let _ = end_cgroup(cgroup);
+            let _ = berth_runtime::cgroups::kill_and_remove(cgroup, ORPHAN_KILL_TIMEOUT);
         }
         let _ = umount2(&dir.join("rootfs"), MntFlags::MNT_DETACH);
         super::rootfs::unmount_image_volumes(&dir);
@@ -247,7 +247,7 @@ impl Containers {
         if let Some(cgroup) = &record.cgroup {
             // libcontainer's delete removes it; a container whose monitor died leaves it, with
             // whatever its init left behind in the host's or the pod's PID namespace.
-            end_cgroup(cgroup)
+            berth_runtime::cgroups::kill_and_remove(cgroup, ORPHAN_KILL_TIMEOUT)
                 .map_err(|e| self.failed(id, "kill what is left in the cgroup", e))?;
         }
         let _ = std::fs::remove_dir_all(&record.layer_dir);
@@ -273,17 +273,6 @@ impl Containers {
             .map(|_| ())
             .map_err(|e| self.failed(id, "reopen log", e))
     }
-}
-
-/// Kills what is left in a container's cgroup (cgroupfs path) and removes it in every
-/// hierarchy.
-fn end_cgroup(cgroup: &Path) -> Result<(), String> {
-    berth_runtime::cgroups::kill_all(cgroup, ORPHAN_KILL_TIMEOUT)?;
-    let relative = cgroup.strip_prefix("/").unwrap_or(cgroup);
-    for h in berth_runtime::cgroups::hierarchies() {
-        let _ = std::fs::remove_dir(h.mountpoint.join(relative));
-    }
-    Ok(())
 }
 
 /// Waits until `file` exists, at most `timeout` (one past any instant: no limit).

@@ -70,18 +70,16 @@ impl Containers {
         let mut records = BTreeMap::new();
         let mut unfinished = Vec::new();
         for entry in std::fs::read_dir(&dir)?.flatten() {
-            match std::fs::read(entry.path().join(RECORD_FILE))
-                .map(|b| serde_json::from_slice::<ContainerRecord>(&b))
-            {
+            match ContainerRecord::load(&entry.path()) {
                 // The monitor's answer to create is the last thing a create records: without
                 // it the create was cut short, and nobody was told the container's id.
-                Ok(Ok(r)) if r.pid == 0 && r.started_at == 0 && r.exit.is_none() => {
+                Some(r) if r.pid == 0 && r.started_at == 0 && r.exit.is_none() => {
                     unfinished.push(r);
                 }
-                Ok(Ok(r)) => {
+                Some(r) => {
                     records.insert(r.id.clone(), r);
                 }
-                _ => {
+                None => {
                     let id = entry.file_name().to_string_lossy().into_owned();
                     tracing::info!(container_id = %id, "rolling back a container dir without a readable record");
                     unfinished.push(ContainerRecord::unrecorded(&id, root));
@@ -170,12 +168,6 @@ impl Containers {
             self.metrics.set_count(label, n);
         }
         all
-    }
-
-    /// The record of container `id` as last written to disk.
-    fn read_record(&self, id: &str) -> Option<ContainerRecord> {
-        let bytes = std::fs::read(self.dir(id).join(RECORD_FILE)).ok()?;
-        serde_json::from_slice(&bytes).ok()
     }
 
     fn read_exit(&self, id: &str) -> Option<ExitRecord> {

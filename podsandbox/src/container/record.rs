@@ -76,6 +76,12 @@ pub struct ProcessUser {
 }
 
 impl ContainerRecord {
+    /// The record in container dir `dir` as last written, if it is there and readable.
+    pub(super) fn load(dir: &std::path::Path) -> Option<ContainerRecord> {
+        let bytes = std::fs::read(dir.join(RECORD_FILE)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
     /// What is known of container `id` when only its dirs are there: where they are.
     pub(super) fn unrecorded(id: &str, root: &std::path::Path) -> ContainerRecord {
         ContainerRecord {

@@ -227,7 +227,12 @@ pub fn parse_procs(text: &str) -> Vec<i32> {
 
 /// The processes in the cgroup `path` (cgroupfs path), in any hierarchy, each once.
 pub fn procs(path: &Path) -> Vec<i32> {
-    let mut pids: Vec<i32> = dirs_of(path)
+    procs_in(&dirs_of(path))
+}
+
+/// The processes listed in the cgroup directories `dirs`, each once.
+fn procs_in(dirs: &[PathBuf]) -> Vec<i32> {
+    let mut pids: Vec<i32> = dirs
         .iter()
         .flat_map(|d| {
             parse_procs(&std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default())
@@ -261,14 +266,15 @@ pub fn kill_all(path: &Path, timeout: Duration) -> Result<usize, String> {
     use nix::sys::wait::{waitpid, WaitPidFlag};
     use nix::unistd::Pid;
     let dirs = dirs_of(path);
-    let found = procs(path).len();
     let deadline = Instant::now() + timeout;
     let mut freezer = dirs
         .iter()
         .map(|d| d.join("freezer.state"))
         .find(|f| f.exists());
+    let mut found = None;
     loop {
-        let pids = procs(path);
+        let pids = procs_in(&dirs);
+        let found = *found.get_or_insert(pids.len());
         if pids.is_empty() {
             return Ok(found);
         }
@@ -292,7 +298,8 @@ pub fn kill_all(path: &Path, timeout: Duration) -> Result<usize, String> {
                     freezer = None;
                 }
             }
-            for pid in procs(path) {
+            // Listed again once frozen: what forked since the last look is there now.
+            for pid in procs_in(&dirs) {
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }
             if let Some(state) = &freezer {
@@ -304,6 +311,16 @@ pub fn kill_all(path: &Path, timeout: Duration) -> Result<usize, String> {
             let _ = waitpid(Pid::from_raw(*pid), Some(WaitPidFlag::WNOHANG));
         }
     }
+}
+
+/// [`kill_all`], then the cgroup `path` removed in every hierarchy (a container's cgroup,
+/// whose runtime did not remove it).
+pub fn kill_and_remove(path: &Path, timeout: Duration) -> Result<(), String> {
+    kill_all(path, timeout)?;
+    for dir in dirs_of(path) {
+        let _ = std::fs::remove_dir(dir);
+    }
+    Ok(())
 }
 
 /// Removes cgroup directories made by [`ensure`], deepest first. One still holding tasks
