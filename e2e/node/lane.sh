@@ -106,9 +106,21 @@ for driver in $NODE_DRIVERS; do
     echo "berth-node: suite \$name, cgroup driver \$driver"
     start=\$(date +%s)
     # A suite that hangs fails here, naming itself, instead of holding the VM to NODE_TIMEOUT.
-    if ! timeout --signal=KILL $NODE_SUITE_TIMEOUT "\$t" --test-threads=2 $(for t in $NODE_SKIP; do printf -- '--skip %s ' "$t"; done); then
+    timeout --signal=KILL $NODE_SUITE_TIMEOUT "\$t" --test-threads=2 $(for t in $NODE_SKIP; do printf -- '--skip %s ' "$t"; done)
+    rc=\$?
+    if [ \$rc != 0 ]; then
       status=1
       echo "berth-node: FAILED suite \$name, cgroup driver \$driver"
+    fi
+    if [ \$rc = 137 ]; then
+      # Killed while hung: what was still running, systemd's pending jobs, and the logs of the
+      # agents whose tests never finished (a finished test removes its directory).
+      echo "berth-node: suite \$name ran past ${NODE_SUITE_TIMEOUT} s; what is left:"
+      ps -eo pid,ppid,stat,wchan:24,etime,args | grep -v ' \\['
+      systemctl list-jobs --no-pager
+      for log in /tmp/berth-e2e-*/berthd.log; do
+        [ -f "\$log" ] && { echo "berth-node: \$log ends:"; grep -v ' h2::' "\$log" | tail -n 60; }
+      done
     fi
     echo "berth-node: suite \$name took \$((\$(date +%s) - start)) s"
   done

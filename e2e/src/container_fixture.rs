@@ -418,6 +418,34 @@ fn fd_count(pid: i32) -> usize {
         .unwrap_or(0)
 }
 
+/// The descriptors of process `pid` that are connections to systemd's D-Bus sockets, as
+/// `fd N → path`: each is copied out of the process with pidfd_getfd and asked for its peer.
+pub fn bus_connections(pid: i32) -> Vec<String> {
+    use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+    let pidfd = berth_runtime::pidfd_open(pid).unwrap_or_else(|e| panic!("pidfd of {pid}: {e}"));
+    let copy = |n: i32| {
+        // SAFETY: pidfd_getfd takes a pidfd we own, a descriptor number and flags, and returns
+        // a new descriptor of ours or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), n, 0) };
+        // SAFETY: the kernel just returned this descriptor; nothing else owns it.
+        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    };
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap_or_else(|e| panic!("/proc/{pid}/fd: {e}"))
+        .flatten()
+        .filter_map(|entry| {
+            let n: i32 = entry.file_name().to_str()?.parse().ok()?;
+            let target = std::fs::read_link(entry.path()).ok()?;
+            if !target.to_string_lossy().starts_with("socket:") {
+                return None;
+            }
+            let fd = copy(n)?;
+            let peer = berth_runtime::cgroups::systemd::bus_peer(fd.as_fd())?;
+            Some(format!("fd {n} → {peer}"))
+        })
+        .collect()
+}
+
 /// The zombie children of `parent`: exits nobody collected.
 pub fn zombie_children(parent: i32) -> Vec<i32> {
     std::fs::read_dir("/proc")

@@ -179,6 +179,50 @@ async fn update_container_resources_changes_the_live_cgroup() {
     assert_clean(&f, "resize");
 }
 
+/// libcgroups' systemd manager leaves its D-Bus connection open, and systemd writes every unit
+/// signal down every connection on its private socket: one nobody reads fills, and past 1024
+/// queued messages systemd stops dispatching its bus queue, so `systemctl daemon-reload` (and
+/// every job waiter) hangs. The agent (after resource updates), a pod's monitor (after making its
+/// scope) and a container (whose scope libcontainer made) must keep none.
+#[tokio::test]
+async fn neither_the_agent_nor_a_monitor_keeps_a_connection_to_systemd() {
+    let _top = CgroupTop::new();
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "nobus");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let id = create(
+        &mut c,
+        &pod,
+        container_config(&f, "sleeper", &["sleep", "1000"]),
+        pod_cfg.clone(),
+    )
+    .await;
+    start(&mut c, &id).await;
+    for cpu_shares in [512, 256, 768] {
+        c.update_container_resources(UpdateContainerResourcesRequest {
+            container_id: id.clone(),
+            linux: Some(LinuxContainerResources {
+                cpu_shares,
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let monitor = monitor_pid(&mut c, &pod).await;
+    let init = container_pid(&mut c, &id).await;
+    let agent = bus_connections(f.agent.pid() as i32);
+    let monitors = bus_connections(monitor);
+    let inits = bus_connections(init);
+    remove_pod(&mut c, &pod).await;
+    assert_eq!(agent, Vec::<String>::new(), "the agent's connections to systemd");
+    assert_eq!(monitors, Vec::<String>::new(), "the monitor's connections to systemd");
+    assert_eq!(inits, Vec::<String>::new(), "the container's connections to systemd");
+    assert_clean(&f, "nobus");
+}
+
 #[tokio::test]
 async fn oom_kill_user_reopen_log_and_metrics() {
     let _top = CgroupTop::new();

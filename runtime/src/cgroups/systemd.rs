@@ -15,6 +15,18 @@ pub const MONITOR_PREFIX: &str = "berth-monitor";
 /// Where a pod without a cgroup parent puts its units, as containerd does.
 pub const DEFAULT_SLICE: &str = "system.slice";
 
+/// Where systemd's manager answers D-Bus: the system bus, and its own private socket (which
+/// libcgroups uses when there is no bus daemon).
+const BUS_SOCKETS: [&str; 2] = ["/run/dbus/system_bus_socket", "/run/systemd/private"];
+
+/// The systemd D-Bus socket that `fd` is connected to, if it is a connection to one.
+pub fn bus_peer(fd: std::os::fd::BorrowedFd) -> Option<&'static str> {
+    use std::os::fd::AsRawFd;
+    let peer: nix::sys::socket::UnixAddr = nix::sys::socket::getpeername(fd.as_raw_fd()).ok()?;
+    let path = peer.path()?;
+    BUS_SOCKETS.into_iter().find(|s| Path::new(s) == path)
+}
+
 /// Whether systemd is this host's init, as sd_booted(3) decides.
 pub fn booted() -> bool {
     Path::new("/run/systemd/system").is_dir()
@@ -102,9 +114,46 @@ pub fn is_systemd_form(oci: &Path) -> bool {
 /// The scope goes away by itself once its last process has exited.
 pub fn join_new_scope(slice: &str, prefix: &str, name: &str, pid: i32) -> Result<(), String> {
     use libcgroups::common::CgroupManager;
-    manager(slice, prefix, name)?
-        .add_task(nix::unistd::Pid::from_raw(pid))
-        .map_err(|e| format!("start systemd scope {prefix}-{name}.scope in {slice}: {e}"))
+    on_the_bus(|| {
+        manager(slice, prefix, name)?
+            .add_task(nix::unistd::Pid::from_raw(pid))
+            .map_err(|e| format!("start systemd scope {prefix}-{name}.scope in {slice}: {e}"))
+    })
+}
+
+/// Runs `call`, which uses libcgroups' systemd manager, then closes the D-Bus connections it
+/// left open. libcgroups never closes its socket (youki#3629), and a connection nobody reads
+/// fills: systemd writes every unit signal down every connection on its private socket, and
+/// once more than 1024 messages wait it stops dispatching its bus queue, so that
+/// `systemctl daemon-reload` and every job waiter on the node hang; dbus-daemon refuses a user's
+/// 257th connection. berth holds no bus connection of its own, so every one open after `call`
+/// is one it left; the calls go one at a time so that none is closed under another. (A process
+/// spawned meanwhile may inherit one, as libcgroups does not set close-on-exec, until it exits.)
+fn on_the_bus<T>(call: impl FnOnce() -> T) -> T {
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    let out = call();
+    for fd in bus_connections() {
+        // SAFETY: `fd` is a connection libcgroups opened and dropped without closing; nothing
+        // else in this process refers to it.
+        unsafe { libc::close(fd) };
+    }
+    out
+}
+
+/// This process's descriptors that are connections to systemd's D-Bus sockets.
+fn bus_connections() -> Vec<std::os::fd::RawFd> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .filter(|&fd| {
+            // SAFETY: the descriptor is only asked for its peer; a number that is no longer
+            // open (the directory's own) fails with EBADF.
+            bus_peer(unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }).is_some()
+        })
+        .collect()
 }
 
 /// libcgroups' systemd manager for scope `<prefix>-<name>.scope` in `slice`, on the system bus.
@@ -148,14 +197,16 @@ pub fn set_scope_resources(
     let (slice, name) = scope_of(fs_path)
         .ok_or_else(|| format!("{} is not a berth container scope", fs_path.display()))?;
     let unit = format!("{CONTAINER_PREFIX}-{name}.scope");
-    manager(&slice, CONTAINER_PREFIX, &name)?
-        .apply(&ControllerOpt {
-            resources,
-            disable_oom_killer: false,
-            oom_score_adj: None,
-            freezer_state: None,
-        })
-        .map_err(|e| format!("set the properties of {unit}: {e}"))
+    on_the_bus(|| {
+        manager(&slice, CONTAINER_PREFIX, &name)?
+            .apply(&ControllerOpt {
+                resources,
+                disable_oom_killer: false,
+                oom_score_adj: None,
+                freezer_state: None,
+            })
+            .map_err(|e| format!("set the properties of {unit}: {e}"))
+    })
 }
 
 #[cfg(test)]
