@@ -217,9 +217,21 @@ async fn neither_the_agent_nor_a_monitor_keeps_a_connection_to_systemd() {
     let monitors = bus_connections(monitor);
     let inits = bus_connections(init);
     remove_pod(&mut c, &pod).await;
-    assert_eq!(agent, Vec::<String>::new(), "the agent's connections to systemd");
-    assert_eq!(monitors, Vec::<String>::new(), "the monitor's connections to systemd");
-    assert_eq!(inits, Vec::<String>::new(), "the container's connections to systemd");
+    assert_eq!(
+        agent,
+        Vec::<String>::new(),
+        "the agent's connections to systemd"
+    );
+    assert_eq!(
+        monitors,
+        Vec::<String>::new(),
+        "the monitor's connections to systemd"
+    );
+    assert_eq!(
+        inits,
+        Vec::<String>::new(),
+        "the container's connections to systemd"
+    );
     assert_clean(&f, "nobus");
 }
 

@@ -15,7 +15,7 @@ use crate::manifest::{self, Descriptor, Kind};
 use crate::metrics::ImageMetrics;
 use crate::reference::Reference;
 use crate::registry::{Clients, RegistryError, Session};
-use crate::snapshots::{disk_usage, Snapshotter, Usage};
+use crate::snapshots::{disk_usage, Snapshotter};
 use crate::store::{ImageRecord, ImageStore};
 use crate::unpack::{unpack_layer, Compression, UnpackLimits};
 use crate::RegistryConfig;
@@ -237,7 +237,22 @@ impl Images {
     }
 
     /// Deletes blobs and snapshots no image record, running pull or container refers to.
+    /// Blocking. The lock is held while GC decides, unlinks blobs and renames snapshots out of
+    /// sight; the snapshots' files (seconds for a big image) are deleted after it, since pulls
+    /// take the lock from async code.
     pub fn collect_garbage(&self) {
+        for doomed in self.retire_garbage() {
+            #[cfg(test)]
+            tests::WHILE_DELETING.with(|h| h.get().map(|h| h(self)));
+            if let Err(e) = std::fs::remove_dir_all(&doomed) {
+                tracing::warn!(dir = %doomed.display(), error = %e, "GC: cannot delete snapshot");
+            }
+        }
+    }
+
+    /// GC's decisions, under its lock: unreferenced blobs are deleted and unreferenced
+    /// snapshots retired; returns the retired snapshots' dirs.
+    fn retire_garbage(&self) -> Vec<PathBuf> {
         let _gc = self.gc.lock().unwrap_or_else(|e| e.into_inner());
         let mut live: HashSet<Digest> = HashSet::new();
         for r in self.store.list() {
@@ -267,13 +282,18 @@ impl Images {
                 }
             }
         }
+        let mut doomed = Vec::new();
         for chain in self.snapshots.list() {
             if !live.contains(&chain) {
-                if let Err(e) = self.snapshots.remove(&chain) {
-                    tracing::warn!(snapshot = %chain, error = %e, "GC: cannot remove snapshot");
+                match self.snapshots.retire(&chain) {
+                    Ok(dir) => doomed.extend(dir),
+                    Err(e) => {
+                        tracing::warn!(snapshot = %chain, error = %e, "GC: cannot remove snapshot")
+                    }
                 }
             }
         }
+        doomed
     }
 
     /// Used bytes and inodes of the image store: snapshots (as unpacked) plus blobs.
@@ -513,31 +533,34 @@ impl Images {
                 Compression::sniff(&head[..n])
             }
         };
-        let prepared = self
-            .snapshots
-            .prepare()
-            .map_err(|e| layer_error(format!("prepare snapshot: {e}")))?;
-        let dest = prepared.fs();
         let limits = UnpackLimits {
             max_bytes: self.config.max_layer_bytes,
             min_free_bytes: self.config.min_free_bytes,
         };
-        let (actual, usage) = tokio::task::spawn_blocking(move || {
-            let (_, diff) =
-                unpack_layer(&blob, compression, &dest, limits).map_err(|e| e.to_string())?;
-            Ok::<_, String>((diff, disk_usage(&dest)))
+        // The temp snapshot is made, filled, checked and committed (or, failing, deleted with
+        // all it was filled with) on a blocking thread, never on a runtime worker.
+        let snapshots = self.snapshots.clone();
+        let (diff_id, chain) = (diff_id.clone(), chain.clone());
+        tokio::task::spawn_blocking(move || {
+            let prepared = snapshots
+                .prepare()
+                .map_err(|e| format!("prepare snapshot: {e}"))?;
+            let dest = prepared.fs();
+            let (_, actual) = unpack_layer(&blob, compression, &dest, limits)
+                .map_err(|e| format!("unpack: {e}"))?;
+            if actual != diff_id.as_str() {
+                return Err(format!(
+                    "uncompressed content has digest {actual}, but the image config says {diff_id}"
+                ));
+            }
+            let usage = disk_usage(&dest);
+            snapshots
+                .commit(prepared, &chain, usage)
+                .map_err(|e| format!("commit snapshot: {e}"))
         })
         .await
         .map_err(|e| layer_error(format!("unpack task: {e}")))?
-        .map_err(|e| layer_error(format!("unpack: {e}")))?;
-        if actual != diff_id.as_str() {
-            return Err(layer_error(format!(
-                "uncompressed content has digest {actual}, but the image config says {diff_id}"
-            )));
-        }
-        self.snapshots
-            .commit(prepared, chain, Usage { ..usage })
-            .map_err(|e| layer_error(format!("commit snapshot: {e}")))?;
+        .map_err(layer_error)?;
         self.metrics.layers_pulled.inc();
         Ok(())
     }
@@ -551,5 +574,60 @@ impl Images {
     /// Where a snapshot's files are (overlay lowerdir) — for container rootfs mounts.
     pub fn snapshot_dir(&self, chain: &ChainId) -> PathBuf {
         self.snapshots.fs(chain)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    thread_local! {
+        /// Called as GC deletes a snapshot's files: what a test checks meanwhile.
+        pub(super) static WHILE_DELETING: Cell<Option<fn(&Images)>> = const { Cell::new(None) };
+    }
+
+    /// Pulls take GC's lock in async code, and a big image's files take seconds to delete: GC
+    /// decides and takes snapshots out of sight under the lock, and deletes them after it.
+    #[test]
+    fn gc_deletes_snapshots_with_its_lock_released() {
+        static FREE: AtomicUsize = AtomicUsize::new(0);
+        static HELD: AtomicUsize = AtomicUsize::new(0);
+        let root = tempfile::tempdir().unwrap();
+        let images = Images::open(
+            root.path(),
+            RegistryConfig::default(),
+            ImageMetrics::default(),
+            HashMap::new(),
+        )
+        .unwrap();
+        let snapshot = root.path().join("snapshots").join("ab".repeat(32));
+        std::fs::create_dir_all(snapshot.join("fs/etc")).unwrap();
+        std::fs::write(snapshot.join("fs/etc/hostname"), "x").unwrap();
+        std::fs::write(snapshot.join("usage.json"), "{}").unwrap();
+        WHILE_DELETING.with(|h| {
+            h.set(Some(|images: &Images| {
+                let counter = match images.gc.try_lock() {
+                    Ok(_) => &FREE,
+                    Err(_) => &HELD,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+            }))
+        });
+        images.collect_garbage();
+        WHILE_DELETING.with(|h| h.set(None));
+        assert_eq!(
+            (FREE.load(Ordering::Relaxed), HELD.load(Ordering::Relaxed)),
+            (1, 0),
+            "(deletions with the lock free, with it held)"
+        );
+        let left: Vec<_> = std::fs::read_dir(root.path().join("snapshots"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
     }
 }

@@ -12,7 +12,7 @@ const TMP_PREFIX: &str = "tmp-";
 /// Bytes (allocated blocks) and inodes a snapshot uses.
 pub use berth_common::fs::{disk_usage, DiskUsage as Usage};
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Snapshotter {
     root: PathBuf,
 }
@@ -83,13 +83,21 @@ impl Snapshotter {
     }
 
     pub fn remove(&self, chain: &ChainId) -> std::io::Result<()> {
-        // Rename first so a crash mid-removal leaves a temp dir (cleaned at start), not a
-        // snapshot that looks whole.
+        match self.retire(chain)? {
+            Some(doomed) => std::fs::remove_dir_all(doomed),
+            None => Ok(()),
+        }
+    }
+
+    /// Takes snapshot `chain` out of sight with one rename, to a temp dir that a crash leaves
+    /// to be cleaned at start (never a snapshot that looks whole), and returns that dir for the
+    /// caller to delete; None when there was no such snapshot.
+    pub fn retire(&self, chain: &ChainId) -> std::io::Result<Option<PathBuf>> {
         let dir = self.root.join(chain.hex());
         let doomed = self.root.join(format!("{TMP_PREFIX}rm-{:x}", unique()));
         match std::fs::rename(&dir, &doomed) {
-            Ok(()) => std::fs::remove_dir_all(&doomed),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Ok(()) => Ok(Some(doomed)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }
     }
