@@ -252,7 +252,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let images = Images::open(&config.root, config.registry.clone(), image_metrics, leases)
         .map_err(AgentError::Images)?;
     let images = Arc::new(images);
-    let network = PodNetwork::new(&config.cni, &config.state, cni_metrics);
+    let network = PodNetwork::new(&config.cni, &config.root, &config.state, cni_metrics);
     let sandboxes = Sandboxes::open(
         &config.state,
         Vec::new(),

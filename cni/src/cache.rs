@@ -6,10 +6,13 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::error::CniError;
+use crate::invoke::Attachment;
+use crate::network::Network;
 use crate::result::CniResult;
+use crate::RuntimeCapabilities;
 
 const KIND: &str = "berthCniResultV1";
 
@@ -26,6 +29,17 @@ struct Record {
     container_id: String,
     if_name: String,
     result: Value,
+    /// What a DEL needs once the pod's own files are gone (a reboot empties `state`, not the
+    /// cache's `root`): the network as it was at ADD (a conflist), and the attachment's netns,
+    /// CNI_ARGS and offered capabilities. Absent in records of an attachment saved without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    network: Option<Value>,
+    #[serde(default)]
+    netns: PathBuf,
+    #[serde(default)]
+    args: Vec<(String, String)>,
+    #[serde(default)]
+    capability_args: Map<String, Value>,
 }
 
 impl ResultCache {
@@ -57,13 +71,76 @@ impl ResultCache {
         ifname: &str,
         result: &CniResult,
     ) -> Result<(), CniError> {
-        let path = self.path(container_id, ifname)?;
-        let record = Record {
+        self.write(Record {
             kind: KIND.to_string(),
             container_id: container_id.to_string(),
             if_name: ifname.to_string(),
             result: result.raw().clone(),
+            network: None,
+            netns: PathBuf::new(),
+            args: Vec::new(),
+            capability_args: Map::new(),
+        })
+    }
+
+    /// As [`ResultCache::save`], with the network and the attachment ADD ran with, so that
+    /// [`ResultCache::load_attachment`] can give a DEL everything it needs from this file alone.
+    pub fn save_attachment(
+        &self,
+        network: &Network,
+        attachment: &Attachment,
+        result: &CniResult,
+    ) -> Result<(), CniError> {
+        self.write(Record {
+            kind: KIND.to_string(),
+            container_id: attachment.container_id.clone(),
+            if_name: attachment.ifname.clone(),
+            result: result.raw().clone(),
+            network: Some(network.to_conflist()),
+            netns: attachment.netns.clone(),
+            args: attachment.args.clone(),
+            capability_args: attachment.capabilities.to_json(),
+        })
+    }
+
+    /// The network and attachment saved with `container_id`'s `ifname` by
+    /// [`ResultCache::save_attachment`]; None when there is no such file or it was saved
+    /// without them.
+    pub fn load_attachment(
+        &self,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Option<(Network, Attachment)>, CniError> {
+        let path = self.path(container_id, ifname)?;
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(cache_error(&path, e)),
         };
+        let record = read_record(&bytes).map_err(|e| cache_error(&path, e))?;
+        let Some(network) = record.network else {
+            return Ok(None);
+        };
+        let network = serde_json::to_vec(&network)
+            .map_err(|e| e.to_string())
+            .and_then(|b| Network::from_conflist_bytes(&b))
+            .map_err(|e| cache_error(&path, format!("saved network: {e}")))?;
+        let attachment = Attachment {
+            container_id: record.container_id,
+            netns: record.netns,
+            ifname: record.if_name,
+            args: record.args,
+            // Offered again exactly as they were at ADD, by their JSON names.
+            capabilities: RuntimeCapabilities {
+                other: record.capability_args.into_iter().collect(),
+                ..Default::default()
+            },
+        };
+        Ok(Some((network, attachment)))
+    }
+
+    fn write(&self, record: Record) -> Result<(), CniError> {
+        let path = self.path(&record.container_id, &record.if_name)?;
         let bytes = serde_json::to_vec(&record).map_err(|e| cache_error(&path, e))?;
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -194,5 +271,51 @@ mod tests {
         let err = cache.load("abc", "eth0").unwrap_err().to_string();
         assert!(err.contains("abc-eth0.json"), "{err}");
         assert!(cache.list().unwrap().is_empty());
+    }
+
+    /// A reboot empties `state`, where the pod kept the network its ADD ran on: the DEL after
+    /// it runs from the cache file alone, with the same network, netns, CNI_ARGS and
+    /// capabilities.
+    #[test]
+    fn an_attachment_saved_with_its_network_loads_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ResultCache::new(dir.path());
+        let network = Network::from_conflist_bytes(
+            br#"{"cniVersion": "1.0.0", "name": "podnet", "disableCheck": true, "plugins": [
+                {"type": "bridge", "bridge": "cni0", "ipam": {"type": "host-local"}},
+                {"type": "portmap", "capabilities": {"portMappings": true}}]}"#,
+        )
+        .unwrap();
+        let mut attachment =
+            Attachment::new("abc123", "/run/berth/pods/abc123/ns/net").with_pod("ns", "p", "u1");
+        attachment.capabilities.port_mappings = vec![crate::PortMapping {
+            host_port: 8080,
+            container_port: 80,
+            protocol: "tcp".into(),
+            host_ip: String::new(),
+        }];
+        let result = CniResult::from_slice(BRIDGE_100.as_bytes()).unwrap();
+        cache
+            .save_attachment(&network, &attachment, &result)
+            .unwrap();
+        let (n, a) = cache.load_attachment("abc123", "eth0").unwrap().unwrap();
+        assert_eq!((n.name.as_str(), n.disable_check), ("podnet", true));
+        assert_eq!(n.plugins, network.plugins);
+        assert_eq!(
+            (&a.container_id, &a.netns, &a.ifname, &a.args),
+            (
+                &attachment.container_id,
+                &attachment.netns,
+                &attachment.ifname,
+                &attachment.args
+            )
+        );
+        assert_eq!(a.capabilities.to_json(), attachment.capabilities.to_json());
+        assert_eq!(cache.load("abc123", "eth0").unwrap(), Some(result.clone()));
+
+        // A result saved without them (an older agent's) has none to give.
+        cache.save("def456", "eth0", &result).unwrap();
+        assert!(cache.load_attachment("def456", "eth0").unwrap().is_none());
+        assert!(cache.load_attachment("nothing", "eth0").unwrap().is_none());
     }
 }

@@ -205,13 +205,9 @@ impl CniInvoker {
             prev = Some(result);
         }
         let result = prev.ok_or_else(|| no_plugins(net))?;
-        let (cache, id, ifname, saved) = (
-            self.cache.clone(),
-            att.container_id.clone(),
-            att.ifname.clone(),
-            result.clone(),
-        );
-        tokio::task::spawn_blocking(move || cache.save(&id, &ifname, &saved))
+        let (cache, network, attachment, saved) =
+            (self.cache.clone(), net.clone(), att.clone(), result.clone());
+        tokio::task::spawn_blocking(move || cache.save_attachment(&network, &attachment, &saved))
             .await
             .map_err(|e| CniError::Cache {
                 path: self.cache.dir().to_path_buf(),

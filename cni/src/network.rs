@@ -157,6 +157,24 @@ impl Network {
         Ok(network)
     }
 
+    /// The network as a configuration list that [`Network::from_conflist_bytes`] reads back
+    /// (a network read from a single `.conf` becomes a list of its one plugin).
+    pub fn to_conflist(&self) -> Value {
+        let mut list = Map::new();
+        list.insert("cniVersion".into(), Value::String(self.cni_version.clone()));
+        list.insert("name".into(), Value::String(self.name.clone()));
+        if self.disable_check {
+            list.insert("disableCheck".into(), Value::Bool(true));
+        }
+        let plugins = self
+            .plugins
+            .iter()
+            .map(|p| Value::Object(p.conf.clone()))
+            .collect();
+        list.insert("plugins".into(), Value::Array(plugins));
+        Value::Object(list)
+    }
+
     /// Parses a configuration list (`.conflist`).
     pub fn from_conflist_bytes(bytes: &[u8]) -> Result<Network, String> {
         let obj = parse_object(bytes)?;

@@ -25,7 +25,7 @@ NODE_DRIVERS="${NODE_DRIVERS:-systemd cgroupfs}"
 # cgroup layout (a registry's, a log flood's, ExecSync's limits, a full log disk, create
 # races, the crash points, whose restarts take minutes under TCG). The faults suite's dead
 # monitor does run here: a scope is ended and removed differently from a cgroupfs leaf.
-NODE_SKIP="${NODE_SKIP:-a_hundred_create_start_stop_remove_cycles_leave_nothing fifty_run_stop_remove_cycles_leave_nothing endless_error_bodies log_floods exec_sync_answers a_full_log_disk retried_while remove_image_racing fifty_pods stop_pod_sandbox_racing a_crash_at_any_step a_created_container_holds a_monitor_dying}"
+NODE_SKIP="${NODE_SKIP:-a_hundred_create_start_stop_remove_cycles_leave_nothing fifty_run_stop_remove_cycles_leave_nothing endless_error_bodies log_floods exec_sync_answers a_full_log_disk retried_while remove_image_racing fifty_pods stop_pod_sandbox_racing a_crash_at_any_step a_created_container_holds a_monitor_dying after_a_reboot}"
 NODE_TIMEOUT="${NODE_TIMEOUT:-1500}"
 # What one suite may take in the VM (the slowest takes about 100 s under TCG).
 NODE_SUITE_TIMEOUT="${NODE_SUITE_TIMEOUT:-420}"

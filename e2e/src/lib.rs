@@ -363,6 +363,50 @@ impl TestAgent {
         self.wait_ready().await;
     }
 
+    /// What a reboot does to the agent and its pods, short of rebooting: the agent and every
+    /// process of its pods die (monitors found by their command line, containers by their root
+    /// under this agent's directory), the cgroup trees `cgroups` (cgroupfs directories) go, and
+    /// `state`, a tmpfs on a real node, loses every mount and file. `root` stays. Then the
+    /// agent starts again on the same config.
+    pub async fn reboot(&mut self, cgroups: &[PathBuf]) {
+        if self.child.is_some() {
+            self.stop_with(Signal::SIGKILL);
+        }
+        let dir = self.dir().to_string_lossy().into_owned();
+        let ours = |pid: u32| {
+            let root = std::fs::read_link(format!("/proc/{pid}/root")).unwrap_or_default();
+            root.starts_with(&dir) && root != Path::new("/")
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left: Vec<u32> = network::processes_mentioning(&dir)
+                .into_iter()
+                .chain(all_pids().into_iter().filter(|&p| ours(p)))
+                .filter(|&p| p != std::process::id())
+                .collect();
+            if left.is_empty() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "reboot: still running: {left:?}");
+            for pid in left {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for tree in cgroups {
+            container_fixture::remove_cgroup_tree(tree);
+        }
+        let mut mounts = network::mounts_under(&self.paths.state);
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for m in mounts {
+            let _ = nix::mount::umount2(m.as_str(), nix::mount::MntFlags::MNT_DETACH);
+        }
+        std::fs::remove_dir_all(&self.paths.state).expect("reboot: empty the state dir");
+        self.child =
+            Some(spawn_berthd(&self.paths.config, &self.paths.log).expect("respawn berthd"));
+        self.wait_ready().await;
+    }
+
     /// Restarts the agent (SIGKILL) so that it kills itself at the crash point `point`
     /// (`berth_common::crash`) when it gets there.
     pub async fn restart_crashing_at(&mut self, point: &str) {
@@ -569,4 +613,15 @@ pub fn run_berthd(args: &[&str]) -> (ExitStatus, String, String) {
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Every pid in /proc.
+fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -495,10 +495,55 @@ fn leftovers(f: &Fixture, net: &berth_e2e::network::TestNetwork, name: &str) -> 
     for v in net.veths() {
         left.push(format!("veth {v}"));
     }
-    for r in entries(agent.paths.state.join("cni/results")) {
-        left.push(format!("CNI result {r}"));
+    for dir in [&agent.paths.state, &agent.paths.root] {
+        for r in entries(dir.join("cni/results")) {
+            left.push(format!("CNI result {r}"));
+        }
     }
     left
+}
+
+/// A reboot ends every process and empties `state` (a tmpfs), but keeps `root` and what the CNI
+/// plugins keep on disk (host-local's leases). The agent that starts after it has no record of
+/// the pods it ran: it runs the DEL of every attachment it finds no pod for, from what it kept
+/// under `root`, and removes the writable layers that no container record claims.
+#[tokio::test]
+async fn after_a_reboot_the_agent_frees_the_ips_and_writable_layers_of_the_pods_it_lost() {
+    use berth_e2e::network::{Extra, TestNetwork};
+    let _top = CgroupTop::new();
+    let name = "reboot";
+    let _pods = PodCgroups(vec![name.to_string()]);
+    let mut f = fixture().await;
+    let net = TestNetwork::create(&f.agent.paths.cni_conf_dir, Extra::None);
+    let mut c = f.agent.runtime().await;
+    berth_e2e::cri::wait_network_ready(&mut c).await;
+    let mut cfg = pod_config(&f, name);
+    pod_namespaces(&mut cfg).network = NamespaceMode::Pod as i32;
+    let pod = run_pod(&mut c, cfg.clone()).await;
+    let id = create(
+        &mut c,
+        &pod,
+        container_config(&f, "c", &["sleep", "1000"]),
+        cfg.clone(),
+    )
+    .await;
+    start(&mut c, &id).await;
+    assert_eq!(net.leases().len(), 1, "{:?}", net.leases());
+    assert!(f.agent.paths.root.join("containers").join(&id).exists());
+
+    let pod_cgroup = berth_e2e::pod_cgroup_path(&pod_parent(name));
+    let trees = berth_e2e::cgroup_dirs(&pod_cgroup.to_string_lossy());
+    f.agent.reboot(&trees).await;
+    let mut c = f.agent.runtime().await;
+    let listed = c
+        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(listed.is_empty(), "{listed:?}");
+    let left = leftovers(&f, &net, name);
+    assert!(left.is_empty(), "left after the reboot: {left:#?}");
 }
 
 /// Every step of RunPodSandbox and of CreateContainer may be the moment the agent dies. For

@@ -16,6 +16,7 @@ pub struct ContainerMetrics {
     log_bytes: Counter,
     orphans_killed: Counter,
     rolled_back: Counter,
+    unclaimed_layers: Counter,
 }
 
 impl ContainerMetrics {
@@ -46,6 +47,11 @@ impl ContainerMetrics {
             "Containers whose create a crash cut short, taken back at the agent's start",
             m.rolled_back.clone(),
         );
+        registry.register(
+            "berth_container_unclaimed_layers_removed",
+            "Writable layers no container record claimed (lost with the state dir, as in a reboot), removed at the agent's start",
+            m.unclaimed_layers.clone(),
+        );
         m
     }
 
@@ -55,6 +61,10 @@ impl ContainerMetrics {
 
     pub(super) fn rolled_back(&self) {
         self.rolled_back.inc();
+    }
+
+    pub(super) fn unclaimed_layer_removed(&self) {
+        self.unclaimed_layers.inc();
     }
 
     /// A container's exit, seen for the first time.

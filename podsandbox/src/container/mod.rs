@@ -103,7 +103,30 @@ impl Containers {
             containers.take_back(&r);
             containers.metrics.rolled_back();
         }
+        containers.remove_unclaimed_layers();
         Ok(containers)
+    }
+
+    /// The writable layers under `<root>/containers` that no container dir in `state` claims:
+    /// a reboot empties `state` (a tmpfs) and keeps `root`, so that a container's upper dir
+    /// outlives every record of it. Nothing has them mounted after a reboot; they go, counted.
+    fn remove_unclaimed_layers(&self) {
+        let Ok(entries) = std::fs::read_dir(self.root.join("containers")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            if self.dir(&id).exists() {
+                continue;
+            }
+            tracing::info!(container_id = %id, "removing a writable layer no container record claims (lost with the state dir)");
+            match berth_common::fs::remove_dir_all_if_present(&entry.path()) {
+                Ok(()) => self.metrics.unclaimed_layer_removed(),
+                Err(e) => {
+                    tracing::warn!(container_id = %id, error = %e, "writable layer not removed")
+                }
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, ContainerRecord>> {

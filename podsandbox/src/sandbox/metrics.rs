@@ -16,6 +16,7 @@ pub struct SandboxMetrics {
     by_state: Family<StateLabel, Gauge>,
     create: Family<OutcomeLabel, Histogram, fn() -> Histogram>,
     rolled_back: prometheus_client::metrics::counter::Counter,
+    orphan_networks: prometheus_client::metrics::counter::Counter,
 }
 
 impl Default for SandboxMetrics {
@@ -24,6 +25,7 @@ impl Default for SandboxMetrics {
             by_state: Family::default(),
             create: Family::new_with_constructor(create_histogram),
             rolled_back: Default::default(),
+            orphan_networks: Default::default(),
         }
     }
 }
@@ -46,11 +48,20 @@ impl SandboxMetrics {
             "Sandboxes whose build a crash cut short, taken back at the agent's start",
             m.rolled_back.clone(),
         );
+        registry.register(
+            "berth_sandbox_orphan_networks_released",
+            "Pod network attachments no sandbox record claimed (lost with the state dir, as in a reboot), released with CNI DEL at the agent's start",
+            m.orphan_networks.clone(),
+        );
         m
     }
 
     pub(crate) fn rolled_back(&self) {
         self.rolled_back.inc();
+    }
+
+    pub(crate) fn orphan_networks_released(&self, n: usize) {
+        self.orphan_networks.inc_by(n as u64);
     }
 
     pub(crate) fn set_counts(&self, ready: i64, not_ready: i64) {

@@ -16,7 +16,7 @@ mod stats;
 mod undo;
 mod watch;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -132,6 +132,9 @@ impl Sandboxes {
             }
             sandboxes.lock().insert(record.id.clone(), record);
         }
+        let known: HashSet<String> = sandboxes.lock().keys().cloned().collect();
+        let released = sandboxes.network.release_orphans(&known).await;
+        sandboxes.metrics.orphan_networks_released(released);
         sandboxes.update_state_metrics();
         Ok(sandboxes)
     }

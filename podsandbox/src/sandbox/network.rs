@@ -2,6 +2,7 @@
 //! kubelet's CNI_ARGS and runtime capabilities; DEL with the network and result saved at ADD,
 //! so removal works even after the config changed or the netns is gone.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -23,11 +24,15 @@ pub struct PodNetwork {
 }
 
 impl PodNetwork {
-    /// Watches `config.conf_dir`; results are cached under `<state>/cni/results`.
-    pub fn new(config: &CniConfig, state: &Path, metrics: CniMetrics) -> PodNetwork {
-        let cache = ResultCache::new(state.join("cni/results"));
+    /// Watches `config.conf_dir`; results are cached under `<root>/cni/results`, which a
+    /// reboot keeps (as it keeps the plugins' own files, host-local's leases), each with the
+    /// network and attachment its DEL needs (see [`PodNetwork::release_orphans`]). Results an
+    /// older agent kept under `<state>/cni/results` move there.
+    pub fn new(config: &CniConfig, root: &Path, state: &Path, metrics: CniMetrics) -> PodNetwork {
+        let cache = ResultCache::new(root.join("cni/results"));
         // A result being written when the last agent was killed.
         berth_common::atomic::remove_stale_temps(cache.dir());
+        move_results(&state.join("cni/results"), cache.dir());
         PodNetwork {
             watcher: NetworkWatcher::start(config.conf_dir.clone()),
             invoker: Arc::new(CniInvoker::from_config(config, cache).with_metrics(metrics)),
@@ -105,10 +110,77 @@ impl PodNetwork {
             .map_err(|e| e.to_string())
     }
 
+    /// CNI DEL of every cached attachment whose sandbox is not in `known`: after a reboot,
+    /// which empties `state` and with it every pod record, or a crash between ADD and the
+    /// record. Each DEL runs with the network and attachment saved beside its result (a result
+    /// saved without them gets the current network and no netns); one that fails stays
+    /// cached, for the next start to try again. Returns how many were released.
+    pub(crate) async fn release_orphans(&self, known: &HashSet<String>) -> usize {
+        let cache = self.invoker.cache();
+        let cached = match cache.list() {
+            Ok(cached) => cached,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the CNI results: none released");
+                return 0;
+            }
+        };
+        let mut released = 0;
+        for (id, ifname) in cached.into_iter().filter(|(id, _)| !known.contains(id)) {
+            let saved = match cache.load_attachment(&id, &ifname) {
+                Ok(Some(saved)) => Ok(saved),
+                Ok(None) => self
+                    .watcher
+                    .status()
+                    .map(|n| ((*n).clone(), Attachment::new(id.clone(), PathBuf::new())))
+                    .map_err(|e| format!("no network config to run DEL with: {e}")),
+                Err(e) => Err(e.to_string()),
+            };
+            let outcome = match saved {
+                Ok((network, mut attachment)) => {
+                    attachment.ifname = ifname.clone();
+                    self.invoker
+                        .del(&network, &attachment)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(()) => {
+                    tracing::info!(pod_id = %id, "CNI DEL of an attachment no pod has (the pod was lost with the state dir)");
+                    released += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(pod_id = %id, error = %e, "CNI DEL of an attachment no pod has failed: kept for the next start")
+                }
+            }
+        }
+        released
+    }
+
     /// Drops the cached result of an attachment we give up on.
     pub(crate) fn forget(&self, record: &SandboxRecord) {
         let _ = self.invoker.cache().remove(&record.id, IFNAME);
     }
+}
+
+/// Moves the result files in `old` (an older agent's cache) into `new`, leaving none of them
+/// in both, and removes `old` once empty.
+fn move_results(old: &Path, new: &Path) {
+    let Ok(entries) = std::fs::read_dir(old) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let target = new.join(entry.file_name());
+        let moved = std::fs::create_dir_all(new)
+            .and_then(|()| std::fs::read(entry.path()))
+            .and_then(|bytes| berth_common::atomic::write_atomic_with_mode(&target, &bytes, 0o600))
+            .and_then(|()| std::fs::remove_file(entry.path()));
+        if let Err(e) = moved {
+            tracing::warn!(file = %entry.path().display(), error = %e, "cannot move a CNI result under root");
+        }
+    }
+    let _ = std::fs::remove_dir(old);
 }
 
 fn saved_path(pod_dir: &Path, source: &Path) -> PathBuf {
@@ -223,5 +295,31 @@ mod tests {
         assert_eq!(parse_bits("1000"), Some(1000));
         assert_eq!(parse_bits("1.5M"), Some(1_500_000));
         assert_eq!(parse_bits("10X"), None);
+    }
+
+    /// An agent that kept its results in `state` is upgraded with pods running: their results
+    /// move under `root`, none left in both places, and the old directory goes.
+    #[test]
+    fn results_kept_in_state_move_under_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (
+            dir.path().join("state/cni/results"),
+            dir.path().join("root/cni/results"),
+        );
+        std::fs::create_dir_all(&old).unwrap();
+        std::fs::write(old.join("abc-eth0.json"), "{}").unwrap();
+        std::fs::write(old.join("def-eth0.json"), "[]").unwrap();
+        move_results(&old, &new);
+        assert!(!old.exists());
+        assert_eq!(
+            std::fs::read_to_string(new.join("abc-eth0.json")).unwrap(),
+            "{}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(new.join("def-eth0.json")).unwrap(),
+            "[]"
+        );
+        move_results(&old, &new);
+        assert_eq!(std::fs::read_dir(&new).unwrap().count(), 2);
     }
 }
