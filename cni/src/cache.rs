@@ -85,17 +85,20 @@ impl ResultCache {
 
     /// As [`ResultCache::save`], with the network and the attachment ADD ran with, so that
     /// [`ResultCache::load_attachment`] can give a DEL everything it needs from this file alone.
+    /// Without a result (None): the ADD about to run, written before it, so that a DEL follows
+    /// even when the process and every other record of the ADD are lost half-way (a reboot
+    /// keeps what the plugins leased on disk); [`ResultCache::load`] reads no result there.
     pub fn save_attachment(
         &self,
         network: &Network,
         attachment: &Attachment,
-        result: &CniResult,
+        result: Option<&CniResult>,
     ) -> Result<(), CniError> {
         self.write(Record {
             kind: KIND.to_string(),
             container_id: attachment.container_id.clone(),
             if_name: attachment.ifname.clone(),
-            result: result.raw().clone(),
+            result: result.map(|r| r.raw().clone()).unwrap_or(Value::Null),
             network: Some(network.to_conflist()),
             netns: attachment.netns.clone(),
             args: attachment.args.clone(),
@@ -160,6 +163,10 @@ impl ResultCache {
             Err(e) => return Err(cache_error(&path, e)),
         };
         let record = read_record(&bytes).map_err(|e| cache_error(&path, e))?;
+        if record.result.is_null() {
+            // An ADD that never finished.
+            return Ok(None);
+        }
         CniResult::from_json(record.result)
             .map(Some)
             .map_err(|e| cache_error(&path, e))
@@ -295,8 +302,15 @@ mod tests {
             host_ip: String::new(),
         }];
         let result = CniResult::from_slice(BRIDGE_100.as_bytes()).unwrap();
+        cache.save_attachment(&network, &attachment, None).unwrap();
+        assert_eq!(
+            cache.load("abc123", "eth0").unwrap(),
+            None,
+            "an ADD not finished"
+        );
+        assert!(cache.load_attachment("abc123", "eth0").unwrap().is_some());
         cache
-            .save_attachment(&network, &attachment, &result)
+            .save_attachment(&network, &attachment, Some(&result))
             .unwrap();
         let (n, a) = cache.load_attachment("abc123", "eth0").unwrap().unwrap();
         assert_eq!((n.name.as_str(), n.disable_check), ("podnet", true));

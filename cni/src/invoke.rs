@@ -177,12 +177,15 @@ impl CniInvoker {
     }
 
     /// ADD: runs the plugins in order, each given the previous one's result as `prevResult`,
-    /// and caches the final result. On error nothing is cached and earlier plugins are not
-    /// undone: the caller runs [`del`](Self::del), which cleans up by container id.
+    /// and caches the final result. Before the first plugin runs, the network and attachment
+    /// are cached without a result, so that a DEL can follow an ADD that never finished. On
+    /// error no result is cached and earlier plugins are not undone: the caller runs
+    /// [`del`](Self::del), which cleans up by container id.
     pub async fn add(&self, net: &Network, att: &Attachment) -> Result<CniResult, CniError> {
         let cni_args = att.validate(Verb::Add)?;
         ensure_plugins(net)?;
         let offered = att.capabilities.to_json();
+        self.save_blocking(net, att, None).await?;
         let mut prev: Option<CniResult> = None;
         for plugin in &net.plugins {
             let stdin = plugin_stdin(net, plugin, prev.as_ref().map(CniResult::raw), &offered);
@@ -205,15 +208,31 @@ impl CniInvoker {
             prev = Some(result);
         }
         let result = prev.ok_or_else(|| no_plugins(net))?;
-        let (cache, network, attachment, saved) =
-            (self.cache.clone(), net.clone(), att.clone(), result.clone());
-        tokio::task::spawn_blocking(move || cache.save_attachment(&network, &attachment, &saved))
-            .await
-            .map_err(|e| CniError::Cache {
-                path: self.cache.dir().to_path_buf(),
-                message: e.to_string(),
-            })??;
+        self.save_blocking(net, att, Some(&result)).await?;
         Ok(result)
+    }
+
+    /// [`ResultCache::save_attachment`] on a blocking thread.
+    async fn save_blocking(
+        &self,
+        net: &Network,
+        att: &Attachment,
+        result: Option<&CniResult>,
+    ) -> Result<(), CniError> {
+        let (cache, network, attachment, saved) = (
+            self.cache.clone(),
+            net.clone(),
+            att.clone(),
+            result.cloned(),
+        );
+        tokio::task::spawn_blocking(move || {
+            cache.save_attachment(&network, &attachment, saved.as_ref())
+        })
+        .await
+        .map_err(|e| CniError::Cache {
+            path: self.cache.dir().to_path_buf(),
+            message: e.to_string(),
+        })?
     }
 
     /// CHECK: runs the plugins in order with the cached ADD result as `prevResult`. Like

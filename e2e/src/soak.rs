@@ -37,6 +37,20 @@ pub struct SoakConfig {
     pub seed: u64,
     /// Mean time between two injected faults.
     pub fault_every: Duration,
+    /// Every this many faults, one is a reboot ([`TestAgent::reboot`]: every process of the
+    /// agent and its pods killed, `state` emptied, `root` kept); 0 for none.
+    pub reboot_every: usize,
+    /// The agent's `root` on a loop-mounted ext4 of this many MiB, which the containers fill
+    /// (each writes into its writable layer until the disk is full); 0 for the host's disk.
+    pub small_root_mib: u64,
+}
+
+/// A lifecycle whose pod a reboot took: not a failure, and not checked.
+const LOST: &str = "lost to a reboot";
+
+tokio::task_local! {
+    /// The reboot count when the lifecycle began: a retry in a later one gives up as [`LOST`].
+    static EPOCH: usize;
 }
 
 /// xorshift64*: enough randomness for fault timing, and the same sequence for the same seed.
@@ -69,7 +83,12 @@ pub struct SoakReport {
     pub agent_kills: usize,
     pub monitor_kills: usize,
     pub container_kills: usize,
+    pub reboots: usize,
+    /// Lifecycles a reboot cut short (their pods torn down afterwards, as kubelet does).
+    pub lost_to_reboots: usize,
     pub retried_rpcs: usize,
+    /// Of those, the failures that named a full disk.
+    pub disk_full_rpcs: usize,
     pub elapsed: Duration,
     /// Containers whose exit code or log did not match what happened.
     pub mismatches: Vec<String>,
@@ -89,14 +108,17 @@ impl fmt::Display for SoakReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "soak: seed {} · {} lifecycles in {:.1} s · kill -9 of berthd {}×, of a monitor {}×, of a container {}× · {} RPCs retried",
+            "soak: seed {} · {} lifecycles in {:.1} s · kill -9 of berthd {}×, of a monitor {}×, of a container {}× · {} reboots ({} lifecycles cut short) · {} RPCs retried ({} on a full disk)",
             self.seed,
             self.lifecycles,
             self.elapsed.as_secs_f64(),
             self.agent_kills,
             self.monitor_kills,
             self.container_kills,
-            self.retried_rpcs
+            self.reboots,
+            self.lost_to_reboots,
+            self.retried_rpcs,
+            self.disk_full_rpcs
         )?;
         writeln!(f, "| left on the host | count |")?;
         writeln!(f, "|---|---|")?;
@@ -139,6 +161,10 @@ struct Targets {
     inits: HashMap<String, OwnedFd>,
     struck: Struck,
     retried: usize,
+    disk_full: usize,
+    /// Reboots so far.
+    epoch: usize,
+    lost: usize,
 }
 
 /// SIGKILL through a pidfd: the process it was opened on, or nothing.
@@ -190,13 +216,16 @@ fn lock(t: &Shared) -> std::sync::MutexGuard<'_, Targets> {
 pub async fn run(config: SoakConfig) -> SoakReport {
     let started = Instant::now();
     let _top = CgroupTop::new();
-    let names: Vec<String> = (0..config.lifecycles).map(pod_name).collect();
+    // Runs at once in one process (the tests) name their pods, and so their cgroups, apart.
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let base = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) * 1_000_000;
+    let names: Vec<String> = (base..base + config.lifecycles).map(pod_name).collect();
     let _pods = PodCgroups(names.clone());
     let registry = TestRegistry::start();
     let image = ImageBuilder::with_passwd()
         .push(&registry, "soak/busybox", "v1")
         .image_ref();
-    let mut agent = TestAgent::start().await;
+    let (mut agent, _small_root) = start_agent(&config).await;
     let net = TestNetwork::create(&agent.paths.cni_conf_dir, Extra::None);
     crate::cri::wait_network_ready(&mut agent.runtime().await).await;
     let logs = TempDir::new("berth-soak-logs");
@@ -224,6 +253,7 @@ pub async fn run(config: SoakConfig) -> SoakReport {
                     next.clone(),
                 );
                 let lifecycles = config.lifecycles;
+                let fill = config.small_root_mib > 0;
                 tokio::spawn(async move {
                     let mut problems = Vec::new();
                     loop {
@@ -231,8 +261,23 @@ pub async fn run(config: SoakConfig) -> SoakReport {
                         if i >= lifecycles {
                             return problems;
                         }
-                        if let Err(e) = lifecycle(i, &socket, &image, &log_root, &targets).await {
-                            problems.push(format!("lifecycle {i}: {e}"));
+                        let i = base + i;
+                        let epoch = lock(&targets).epoch;
+                        let life = lifecycle(i, &socket, &image, &log_root, &targets, fill);
+                        match EPOCH.scope(epoch, life).await {
+                            Err(e) if e.contains(LOST) => {
+                                lock(&targets).lost += 1;
+                                let now = lock(&targets).epoch;
+                                // A second reboot in the meantime takes that pod too.
+                                match EPOCH.scope(now, tear_down(i, &socket, &targets)).await {
+                                    Err(e) if !e.contains(LOST) => {
+                                        problems.push(format!("lifecycle {i} after a reboot: {e}"))
+                                    }
+                                    _ => {}
+                                }
+                            }
+                            Err(e) => problems.push(format!("lifecycle {i}: {e}")),
+                            Ok(()) => {}
                         }
                     }
                 })
@@ -249,13 +294,31 @@ pub async fn run(config: SoakConfig) -> SoakReport {
         }
     };
     // The faults, until the lifecycles are done.
+    let cgroup_trees: Vec<PathBuf> = names
+        .iter()
+        .flat_map(|n| crate::cgroup_dirs(&crate::pod_cgroup_path(&pod_parent(n)).to_string_lossy()))
+        .collect();
     let chaos = async {
-        let mut kills = (0, 0, 0);
+        let mut kills = (0, 0, 0, 0);
+        let mut faults = 0;
         let mean = config.fault_every.as_millis().max(2) as u64;
         while !done.load(std::sync::atomic::Ordering::Relaxed) {
             tokio::time::sleep(Duration::from_millis(mean / 2 + rng.below(mean))).await;
             if done.load(std::sync::atomic::Ordering::Relaxed) {
                 break;
+            }
+            faults += 1;
+            if config.reboot_every > 0 && faults % config.reboot_every == 0 {
+                {
+                    // Counted first, so that no lifecycle takes the new agent for its own.
+                    let mut t = lock(&targets);
+                    t.epoch += 1;
+                    t.monitors.clear();
+                    t.inits.clear();
+                }
+                agent.reboot(&cgroup_trees).await;
+                kills.3 += 1;
+                continue;
             }
             match rng.below(10) {
                 0 => {
@@ -282,6 +345,10 @@ pub async fn run(config: SoakConfig) -> SoakReport {
         kills
     };
     let (problems, kills) = tokio::join!(work, chaos);
+    let (lost, retried, disk_full) = {
+        let t = lock(&targets);
+        (t.lost, t.retried, t.disk_full)
+    };
 
     let mut report = SoakReport {
         seed: config.seed,
@@ -289,7 +356,10 @@ pub async fn run(config: SoakConfig) -> SoakReport {
         agent_kills: kills.0,
         monitor_kills: kills.1,
         container_kills: kills.2,
-        retried_rpcs: lock(&targets).retried,
+        reboots: kills.3,
+        lost_to_reboots: lost,
+        retried_rpcs: retried,
+        disk_full_rpcs: disk_full,
         mismatches: problems,
         ..SoakReport::default()
     };
@@ -305,6 +375,99 @@ pub async fn run(config: SoakConfig) -> SoakReport {
         }
     }
     report
+}
+
+/// The agent the soak drives: on the host's disk, or with its `root` on a small loop-mounted
+/// ext4 (unmounted, with the agent's directory, when the guard drops after the agent).
+async fn start_agent(config: &SoakConfig) -> (TestAgent, Option<SmallRoot>) {
+    if config.small_root_mib == 0 {
+        return (TestAgent::start().await, None);
+    }
+    let dir = TempDir::new("berth-e2e");
+    let paths = crate::AgentPaths::under(dir.path());
+    let image = dir.path().join("root.img");
+    // No blocks reserved for root: the containers' writes must fill it for the agent too.
+    let made = std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-m", "0"])
+        .arg(&image)
+        .arg(format!("{}M", config.small_root_mib))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run mkfs.ext4");
+    assert!(made.success(), "mkfs.ext4 {}", image.display());
+    std::fs::create_dir_all(&paths.root).unwrap();
+    let mounted = std::process::Command::new("mount")
+        .args(["-o", "loop"])
+        .arg(&image)
+        .arg(&paths.root)
+        .status()
+        .expect("run mount");
+    assert!(
+        mounted.success(),
+        "mount {} on {}",
+        image.display(),
+        paths.root.display()
+    );
+    let guard = SmallRoot {
+        mountpoint: paths.root.clone(),
+        dir: dir.path().to_path_buf(),
+    };
+    // The image is pulled before it fills; what fills it is the containers' writes.
+    std::fs::write(
+        &paths.config,
+        paths.config_text("[registry]\nmin_free_bytes = 0\n"),
+    )
+    .unwrap();
+    (TestAgent::start_in(dir, paths).await, Some(guard))
+}
+
+/// A loop-mounted root: unmounted (which frees the loop device) and its agent's directory
+/// removed on drop.
+struct SmallRoot {
+    mountpoint: PathBuf,
+    dir: PathBuf,
+}
+
+impl Drop for SmallRoot {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Stops and removes the pods named for lifecycle `i` that a reboot left to the agent after
+/// it (one made by a RunPodSandbox the reboot interrupted), as kubelet removes the pods it no
+/// longer wants.
+async fn tear_down(i: usize, socket: &Path, targets: &Shared) -> Result<(), String> {
+    let name = pod_name(i);
+    let pods = retry(socket, targets, "ListPodSandbox", |mut c| async move {
+        c.list_pod_sandbox(ListPodSandboxRequest { filter: None })
+            .await
+            .map(|r| r.into_inner().items)
+    })
+    .await?;
+    for pod in pods
+        .into_iter()
+        .filter(|p| p.metadata.as_ref().is_some_and(|m| m.name == name))
+    {
+        retry(socket, targets, "StopPodSandbox", |mut c| {
+            let id = pod.id.clone();
+            async move {
+                c.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id })
+                    .await
+            }
+        })
+        .await?;
+        retry(socket, targets, "RemovePodSandbox", |mut c| {
+            let id = pod.id.clone();
+            async move {
+                c.remove_pod_sandbox(RemovePodSandboxRequest { pod_sandbox_id: id })
+                    .await
+            }
+        })
+        .await?;
+    }
+    Ok(())
 }
 
 fn pod_name(i: usize) -> String {
@@ -349,13 +512,21 @@ where
 {
     let deadline = Instant::now() + RETRY_FOR;
     let mut last = String::new();
+    let epoch = EPOCH.try_with(|e| *e).ok();
     while Instant::now() < deadline {
+        if epoch.is_some_and(|e| e != lock(targets).epoch) {
+            return Err(format!("{what}: {LOST}"));
+        }
         match tokio::time::timeout(Duration::from_secs(30), call(client(socket).await)).await {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) => last = format!("{}: {}", e.code(), e.message()),
             Err(_) => last = "no answer in 30 s".to_string(),
         }
-        lock(targets).retried += 1;
+        {
+            let mut t = lock(targets);
+            t.retried += 1;
+            t.disk_full += usize::from(last.contains("No space left on device"));
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Err(format!("{what}: still failing after {RETRY_FOR:?}: {last}"))
@@ -368,6 +539,7 @@ async fn lifecycle(
     image: &str,
     log_root: &Path,
     targets: &Shared,
+    fill: bool,
 ) -> Result<(), String> {
     let name = pod_name(i);
     let pod_cfg = PodSandboxConfig {
@@ -401,7 +573,10 @@ async fn lifecycle(
         }
     })
     .await?;
-    let result = run_container(socket, targets, &pod, &pod_cfg, image, log_root, &name).await;
+    let result = run_container(
+        socket, targets, &pod, &pod_cfg, image, log_root, &name, fill,
+    )
+    .await;
     retry(socket, targets, "StopPodSandbox", |mut c| {
         let pod = pod.clone();
         async move {
@@ -436,6 +611,7 @@ async fn run_container(
     image: &str,
     log_root: &Path,
     name: &str,
+    fill: bool,
 ) -> Result<(), String> {
     let mut c = client(socket).await;
     if let Ok(status) = c
@@ -474,8 +650,15 @@ async fn run_container(
     })
     .await?;
     let pause = format!("{:.3}", LINE_EVERY_MS as f64 / 1000.0);
+    // On a small root, each container fills it (and goes on when it is full), and holds it
+    // full for a second: the RPCs of the other lifecycles meet the full disk meanwhile.
+    let fill = if fill {
+        "dd if=/dev/zero of=/fill bs=65536 2>/dev/null; dd if=/dev/zero of=/fill2 bs=512 2>/dev/null; sleep 1; "
+    } else {
+        ""
+    };
     let script = format!(
-        "i=0; while [ $i -lt {LINES} ]; do echo line-$i; i=$((i+1)); sleep {pause}; done; exit {EXIT_CODE}"
+        "{fill}i=0; while [ $i -lt {LINES} ]; do echo line-$i; i=$((i+1)); sleep {pause}; done; exit {EXIT_CODE}"
     );
     let config = ContainerConfig {
         metadata: Some(ContainerMetadata {
@@ -751,7 +934,14 @@ fn leaks(
         .collect();
     vec![
         ("network namespaces", netns),
-        ("mounts", mounts_under(agent.dir())),
+        (
+            "mounts",
+            // A small root is the soak's own mount.
+            mounts_under(agent.dir())
+                .into_iter()
+                .filter(|m| Path::new(m) != agent.paths.root)
+                .collect(),
+        ),
         ("veths", net.veths()),
         ("host-local IPs", net.leases()),
         ("cgroups", cgroups),
@@ -769,6 +959,12 @@ fn leaks(
             entries(&agent.paths.root.join("containers")),
         ),
         ("new snapshot dirs", snapshots),
-        ("CNI results", entries(&state.join("cni/results"))),
+        (
+            "CNI results",
+            entries(&state.join("cni/results"))
+                .into_iter()
+                .chain(entries(&agent.paths.root.join("cni/results")))
+                .collect(),
+        ),
     ]
 }

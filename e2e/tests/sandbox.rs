@@ -512,6 +512,26 @@ async fn gated_agent(gates: &berth_e2e::TempDir) -> (TestAgent, TestNetwork, Pat
     (agent, net, gate)
 }
 
+/// A reboot while CNI ADD runs: bridge's host-local has leased the IP (on disk, which the reboot
+/// keeps), no result was saved, and the record that said `creating` went with `state`. The
+/// agent that starts after it still runs the DEL, from what it wrote under `root` before ADD.
+#[tokio::test]
+async fn a_reboot_during_cni_add_still_frees_the_ip_it_leased() {
+    let gates = berth_e2e::TempDir::new("berth-gate");
+    let (mut agent, net, gate) = gated_agent(&gates).await;
+    let first = tokio::spawn({
+        let mut c = agent.runtime().await;
+        async move { berth_e2e::cri::try_run_pod(&mut c, pod_config("rebooted")).await }
+    });
+    wait_creating(&agent, &gate).await;
+    assert_eq!(net.leases().len(), 1, "{:?}", net.leases());
+    agent.reboot(&[]).await;
+    // The plugin a reboot would have ended goes on by itself.
+    std::fs::write(&gate, b"").unwrap();
+    assert!(first.await.unwrap().is_err());
+    assert_no_leaks(&agent, Some(&net));
+}
+
 /// Waits until a gated ADD is holding, and returns the pod dir whose record reads `creating`.
 async fn wait_creating(agent: &TestAgent, gate: &std::path::Path) -> PathBuf {
     let deadline = std::time::Instant::now() + Duration::from_secs(30);

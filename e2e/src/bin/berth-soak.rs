@@ -1,6 +1,8 @@
 //! `make soak`: pod lifecycles against a real berthd while it is killed at seeded random
 //! moments (`berth_e2e::soak`). Prints the seed and the leak table; exits 1 unless all is
-//! clean. `berth-soak [--lifecycles N] [--in-flight N] [--seed N] [--fault-every-ms N]`.
+//! clean. `berth-soak [--lifecycles N] [--in-flight N] [--seed N] [--fault-every-ms N]
+//! [--reboot-every N] [--small-root-mib N]`: every Nth fault a reboot; the agent's root on a
+//! loop-mounted ext4 of N MiB that the containers fill.
 
 use std::time::Duration;
 
@@ -12,6 +14,8 @@ fn main() {
         in_flight: 8,
         seed: berth_common::time::now_nanos() as u64,
         fault_every: Duration::from_millis(700),
+        reboot_every: 0,
+        small_root_mib: 0,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -25,6 +29,8 @@ fn main() {
             "--in-flight" => config.in_flight = value as usize,
             "--seed" => config.seed = value,
             "--fault-every-ms" => config.fault_every = Duration::from_millis(value),
+            "--reboot-every" => config.reboot_every = value as usize,
+            "--small-root-mib" => config.small_root_mib = value,
             _ => {
                 eprintln!("berth-soak: unknown flag {flag}");
                 std::process::exit(2);
