@@ -140,13 +140,18 @@ impl Inflater {
                 if out.len() >= self.max {
                     return Err(HeaderError::TooLarge(self.max));
                 }
-                out.reserve((out.len()).clamp(64, self.max - out.len()));
+                // Doubling, at least 64 bytes, never past the cap.
+                out.reserve_exact(out.len().max(64).min(self.max - out.len()));
             }
             let before = (self.z.total_in(), self.z.total_out());
-            match self
+            let status = self
                 .z
-                .decompress_vec(&block[used..], &mut out, FlushDecompress::Sync)
-            {
+                .decompress_vec(&block[used..], &mut out, FlushDecompress::Sync);
+            // The first buffer may have had room past the cap.
+            if out.len() > self.max {
+                return Err(HeaderError::TooLarge(self.max));
+            }
+            match status {
                 Ok(Status::StreamEnd) => return Ok(out),
                 Ok(_) => {}
                 Err(e) if e.needs_dictionary().is_some() => {
@@ -303,6 +308,28 @@ mod tests {
             Err(HeaderError::TooLarge(16 * 1024))
         );
         assert!(Inflater::new(1 << 20).decode(&wire).is_ok());
+    }
+
+    /// Found by the `spdy_frames` fuzz target: with less than 64 bytes of room left under the
+    /// cap when the buffer fills, growing it panicked (`clamp` with min above max), killing the
+    /// session's reader; and a block may never come out longer than the cap, whatever room
+    /// its first buffer had.
+    #[test]
+    fn a_block_that_fills_the_buffer_just_under_the_cap_is_refused_not_a_panic() {
+        let big = "x".repeat(100_000);
+        let wire = Deflater::new().encode(&[("streamtype", &big)]);
+        // The first buffer is 4 × the block + 64 bytes; the cap is a few bytes more, or less.
+        let first = wire.len() * 4 + 64;
+        for cap in [first + 8, first + 63, first + 64, first - 8, 100] {
+            assert_eq!(
+                Inflater::new(cap).decode(&wire),
+                Err(HeaderError::TooLarge(cap)),
+                "cap {cap}"
+            );
+        }
+        let small = Deflater::new().encode(&[("a", "b")]);
+        assert!(Inflater::new(4).inflate(&small).is_err());
+        assert!(Inflater::new(100).decode(&small).is_ok());
     }
 
     #[test]
