@@ -114,13 +114,9 @@ impl ResultCache {
         container_id: &str,
         ifname: &str,
     ) -> Result<Option<(Network, Attachment)>, CniError> {
-        let path = self.path(container_id, ifname)?;
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(cache_error(&path, e)),
+        let Some((path, record)) = self.read(container_id, ifname)? else {
+            return Ok(None);
         };
-        let record = read_record(&bytes).map_err(|e| cache_error(&path, e))?;
         let Some(network) = record.network else {
             return Ok(None);
         };
@@ -156,13 +152,9 @@ impl ResultCache {
 
     /// The cached result, or None when there is none.
     pub fn load(&self, container_id: &str, ifname: &str) -> Result<Option<CniResult>, CniError> {
-        let path = self.path(container_id, ifname)?;
-        let bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(cache_error(&path, e)),
+        let Some((path, record)) = self.read(container_id, ifname)? else {
+            return Ok(None);
         };
-        let record = read_record(&bytes).map_err(|e| cache_error(&path, e))?;
         if record.result.is_null() {
             // An ADD that never finished.
             return Ok(None);
@@ -170,6 +162,22 @@ impl ResultCache {
         CniResult::from_json(record.result)
             .map(Some)
             .map_err(|e| cache_error(&path, e))
+    }
+
+    /// The record of `container_id`'s `ifname` with its file's path; None when there is none.
+    fn read(
+        &self,
+        container_id: &str,
+        ifname: &str,
+    ) -> Result<Option<(PathBuf, Record)>, CniError> {
+        let path = self.path(container_id, ifname)?;
+        let bytes = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(cache_error(&path, e)),
+        };
+        let record = read_record(&bytes).map_err(|e| cache_error(&path, e))?;
+        Ok(Some((path, record)))
     }
 
     /// Forgets the result; a missing one is fine.
