@@ -14,7 +14,7 @@ BUILD_PACKAGES := protobuf-compiler libseccomp-dev pkg-config gcc make
 TEST_PACKAGES := $(BUILD_PACKAGES) busybox-static docker-registry openssl \
 	containernetworking-plugins iproute2 iptables util-linux
 
-.PHONY: all build run test test-host test-node bench soak lint deps-build deps-test deps-node check-cargo clean
+.PHONY: all build run test test-host test-node bench soak fuzz lint deps-build deps-test deps-node check-cargo clean
 
 all: build
 
@@ -77,6 +77,15 @@ SOAK_ARGS ?=
 soak: deps-test
 	$(CARGO) build --bin berthd --bin berth-soak --bin berth-cni-gate
 	$(SUDO) env "PATH=$$PATH" ./target/debug/berth-soak $(SOAK_ARGS)
+
+# Coverage-guided fuzzing (fuzz/: its own crate, outside the workspace, built into fuzz/target)
+# of every parser of outside input, on the stable toolchain: builds all targets, then runs each
+# for FUZZ_SECONDS from its seeds in fuzz/corpus/. A crash fails it, naming the input it saved
+# (outside the tree). Not part of `make test`. libFuzzer itself is C++, hence g++.
+FUZZ_SECONDS ?= 10
+fuzz: deps-build
+	@./.ci/apt-ensure g++
+	FUZZ_SECONDS=$(FUZZ_SECONDS) CARGO=$(CARGO) ./fuzz/run
 
 clean:
 	$(CARGO) clean

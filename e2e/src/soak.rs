@@ -603,6 +603,7 @@ async fn lifecycle(
 
 /// The container of a lifecycle: pulled, created, started, exec'd, waited for, its exit and
 /// log checked, stopped and removed.
+#[allow(clippy::too_many_arguments)]
 async fn run_container(
     socket: &Path,
     targets: &Shared,
