@@ -2,6 +2,7 @@
 
 mod agent;
 mod config;
+mod health;
 mod logging;
 mod metrics;
 
@@ -27,6 +28,15 @@ enum Command {
     /// Print or check configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Ask the agent on the configured socket whether it is up: exit 0 and one line when it
+    /// answers and says RuntimeReady (NetworkReady is said, not required), 1 otherwise.
+    Health {
+        /// How long to wait for the answer.
+        #[arg(long, default_value_t = 5, value_name = "SECONDS")]
+        timeout_secs: u64,
+    },
+    /// Print berthd's version and the CRI API it serves.
+    Version,
     /// The OCI executor: one container operation per process (started by the monitor).
     #[command(hide = true)]
     Init {
@@ -67,6 +77,14 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e),
         },
+        Some(Command::Health { timeout_secs }) => health::run(
+            cli.config,
+            std::time::Duration::from_secs(timeout_secs.max(1)),
+        ),
+        Some(Command::Version) => {
+            println!("berthd {} (CRI v1)", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
         // Before any thread exists: libcontainer clones this very process.
         Some(Command::Init { args }) => ExitCode::from(berth_runtime::executor::run(&args) as u8),
         // Before any thread exists: the monitor forks and unshares.

@@ -535,3 +535,48 @@ async fn old_grpc_go_percent_encoded_authority_is_accepted() {
         "a VersionResponse naming berth, got {reply:?}"
     );
 }
+
+/// `berthd health`, for probes and scripts: exit 0 with one line naming the agent and its
+/// readiness while the socket from the config answers; exit 1 naming the socket once nothing
+/// answers there. `berthd version` prints the version and the CRI API it serves.
+#[tokio::test]
+async fn health_answers_for_a_serving_agent_and_fails_naming_the_socket_once_it_is_gone() {
+    let mut agent = TestAgent::start().await;
+    let config = agent.paths.config.clone();
+    let health = || {
+        std::process::Command::new(berth_e2e::berthd_path())
+            .args(["--config"])
+            .arg(&config)
+            .args(["health", "--timeout-secs", "10"])
+            .output()
+            .expect("run berthd health")
+    };
+    let up = health();
+    let said = String::from_utf8_lossy(&up.stdout).into_owned();
+    assert!(up.status.success(), "{up:?}");
+    assert!(
+        said.starts_with("berthd: ok: berth 0.1.0 on ") && said.contains("RuntimeReady"),
+        "{said:?}"
+    );
+    // No CNI config: NetworkReady is false, and said, but the agent is healthy.
+    assert!(said.contains("NetworkReady false"), "{said:?}");
+
+    agent.stop();
+    let down = health();
+    let said = String::from_utf8_lossy(&down.stderr).into_owned();
+    assert_eq!(down.status.code(), Some(1), "{down:?}");
+    assert!(
+        said.contains(&agent.paths.socket.display().to_string()),
+        "{said:?}"
+    );
+
+    let version = std::process::Command::new(berth_e2e::berthd_path())
+        .arg("version")
+        .output()
+        .expect("run berthd version");
+    assert!(version.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout),
+        "berthd 0.1.0 (CRI v1)\n"
+    );
+}
