@@ -155,23 +155,28 @@ pub fn ensure(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut created = Vec::new();
     for h in hierarchies() {
         for (parent, dir) in levels(&h, path) {
-            if dir.exists() {
-                continue;
+            if !dir.exists() {
+                if let Err(e) = std::fs::create_dir(&dir) {
+                    remove_created(&created);
+                    return Err(std::io::Error::other(format!(
+                        "create cgroup {}: {e}",
+                        dir.display()
+                    )));
+                }
+                created.push(dir.clone());
+                if h.v2 {
+                    enable_controllers(&parent);
+                }
             }
-            if let Err(e) = std::fs::create_dir(&dir) {
-                remove_created(&created);
-                return Err(std::io::Error::other(format!(
-                    "create cgroup {}: {e}",
-                    dir.display()
-                )));
-            }
-            created.push(dir.clone());
-            if h.v2 {
-                enable_controllers(&parent);
-            }
-            // A new v1 cpuset cgroup starts with no CPUs or memory nodes: no task could join.
+            // A new v1 cpuset cgroup starts with no CPUs or memory nodes, and so may one that
+            // another caller has just made and not filled yet: no task could join it or any
+            // child of it. Each level on the way, parents first, gets its parent's if empty.
             if h.controllers.iter().any(|c| c == "cpuset") {
                 for file in ["cpuset.cpus", "cpuset.mems"] {
+                    let own = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+                    if !own.trim().is_empty() {
+                        continue;
+                    }
                     if let Ok(value) = std::fs::read_to_string(parent.join(file)) {
                         let _ = std::fs::write(dir.join(file), value.trim());
                     }
@@ -340,6 +345,48 @@ pub fn remove_created(created: &[PathBuf]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two pods made at once under a new parent: one agent has made the parent and not yet
+    /// given it CPUs and memory nodes when the other, finding it there, makes its child under
+    /// it, which then has none either and no task can join (ENOSPC). Every level on the way
+    /// gets its parent's when it has none, made by this call or not.
+    #[test]
+    fn a_v1_cpuset_level_found_empty_is_filled_before_its_child_is_made() {
+        let cpusets: Vec<Hierarchy> = hierarchies()
+            .into_iter()
+            .filter(|h| !h.v2 && h.controllers.iter().any(|c| c == "cpuset"))
+            .collect();
+        assert!(!cpusets.is_empty(), "no v1 cpuset hierarchy on this host");
+        let top = format!("berth-unit-{}-cpuset", std::process::id());
+        let top_dir = cpusets[0].mountpoint.join(&top);
+        std::fs::create_dir(&top_dir).unwrap();
+        // What another agent's half-done mkdir looks like.
+        std::fs::write(top_dir.join("cpuset.cpus"), "").unwrap();
+        std::fs::write(top_dir.join("cpuset.mems"), "").unwrap();
+        let path = PathBuf::from(format!("/{top}/child"));
+        let made = ensure(&path);
+        let read = |dir: &Path, file: &str| {
+            std::fs::read_to_string(dir.join(file))
+                .unwrap_or_default()
+                .trim()
+                .to_string()
+        };
+        let child = top_dir.join("child");
+        let values = [
+            read(&top_dir, "cpuset.cpus"),
+            read(&top_dir, "cpuset.mems"),
+            read(&child, "cpuset.cpus"),
+            read(&child, "cpuset.mems"),
+        ];
+        if let Ok(made) = &made {
+            remove_created(made);
+        }
+        for h in hierarchies() {
+            let _ = std::fs::remove_dir(h.mountpoint.join(&top));
+        }
+        made.unwrap();
+        assert!(values.iter().all(|v| !v.is_empty()), "{values:?}");
+    }
 
     #[test]
     fn procs_files_list_one_pid_a_line() {
