@@ -99,10 +99,7 @@ impl PodNetwork {
             .unwrap_or(Path::new("/"));
         let network = match load_saved(pod_dir) {
             Some(n) => Arc::new(n),
-            None => self
-                .watcher
-                .status()
-                .map_err(|e| format!("no network config to run DEL with: {e}"))?,
+            None => self.current_network()?,
         };
         self.invoker
             .del(&network, &attachment(record, netns))
@@ -126,25 +123,24 @@ impl PodNetwork {
         };
         let mut released = 0;
         for (id, ifname) in cached.into_iter().filter(|(id, _)| !known.contains(id)) {
-            let saved = match cache.load_attachment(&id, &ifname) {
-                Ok(Some(saved)) => Ok(saved),
-                Ok(None) => self
-                    .watcher
-                    .status()
-                    .map(|n| ((*n).clone(), Attachment::new(id.clone(), PathBuf::new())))
-                    .map_err(|e| format!("no network config to run DEL with: {e}")),
-                Err(e) => Err(e.to_string()),
-            };
-            let outcome = match saved {
-                Ok((network, mut attachment)) => {
-                    attachment.ifname = ifname.clone();
-                    self.invoker
-                        .del(&network, &attachment)
-                        .await
-                        .map_err(|e| e.to_string())
-                }
-                Err(e) => Err(e),
-            };
+            let outcome = async {
+                let (network, mut attachment) = match cache
+                    .load_attachment(&id, &ifname)
+                    .map_err(|e| e.to_string())?
+                {
+                    Some(saved) => saved,
+                    None => (
+                        (*self.current_network()?).clone(),
+                        Attachment::new(id.clone(), PathBuf::new()),
+                    ),
+                };
+                attachment.ifname = ifname.clone();
+                self.invoker
+                    .del(&network, &attachment)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            .await;
             match outcome {
                 Ok(()) => {
                     tracing::info!(pod_id = %id, "CNI DEL of an attachment no pod has (the pod was lost with the state dir)");
@@ -156,6 +152,14 @@ impl PodNetwork {
             }
         }
         released
+    }
+
+    /// The network config in the conf dir now: a DEL's last resort when the one its ADD ran
+    /// with was not kept.
+    fn current_network(&self) -> Result<Arc<Network>, String> {
+        self.watcher
+            .status()
+            .map_err(|e| format!("no network config to run DEL with: {e}"))
     }
 
     /// Drops the cached result of an attachment we give up on.

@@ -114,25 +114,31 @@ pub fn is_systemd_form(oci: &Path) -> bool {
 /// The scope goes away by itself once its last process has exited.
 pub fn join_new_scope(slice: &str, prefix: &str, name: &str, pid: i32) -> Result<(), String> {
     use libcgroups::common::CgroupManager;
-    on_the_bus(|| {
-        manager(slice, prefix, name)?
-            .add_task(nix::unistd::Pid::from_raw(pid))
+    with_manager(slice, prefix, name, |m| {
+        m.add_task(nix::unistd::Pid::from_raw(pid))
             .map_err(|e| format!("start systemd scope {prefix}-{name}.scope in {slice}: {e}"))
     })
 }
 
-/// Runs `call`, which uses libcgroups' systemd manager, then closes the D-Bus connections it
-/// left open. libcgroups never closes its socket (youki#3629), and a connection nobody reads
-/// fills: systemd writes every unit signal down every connection on its private socket, and
-/// once more than 1024 messages wait it stops dispatching its bus queue, so that
-/// `systemctl daemon-reload` and every job waiter on the node hang; dbus-daemon refuses a user's
-/// 257th connection. berth holds no bus connection of its own, so every one open after `call`
-/// is one it left; the calls go one at a time so that none is closed under another. (A process
-/// spawned meanwhile may inherit one, as libcgroups does not set close-on-exec, until it exits.)
-fn on_the_bus<T>(call: impl FnOnce() -> T) -> T {
+/// Runs `call` with libcgroups' systemd manager for scope `<prefix>-<name>.scope` in `slice`,
+/// then closes the D-Bus connections the manager left open: the one way berth uses it.
+/// libcgroups never closes its socket (youki#3629), and a connection nobody reads fills:
+/// systemd writes every unit signal down every connection on its private socket, and once more
+/// than 1024 messages wait it stops dispatching its bus queue, so that `systemctl daemon-reload`
+/// and every job waiter on the node hang. berth holds no bus connection of its own, so every
+/// one open after `call` is one it left; the calls go one at a time so that none is closed under
+/// another. (A process spawned meanwhile may inherit one, as libcgroups does not set
+/// close-on-exec, until it exits.)
+fn with_manager<T>(
+    slice: &str,
+    prefix: &str,
+    name: &str,
+    call: impl FnOnce(&mut libcgroups::systemd::manager::Manager) -> Result<T, String>,
+) -> Result<T, String> {
     static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
-    let out = call();
+    // The manager is dropped (its socket left open) before the sweep.
+    let out = manager(slice, prefix, name).and_then(|mut m| call(&mut m));
     for fd in bus_connections() {
         // SAFETY: `fd` is a connection libcgroups opened and dropped without closing; nothing
         // else in this process refers to it.
@@ -197,15 +203,14 @@ pub fn set_scope_resources(
     let (slice, name) = scope_of(fs_path)
         .ok_or_else(|| format!("{} is not a berth container scope", fs_path.display()))?;
     let unit = format!("{CONTAINER_PREFIX}-{name}.scope");
-    on_the_bus(|| {
-        manager(&slice, CONTAINER_PREFIX, &name)?
-            .apply(&ControllerOpt {
-                resources,
-                disable_oom_killer: false,
-                oom_score_adj: None,
-                freezer_state: None,
-            })
-            .map_err(|e| format!("set the properties of {unit}: {e}"))
+    with_manager(&slice, CONTAINER_PREFIX, &name, |m| {
+        m.apply(&ControllerOpt {
+            resources,
+            disable_oom_killer: false,
+            oom_score_adj: None,
+            freezer_state: None,
+        })
+        .map_err(|e| format!("set the properties of {unit}: {e}"))
     })
 }
 
