@@ -1,5 +1,6 @@
 //! The agent: claims the state dir, binds the CRI socket and the metrics endpoint, serves until
-//! SIGTERM/SIGINT, then drains in-flight RPCs (bounded) and removes its socket and lock.
+//! SIGTERM/SIGINT, then drains in-flight RPCs (bounded) and removes its socket and lock. SIGHUP
+//! reloads what can change without a restart (`reload.rs`).
 
 use std::fs::{DirBuilder, File, OpenOptions, Permissions, TryLockError};
 use std::io::{Read, Seek, Write};
@@ -20,7 +21,9 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tokio_stream::StreamExt;
 
 use crate::config::Config;
+use crate::logging::LogLevel;
 use crate::metrics;
+use crate::reload::Reloader;
 
 const LOCK_FILE: &str = "berthd.lock";
 
@@ -142,18 +145,16 @@ impl Drop for StateLock {
     }
 }
 
-/// The CRI socket: bound with mode 0660 in a 0700 directory, removed on drop.
+/// The CRI socket: bound with mode 0660, owned by root and `[grpc] gid`, removed on drop.
 struct CriSocket {
     path: PathBuf,
 }
 
 impl CriSocket {
-    fn bind(path: &Path) -> Result<(CriSocket, std::os::unix::net::UnixListener), AgentError> {
-        if let Some(dir) = path.parent() {
-            if !dir.exists() {
-                create_dir(dir, 0o700)?;
-            }
-        }
+    fn bind(
+        path: &Path,
+        gid: u32,
+    ) -> Result<(CriSocket, std::os::unix::net::UnixListener), AgentError> {
         match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.file_type().is_socket() => {
                 // A live listener answers; a socket left by a dead agent refuses the connection.
@@ -178,6 +179,9 @@ impl CriSocket {
             path: path.to_path_buf(),
         };
         std::fs::set_permissions(path, Permissions::from_mode(0o660)).map_err(bind_error)?;
+        if gid != 0 {
+            std::os::unix::fs::chown(path, None, Some(gid)).map_err(bind_error)?;
+        }
         listener.set_nonblocking(true).map_err(bind_error)?;
         Ok((socket, listener))
     }
@@ -189,14 +193,37 @@ impl Drop for CriSocket {
     }
 }
 
+/// Makes the CRI socket's directory when it is missing. The one berth owns (one it made now, or
+/// the state dir) is set to 0700, or 0710 with `gid` as its group so that group can reach the
+/// socket; a directory berth does not own (say `/run`) is left as it is.
+fn socket_dir(dir: &Path, state: &Path, gid: u32) -> Result<(), AgentError> {
+    let made = !dir.exists();
+    create_dir(dir, 0o700)?;
+    if !made && dir != state {
+        return Ok(());
+    }
+    let error = |source| AgentError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mode = if gid == 0 { 0o700 } else { 0o710 };
+    std::os::unix::fs::chown(dir, None, Some(gid)).map_err(error)?;
+    std::fs::set_permissions(dir, Permissions::from_mode(mode)).map_err(error)
+}
+
 /// Runs the agent until a termination signal. Returns once the socket and lock are removed.
-pub async fn run(config: Config) -> Result<(), AgentError> {
+pub async fn run(
+    config: Config,
+    config_path: Option<&Path>,
+    log_level: LogLevel,
+) -> Result<(), AgentError> {
     let mut sigterm = signal(SignalKind::terminate()).map_err(AgentError::Signal)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(AgentError::Signal)?;
+    let mut sighup = signal(SignalKind::hangup()).map_err(AgentError::Signal)?;
 
-    // The socket's directory first, 0700: with the defaults it is the state dir itself.
+    // The socket's directory first: with the defaults it is the state dir itself.
     if let Some(dir) = config.grpc.address.parent() {
-        create_dir(dir, 0o700)?;
+        socket_dir(dir, &config.state, config.grpc.gid)?;
     }
     // 0711 as containerd: others may traverse to what we expose, but not list.
     create_dir(&config.root, 0o711)?;
@@ -212,7 +239,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         })?),
         None => None,
     };
-    let (socket, listener) = CriSocket::bind(&config.grpc.address)?;
+    let (socket, listener) = CriSocket::bind(&config.grpc.address, config.grpc.gid)?;
     let listener =
         tokio::net::UnixListener::from_std(listener).map_err(|source| AgentError::BindSocket {
             path: config.grpc.address.clone(),
@@ -229,6 +256,7 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     let container_metrics = ContainerMetrics::register(&mut registry);
     let events = Events::new(config.events.queue, EventMetrics::register(&mut registry));
     let streaming_metrics = berth_streaming::StreamingMetrics::register(&mut registry);
+    let reloads = metrics::register_reloads(&mut registry);
     let registry = Arc::new(registry);
     if config.runtime.cgroup_driver == berth_runtime::CgroupDriver::Systemd
         && !berth_runtime::cgroups::systemd::booted()
@@ -264,7 +292,12 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
     .await
     .map_err(AgentError::Sandboxes)?;
     let sandboxes = Arc::new(sandboxes);
-    let pods = Arc::new(Pods::new(images, sandboxes, Arc::new(containers), events));
+    let pods = Arc::new(Pods::new(
+        images.clone(),
+        sandboxes,
+        Arc::new(containers),
+        events,
+    ));
     let background = pods.spawn_background();
     // Listening for exits before looking for those that happened while we were down: none
     // falls between.
@@ -320,10 +353,20 @@ pub async fn run(config: Config) -> Result<(), AgentError> {
         tracing::warn!(error = %e, "sd_notify READY=1");
     }
 
-    let outcome = tokio::select! {
-        _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); None }
-        _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); None }
-        r = &mut server => Some(r),
+    let mut reloader = Reloader {
+        path: config_path,
+        running: config.clone(),
+        log_level,
+        images: &images,
+        reloads,
+    };
+    let outcome = loop {
+        tokio::select! {
+            _ = sigterm.recv() => { tracing::info!("SIGTERM: shutting down"); break None }
+            _ = sigint.recv() => { tracing::info!("SIGINT: shutting down"); break None }
+            _ = sighup.recv() => reloader.reload(),
+            r = &mut server => break Some(r),
+        }
     };
     let _ = berth_common::notify::notify("STOPPING=1");
     let result = match outcome {

@@ -58,6 +58,9 @@ pub struct GrpcConfig {
     pub address: PathBuf,
     /// On SIGTERM, how long in-flight RPCs may take to finish before berthd exits anyway.
     pub shutdown_timeout_secs: u64,
+    /// The group that owns the socket (mode 0660), as containerd's `[grpc] gid`: its members
+    /// may use the CRI (crictl as a non-root operator). 0 keeps it root's alone.
+    pub gid: u32,
 }
 
 impl Default for GrpcConfig {
@@ -65,6 +68,7 @@ impl Default for GrpcConfig {
         Self {
             address: PathBuf::from("/run/berth/berth.sock"),
             shutdown_timeout_secs: 10,
+            gid: 0,
         }
     }
 }
@@ -135,6 +139,7 @@ state = "/run/berth"             # volatile state: pods, containers, monitor soc
 [grpc]
 address = "/run/berth/berth.sock"  # CRI unix socket (directory made 0700, socket 0660)
 shutdown_timeout_secs = 10         # on SIGTERM, how long in-flight RPCs may run before exit
+gid = 0                            # group owning the socket; not 0: that group may use the CRI (the directory is made 0710)
 
 [metrics]
 address = "127.0.0.1:9810"       # Prometheus /metrics endpoint; "" turns it off

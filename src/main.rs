@@ -5,6 +5,7 @@ mod config;
 mod health;
 mod logging;
 mod metrics;
+mod reload;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -100,7 +101,7 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
         Ok(config) => config,
         Err(e) => return fail(e),
     };
-    logging::init(&config.log);
+    let log_level = logging::init(&config.log);
     // TLS to registries uses ring (the aws-lc default costs minutes of build for nothing here).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -110,7 +111,7 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => return fail(format!("cannot start the async runtime: {e}")),
     };
-    match runtime.block_on(agent::run(config)) {
+    match runtime.block_on(agent::run(config, config_path.as_deref(), log_level)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }

@@ -9,6 +9,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
@@ -80,4 +81,17 @@ fn encode(registry: &Registry) -> impl IntoResponse {
             format!("encoding metrics failed: {e}\n"),
         ),
     }
+}
+
+/// `berth_config_reloads_total{outcome}`: SIGHUPs, by whether the file could be read and applied.
+pub type ReloadCounter = Family<berth_common::metrics::OutcomeLabel, Counter>;
+
+pub fn register_reloads(registry: &mut Registry) -> ReloadCounter {
+    let reloads = ReloadCounter::default();
+    registry.register(
+        "berth_config_reloads",
+        "SIGHUP reloads of the log level and registry host files, by outcome (success, error)",
+        reloads.clone(),
+    );
+    reloads
 }

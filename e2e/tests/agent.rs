@@ -580,3 +580,113 @@ async fn health_answers_for_a_serving_agent_and_fails_naming_the_socket_once_it_
         "berthd 0.1.0 (CRI v1)\n"
     );
 }
+
+/// `[grpc] gid`: the socket is root:<gid> 0660 and the directory berth made for it is 0710 with
+/// that group, so the group's members can reach it; a directory berth did not make is left as
+/// it was.
+#[tokio::test]
+async fn the_socket_group_is_the_configured_gid_and_only_berths_own_directory_changes() {
+    use std::os::unix::fs::MetadataExt;
+    let gid = 4242;
+    let dir = TempDir::new("berth-e2e-gid");
+    let paths = AgentPaths::under(dir.path());
+    std::fs::write(
+        &paths.config,
+        paths
+            .config_text("")
+            .replace("[grpc]\n", &format!("[grpc]\ngid = {gid}\n")),
+    )
+    .unwrap();
+    let agent = TestAgent::start_in(dir, paths).await;
+    let meta = |p: &std::path::Path| std::fs::metadata(p).unwrap();
+    let socket = &agent.paths.socket;
+    assert_eq!(
+        (meta(socket).mode() & 0o777, meta(socket).gid()),
+        (0o660, gid)
+    );
+    let made = socket.parent().unwrap();
+    assert_eq!((meta(made).mode() & 0o777, meta(made).gid()), (0o710, gid));
+    drop(agent);
+
+    let dir = TempDir::new("berth-e2e-gid");
+    let mut paths = AgentPaths::under(dir.path());
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+    paths.socket = shared.join("berth.sock");
+    std::fs::write(
+        &paths.config,
+        paths
+            .config_text("")
+            .replace("[grpc]\n", &format!("[grpc]\ngid = {gid}\n")),
+    )
+    .unwrap();
+    let agent = TestAgent::start_in(dir, paths).await;
+    assert_eq!(meta(&agent.paths.socket).gid(), gid);
+    assert_eq!(
+        (meta(&shared).mode() & 0o777, meta(&shared).gid()),
+        (0o755, 0)
+    );
+}
+
+/// SIGHUP (`systemctl reload berthd`) applies the file's `[log] level` to the running agent; a
+/// file that no longer loads changes nothing, is logged, and is counted as an error.
+#[tokio::test]
+async fn sighup_reloads_the_log_level_and_a_broken_file_changes_nothing() {
+    let dir = TempDir::new("berth-e2e-hup");
+    let paths = AgentPaths::under(dir.path());
+    let debug = paths.config_text("");
+    assert!(debug.contains("level = \"debug\""));
+    let info = debug.replace("level = \"debug\"", "level = \"info\"");
+    std::fs::write(&paths.config, &info).unwrap();
+    let agent = TestAgent::start_in(dir, paths).await;
+    // The CRI layer logs each finished RPC at debug ("done").
+    let version = || async {
+        agent
+            .runtime()
+            .await
+            .version(VersionRequest::default())
+            .await
+            .unwrap();
+    };
+    let debug_lines = || agent.log().lines().filter(|l| l.contains("DEBUG")).count();
+    version().await;
+    assert_eq!(debug_lines(), 0, "{}", agent.log());
+
+    let hup = |outcome: &str, count: f64| {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(agent.pid() as i32),
+            nix::sys::signal::Signal::SIGHUP,
+        )
+        .unwrap();
+        let series = format!("berth_config_reloads_total{{outcome=\"{outcome}\"}}");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while agent.metric(&series) < count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{series} never reached {count}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
+    std::fs::write(&agent.paths.config, &debug).unwrap();
+    hup("success", 1.0);
+    version().await;
+    assert!(debug_lines() > 0, "{}", agent.log());
+
+    // A broken file: the error is logged, the level stays debug, the agent serves on.
+    std::fs::write(&agent.paths.config, "[log]\nlevel = \n").unwrap();
+    hup("error", 1.0);
+    assert!(
+        agent.log().contains("configuration not reloaded"),
+        "{}",
+        agent.log()
+    );
+    let before = debug_lines();
+    version().await;
+    assert!(debug_lines() > before, "{}", agent.log());
+    assert_eq!(
+        agent.metric("berth_config_reloads_total{outcome=\"success\"}"),
+        1.0
+    );
+}

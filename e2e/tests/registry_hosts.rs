@@ -301,3 +301,58 @@ async fn default_hosts_tls_ca_skip_verify_headers_and_capabilities() {
         pull_only.requests()
     );
 }
+
+/// A `ca` file replaced in place (a rotated registry CA) is read again after SIGHUP
+/// (`systemctl reload berthd`): before it, the TLS client built from the old file is reused.
+#[tokio::test]
+async fn a_ca_file_replaced_in_place_is_used_after_sighup() {
+    let registry = TestRegistry::start();
+    let image =
+        ImageBuilder::busybox()
+            .label("rotated", "yes")
+            .push(&registry, "test/rotated", "v1");
+    let right = TempDir::new("berth-e2e-tls");
+    let (right_ca, cert, key) = certificates(right.path());
+    let wrong = TempDir::new("berth-e2e-tls");
+    let (wrong_ca, _, _) = certificates(wrong.path());
+    let tls = registry.tls_twin(&cert, &key);
+    let certs = TempDir::new("berth-e2e-certs");
+    let ca = certs.path().join("registry-ca.pem");
+    std::fs::copy(&wrong_ca, &ca).unwrap();
+    hosts_toml(
+        certs.path(),
+        "rotated.invalid",
+        &mirror(
+            &format!("https://{}", tls.address),
+            PULL_RESOLVE,
+            &format!("  ca = {:?}", ca.display().to_string()),
+        ),
+    );
+    let agent =
+        TestAgent::start_with(&format!("[registry]\nconfig_path = {:?}\n", certs.path())).await;
+    let reference = "rotated.invalid/test/rotated:v1";
+    let err = pull(&agent, reference).await.unwrap_err();
+    assert!(
+        err.message().to_lowercase().contains("certificate"),
+        "{err:?}"
+    );
+
+    std::fs::copy(&right_ca, &ca).unwrap();
+    let err = pull(&agent, reference).await.unwrap_err();
+    assert!(
+        err.message().to_lowercase().contains("certificate"),
+        "the client built from the old CA is kept until SIGHUP: {err:?}"
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.pid() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while agent.metric("berth_config_reloads_total{outcome=\"success\"}") < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "no reload counted");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(pull(&agent, reference).await.unwrap(), image.config_digest);
+}

@@ -104,6 +104,12 @@ pub struct Clients {
 }
 
 impl Clients {
+    /// Drops every client: the next request builds its own, reading its CA files again.
+    /// Requests under way keep the client they hold.
+    pub fn clear(&self) {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+
     fn for_host(&self, host: &RegistryHost) -> Result<Client, RegistryError> {
         let key = (host.skip_verify, host.ca.clone());
         let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());

@@ -188,6 +188,12 @@ impl Images {
         Ok(images)
     }
 
+    /// Registry host files are read on every pull; the TLS clients built from them are kept.
+    /// This forgets those clients, so the next pull reads its `ca` files again (SIGHUP).
+    pub fn forget_registry_clients(&self) {
+        self.clients.clear();
+    }
+
     pub fn list(&self) -> Vec<ImageRecord> {
         self.store.list()
     }
