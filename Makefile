@@ -14,7 +14,7 @@ BUILD_PACKAGES := protobuf-compiler libseccomp-dev pkg-config gcc make
 TEST_PACKAGES := $(BUILD_PACKAGES) busybox-static docker-registry openssl \
 	containernetworking-plugins iproute2 iptables util-linux
 
-.PHONY: all build run test test-host test-node bench soak fuzz lint deps-build deps-test deps-node check-cargo clean
+.PHONY: all build run test test-host test-node bench soak fuzz lint deps-build deps-test deps-node check-cargo clean test-deploy manifests
 
 all: build
 
@@ -47,7 +47,7 @@ lint: deps-build
 # A test that cannot run here records itself in $(SKIPS) (berth_e2e::skip); the count and the
 # list are printed at the end. Under CI (`CI` set, as .ci/run does) a skip fails its test.
 SKIPS := $(CURDIR)/target/e2e-skips.txt
-test: test-host test-node
+test: test-host test-deploy test-node
 
 test-host: deps-test lint
 	$(CARGO) build --bin berthd
@@ -55,6 +55,21 @@ test-host: deps-test lint
 	$(SUDO) env "PATH=$$PATH" BERTH_E2E_SKIPS=$(SKIPS) $(CARGO) test --workspace
 	@n=$$(cat $(SKIPS) 2>/dev/null | wc -l); echo "make test: $$n tests skipped"; \
 	  [ "$$n" = 0 ] || cat $(SKIPS)
+
+# The Helm chart and the plain manifests (deploy/test/): rendered with Helm's own library (the
+# helm-python-sdk package) for every values file in deploy/test/values, linted, validated strictly
+# against the supported Kubernetes versions' schemas (kubernetes-validate), each rendered
+# config.toml checked by `berthd config check`, and deploy/kubernetes/berth.yaml compared with
+# the default render. The pinned packages go in a venv under target/ (python3-venv).
+test-deploy: deps-build
+	@./.ci/apt-ensure python3-venv
+	$(CARGO) build --bin berthd
+	BERTHD=$(CURDIR)/target/debug/berthd ./deploy/test/run
+
+# Rewrites deploy/kubernetes/berth.yaml from the chart's defaults (test-deploy fails while stale).
+manifests:
+	@./.ci/apt-ensure python3-venv
+	./deploy/test/render-manifests
 
 # The node lane (e2e/node/): the e2e suites that cgroup v2 and the systemd driver change, run
 # inside a Debian 12 VM (systemd as PID 1, pure cgroup v2, AppArmor) under qemu, once per cgroup
