@@ -359,6 +359,16 @@ mod tests {
     }
 
     #[test]
+    fn the_operators_guide_shows_exactly_what_berthd_config_default_prints() {
+        let guide = include_str!("../docs/operations.md");
+        let begin = "<!-- berthd config default: begin -->\n```toml\n";
+        let end = "```\n<!-- berthd config default: end -->";
+        let start = guide.find(begin).expect("the begin marker") + begin.len();
+        let stop = start + guide[start..].find(end).expect("the end marker");
+        assert_eq!(&guide[start..stop], DEFAULT_TOML);
+    }
+
+    #[test]
     fn empty_file_means_defaults() {
         assert_eq!(parse("").unwrap(), Config::default());
     }

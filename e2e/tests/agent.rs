@@ -690,3 +690,88 @@ async fn sighup_reloads_the_log_level_and_a_broken_file_changes_nothing() {
         1.0
     );
 }
+
+/// docs/operations.md names every metric family the agent exposes, as it is exposed (counters
+/// with `_total`) in its metrics table, so an operator can look up anything /metrics shows. A labelled family shows
+/// nothing on /metrics before its first sample, so the names registered in the crates' sources
+/// (a `"berth_…"` literal on a line of its own) are looked up too, with or without `_total`.
+#[tokio::test]
+async fn the_operators_guide_names_every_metric_family() {
+    let agent = TestAgent::start().await;
+    agent
+        .runtime()
+        .await
+        .version(VersionRequest::default())
+        .await
+        .unwrap();
+    let guide = include_str!("../../docs/operations.md");
+    // A row of the metrics reference's table: `| `name` | type | labels | meaning |`.
+    let named = |name: &str| guide.contains(&format!("| `{name}` |"));
+    let mut missing: Vec<String> = agent
+        .scrape()
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(name, kind)| match kind {
+            "counter" => format!("{name}_total"),
+            _ => name.to_string(),
+        })
+        .filter(|name| !named(name))
+        .collect();
+    let registered = registered_metric_names();
+    assert!(
+        registered.len() >= 30,
+        "the source scan found only {registered:?}"
+    );
+    missing.extend(
+        registered
+            .into_iter()
+            .filter(|name| !named(name) && !named(&format!("{name}_total"))),
+    );
+    assert!(missing.is_empty(), "not in docs/operations.md: {missing:?}");
+}
+
+/// Every `"berth_<name>"` literal standing alone on a line in the workspace crates' `src/`
+/// (the first argument of a metric's registration), tests and the e2e crate left out.
+fn registered_metric_names() -> Vec<String> {
+    fn walk(dir: &std::path::Path, names: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, names);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+                for line in code.lines() {
+                    let name = line.trim().trim_end_matches(',');
+                    let Some(name) = name.strip_prefix('"').and_then(|n| n.strip_suffix('"'))
+                    else {
+                        continue;
+                    };
+                    if name.starts_with("berth_")
+                        && name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')
+                    {
+                        names.push(name.to_string());
+                    }
+                }
+            }
+        }
+    }
+    let top = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut names = Vec::new();
+    for krate in [
+        "src",
+        "cri/src",
+        "streaming/src",
+        "podsandbox/src",
+        "image/src",
+        "cni/src",
+        "runtime/src",
+        "common/src",
+    ] {
+        walk(&top.join(krate), &mut names);
+    }
+    names.sort();
+    names.dedup();
+    names
+}
