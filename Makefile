@@ -10,11 +10,12 @@ BENCH_ARGS ?=
 BUILD_PACKAGES := protobuf-compiler libseccomp-dev pkg-config gcc make
 # What the end-to-end tests drive beyond the build: busybox for test images (and ping), Debian's
 # registry, openssl for the token-auth registry's key and certificate, the CNI plugins, and the
-# tools they and the tests call (ip, iptables for portmap, nsenter).
+# tools they and the tests call (ip, iptables for portmap, nsenter), and skopeo, which pushes the
+# installer image's OCI layout (make image).
 TEST_PACKAGES := $(BUILD_PACKAGES) busybox-static docker-registry openssl \
-	containernetworking-plugins iproute2 iptables util-linux
+	containernetworking-plugins iproute2 iptables util-linux skopeo
 
-.PHONY: all build run test test-host test-node bench soak fuzz lint deps-build deps-test deps-node check-cargo clean test-deploy manifests
+.PHONY: all build run test test-host test-node bench soak fuzz lint deps-build deps-test deps-node check-cargo clean dist image test-deploy manifests
 
 all: build
 
@@ -101,6 +102,32 @@ FUZZ_SECONDS ?= 10
 fuzz: deps-build
 	@./.ci/apt-ensure g++
 	FUZZ_SECONDS=$(FUZZ_SECONDS) CARGO=$(CARGO) ./fuzz/run
+
+# The release: target/dist/berth-<version>-linux-<arch>.tar.gz (berthd, install.sh, the unit,
+# the default config, the Helm chart, the operator's guide, SHA256SUMS), reproducible; a hand
+# install and the installer image both use what it holds (deploy/dist.sh).
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+ARCH := $(shell uname -m | sed 's/^x86_64$$/amd64/; s/^aarch64$$/arm64/')
+DIST := $(CURDIR)/target/dist
+dist: build
+	./deploy/dist.sh target/release/berthd $(DIST)
+
+# The installer image, built from the release directory by berth's own image code (no Docker
+# daemon; the same inputs give the same digest) as an OCI image layout in target/installer-image.
+# With REGISTRY set it is pushed to $(REGISTRY)/berth-installer:$(TAG) with skopeo, which takes
+# the credentials of `skopeo login` (SKOPEO_ARGS="--dest-tls-verify=false" for a plain-HTTP one).
+REGISTRY ?=
+TAG ?= $(VERSION)
+SKOPEO_ARGS ?=
+IMAGE_LAYOUT := $(CURDIR)/target/installer-image
+image: dist
+	$(CARGO) build --release -p berth-e2e --bin berth-installer-image
+	rm -rf $(IMAGE_LAYOUT)
+	./target/release/berth-installer-image $(DIST)/berth-$(VERSION)-linux-$(ARCH) $(IMAGE_LAYOUT) $(TAG)
+	@if [ -n "$(REGISTRY)" ]; then \
+	  ./.ci/apt-ensure skopeo && \
+	  skopeo copy --preserve-digests $(SKOPEO_ARGS) oci:$(IMAGE_LAYOUT):$(TAG) docker://$(REGISTRY)/berth-installer:$(TAG); \
+	fi
 
 clean:
 	$(CARGO) clean

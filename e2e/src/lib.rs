@@ -8,6 +8,7 @@ pub mod container_fixture;
 pub mod cri;
 pub mod fault;
 pub mod images;
+pub mod installer;
 pub mod monitor_fixture;
 pub mod network;
 pub mod registry;
