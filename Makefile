@@ -15,7 +15,7 @@ BUILD_PACKAGES := protobuf-compiler libseccomp-dev pkg-config gcc make
 TEST_PACKAGES := $(BUILD_PACKAGES) busybox-static docker-registry openssl \
 	containernetworking-plugins iproute2 iptables util-linux skopeo
 
-.PHONY: all build run test test-host test-node bench soak fuzz lint deps-build deps-test deps-node check-cargo clean dist image test-deploy manifests
+.PHONY: all build run test test-host test-node bench soak fuzz lint deps-build deps-test deps-node check-cargo clean dist image test-deploy manifests node-install
 
 all: build
 
@@ -81,6 +81,11 @@ deps-node: deps-test
 
 test-node: deps-node
 	$(SUDO) env "PATH=$$PATH" ./e2e/node/lane.sh
+
+# A hand install of `make dist`'s tarball on the node lane's VM, with the install.sh the Helm
+# chart's DaemonSet runs: berthd under systemd, answering, reinstalled, reloaded, uninstalled.
+node-install: deps-node dist
+	$(SUDO) env "PATH=$$PATH" ./e2e/node/try-install.sh $(DIST)/berth-$(VERSION)-linux-$(ARCH).tar.gz
 
 bench: deps-test
 	$(CARGO) build --release --workspace --bins

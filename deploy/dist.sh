@@ -34,5 +34,5 @@ cp -R "$top/deploy/helm/berth" "$dir/chart"
 install -m 0644 "$top/docs/operations.md" "$dir/operations.md"
 (cd "$dir" && find . -type f ! -name SHA256SUMS | sed 's|^\./||' | LC_ALL=C sort | xargs sha256sum >SHA256SUMS)
 tar -C "$out" --sort=name --mtime="@$epoch" --owner=0 --group=0 --numeric-owner \
-  --mode='u+rwX,go+rX,go-w' --format=gnu -cf - "$name" | gzip -n -9 >"$dir.tar.gz"
+  --mode='u+rwX,go+rX,go-w' --format=gnu -cf - "$name" | gzip -n >"$dir.tar.gz"
 echo "$dir.tar.gz"

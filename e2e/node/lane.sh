@@ -4,6 +4,7 @@
 #
 #   lane.sh [suite ...]     the suites (e2e/tests/<suite>.rs) to run under every driver; when
 #                           none, NODE_SUITES under every driver and NODE_ONCE_SUITES under the first
+#                           (either set empty runs none of its suites)
 #
 # Needs root (the VM's disks are made with mkfs.ext4 -d, which keeps ownership only for root).
 # The host builds everything; the VM gets the binaries on a second disk and writes what the
@@ -13,13 +14,13 @@ set -eu
 cd "$(dirname "$0")/../.."
 # Under each cgroup driver: the suites whose subject the driver changes (where pods, monitors
 # and containers run, limits, OOM, stats, exec's cgroup, the unit's restarts).
-NODE_SUITES="${NODE_SUITES:-node_service sandbox_cgroups container_resources exec_identity}"
+NODE_SUITES="${NODE_SUITES-node_service sandbox_cgroups container_resources exec_identity}"
 # Under the first driver only: the rest of what a v2 systemd node changes (the container
 # lifecycle and its logs, namespaces and CNI, the monitor on its own, seccomp, AppArmor, and the
 # installer run as the Helm chart's DaemonSet runs it, installing berthd under systemd). The
 # whole of `make test` must stay within 25 minutes on 2 cores, and TCG makes each suite 5-10x
 # slower than on the host.
-NODE_ONCE_SUITES="${NODE_ONCE_SUITES:-containers sandbox monitor_containers seccomp apparmor faults node_install}"
+NODE_ONCE_SUITES="${NODE_ONCE_SUITES-containers sandbox monitor_containers seccomp apparmor faults node_install}"
 NODE_DRIVERS="${NODE_DRIVERS:-systemd cgroupfs}"
 # Tests left to the host suite: loops that prove no leak over many cycles, 10-20x slower under
 # TCG and testing nothing cgroup v2 or systemd changes; and the faults whose subject is not the
