@@ -83,20 +83,7 @@ pub fn container_config(f: &Fixture, name: &str, command: &[&str]) -> ContainerC
 
 /// Pulls `reference` through `agent`; the image ref PullImage answers (the image id).
 pub async fn pull_ref(agent: &TestAgent, reference: &str) -> String {
-    agent
-        .image()
-        .await
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: reference.into(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .image_ref
+    crate::cri::pull(&mut agent.image().await, reference).await
 }
 
 /// Pushes `image` to the fixture's registry as `<repo>:v1` and pulls it; its image ref.

@@ -1,12 +1,13 @@
 //! CRI config pieces and calls the suites and the bench make again and again.
 
 use k8s_cri::v1::{
-    LinuxContainerConfig, LinuxContainerSecurityContext, LinuxPodSandboxConfig,
-    LinuxSandboxSecurityContext, NamespaceMode, NamespaceOption, PodSandboxConfig,
-    RemovePodSandboxRequest, RunPodSandboxRequest, StatusRequest,
+    ContainerConfig, CreateContainerRequest, ImageSpec, LinuxContainerConfig,
+    LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
+    NamespaceMode, NamespaceOption, PodSandboxConfig, PullImageRequest, RemovePodSandboxRequest,
+    RunPodSandboxRequest, StartContainerRequest, StatusRequest,
 };
 
-use crate::RuntimeClient;
+use crate::{ImageClient, RuntimeClient};
 
 /// RunPodSandbox with the default handler: the sandbox id, or the agent's answer.
 pub async fn try_run_pod(
@@ -35,6 +36,47 @@ pub async fn run_pod(c: &mut RuntimeClient, config: PodSandboxConfig) -> String 
     try_run_pod(c, config)
         .await
         .unwrap_or_else(|e| panic!("RunPodSandbox: {e}"))
+}
+
+/// PullImage of `reference`, which must succeed: the image ref it answers (the image id).
+pub async fn pull(images: &mut ImageClient, reference: &str) -> String {
+    images
+        .pull_image(PullImageRequest {
+            image: Some(ImageSpec {
+                image: reference.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .await
+        .unwrap_or_else(|e| panic!("PullImage {reference}: {e}"))
+        .into_inner()
+        .image_ref
+}
+
+/// CreateContainer then StartContainer in `pod`, both of which must succeed: the container id.
+pub async fn create_started(
+    c: &mut RuntimeClient,
+    pod: &str,
+    pod_config: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> String {
+    let id = c
+        .create_container(CreateContainerRequest {
+            pod_sandbox_id: pod.into(),
+            config: Some(config),
+            sandbox_config: Some(pod_config.clone()),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("CreateContainer: {e}"))
+        .into_inner()
+        .container_id;
+    c.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer {id}: {e}"));
+    id
 }
 
 /// Namespace options as kubelet sends them.

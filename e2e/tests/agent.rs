@@ -588,15 +588,14 @@ async fn health_answers_for_a_serving_agent_and_fails_naming_the_socket_once_it_
 async fn the_socket_group_is_the_configured_gid_and_only_berths_own_directory_changes() {
     use std::os::unix::fs::MetadataExt;
     let gid = 4242;
+    let write_config = |paths: &AgentPaths| {
+        let text = paths.config_text("");
+        let text = text.replace("[grpc]\n", &format!("[grpc]\ngid = {gid}\n"));
+        std::fs::write(&paths.config, text).unwrap();
+    };
     let dir = TempDir::new("berth-e2e-gid");
     let paths = AgentPaths::under(dir.path());
-    std::fs::write(
-        &paths.config,
-        paths
-            .config_text("")
-            .replace("[grpc]\n", &format!("[grpc]\ngid = {gid}\n")),
-    )
-    .unwrap();
+    write_config(&paths);
     let agent = TestAgent::start_in(dir, paths).await;
     let meta = |p: &std::path::Path| std::fs::metadata(p).unwrap();
     let socket = &agent.paths.socket;
@@ -614,13 +613,7 @@ async fn the_socket_group_is_the_configured_gid_and_only_berths_own_directory_ch
     std::fs::create_dir(&shared).unwrap();
     std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
     paths.socket = shared.join("berth.sock");
-    std::fs::write(
-        &paths.config,
-        paths
-            .config_text("")
-            .replace("[grpc]\n", &format!("[grpc]\ngid = {gid}\n")),
-    )
-    .unwrap();
+    write_config(&paths);
     let agent = TestAgent::start_in(dir, paths).await;
     assert_eq!(meta(&agent.paths.socket).gid(), gid);
     assert_eq!(

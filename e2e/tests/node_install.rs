@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use berth_e2e::container_fixture::{container_pid, status};
-use berth_e2e::cri::{container_linux, namespaces, pod_linux, remove_pod, run_pod};
+use berth_e2e::container_fixture::{container_pid, pull_ref, status};
+use berth_e2e::cri::{container_linux, create_started, namespaces, pod_linux, remove_pod, run_pod};
 use berth_e2e::images::ImageBuilder;
 use berth_e2e::registry::TestRegistry;
 use berth_e2e::{berthd_path, cleanup_leftovers, connect, RuntimeClient, TempDir, TestAgent};
@@ -147,54 +147,46 @@ async fn start_installer(
         propagation: propagation as i32,
         ..Default::default()
     };
-    let id = c
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(ContainerConfig {
-                metadata: Some(ContainerMetadata {
-                    name: "install".into(),
-                    attempt: 0,
-                }),
-                image: Some(ImageSpec {
-                    image: image.to_string(),
-                    ..Default::default()
-                }),
-                args: vec![command.to_string()],
-                mounts: vec![
-                    mount(
-                        Path::new("/"),
-                        "/host",
-                        false,
-                        MountPropagation::PropagationHostToContainer,
-                    ),
-                    mount(
-                        &inputs.join("config.toml"),
-                        "/etc/berth-install/config.toml",
-                        true,
-                        MountPropagation::PropagationPrivate,
-                    ),
-                    mount(
-                        &inputs.join("certs.d"),
-                        "/etc/berth-install/certs.d",
-                        true,
-                        MountPropagation::PropagationPrivate,
-                    ),
-                ],
-                log_path: format!("install-{attempt}.log"),
-                linux: Some(linux),
+    let id = create_started(
+        c,
+        &pod,
+        &pod_config,
+        ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: "install".into(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: image.to_string(),
                 ..Default::default()
             }),
-            sandbox_config: Some(pod_config),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    c.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
+            args: vec![command.to_string()],
+            mounts: vec![
+                mount(
+                    Path::new("/"),
+                    "/host",
+                    false,
+                    MountPropagation::PropagationHostToContainer,
+                ),
+                mount(
+                    &inputs.join("config.toml"),
+                    "/etc/berth-install/config.toml",
+                    true,
+                    MountPropagation::PropagationPrivate,
+                ),
+                mount(
+                    &inputs.join("certs.d"),
+                    "/etc/berth-install/certs.d",
+                    true,
+                    MountPropagation::PropagationPrivate,
+                ),
+            ],
+            log_path: format!("install-{attempt}.log"),
+            linux: Some(linux),
+            ..Default::default()
+        },
+    )
+    .await;
     (pod, id)
 }
 
@@ -291,16 +283,7 @@ async fn start_ticker(
     top: &str,
 ) -> (String, String) {
     let mut images = ImageServiceClient::new(connect(Path::new(SOCKET)).await.unwrap());
-    images
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.to_string(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    berth_e2e::cri::pull(&mut images, image).await;
     let options = namespaces(
         NamespaceMode::Node,
         NamespaceMode::Container,
@@ -321,40 +304,32 @@ async fn start_ticker(
         ..Default::default()
     };
     let pod = run_pod(c, pod_config.clone()).await;
-    let id = c
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(ContainerConfig {
-                metadata: Some(ContainerMetadata {
-                    name: "ticker".into(),
-                    attempt: 0,
-                }),
-                image: Some(ImageSpec {
-                    image: image.to_string(),
-                    ..Default::default()
-                }),
-                command: [
-                    "sh",
-                    "-c",
-                    "i=0; while :; do echo line $i; i=$((i+1)); sleep 0.1; done",
-                ]
-                .map(String::from)
-                .to_vec(),
-                log_path: "ticker.log".into(),
-                linux: Some(container_linux(options)),
+    let id = create_started(
+        c,
+        &pod,
+        &pod_config,
+        ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: "ticker".into(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: image.to_string(),
                 ..Default::default()
             }),
-            sandbox_config: Some(pod_config),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    c.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
+            command: [
+                "sh",
+                "-c",
+                "i=0; while :; do echo line $i; i=$((i+1)); sleep 0.1; done",
+            ]
+            .map(String::from)
+            .to_vec(),
+            log_path: "ticker.log".into(),
+            linux: Some(container_linux(options)),
+            ..Default::default()
+        },
+    )
+    .await;
     (pod, id)
 }
 
@@ -402,18 +377,7 @@ async fn the_installer_installs_upgrades_with_a_pod_running_and_uninstalls_berth
     let agent = TestAgent::start().await;
     let mut old = agent.runtime().await;
     for image in [&installer, &upgrade] {
-        agent
-            .image()
-            .await
-            .pull_image(PullImageRequest {
-                image: Some(ImageSpec {
-                    image: image.clone(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        pull_ref(&agent, image).await;
     }
     let logs = dir.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use berth_e2e::container_fixture::{container_pid, status};
-use berth_e2e::cri::{container_linux, namespaces, pod_linux, remove_pod, run_pod};
+use berth_e2e::cri::{container_linux, create_started, namespaces, pod_linux, remove_pod, run_pod};
 use berth_e2e::images::ImageBuilder;
 use berth_e2e::registry::TestRegistry;
 use berth_e2e::{berthd_path, cleanup_leftovers, connect, AgentPaths, RuntimeClient, TempDir};
@@ -164,16 +164,7 @@ async fn under_systemd_a_restart_and_a_kill_leave_containers_running_and_logging
     let mut images = k8s_cri::v1::image_service_client::ImageServiceClient::new(
         connect(&paths.socket).await.unwrap(),
     );
-    images
-        .pull_image(PullImageRequest {
-            image: Some(ImageSpec {
-                image: image.clone(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    berth_e2e::cri::pull(&mut images, &image).await;
     let logs = TempDir::new("berth-e2e-node-logs");
     let top = format!("berth-e2e-{}-node", std::process::id());
     let pod_config = PodSandboxConfig {
@@ -195,44 +186,36 @@ async fn under_systemd_a_restart_and_a_kill_leave_containers_running_and_logging
         ..Default::default()
     };
     let pod = run_pod(&mut c, pod_config.clone()).await;
-    let id = c
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.clone(),
-            config: Some(ContainerConfig {
-                metadata: Some(ContainerMetadata {
-                    name: "ticker".into(),
-                    attempt: 0,
-                }),
-                image: Some(ImageSpec {
-                    image,
-                    ..Default::default()
-                }),
-                command: [
-                    "sh",
-                    "-c",
-                    "i=0; while :; do echo line $i; i=$((i+1)); sleep 0.05; done",
-                ]
-                .map(String::from)
-                .to_vec(),
-                log_path: "ticker.log".into(),
-                linux: Some(container_linux(namespaces(
-                    NamespaceMode::Node,
-                    NamespaceMode::Container,
-                    NamespaceMode::Pod,
-                ))),
+    let id = create_started(
+        &mut c,
+        &pod,
+        &pod_config,
+        ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: "ticker".into(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image,
                 ..Default::default()
             }),
-            sandbox_config: Some(pod_config),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .container_id;
-    c.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
+            command: [
+                "sh",
+                "-c",
+                "i=0; while :; do echo line $i; i=$((i+1)); sleep 0.05; done",
+            ]
+            .map(String::from)
+            .to_vec(),
+            log_path: "ticker.log".into(),
+            linux: Some(container_linux(namespaces(
+                NamespaceMode::Node,
+                NamespaceMode::Container,
+                NamespaceMode::Pod,
+            ))),
+            ..Default::default()
+        },
+    )
+    .await;
     let log = logs.path().join("ticker.log");
     let init = running_pid(&mut c, &id).await;
     let mut seen = wait_log_beyond(&log, 5).await.len();

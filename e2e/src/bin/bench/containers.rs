@@ -42,31 +42,7 @@ async fn start_container(
     image: &str,
     name: &str,
 ) -> String {
-    start_container_as(c, pod, config, container(image, name)).await
-}
-
-pub(crate) async fn start_container_as(
-    c: &mut RuntimeServiceClient<Channel>,
-    pod: &str,
-    config: &PodSandboxConfig,
-    container: ContainerConfig,
-) -> String {
-    let id = c
-        .create_container(CreateContainerRequest {
-            pod_sandbox_id: pod.into(),
-            config: Some(container),
-            sandbox_config: Some(config.clone()),
-        })
-        .await
-        .unwrap_or_else(|e| panic!("CreateContainer: {e}"))
-        .into_inner()
-        .container_id;
-    c.start_container(StartContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap_or_else(|e| panic!("StartContainer: {e}"));
-    id
+    berth_e2e::cri::create_started(c, pod, config, container(image, name)).await
 }
 
 pub(crate) async fn remove_pod(c: &mut RuntimeServiceClient<Channel>, pod: &str) {
@@ -108,7 +84,7 @@ async fn exit_event_latency(
     for i in 0..EXITS {
         let mut cfg = container(image, &format!("exits{i}"));
         cfg.command = vec!["sh".into(), "-c".into(), "exit 0".into()];
-        let id = start_container_as(c, pod, config, cfg).await;
+        let id = berth_e2e::cri::create_started(c, pod, config, cfg).await;
         let latency = loop {
             let next = tokio::time::timeout(Duration::from_secs(10), events.message()).await;
             let Ok(Ok(Some(event))) = next else {
@@ -178,7 +154,7 @@ pub async fn measure(
                 s.seccomp = seccomp.clone();
             }
             let t = Instant::now();
-            let id = start_container_as(&mut c, &pod, &config, cfg).await;
+            let id = berth_e2e::cri::create_started(&mut c, &pod, &config, cfg).await;
             let took = t.elapsed();
             if i >= 2 {
                 starts.push(took);

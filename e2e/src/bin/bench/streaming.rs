@@ -13,7 +13,7 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use tonic::transport::Channel;
 
-use crate::containers::{container, remove_pod, start_container_as};
+use crate::containers::{container, remove_pod};
 use crate::sandboxes::{helpers_rss_kib, pod_config};
 use crate::{percentile, Figures};
 
@@ -77,7 +77,7 @@ pub async fn measure(
         FORWARD_BYTES / 1048576
     );
     sender.command = vec!["sh".into(), "-c".into(), script];
-    let id = start_container_as(&mut c, &pod, &config, sender).await;
+    let id = berth_e2e::cri::create_started(&mut c, &pod, &config, sender).await;
 
     // Exec of `true` through the streaming path.
     let mut samples = Vec::new();
