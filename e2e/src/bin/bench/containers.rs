@@ -10,7 +10,7 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 use tonic::transport::Channel;
 
-use crate::sandboxes::{helpers_rss_kib, pod_config};
+use crate::sandboxes::{helpers_pss_kib, helpers_rss_kib, pod_config};
 use crate::{percentile, Figures};
 
 const RUNS: usize = 20;
@@ -223,6 +223,16 @@ pub async fn measure(
         figures.rows.push((
             format!("agent + helpers RSS, {target} pods"),
             format!("{:.1} MiB", total as f64 / 1024.0),
+        ));
+        let helpers = helpers_pss_kib(is_helper);
+        let total = crate::pss_kib(agent_pid).unwrap_or(0) + helpers;
+        figures.rows.push((
+            format!("agent + helpers PSS, {target} pods"),
+            format!("{:.1} MiB", total as f64 / 1024.0),
+        ));
+        figures.rows.push((
+            format!("helpers PSS per pod, {target} pods"),
+            format!("{:.2} MiB", helpers as f64 / 1024.0 / target as f64),
         ));
     }
     // What kubelet's stats poll costs with those 30 containers running.

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod burst;
 mod containers;
 mod sandboxes;
 mod streaming;
@@ -15,8 +16,8 @@ use berth_e2e::{connect, TestAgent};
 use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::{
-    ImageSpec, ImageStatusRequest, PullImageRequest, RemoveImageRequest, StatusRequest,
-    VersionRequest,
+    ImageSpec, ImageStatusRequest, ListImagesRequest, PullImageRequest, RemoveImageRequest,
+    StatusRequest, VersionRequest,
 };
 
 const ROUND_TRIPS: usize = 5000;
@@ -120,8 +121,32 @@ fn spec(image: &str) -> Option<ImageSpec> {
 
 /// Cold pulls: RemoveImage, a pause for the runtime's asynchronous GC (containerd collects
 /// content a moment after the image goes), then a timed PullImage. Median and MB/s.
+///
+/// Every image the runtime holds is removed first: the lab's images all share the small
+/// image's one layer (busybox), pause included, so a runtime still holding any of them (a
+/// peer keeps its pause image between runs) would pull that image warm.
 async fn measure_pulls(socket: &Path, images: &[(String, String)], figures: &mut Figures) {
     let mut client = ImageServiceClient::new(connect(socket).await.expect("connect"));
+    let held = client
+        .list_images(ListImagesRequest { filter: None })
+        .await
+        .expect("ListImages")
+        .into_inner()
+        .images;
+    for image in &held {
+        let _ = client
+            .remove_image(RemoveImageRequest {
+                image: spec(&image.id),
+            })
+            .await;
+    }
+    if !held.is_empty() {
+        eprintln!(
+            "berth-bench: removed the {} images {} held, for cold pulls",
+            held.len(),
+            socket.display()
+        );
+    }
     for (label, reference) in images {
         let mut samples = Vec::with_capacity(PULLS);
         let mut size = 0;
@@ -169,6 +194,62 @@ async fn measure_pulls(socket: &Path, images: &[(String, String)], figures: &mut
 pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The CNI plugins' time in ADD so far (seconds, summed over the chain's plugins) and the ADDs
+/// made (the chain's first plugin counts one per pod), from `berth_cni_operation_duration_seconds`.
+fn cni_add_totals(agent: &TestAgent) -> (f64, f64) {
+    let (mut seconds, mut pods) = (0.0, 0.0f64);
+    for line in agent.scrape().lines() {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let value: f64 = value.parse().unwrap_or(0.0);
+        if !series.contains("operation=\"ADD\"") {
+            continue;
+        }
+        if series.starts_with("berth_cni_operation_duration_seconds_sum") {
+            seconds += value;
+        } else if series.starts_with("berth_cni_operation_duration_seconds_count") {
+            pods = pods.max(value);
+        }
+    }
+    (seconds, pods)
+}
+
+/// What no runtime can go under, printed beside the figures they bound: the CNI plugins' own
+/// time per pod over the sequential RunPodSandbox runs (the same plugins and conflist a lab
+/// peer runs), and fork+exec+wait of `/bin/true` from this process.
+fn floors(before: (f64, f64), after: (f64, f64), figures: &mut Figures) {
+    let (seconds, pods) = (after.0 - before.0, after.1 - before.1);
+    figures.rows.push((
+        "floor: CNI ADD, the plugins' own time per pod (sequential)".into(),
+        match pods > 0.0 {
+            true => format!("{:.1} ms", seconds / pods * 1e3),
+            false => "-".into(),
+        },
+    ));
+    let mut spawns: Vec<Duration> = (0..100)
+        .map(|_| {
+            let t = Instant::now();
+            std::process::Command::new("/bin/true")
+                .status()
+                .expect("run /bin/true");
+            t.elapsed()
+        })
+        .collect();
+    spawns.sort();
+    figures.rows.push((
+        "floor: fork+exec+wait of /bin/true, median".into(),
+        format!("{:.2} ms", percentile(&spawns, 0.5).as_secs_f64() * 1e3),
+    ));
+}
+
+/// A process's proportional set size (KiB), from /proc/<pid>/smaps_rollup.
+pub(crate) fn pss_kib(pid: u32) -> Option<u64> {
+    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let line = rollup.lines().find(|l| l.starts_with("Pss:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
@@ -293,14 +374,25 @@ async fn main() {
         .to_string_lossy()
         .into_owned();
     let is_monitor = move |_: &str, cmdline: &str| cmdline.contains(&pods_dir);
+    let mut cni_floor = None;
     if everything {
+        let cni_before = cni_add_totals(&agent);
         sandboxes::measure(&agent.paths.socket, "berth", &is_monitor, &mut berth).await;
+        cni_floor = Some((cni_before, cni_add_totals(&agent)));
         containers::measure(
             &agent.paths.socket,
             "berth",
             &images[0].1,
             agent.pid(),
             &is_monitor,
+            &mut berth,
+        )
+        .await;
+        burst::measure(
+            &agent.paths.socket,
+            "berth",
+            &images[0].1,
+            agent.pid(),
             &mut berth,
         )
         .await;
@@ -326,6 +418,9 @@ async fn main() {
             .map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
             .unwrap_or("-".into()),
     ));
+    if let Some((before, after)) = cni_floor {
+        floors(before, after, &mut berth);
+    }
     let mut all = vec![berth];
     if let Some(peer) = peer {
         let mut figures = Figures {
@@ -366,6 +461,7 @@ async fn main() {
                     &mut figures,
                 )
                 .await;
+                burst::measure(&peer, "peer", &images[0].1, containerd_pid, &mut figures).await;
             }
             streaming::measure(
                 &peer,

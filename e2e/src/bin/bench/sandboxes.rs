@@ -35,30 +35,26 @@ pub(crate) fn pod_config(tag: &str, i: usize) -> PodSandboxConfig {
 
 /// Sum of VmRSS (KiB) of the processes `is_helper` picks by pid and command line.
 pub(crate) fn helpers_rss_kib(is_helper: &dyn Fn(&str, &str) -> bool) -> u64 {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return 0;
-    };
-    entries
+    helper_pids(is_helper).filter_map(crate::rss_kib).sum()
+}
+
+/// Sum of PSS (KiB) of the processes `is_helper` picks: each shared page counted once across
+/// every process that maps it, so shared text does not count once per helper.
+pub(crate) fn helpers_pss_kib(is_helper: &dyn Fn(&str, &str) -> bool) -> u64 {
+    helper_pids(is_helper).filter_map(crate::pss_kib).sum()
+}
+
+fn helper_pids(is_helper: &dyn Fn(&str, &str) -> bool) -> impl Iterator<Item = u32> + '_ {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        .filter_map(|pid| {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-            let cmdline =
-                String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).ok()?)
-                    .into_owned();
-            if !is_helper(comm.trim(), &cmdline) {
-                return None;
-            }
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-            status
-                .lines()
-                .find(|l| l.starts_with("VmRSS:"))?
-                .split_whitespace()
-                .nth(1)?
-                .parse::<u64>()
-                .ok()
+        .filter(move |pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            is_helper(comm.trim(), &String::from_utf8_lossy(&cmdline))
         })
-        .sum()
 }
 
 async fn stop_remove(client: &mut RuntimeServiceClient<tonic::transport::Channel>, id: &str) {
