@@ -186,3 +186,112 @@ async fn the_configured_default_applies_to_containers_that_ask_for_none() {
     remove_pod(&mut c, &pod.0).await;
     assert_clean(&f, "seccomp-default");
 }
+
+const IDENTITY: &str =
+    "grep -E '^(CapInh|CapPrm|CapEff|CapBnd|CapAmb|NoNewPrivs|Seccomp|Seccomp_filters):' /proc/self/status";
+
+/// The capability and no_new_privs lines of `status` (a CRI log's or an exec's output).
+fn capabilities(status: &str) -> Vec<&str> {
+    status
+        .lines()
+        .map(|l| l.split_once(" F ").map_or(l, |(_, text)| text))
+        .filter(|l| l.starts_with("Cap") || l.starts_with("NoNewPrivs"))
+        .collect()
+}
+
+fn outcome_count(metrics: &str, outcome: &str) -> u64 {
+    let prefix = format!("berth_container_seccomp_programs_total{{outcome=\"{outcome}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+/// The agent compiles RuntimeDefault once and the executor loads the program itself: to load it
+/// without no_new_privs the init is lent CAP_SYS_ADMIN, which it must give back. Root and a
+/// plain user, with and without no_new_privs, end with the capability sets an unconfined twin
+/// gets, and exactly one filter; so do exec'd processes.
+#[tokio::test]
+async fn a_compiled_filter_is_loaded_once_and_leaves_the_capabilities_as_they_were() {
+    let _top = CgroupTop::new();
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "seccomp-caps");
+    let pod = (run_pod(&mut c, pod_cfg.clone()).await, pod_cfg);
+    let as_user = |cfg: &mut ContainerConfig, user: Option<i64>, no_new_privs: bool| {
+        let s = cfg
+            .linux
+            .as_mut()
+            .unwrap()
+            .security_context
+            .get_or_insert_with(Default::default);
+        s.run_as_user = user.map(|value| Int64Value { value });
+        s.no_new_privs = no_new_privs;
+    };
+    let cases = [
+        (None, false),
+        (Some(1000), false),
+        (None, true),
+        (Some(1000), true),
+    ];
+    let mut root_plain = String::new();
+    for (i, (user, no_new_privs)) in cases.into_iter().enumerate() {
+        let filtered = run(
+            &f,
+            &mut c,
+            &pod,
+            &format!("filtered-{i}"),
+            IDENTITY,
+            |cfg| {
+                with_seccomp(cfg, profile(ProfileType::RuntimeDefault, ""));
+                as_user(cfg, user, no_new_privs);
+            },
+        )
+        .await;
+        let plain = run(&f, &mut c, &pod, &format!("plain-{i}"), IDENTITY, |cfg| {
+            with_seccomp(cfg, profile(ProfileType::Unconfined, ""));
+            as_user(cfg, user, no_new_privs);
+        })
+        .await;
+        let case = format!("user {user:?}, no_new_privs {no_new_privs}");
+        assert!(
+            filtered.contains("Seccomp:\t2") && filtered.contains("Seccomp_filters:\t1"),
+            "{case}: {filtered}"
+        );
+        assert!(plain.contains("Seccomp:\t0"), "{case}: {plain}");
+        assert_eq!(capabilities(&filtered), capabilities(&plain), "{case}");
+        assert_eq!(capabilities(&filtered).len(), 6, "{case}: {filtered}");
+        if i == 0 {
+            root_plain = plain;
+        }
+    }
+    // All four asked for one profile: compiled once. The executor ran from its copy of the
+    // spec, which has no profile for libcontainer to compile again.
+    let metrics = f.agent.scrape();
+    assert_eq!(outcome_count(&metrics, "compiled"), 1, "{metrics}");
+    assert_eq!(outcome_count(&metrics, "cached"), 3, "{metrics}");
+
+    let mut cfg = container_config(&f, "exec", &["sleep", "1000"]);
+    with_seccomp(&mut cfg, profile(ProfileType::RuntimeDefault, ""));
+    let id = create(&mut c, &pod.0, cfg, pod.1.clone()).await;
+    start(&mut c, &id).await;
+    let copy = std::fs::read_to_string(
+        f.agent
+            .paths
+            .state
+            .join("containers")
+            .join(&id)
+            .join("executor/config.json"),
+    )
+    .unwrap();
+    assert!(!copy.contains("\"seccomp\""), "{copy}");
+    let exec = exec_sync(&mut c, &id, &["sh", "-c", IDENTITY]).await;
+    let exec = String::from_utf8_lossy(&exec.stdout).into_owned();
+    assert!(
+        exec.contains("Seccomp:\t2") && exec.contains("Seccomp_filters:\t1"),
+        "{exec}"
+    );
+    assert_eq!(capabilities(&exec), capabilities(&root_plain), "{exec}");
+    remove_pod(&mut c, &pod.0).await;
+    assert_clean(&f, "seccomp-caps");
+}

@@ -89,5 +89,6 @@ pub fn pidfd_open(pid: i32) -> std::io::Result<std::os::fd::OwnedFd> {
 pub mod cgroups;
 pub mod executor;
 pub mod monitor;
+pub mod seccomp_filter;
 pub mod spec;
 pub mod terminal;

@@ -1,6 +1,6 @@
 //! Container metric families.
 
-use berth_common::metrics::StateLabel;
+use berth_common::metrics::{OutcomeLabel, StateLabel};
 use berth_runtime::monitor::protocol::ExitRecord;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -17,6 +17,7 @@ pub struct ContainerMetrics {
     orphans_killed: Counter,
     rolled_back: Counter,
     unclaimed_layers: Counter,
+    seccomp_programs: Family<OutcomeLabel, Counter>,
 }
 
 impl ContainerMetrics {
@@ -52,11 +53,26 @@ impl ContainerMetrics {
             "Writable layers no container record claimed (lost with the state dir, as in a reboot), removed at the agent's start",
             m.unclaimed_layers.clone(),
         );
+        registry.register(
+            "berth_container_seccomp_programs",
+            "Seccomp programs CreateContainer wrote, by outcome: compiled (a profile's first use) or cached",
+            m.seccomp_programs.clone(),
+        );
         m
     }
 
     pub(super) fn orphan_killed(&self) {
         self.orphans_killed.inc();
+    }
+
+    pub(super) fn seccomp_program(&self, lookup: berth_runtime::seccomp_filter::Lookup) {
+        let outcome = match lookup {
+            berth_runtime::seccomp_filter::Lookup::Compiled => "compiled",
+            berth_runtime::seccomp_filter::Lookup::Cached => "cached",
+        };
+        self.seccomp_programs
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
     }
 
     pub(super) fn rolled_back(&self) {

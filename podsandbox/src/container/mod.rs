@@ -51,6 +51,8 @@ pub struct Containers {
     layouts: Mutex<HashMap<String, berth_runtime::cgroups::update::Layout>>,
     /// Each container's writable layer as last measured (bytes and inodes, and when).
     layer_usage: Mutex<HashMap<String, (berth_common::fs::DiskUsage, i64)>>,
+    /// Each seccomp profile's program, compiled once (the executor only loads it).
+    seccomp_programs: berth_runtime::seccomp_filter::FilterCache,
 }
 
 impl Containers {
@@ -96,6 +98,7 @@ impl Containers {
             creating: Mutex::new(HashMap::new()),
             cpu_samples: Mutex::new(HashMap::new()),
             layouts: Mutex::new(HashMap::new()),
+            seccomp_programs: Default::default(),
             layer_usage: Mutex::new(HashMap::new()),
         };
         for r in unfinished {

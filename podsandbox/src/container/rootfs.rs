@@ -136,6 +136,38 @@ pub(super) fn unmount_image_volumes(dir: &Path) {
 }
 
 impl Containers {
+    /// The container's seccomp profile compiled (once per profile) beside its `config.json`,
+    /// for the executor to load as it is; a profile berth leaves to libcontainer gets none.
+    fn write_seccomp_program(
+        &self,
+        id: &str,
+        dir: &Path,
+        spec: &oci_spec::runtime::Spec,
+    ) -> Result<(), ContainerError> {
+        use berth_runtime::seccomp_filter::{precompilable, FILTER_FILE};
+        let Some(profile) = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.seccomp().as_ref())
+            .filter(|p| precompilable(p))
+        else {
+            return Ok(());
+        };
+        let (program, lookup) = self
+            .seccomp_programs
+            .program(profile)
+            .map_err(|e| ContainerError::InvalidArgument(format!("container {id}: {e}")))?;
+        self.metrics.seccomp_program(lookup);
+        let file = dir.join(FILTER_FILE);
+        std::fs::write(&file, &program[..]).map_err(|e| {
+            self.failed(
+                id,
+                "write the seccomp program",
+                format!("{}: {e}", file.display()),
+            )
+        })
+    }
+
     pub(super) fn build(
         &self,
         id: &str,
@@ -249,6 +281,7 @@ impl Containers {
         generated
             .save(dir.join("config.json"))
             .map_err(|e| fail("write config.json")(e.to_string()))?;
+        self.write_seccomp_program(id, dir, &generated)?;
         let mut record = ContainerRecord {
             id: id.to_string(),
             sandbox_id: input.sandbox_id.clone(),

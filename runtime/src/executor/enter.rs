@@ -58,7 +58,7 @@ struct Plan {
     cgroups: Vec<PathBuf>,
     console: Option<UnixStream>,
     process: Process,
-    seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+    seccomp: Filter,
     argv: Vec<CString>,
     env: Vec<CString>,
 }
@@ -117,6 +117,9 @@ fn prepare(root: &Path, id: &str, console: Option<&Path>, cmd: &[String]) -> Res
         .map_err(|e| format!("load container {id}: {}: {e}", state_file.display()))?;
     let config = state.bundle.join("config.json");
     let spec = Spec::load(&config).map_err(|e| format!("load {}: {e}", config.display()))?;
+    // A container whose filter the agent compiled runs from libcontainer's copy of its spec.
+    let (bundle, spec) = super::filtered::source_spec(&state.bundle, spec)?;
+    let program = super::filtered::Program::of_bundle(&bundle, &spec)?;
     let mut process = spec
         .process()
         .clone()
@@ -163,7 +166,13 @@ fn prepare(root: &Path, id: &str, console: Option<&Path>, cmd: &[String]) -> Res
         cgroups,
         console,
         process,
-        seccomp: spec.linux().as_ref().and_then(|l| l.seccomp().clone()),
+        seccomp: match program {
+            Some(program) => Filter::Compiled(program),
+            None => match spec.linux().as_ref().and_then(|l| l.seccomp().clone()) {
+                Some(profile) => Filter::Profile(profile),
+                None => Filter::None,
+            },
+        },
         argv,
         env,
     })
@@ -325,7 +334,7 @@ fn child(plan: &Plan) -> Result<std::convert::Infallible, String> {
     // Loading a filter needs CAP_SYS_ADMIN or no_new_privs: without the latter it goes in
     // while we are still root, as runc does (the rest of this setup must pass it).
     if !no_new_privs {
-        load_seccomp(plan.seccomp.as_ref())?;
+        load_seccomp(&plan.seccomp)?;
     }
     credentials(&plan.process)?;
     if !early_cwd {
@@ -334,18 +343,27 @@ fn child(plan: &Plan) -> Result<std::convert::Infallible, String> {
     if no_new_privs {
         nix::sys::prctl::set_no_new_privs()
             .map_err(|e| format!("prctl(PR_SET_NO_NEW_PRIVS): {e}"))?;
-        load_seccomp(plan.seccomp.as_ref())?;
+        load_seccomp(&plan.seccomp)?;
     }
     exec(&plan.argv, &plan.env, &plan.process)
 }
 
+/// The container's seccomp filter: the program the agent compiled, or else its profile, which
+/// libcontainer compiles here (a container created before berth compiled profiles).
+enum Filter {
+    None,
+    Compiled(super::filtered::Program),
+    Profile(oci_spec::runtime::LinuxSeccomp),
+}
+
 /// The container's seccomp filter on this process (and what it execs), if it has one.
-fn load_seccomp(seccomp: Option<&oci_spec::runtime::LinuxSeccomp>) -> Step {
-    match seccomp {
-        Some(s) => libcontainer::seccomp::initialize_seccomp(s)
+fn load_seccomp(filter: &Filter) -> Step {
+    match filter {
+        Filter::None => Ok(()),
+        Filter::Compiled(program) => program.install(),
+        Filter::Profile(s) => libcontainer::seccomp::initialize_seccomp(s)
             .map(|_| ())
             .map_err(|e| format!("load the seccomp filter: {e}")),
-        None => Ok(()),
     }
 }
 
@@ -480,11 +498,11 @@ fn credentials(process: &Process) -> Step {
     if let Some(umask) = user.umask() {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
     }
-    capset(
-        mask(caps.effective()),
-        mask(caps.permitted()),
-        mask(caps.inheritable()),
-    )?;
+    super::caps::set(super::caps::Sets {
+        effective: mask(caps.effective()),
+        permitted: mask(caps.permitted()),
+        inheritable: mask(caps.inheritable()),
+    })?;
     let ambient = mask(caps.ambient());
     for bit in (0..64u64).filter(|b| ambient & (1 << b) != 0) {
         // SAFETY: prctl with integer arguments.
@@ -495,37 +513,6 @@ fn credentials(process: &Process) -> Step {
     // SAFETY: prctl with integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0) } < 0 {
         return Err(errno("prctl(PR_SET_KEEPCAPS)"));
-    }
-    Ok(())
-}
-
-fn capset(effective: u64, permitted: u64, inheritable: u64) -> Step {
-    #[repr(C)]
-    struct Header {
-        version: u32,
-        pid: libc::c_int,
-    }
-    #[repr(C)]
-    #[derive(Clone, Copy)]
-    struct Data {
-        effective: u32,
-        permitted: u32,
-        inheritable: u32,
-    }
-    const VERSION_3: u32 = 0x2008_0522;
-    let header = Header {
-        version: VERSION_3,
-        pid: 0,
-    };
-    let half = |shift: u32| Data {
-        effective: (effective >> shift) as u32,
-        permitted: (permitted >> shift) as u32,
-        inheritable: (inheritable >> shift) as u32,
-    };
-    let data = [half(0), half(32)];
-    // SAFETY: capset reads a v3 header and two data structs, which is what we pass.
-    if unsafe { libc::syscall(libc::SYS_capset, &header, data.as_ptr()) } < 0 {
-        return Err(errno("capset"));
     }
     Ok(())
 }

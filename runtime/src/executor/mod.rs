@@ -12,8 +12,10 @@
 //!   `enter` forks it into the container); once the process runs it execs
 //!   `berthd init wait <pid> <report file>`, a fresh image that only waits.
 
+mod caps;
 mod enter;
 mod exec;
+mod filtered;
 
 use std::path::{Path, PathBuf};
 
@@ -108,17 +110,33 @@ fn create(root: &Path, id: &str, bundle: &Path, console: Option<PathBuf>) -> Res
     if let Err(e) = crate::cgroups::join_self(Path::new("/")) {
         eprintln!("berthd init: container {id}: leave the pod cgroup: {e}");
     }
+    let spec = Spec::load(bundle.join("config.json")).ok();
     // The systemd driver's cgroupsPath (`slice:prefix:name`) has libcontainer make the
     // container's scope over D-Bus instead of its cgroup directories.
-    let systemd = Spec::load(bundle.join("config.json"))
-        .ok()
+    let systemd = spec
+        .as_ref()
         .and_then(|s| s.linux().as_ref().and_then(|l| l.cgroups_path().clone()))
         .is_some_and(|p| crate::cgroups::systemd::is_systemd_form(&p));
-    let container = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
+    // A spec that does not load is libcontainer's to report.
+    let filtered = match &spec {
+        Some(spec) => {
+            filtered::prepare(bundle, spec).map_err(|e| format!("container {id}: {e}"))?
+        }
+        None => None,
+    };
+    let mut builder = ContainerBuilder::new(id.to_string(), SyscallType::Linux)
         .with_root_path(root)
         .and_then(|b| b.validate_id())
         .map_err(|e| format!("container {id}: {e}"))?
-        .with_console_socket(console)
+        .with_console_socket(console);
+    let bundle = match filtered {
+        Some((copy, executor)) => {
+            builder = builder.with_executor(executor);
+            copy
+        }
+        None => bundle.to_path_buf(),
+    };
+    let container = builder
         .as_init(bundle)
         .with_systemd(systemd)
         .with_detach(true)

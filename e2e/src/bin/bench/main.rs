@@ -282,7 +282,8 @@ async fn main() {
     let mut peer: Option<PathBuf> = None;
     let mut peer_pid: Option<u32> = None;
     let mut lab = false;
-    // `--only streaming`: just that section (and the figures it needs), to iterate on it.
+    // `--only streaming|containers`: just that section (and the figures it needs), to iterate
+    // on it.
     let mut only: Option<String> = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -296,10 +297,15 @@ async fn main() {
                 peer_pid = Some(value.expect("--peer-pid needs the peer daemon's pid"));
             }
             "--lab" => lab = true,
-            "--only" => only = Some(args.next().expect("--only needs a section: streaming")),
+            "--only" => {
+                only = Some(
+                    args.next()
+                        .expect("--only needs a section: streaming, containers"),
+                )
+            }
             other => panic!(
                 "unknown argument {other}; usage: berth-bench [--peer unix:///path.sock \
-                 [--peer-pid PID]] [--lab] [--only streaming]"
+                 [--peer-pid PID]] [--lab] [--only streaming|containers]"
             ),
         }
     }
@@ -348,6 +354,7 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let idle_rss = rss_kib(agent.pid());
     let everything = only.is_none();
+    let section = |name: &str| only.as_deref().is_none_or(|o| o == name);
     let mut berth = Figures {
         name: "berth".into(),
         rows: Vec::new(),
@@ -379,6 +386,8 @@ async fn main() {
         let cni_before = cni_add_totals(&agent);
         sandboxes::measure(&agent.paths.socket, "berth", &is_monitor, &mut berth).await;
         cni_floor = Some((cni_before, cni_add_totals(&agent)));
+    }
+    if section("containers") {
         containers::measure(
             &agent.paths.socket,
             "berth",
@@ -388,6 +397,8 @@ async fn main() {
             &mut berth,
         )
         .await;
+    }
+    if everything {
         burst::measure(
             &agent.paths.socket,
             "berth",
@@ -397,15 +408,17 @@ async fn main() {
         )
         .await;
     }
-    streaming::measure(
-        &agent.paths.socket,
-        "berth",
-        &images[0].1,
-        agent.pid(),
-        &is_monitor,
-        &mut berth,
-    )
-    .await;
+    if section("streaming") {
+        streaming::measure(
+            &agent.paths.socket,
+            "berth",
+            &images[0].1,
+            agent.pid(),
+            &is_monitor,
+            &mut berth,
+        )
+        .await;
+    }
     berth.rows.push((
         "agent RSS idle (before the RPCs)".into(),
         idle_rss
@@ -451,7 +464,7 @@ async fn main() {
                     std::fs::read_to_string(file).ok()?.trim().parse().ok()
                 })
                 .unwrap_or(0);
-            if everything {
+            if section("containers") {
                 containers::measure(
                     &peer,
                     "peer",
@@ -461,17 +474,21 @@ async fn main() {
                     &mut figures,
                 )
                 .await;
+            }
+            if everything {
                 burst::measure(&peer, "peer", &images[0].1, containerd_pid, &mut figures).await;
             }
-            streaming::measure(
-                &peer,
-                "peer",
-                &images[0].1,
-                containerd_pid,
-                &is_shim,
-                &mut figures,
-            )
-            .await;
+            if section("streaming") {
+                streaming::measure(
+                    &peer,
+                    "peer",
+                    &images[0].1,
+                    containerd_pid,
+                    &is_shim,
+                    &mut figures,
+                )
+                .await;
+            }
         }
         all.push(figures);
     }

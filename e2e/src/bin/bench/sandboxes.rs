@@ -44,7 +44,9 @@ pub(crate) fn helpers_pss_kib(is_helper: &dyn Fn(&str, &str) -> bool) -> u64 {
     helper_pids(is_helper).filter_map(crate::pss_kib).sum()
 }
 
-fn helper_pids(is_helper: &dyn Fn(&str, &str) -> bool) -> impl Iterator<Item = u32> + '_ {
+pub(crate) fn helper_pids(
+    is_helper: &dyn Fn(&str, &str) -> bool,
+) -> impl Iterator<Item = u32> + '_ {
     std::fs::read_dir("/proc")
         .into_iter()
         .flatten()
