@@ -107,7 +107,10 @@ fn create(root: &Path, id: &str, bundle: &Path, console: Option<PathBuf>) -> Res
     // stripping it from the container's path. We inherit the pod cgroup from the monitor, the
     // container's own parent: stripped of it, the path names no cgroup and creation fails. From
     // the root cgroup nothing is stripped. The container itself goes into its own cgroup anyway.
-    if let Err(e) = crate::cgroups::join_self(Path::new("/")) {
+    // v2 has no such emulation, and a move there (`cgroup.procs`) would wait for an RCU grace
+    // period (~6 ms here) on top of the one libcontainer's own move of the container may wait
+    // for: the v2 hierarchy (hybrid's or a v2 host's) is left as the monitor's.
+    if let Err(e) = crate::cgroups::join_self_v1(Path::new("/")) {
         eprintln!("berthd init: container {id}: leave the pod cgroup: {e}");
     }
     let spec = Spec::load(bundle.join("config.json")).ok();

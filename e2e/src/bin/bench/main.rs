@@ -282,7 +282,7 @@ async fn main() {
     let mut peer: Option<PathBuf> = None;
     let mut peer_pid: Option<u32> = None;
     let mut lab = false;
-    // `--only streaming|containers`: just that section (and the figures it needs), to iterate
+    // `--only sandboxes|containers|streaming`: just that section (and the figures it needs), to iterate
     // on it.
     let mut only: Option<String> = None;
     let mut args = std::env::args().skip(1);
@@ -300,12 +300,12 @@ async fn main() {
             "--only" => {
                 only = Some(
                     args.next()
-                        .expect("--only needs a section: streaming, containers"),
+                        .expect("--only needs a section: sandboxes, containers, streaming"),
                 )
             }
             other => panic!(
                 "unknown argument {other}; usage: berth-bench [--peer unix:///path.sock \
-                 [--peer-pid PID]] [--lab] [--only streaming|containers]"
+                 [--peer-pid PID]] [--lab] [--only sandboxes|containers|streaming]"
             ),
         }
     }
@@ -382,7 +382,7 @@ async fn main() {
         .into_owned();
     let is_monitor = move |_: &str, cmdline: &str| cmdline.contains(&pods_dir);
     let mut cni_floor = None;
-    if everything {
+    if section("sandboxes") {
         let cni_before = cni_add_totals(&agent);
         sandboxes::measure(&agent.paths.socket, "berth", &is_monitor, &mut berth).await;
         cni_floor = Some((cni_before, cni_add_totals(&agent)));
@@ -448,13 +448,15 @@ async fn main() {
                 |comm: &str, _: &str| comm.starts_with("containerd-shim") || comm == "pause";
             if everything {
                 measure_pulls(&peer, &images, &mut figures).await;
-                sandboxes::measure(&peer, "peer", &is_shim, &mut figures).await;
             } else {
                 let mut scratch = Figures {
                     name: String::new(),
                     rows: Vec::new(),
                 };
                 measure_pulls(&peer, &images[..1], &mut scratch).await;
+            }
+            if section("sandboxes") {
+                sandboxes::measure(&peer, "peer", &is_shim, &mut figures).await;
             }
             // The daemon whose CPU and memory count: as given, or from the pid file beside its
             // socket.
