@@ -228,3 +228,54 @@ impl Drop for TopSlice {
         }
     }
 }
+
+/// Pods of several agents (or tests) that share a cgroup parent may make it at the same moment:
+/// each `ensure` must find the directory made, whoever made it, and count it as its own only if
+/// it made it. Before the fix, the losers of the race failed with "File exists" (seen as a
+/// RunPodSandbox error in `make test-host`).
+#[test]
+fn pods_that_make_one_new_cgroup_parent_at_once_all_succeed() {
+    use std::sync::{Arc, Barrier};
+    const CALLERS: usize = 8;
+    let top = format!("berth-e2e-race-{}", std::process::id());
+    let mut made: Vec<std::path::PathBuf> = Vec::new();
+    let mut failures = Vec::new();
+    for round in 0..10 {
+        let path = std::path::PathBuf::from(format!("/{top}/round-{round}/pod"));
+        let barrier = Arc::new(Barrier::new(CALLERS));
+        let callers: Vec<_> = (0..CALLERS)
+            .map(|_| {
+                let (barrier, path) = (barrier.clone(), path.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    berth_runtime::cgroups::ensure(&path)
+                })
+            })
+            .collect();
+        let mut made_here = Vec::new();
+        for caller in callers {
+            match caller.join().unwrap() {
+                Ok(dirs) => made_here.extend(dirs),
+                Err(e) => failures.push(e.to_string()),
+            }
+        }
+        // Every directory was made by exactly one caller.
+        let mut unique = made_here.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(
+            unique.len(),
+            made_here.len(),
+            "round {round}: {made_here:?}"
+        );
+        made.extend(made_here);
+    }
+    // Parents first, as `ensure` returns them: `remove_created` takes them back deepest first.
+    made.sort_by_key(|d| d.components().count());
+    let left = berth_runtime::cgroups::remove_created(&made);
+    for h in berth_runtime::cgroups::hierarchies() {
+        let _ = std::fs::remove_dir(h.mountpoint.join(&top));
+    }
+    assert!(failures.is_empty(), "{failures:?}");
+    assert!(left.is_empty(), "{left:?}");
+}

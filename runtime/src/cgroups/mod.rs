@@ -157,16 +157,23 @@ pub fn ensure(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     for h in hierarchies() {
         for (parent, dir) in levels(&h, path) {
             if !dir.exists() {
-                if let Err(e) = std::fs::create_dir(&dir) {
-                    remove_created(&created);
-                    return Err(std::io::Error::other(format!(
-                        "create cgroup {}: {e}",
-                        dir.display()
-                    )));
-                }
-                created.push(dir.clone());
-                if h.v2 {
-                    enable_controllers(&parent);
+                match std::fs::create_dir(&dir) {
+                    Ok(()) => {
+                        created.push(dir.clone());
+                        if h.v2 {
+                            enable_controllers(&parent);
+                        }
+                    }
+                    // Another pod (or agent) sharing the parent made it just now: it is theirs
+                    // to take back, and there for us to use.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                    Err(e) => {
+                        remove_created(&created);
+                        return Err(std::io::Error::other(format!(
+                            "create cgroup {}: {e}",
+                            dir.display()
+                        )));
+                    }
                 }
             }
             // A new v1 cpuset cgroup starts with no CPUs or memory nodes, and so may one that
