@@ -250,9 +250,15 @@ impl AgentPaths {
         } else {
             format!("{extra}\n[runtime]\ncgroup_driver = {driver:?}\n")
         };
+        // Tests read the agent's debug log when they fail; `extra` may set its own level.
+        let log = if extra.contains("[log]\n") {
+            ""
+        } else {
+            "[log]\nlevel = \"debug\"\n"
+        };
         format!(
             "root = {:?}\nstate = {:?}\n{extra}\n[grpc]\naddress = {:?}\nshutdown_timeout_secs = 5\n\
-             [metrics]\naddress = {:?}\n[log]\nlevel = \"debug\"\n[cni]\nconf_dir = {:?}\n",
+             [metrics]\naddress = {:?}\n{log}[cni]\nconf_dir = {:?}\n",
             self.root, self.state, self.socket, self.metrics, self.cni_conf_dir
         )
     }

@@ -339,7 +339,9 @@ async fn main() {
         (Some(registry), images, String::new())
     };
 
-    let agent = TestAgent::start_with(&extra).await;
+    // As deployed (`berthd config default`): info, not the tests' debug log, whose h2 frame
+    // lines cost every RPC.
+    let agent = TestAgent::start_with(&format!("{extra}\n[log]\nlevel = \"info\"\n")).await;
     // Pods get the lab's network (the same conflist containerd uses) or one of our own.
     let _network = if lab {
         std::fs::copy(
