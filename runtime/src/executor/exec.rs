@@ -99,25 +99,7 @@ const SLIM_AFTER: std::time::Duration = std::time::Duration::from_millis(200);
 /// Whether `pid` (our child) exits within `limit`; it is not reaped.
 fn exits_within(pid: Pid, limit: std::time::Duration) -> bool {
     use std::os::fd::AsFd;
-    let Ok(pidfd) = crate::pidfd_open(pid.as_raw()) else {
-        return false;
-    };
-    let deadline = std::time::Instant::now() + limit;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let timeout = nix::poll::PollTimeout::try_from(left.as_millis() as i32)
-            .unwrap_or(nix::poll::PollTimeout::ZERO);
-        let mut fds = [nix::poll::PollFd::new(
-            pidfd.as_fd(),
-            nix::poll::PollFlags::POLLIN,
-        )];
-        match nix::poll::poll(&mut fds, timeout) {
-            Ok(n) if n > 0 => return true,
-            // A SIGTERM (its handler killed the process): look again.
-            Err(nix::errno::Errno::EINTR) => continue,
-            _ => return false,
-        }
-    }
+    crate::pidfd_open(pid.as_raw()).is_ok_and(|pidfd| crate::exits_within(pidfd.as_fd(), limit))
 }
 
 /// `berthd init wait <pid> <report>`: what the executor becomes once the process runs. The

@@ -199,14 +199,15 @@ pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
 
 /// The CNI plugins' time in ADD so far (seconds, summed over the chain's plugins) and the ADDs
 /// made (the chain's first plugin counts one per pod), from `berth_cni_operation_duration_seconds`.
-fn cni_add_totals(agent: &TestAgent) -> (f64, f64) {
+fn cni_totals(agent: &TestAgent, verb: &str) -> (f64, f64) {
     let (mut seconds, mut pods) = (0.0, 0.0f64);
+    let operation = format!("operation=\"{verb}\"");
     for line in agent.scrape().lines() {
         let Some((series, value)) = line.rsplit_once(' ') else {
             continue;
         };
         let value: f64 = value.parse().unwrap_or(0.0);
-        if !series.contains("operation=\"ADD\"") {
+        if !series.contains(&operation) {
             continue;
         }
         if series.starts_with("berth_cni_operation_duration_seconds_sum") {
@@ -219,17 +220,19 @@ fn cni_add_totals(agent: &TestAgent) -> (f64, f64) {
 }
 
 /// What no runtime can go under, printed beside the figures they bound: the CNI plugins' own
-/// time per pod over the sequential RunPodSandbox runs (the same plugins and conflist a lab
-/// peer runs), and fork+exec+wait of `/bin/true` from this process.
-fn floors(before: (f64, f64), after: (f64, f64), figures: &mut Figures) {
-    let (seconds, pods) = (after.0 - before.0, after.1 - before.1);
-    figures.rows.push((
-        "floor: CNI ADD, the plugins' own time per pod (sequential)".into(),
-        match pods > 0.0 {
-            true => format!("{:.1} ms", seconds / pods * 1e3),
-            false => "-".into(),
-        },
-    ));
+/// time per pod over the sequential RunPodSandbox and Stop+RemovePodSandbox runs (the same
+/// plugins and conflist a lab peer runs), and fork+exec+wait of `/bin/true` from this process.
+fn floors(cni: [((f64, f64), (f64, f64)); 2], figures: &mut Figures) {
+    for (verb, (before, after)) in ["ADD", "DEL"].into_iter().zip(cni) {
+        let (seconds, pods) = (after.0 - before.0, after.1 - before.1);
+        figures.rows.push((
+            format!("floor: CNI {verb}, the plugins' own time per pod (sequential)"),
+            match pods > 0.0 {
+                true => format!("{:.1} ms", seconds / pods * 1e3),
+                false => "-".into(),
+            },
+        ));
+    }
     let mut spawns: Vec<Duration> = (0..100)
         .map(|_| {
             let t = Instant::now();
@@ -385,9 +388,10 @@ async fn main() {
     let is_monitor = move |_: &str, cmdline: &str| cmdline.contains(&pods_dir);
     let mut cni_floor = None;
     if section("sandboxes") {
-        let cni_before = cni_add_totals(&agent);
+        let before = ["ADD", "DEL"].map(|verb| cni_totals(&agent, verb));
         sandboxes::measure(&agent.paths.socket, "berth", &is_monitor, &mut berth).await;
-        cni_floor = Some((cni_before, cni_add_totals(&agent)));
+        let after = ["ADD", "DEL"].map(|verb| cni_totals(&agent, verb));
+        cni_floor = Some([(before[0], after[0]), (before[1], after[1])]);
     }
     if section("containers") {
         containers::measure(
@@ -433,8 +437,8 @@ async fn main() {
             .map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
             .unwrap_or("-".into()),
     ));
-    if let Some((before, after)) = cni_floor {
-        floors(before, after, &mut berth);
+    if let Some(cni) = cni_floor {
+        floors(cni, &mut berth);
     }
     let mut all = vec![berth];
     if let Some(peer) = peer {
