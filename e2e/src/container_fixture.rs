@@ -60,6 +60,14 @@ pub fn pod_config(f: &Fixture, name: &str) -> PodSandboxConfig {
     }
 }
 
+/// The container's Linux security context, made empty if it has none.
+pub fn security(cfg: &mut ContainerConfig) -> &mut LinuxContainerSecurityContext {
+    cfg.linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+}
+
 pub fn container_config(f: &Fixture, name: &str, command: &[&str]) -> ContainerConfig {
     ContainerConfig {
         metadata: Some(ContainerMetadata {

@@ -56,12 +56,7 @@ fn parser(args: &[&str]) {
 }
 
 fn with_apparmor(cfg: &mut ContainerConfig, field: Option<(ProfileType, &str)>, deprecated: &str) {
-    let s = cfg
-        .linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .get_or_insert_with(Default::default);
+    let s = security(cfg);
     s.apparmor = field.map(|(t, r)| SecurityProfile {
         profile_type: t as i32,
         localhost_ref: r.into(),
@@ -175,12 +170,7 @@ async fn profiles_are_applied_to_the_init_and_to_execs_and_enforced() {
         privileged_pod,
     );
     let privileged = running(&f, &mut c, &pod, "privileged", |cfg| {
-        cfg.linux
-            .as_mut()
-            .unwrap()
-            .security_context
-            .get_or_insert_with(Default::default)
-            .privileged = true;
+        security(cfg).privileged = true;
     })
     .await;
     assert_eq!(

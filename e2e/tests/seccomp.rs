@@ -17,12 +17,7 @@ fn profile(t: ProfileType, localhost_ref: &str) -> Option<SecurityProfile> {
 }
 
 fn with_seccomp(cfg: &mut ContainerConfig, seccomp: Option<SecurityProfile>) {
-    cfg.linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .get_or_insert_with(Default::default)
-        .seccomp = seccomp;
+    security(cfg).seccomp = seccomp;
 }
 
 /// Runs `script` in a new container of `pod` to its end; its log.
@@ -99,12 +94,7 @@ async fn runtime_default_localhost_unconfined_and_privileged() {
     let log = run(&f, &mut c, &pod, "deprecated", PROBE, |cfg| {
         #[allow(deprecated)]
         {
-            cfg.linux
-                .as_mut()
-                .unwrap()
-                .security_context
-                .get_or_insert_with(Default::default)
-                .seccomp_profile_path = format!("localhost/{path}");
+            security(cfg).seccomp_profile_path = format!("localhost/{path}");
         }
     })
     .await;
@@ -122,13 +112,7 @@ async fn runtime_default_localhost_unconfined_and_privileged() {
     ] {
         let log = run(&f, &mut c, &pod, name, PROBE, |cfg| {
             with_seccomp(cfg, seccomp);
-            cfg.linux
-                .as_mut()
-                .unwrap()
-                .security_context
-                .as_mut()
-                .unwrap()
-                .privileged = privileged;
+            security(cfg).privileged = privileged;
         })
         .await;
         assert!(log.contains("Seccomp:\t0"), "{name}: {log}");
@@ -219,12 +203,7 @@ async fn a_compiled_filter_is_loaded_once_and_leaves_the_capabilities_as_they_we
     let pod_cfg = pod_config(&f, "seccomp-caps");
     let pod = (run_pod(&mut c, pod_cfg.clone()).await, pod_cfg);
     let as_user = |cfg: &mut ContainerConfig, user: Option<i64>, no_new_privs: bool| {
-        let s = cfg
-            .linux
-            .as_mut()
-            .unwrap()
-            .security_context
-            .get_or_insert_with(Default::default);
+        let s = security(cfg);
         s.run_as_user = user.map(|value| Int64Value { value });
         s.no_new_privs = no_new_privs;
     };
