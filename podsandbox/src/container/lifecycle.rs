@@ -22,8 +22,6 @@ impl Containers {
     /// CreateContainer of container `id`: rootfs, bundle, and the container built (not
     /// started) by the monitor. Any failure takes back every step.
     pub fn create(&self, id: &str, input: CreateInput) -> Result<(), ContainerError> {
-        // The container's cgroup move will wait for a grace period: start it now.
-        berth_runtime::cgroups::warm::nudge();
         let id = id.to_string();
         let _name = self.reserve_name(&input, &id)?;
         let dir = self.dir(&id);

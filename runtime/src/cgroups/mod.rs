@@ -7,7 +7,6 @@ pub mod detail;
 pub mod stats;
 pub mod systemd;
 pub mod update;
-pub mod warm;
 
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};

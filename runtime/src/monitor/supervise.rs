@@ -417,6 +417,10 @@ impl Supervisor {
             return;
         };
         c.exited = true;
+        // Read first: under the systemd driver the container's scope, with its memory.events,
+        // goes as soon as it is empty, and the kill's notification may come after the reap (the
+        // kernel rate-limits cgroup file notifications to one per 10 ms).
+        let oom = c.oom_seen || c.cgroup.as_deref().is_some_and(oom_killed);
         // As containerd: with the host's or the pod's PID namespace, what the init left behind
         // would run on unseen; it goes with the init, before the exit is recorded.
         if let Some(cgroup) = &c.cgroup {
@@ -426,7 +430,6 @@ impl Supervisor {
         }
         // Whatever the container wrote before it died goes to the log before the record.
         drain(c);
-        let oom = c.oom_seen || c.cgroup.as_deref().is_some_and(oom_killed);
         let mut record = ExitRecord::new(exit_code, signal, berth_common::time::now_nanos(), oom);
         record.log_bytes = c.log.bytes_written();
         match serde_json::to_vec(&record) {
