@@ -1,5 +1,9 @@
 //! The calling thread's capability sets, read and written whole (capget/capset, version 3).
 
+use oci_spec::runtime::{Capabilities, Capability};
+
+use crate::spec::security::CAPABILITY_BITS;
+
 /// Effective, permitted and inheritable sets as kernel bit masks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Sets {
@@ -23,6 +27,19 @@ struct Data {
 }
 
 const VERSION_3: u32 = 0x2008_0522;
+
+/// `cap`'s bit in a kernel mask (0 for one the kernel numbering does not know).
+pub(super) fn bit(cap: &Capability) -> u64 {
+    CAPABILITY_BITS
+        .iter()
+        .position(|c| c == cap)
+        .map_or(0, |b| 1 << b)
+}
+
+/// The capabilities of `set` as a kernel bit mask.
+pub(super) fn mask(set: &Option<Capabilities>) -> u64 {
+    set.iter().flatten().fold(0, |m, cap| m | bit(cap))
+}
 
 pub(super) fn get() -> Result<Sets, String> {
     let mut header = Header {

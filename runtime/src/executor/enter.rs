@@ -35,8 +35,8 @@ use oci_spec::runtime::{
     Spec,
 };
 
+use super::caps::mask;
 use crate::cgroups::Hierarchy;
-use crate::spec::security::CAPABILITY_BITS;
 
 /// Exit code of a child that failed before its execve (it also wrote why to the pipe).
 const CHILD_FAILED: i32 = 255;
@@ -439,14 +439,6 @@ fn set_rlimit(limit: &PosixRlimit) -> Step {
         return Err(errno(&format!("setrlimit {:?}", limit.typ())));
     }
     Ok(())
-}
-
-/// The capabilities of `set` as a kernel bit mask.
-fn mask(set: &Option<Capabilities>) -> u64 {
-    set.iter()
-        .flatten()
-        .filter_map(|cap| CAPABILITY_BITS.iter().position(|c| c == cap))
-        .fold(0, |m, bit| m | 1 << bit)
 }
 
 /// The bounding set, groups, gid and uid, then the capability sets, as runc applies them:

@@ -17,12 +17,11 @@ use libcontainer::workload::{Executor, ExecutorError, ExecutorValidationError};
 use oci_spec::runtime::{Capability, Spec};
 
 use crate::seccomp_filter::{self, FILTER_FILE};
-use crate::spec::security::CAPABILITY_BITS;
 
 /// The copy of the spec libcontainer is given, under the bundle.
-pub(super) const EXECUTOR_BUNDLE: &str = "executor";
+const EXECUTOR_BUNDLE: &str = "executor";
 /// On that copy: the bundle whose `config.json` is the container's own spec.
-pub(super) const SOURCE_ANNOTATION: &str = "io.berth.executor.source-bundle";
+const SOURCE_ANNOTATION: &str = "io.berth.executor.source-bundle";
 
 /// A compiled program read from a bundle, with the flags its profile asks for.
 #[derive(Clone)]
@@ -85,8 +84,7 @@ pub(super) fn prepare(bundle: &Path, spec: &Spec) -> Result<Option<(PathBuf, Fil
     let mut linux = copy.linux().clone().unwrap_or_default();
     linux.set_seccomp(None);
     copy.set_linux(Some(linux));
-    if let Some(root) = copy.root().clone() {
-        let mut root = root;
+    if let Some(mut root) = copy.root().clone() {
         root.set_path(bundle.join(root.path()));
         copy.set_root(Some(root));
     }
@@ -158,11 +156,7 @@ impl Filtered {
         if !self.lent.effective {
             return Ok(());
         }
-        let bit = CAPABILITY_BITS
-            .iter()
-            .position(|c| *c == Capability::SysAdmin)
-            .map(|b| 1u64 << b)
-            .unwrap_or(0);
+        let bit = super::caps::bit(&Capability::SysAdmin);
         let mut sets = super::caps::get()?;
         sets.effective &= !bit;
         if self.lent.permitted {
