@@ -326,9 +326,18 @@ pub async fn run(
         source,
     })?;
 
+    // Pods with their own user namespace need idmapped mounts of the image layers under root.
+    let user_namespaces = match berth_runtime::idmap::supported_at(&config.root) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(root = %config.root.display(), error = %e, "no idmapped mounts here: user namespaces are not offered");
+            false
+        }
+    };
     let options = CriOptions {
         cgroup_driver: config.runtime.cgroup_driver,
         config_json: serde_json::to_string(&config).unwrap_or_else(|_| "{}".to_string()),
+        user_namespaces,
     };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = berth_cri::router(options, pods, streaming.clone(), cri_metrics.clone())

@@ -39,6 +39,8 @@ pub struct CriOptions {
     pub cgroup_driver: CgroupDriver,
     /// The effective configuration as JSON, returned by a verbose `Status`.
     pub config_json: String,
+    /// Whether pods may have their own user namespace (idmapped mounts work under the root dir).
+    pub user_namespaces: bool,
 }
 
 /// State shared by every RPC handler.

@@ -105,6 +105,7 @@ pub fn exits_within(pidfd: std::os::fd::BorrowedFd<'_>, limit: std::time::Durati
 
 pub mod cgroups;
 pub mod executor;
+pub mod idmap;
 pub mod monitor;
 pub mod seccomp_filter;
 pub mod spec;

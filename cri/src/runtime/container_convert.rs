@@ -187,6 +187,8 @@ pub(crate) fn container_spec(
                     _ => rspec::Propagation::Private,
                 },
                 selinux_relabel: m.selinux_relabel,
+                uid_mappings: super::sandbox_convert::id_mappings(&m.uid_mappings),
+                gid_mappings: super::sandbox_convert::id_mappings(&m.gid_mappings),
             })
             .collect(),
         devices: config
@@ -280,6 +282,8 @@ pub(crate) fn sandbox_info(pod: &SandboxRecord, pod_dir: &std::path::Path) -> rs
         pid_ns: ns("pid", pod.spec.namespaces.pid == PodMode::Pod),
         cgroup_parent: pod.spec.cgroup_parent.clone(),
         privileged: pod.spec.privileged,
+        userns: pod.spec.userns,
+        user_ns: ns("user", pod.spec.userns.is_some()),
     }
 }
 

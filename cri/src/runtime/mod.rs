@@ -79,7 +79,7 @@ cri_service! {
             &self,
             request: Request<RunPodSandboxRequest>,
         ) -> Result<Response<RunPodSandboxResponse>, Status> {
-            sandbox_run::run_pod_sandbox(&self.pods.sandboxes, request.into_inner()).await.map(Response::new)
+            sandbox_run::run_pod_sandbox(&self.pods.sandboxes, self.shared.options.user_namespaces, request.into_inner()).await.map(Response::new)
         }
 
         async fn stop_pod_sandbox(

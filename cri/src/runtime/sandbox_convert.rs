@@ -4,7 +4,8 @@ use std::collections::HashMap;
 
 use berth_podsandbox::sandbox::record::{SandboxRecord, SandboxState};
 use berth_podsandbox::sandbox::spec::{
-    DnsSpec, NamespaceMode, NamespaceModes, PodMetadata, PortMapping, SandboxSpec,
+    DnsSpec, IdMapping, NamespaceMode, NamespaceModes, PodMetadata, PortMapping, SandboxSpec,
+    UserNamespace,
 };
 use k8s_cri::v1 as cri;
 use tonic::Status;
@@ -32,6 +33,12 @@ pub(super) fn sandbox_spec(
             "berth: unknown namespace mode {m}"
         ))),
     };
+    let namespaces = NamespaceModes {
+        network: mode(options.network)?,
+        pid: mode(options.pid)?,
+        ipc: mode(options.ipc)?,
+    };
+    let userns = user_namespace(options.userns_options.as_ref(), &namespaces)?;
     let port_mappings = config
         .port_mappings
         .into_iter()
@@ -65,18 +72,70 @@ pub(super) fn sandbox_spec(
         labels: config.labels.into_iter().collect(),
         annotations: config.annotations.into_iter().collect(),
         cgroup_parent: linux.cgroup_parent,
-        namespaces: NamespaceModes {
-            network: mode(options.network)?,
-            pid: mode(options.pid)?,
-            ipc: mode(options.ipc)?,
-        },
+        namespaces,
         sysctls: linux.sysctls.into_iter().collect(),
         runtime_handler,
         privileged: linux
             .security_context
             .as_ref()
             .is_some_and(|s| s.privileged),
+        userns,
     })
+}
+
+pub(crate) fn id_mappings(list: &[cri::IdMapping]) -> Vec<IdMapping> {
+    list.iter()
+        .map(|m| IdMapping {
+            container_id: m.container_id,
+            host_id: m.host_id,
+            length: m.length,
+        })
+        .collect()
+}
+
+fn cri_id_mapping(m: &IdMapping) -> cri::IdMapping {
+    cri::IdMapping {
+        container_id: m.container_id,
+        host_id: m.host_id,
+        length: m.length,
+    }
+}
+
+/// The pod's user namespace: none for mode NODE (or unset), one range each for POD (the
+/// namespaces it owns must be the pod's own too); CONTAINER and TARGET do not exist for it.
+fn user_namespace(
+    options: Option<&cri::UserNamespace>,
+    namespaces: &NamespaceModes,
+) -> Result<Option<UserNamespace>, Status> {
+    let Some(options) = options else {
+        return Ok(None);
+    };
+    let invalid = |m: String| Status::invalid_argument(format!("berth: user namespace: {m}"));
+    match cri::NamespaceMode::try_from(options.mode) {
+        Ok(cri::NamespaceMode::Node) => return Ok(None),
+        Ok(cri::NamespaceMode::Pod) => {}
+        Ok(other) => {
+            return Err(invalid(format!(
+                "mode {} is not supported (only POD or NODE)",
+                other.as_str_name()
+            )))
+        }
+        Err(_) => return Err(invalid(format!("unknown mode {}", options.mode))),
+    }
+    for (kind, mode) in [
+        ("network", namespaces.network),
+        ("PID", namespaces.pid),
+        ("IPC", namespaces.ipc),
+    ] {
+        if mode == NamespaceMode::Node {
+            return Err(invalid(format!(
+                "a pod with its own user namespace cannot use the host's {kind} namespace"
+            )));
+        }
+    }
+    UserNamespace::check(&id_mappings(&options.uids), &id_mappings(&options.gids))
+        .map(Some)
+        .map_err(invalid)
 }
 
 fn cri_mode(m: NamespaceMode) -> i32 {
@@ -123,6 +182,17 @@ pub(super) fn cri_status(r: &SandboxRecord) -> cri::PodSandboxStatus {
                     network: cri_mode(r.spec.namespaces.network),
                     pid: cri_mode(r.spec.namespaces.pid),
                     ipc: cri_mode(r.spec.namespaces.ipc),
+                    userns_options: Some(match &r.spec.userns {
+                        Some(u) => cri::UserNamespace {
+                            mode: cri::NamespaceMode::Pod as i32,
+                            uids: vec![cri_id_mapping(&u.uids)],
+                            gids: vec![cri_id_mapping(&u.gids)],
+                        },
+                        None => cri::UserNamespace {
+                            mode: cri::NamespaceMode::Node as i32,
+                            ..Default::default()
+                        },
+                    }),
                     ..Default::default()
                 }),
             }),

@@ -68,7 +68,7 @@ pub(super) fn status(
             name: String::new(),
             features: Some(RuntimeHandlerFeatures {
                 recursive_read_only_mounts: berth_runtime::spec::recursive_read_only_supported(),
-                user_namespaces: false,
+                user_namespaces: shared.options.user_namespaces,
             }),
         }],
         features: Some(RuntimeFeatures {
@@ -91,6 +91,7 @@ mod tests {
             options: CriOptions {
                 cgroup_driver: CgroupDriver::Cgroupfs,
                 config_json: r#"{"root":"/var/lib/berth"}"#.to_string(),
+                user_namespaces: true,
             },
             pod_cidr: RwLock::new("10.1.0.0/16".to_string()),
         }

@@ -105,7 +105,7 @@ impl Containers {
             let _ = berth_runtime::cgroups::kill_and_remove(cgroup, ORPHAN_KILL_TIMEOUT);
         }
         let _ = umount2(&dir.join("rootfs"), MntFlags::MNT_DETACH);
-        super::rootfs::unmount_image_volumes(&dir);
+        super::rootfs::unmount_bundle_mounts(&dir);
         let _ = std::fs::remove_dir_all(&dir);
         let _ = std::fs::remove_dir_all(&record.layer_dir);
     }
@@ -243,7 +243,7 @@ impl Containers {
             Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
             Err(e) => return Err(self.failed(id, "unmount rootfs", e.to_string())),
         }
-        super::rootfs::unmount_image_volumes(&dir);
+        super::rootfs::unmount_bundle_mounts(&dir);
         if let Some(cgroup) = &record.cgroup {
             // libcontainer's delete removes it; a container whose monitor died leaves it, with
             // whatever its init left behind in the host's or the pod's PID namespace.

@@ -65,13 +65,26 @@ impl Containers {
         events: Arc<Events>,
     ) -> std::io::Result<Containers> {
         let dir = state.join("containers");
-        // Bundles, and the containers' writable layers (an upper dir must stay 0755: it is the
-        // container's `/`).
+        // The containers' writable layers are root's alone (an upper dir must stay 0755: it
+        // is the container's `/`). The bundles' parent may be passed through (0711, as
+        // containerd's state dirs): each bundle is 0700 itself, or 0710 for its pod root's group
+        // in a user namespace, which must reach its rootfs.
         berth_common::fs::private_dir(&dir)?;
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))?;
         berth_common::fs::private_dir(&root.join("containers"))?;
         let mut records = BTreeMap::new();
         let mut unfinished = Vec::new();
         for entry in std::fs::read_dir(&dir)?.flatten() {
+            // A bundle from before bundles were closed to others is closed now.
+            if let Ok(meta) = entry.metadata() {
+                use std::os::unix::fs::PermissionsExt;
+                if meta.is_dir() && meta.permissions().mode() & 0o007 != 0 {
+                    let _ = std::fs::set_permissions(
+                        entry.path(),
+                        std::fs::Permissions::from_mode(0o700),
+                    );
+                }
+            }
             match ContainerRecord::load(&entry.path()) {
                 // The monitor's answer to create is the last thing a create records: without
                 // it the create was cut short, and nobody was told the container's id.

@@ -124,15 +124,127 @@ fn mount_image_volume(dir: &Path, index: usize, layers: &[PathBuf]) -> Result<Pa
     Ok(target)
 }
 
-/// Unmounts whatever image volumes the container in `dir` has.
-pub(super) fn unmount_image_volumes(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir.join(VOLUMES_DIR)) else {
+/// Where the idmapped copies of the image's layers are mounted while the rootfs overlay of a
+/// container in a user namespace is made: `<container state dir>/idmapped-layers/<n>`.
+const IDMAPPED_LAYERS_DIR: &str = "idmapped-layers";
+
+/// Unmounts whatever the agent mounted in the container's `dir`: image volumes, prepared binds
+/// and idmapped layers.
+pub(super) fn unmount_bundle_mounts(dir: &Path) {
+    for sub in [VOLUMES_DIR, IDMAPPED_LAYERS_DIR] {
+        let Ok(entries) = std::fs::read_dir(dir.join(sub)) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            // A bind of a layer stays mounted until every one of its mounts is gone.
+            while nix::mount::umount2(&entry.path(), nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+        }
+    }
+}
+
+/// The pod's user namespace, open, with its mapping: what idmaps a container's mounts.
+struct PodUserNamespace {
+    ns: std::fs::File,
+    ranges: spec::UserNamespace,
+}
+
+impl PodUserNamespace {
+    fn of(sandbox: &SandboxInfo) -> Result<Option<PodUserNamespace>, String> {
+        let (Some(path), Some(ranges)) = (&sandbox.user_ns, sandbox.userns) else {
+            return Ok(None);
+        };
+        let ns = std::fs::File::open(path)
+            .map_err(|e| format!("open the pod's user namespace {}: {e}", path.display()))?;
+        Ok(Some(PodUserNamespace { ns, ranges }))
+    }
+
+    /// The pod root's ids on the host.
+    fn root(&self) -> (u32, u32) {
+        (
+            self.ranges.uids.to_host(0).unwrap_or(0),
+            self.ranges.gids.to_host(0).unwrap_or(0),
+        )
+    }
+
+    /// Idmapped copies of `layers` mounted under `<dir>/idmapped-layers`, in the same order:
+    /// overlayfs takes idmapped lower layers (not an idmapped overlay), so the image's files
+    /// show as the pod's, while the upper dir records the mapped ids as written.
+    fn map_layers(&self, dir: &Path, layers: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+        use std::os::fd::AsFd;
+        let mut mapped = Vec::with_capacity(layers.len());
+        for (n, layer) in layers.iter().enumerate() {
+            let target = dir.join(IDMAPPED_LAYERS_DIR).join(n.to_string());
+            std::fs::create_dir_all(&target)
+                .map_err(|e| format!("create {}: {e}", target.display()))?;
+            berth_runtime::idmap::idmapped_clone(layer, self.ns.as_fd(), false)
+                .and_then(|tree| berth_runtime::idmap::attach(tree.as_fd(), &target))
+                .map_err(|e| format!("idmapped mount of layer {}: {e}", layer.display()))?;
+            mapped.push(target);
+        }
+        Ok(mapped)
+    }
+
+    /// Every bind mount of the container made here, from the host, at `<dir>/volumes/<index>`
+    /// (idmapped when kubelet gave it the pod's ranges): the container's root has no privilege
+    /// over the host's directories, and could neither reach nor idmap their sources itself.
+    fn prepare_binds(&self, dir: &Path, mounts: &mut [spec::Mount]) -> Result<(), String> {
+        use std::os::fd::AsFd;
+        for (index, m) in mounts.iter_mut().enumerate() {
+            if m.image.is_some() {
+                continue; // already at <dir>/volumes/<index>, mounted by the agent
+            }
+            let target = dir.join(VOLUMES_DIR).join(index.to_string());
+            let source = &m.host_path;
+            let made = if source.is_dir() {
+                std::fs::create_dir_all(&target)
+            } else {
+                std::fs::create_dir_all(dir.join(VOLUMES_DIR))
+                    .and_then(|()| std::fs::File::create(&target).map(drop))
+            };
+            made.map_err(|e| format!("create {}: {e}", target.display()))?;
+            let tree = if m.uid_mappings.is_empty() {
+                berth_runtime::idmap::clone_tree(source, true)
+            } else {
+                berth_runtime::idmap::idmapped_clone(source, self.ns.as_fd(), true)
+            };
+            tree.and_then(|tree| berth_runtime::idmap::attach(tree.as_fd(), &target))
+                .map_err(|e| format!("mount {}: {e}", source.display()))?;
+            m.host_path = target;
+        }
+        Ok(())
+    }
+}
+
+/// Detaches the idmapped layers once the overlay holds its own references to them.
+fn unmount_idmapped_layers(dir: &Path) {
+    let layers = dir.join(IDMAPPED_LAYERS_DIR);
+    let Ok(entries) = std::fs::read_dir(&layers) else {
         return;
     };
     for entry in entries.flatten() {
-        // A bind of a layer stays mounted until every one of its mounts is gone.
-        while nix::mount::umount2(&entry.path(), nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+        let _ = nix::mount::umount2(&entry.path(), nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir(entry.path());
     }
+    let _ = std::fs::remove_dir(&layers);
+}
+
+/// The container's state dir is root's alone (0700): its rootfs mount holds what the
+/// container wrote, setuid binaries included. A container in a user namespace sets up its
+/// mounts as the pod's root, which is no one on the host, so the pod root's group may pass
+/// through (0710) to the rootfs and prepared mounts, and the executor reads the rest as host
+/// root beforehand.
+fn bundle_access(dir: &Path, userns: Option<&PodUserNamespace>) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = match userns {
+        Some(userns) => {
+            std::os::unix::fs::chown(dir, Some(0), Some(userns.root().1))
+                .map_err(|e| format!("chown {}: {e}", dir.display()))?;
+            0o710
+        }
+        None => 0o700,
+    };
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| format!("chmod {}: {e}", dir.display()))
 }
 
 impl Containers {
@@ -181,7 +293,8 @@ impl Containers {
             ContainerError::InvalidArgument(format!("container {id}: {e}"))
         };
         // What the request alone decides is checked before anything is mounted.
-        spec::mounts::check_binds(&input.config.mounts).map_err(|e| invalid(&e))?;
+        spec::mounts::check_binds(&input.config.mounts, input.sandbox.userns.as_ref())
+            .map_err(|e| invalid(&e))?;
         let seccomp_localhost = spec::seccomp::load_localhost(&input.config.security.seccomp)
             .map_err(|e| invalid(&e))?;
         let apparmor = spec::apparmor::resolve(
@@ -196,23 +309,40 @@ impl Containers {
         ] {
             std::fs::create_dir_all(&d).map_err(|e| fail("create dirs")(e.to_string()))?;
         }
+        let userns = PodUserNamespace::of(&input.sandbox).map_err(fail("user namespace"))?;
+        bundle_access(dir, userns.as_ref()).map_err(fail("create dirs"))?;
         if input.layers.is_empty() {
             return Err(fail("rootfs")("the image has no layers".to_string()));
         }
+        let lowers = match &userns {
+            Some(userns) => {
+                let (uid, gid) = userns.root();
+                std::os::unix::fs::chown(layer_dir.join("upper"), Some(uid), Some(gid))
+                    .map_err(|e| fail("rootfs")(format!("chown the upper dir: {e}")))?;
+                userns.map_layers(dir, &input.layers).map_err(|e| {
+                    unmount_idmapped_layers(dir);
+                    fail("rootfs")(e)
+                })?
+            }
+            None => input.layers.clone(),
+        };
         let options = format!(
             "{},upperdir={},workdir={}",
-            lowerdir(&input.layers),
+            lowerdir(&lowers),
             layer_dir.join("upper").display(),
             layer_dir.join("work").display()
         );
-        mount(
+        let mounted = mount(
             Some("overlay"),
             rootfs,
             Some("overlay"),
             MsFlags::empty(),
             Some(options.as_str()),
-        )
-        .map_err(|e| fail("mount rootfs")(e.to_string()))?;
+        );
+        if userns.is_some() {
+            unmount_idmapped_layers(dir);
+        }
+        mounted.map_err(|e| fail("mount rootfs")(e.to_string()))?;
         berth_common::crash::point("container-rootfs");
         let image_file = |path: &str| {
             read_image_file(rootfs, path)
@@ -246,6 +376,11 @@ impl Containers {
                     fail("mount source")(format!("create {}: {e}", m.host_path.display()))
                 })?;
             }
+        }
+        if let Some(userns) = &userns {
+            userns
+                .prepare_binds(dir, &mut config.mounts)
+                .map_err(fail("mount source"))?;
         }
         let devices =
             spec::devices::nodes_for(&config).map_err(|e| fail("devices")(e.to_string()))?;

@@ -387,6 +387,7 @@ impl Sandboxes {
                     self.state
                         .join(berth_runtime::monitor::protocol::EXIT_NOTICE_SOCKET),
                 ),
+                userns: record.spec.userns,
             };
             undo.push("stop monitor, unpin namespaces", {
                 let dir = dir.clone();

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// How a pod uses one kind of namespace (CRI `NamespaceMode`): the same type containers use.
-pub use berth_runtime::spec::NamespaceMode;
+pub use berth_runtime::spec::{IdMapping, NamespaceMode, UserNamespace};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct NamespaceModes {
@@ -56,6 +56,9 @@ pub struct SandboxSpec {
     /// Whether the pod may run privileged containers (its security context's `privileged`).
     #[serde(default)]
     pub privileged: bool,
+    /// The pod's own user namespace (CRI `userns_options` mode POD); `None`: the host's.
+    #[serde(default)]
+    pub userns: Option<UserNamespace>,
 }
 
 impl SandboxSpec {

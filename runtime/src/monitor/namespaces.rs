@@ -1,12 +1,16 @@
 //! The pod's namespaces: made by the monitor with unshare(2), pinned by bind-mounting the
 //! nsfs files under the pod dir so they outlive every process.
 
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
+use nix::unistd::{fork, ForkResult, Pid};
 
 use super::protocol::{ns_path, sysctl_namespace, sysctl_path, MonitorConfig};
+use crate::spec::UserNamespace;
 
 /// Creates the namespaces `config` asks for in the calling (single-threaded) process.
 pub(super) fn create(config: &MonitorConfig) -> Result<(), String> {
@@ -50,6 +54,142 @@ pub(super) fn apply_sysctls(config: &MonitorConfig) -> Result<(), String> {
             .map_err(|e| format!("sysctl {name}={value}: {e}"))?;
     }
     Ok(())
+}
+
+/// Pins the network, IPC and UTS namespaces `config` asked for from process `pid`.
+pub(super) fn pin_own(config: &MonitorConfig, pid: u32) -> Result<(), String> {
+    for (wanted, kind) in [
+        (config.new_net, "net"),
+        (config.new_ipc, "ipc"),
+        (config.new_uts, "uts"),
+    ] {
+        if wanted {
+            pin(&config.pod_dir, pid, kind)?;
+        }
+    }
+    Ok(())
+}
+
+/// The pod's namespaces under a user namespace of its own. The monitor stays in the host's (it
+/// makes cgroups and runs the executor as host root), so a child ("holder") unshares the user
+/// namespace, waits for the monitor to write its mapping, becomes its root and makes the
+/// others, which the user namespace then owns: the pod's root may change its network, and
+/// mount its /proc and /sys. The monitor pins them all from the holder (and the PID namespace
+/// from the pod init the holder forks, which the monitor adopts), then lets the holder go.
+pub(super) fn create_in_userns(
+    config: &MonitorConfig,
+    userns: &UserNamespace,
+    spawn_pod_init: fn() -> Result<Pid, String>,
+) -> Result<Option<Pid>, String> {
+    let pipe = || nix::unistd::pipe().map_err(|e| format!("pipe: {e}"));
+    let (from_holder, to_monitor) = pipe()?;
+    let (from_monitor, to_holder) = pipe()?;
+    // SAFETY: the monitor is single-threaded, so the child may run arbitrary code after fork.
+    let holder = match unsafe { fork() } {
+        Ok(ForkResult::Child) => {
+            drop((from_holder, to_holder));
+            let code = holder(config, to_monitor, from_monitor, spawn_pod_init);
+            // SAFETY: _exit skips destructors and atexit handlers, which are the monitor's.
+            unsafe { libc::_exit(code) }
+        }
+        Ok(ForkResult::Parent { child }) => child,
+        Err(e) => return Err(format!("fork the user namespace holder: {e}")),
+    };
+    drop((to_monitor, from_monitor));
+    let mut reports = std::io::BufReader::new(std::fs::File::from(from_holder));
+    let mut to_holder = std::fs::File::from(to_holder);
+    let result = (|| {
+        expect_report(&mut reports, "unshared")?;
+        crate::idmap::write_maps(holder.as_raw(), userns)
+            .map_err(|e| format!("user namespace mapping: {e}"))?;
+        to_holder
+            .write_all(b"m")
+            .map_err(|e| format!("user namespace holder: {e}"))?;
+        let init = expect_report(&mut reports, "ready")?
+            .parse::<i32>()
+            .ok()
+            .filter(|pid| *pid > 0)
+            .map(Pid::from_raw);
+        let pinned = pin(&config.pod_dir, holder.as_raw() as u32, "user")
+            .and_then(|()| pin_own(config, holder.as_raw() as u32))
+            .and_then(|()| match init {
+                Some(init) => pin(&config.pod_dir, init.as_raw() as u32, "pid"),
+                None => Ok(()),
+            });
+        if let Err(e) = pinned {
+            if let Some(init) = init {
+                super::serve::kill_init(init);
+            }
+            return Err(e);
+        }
+        Ok(init)
+    })();
+    // The holder leaves once its pipe closes (or is killed if it hangs on an error).
+    drop(to_holder);
+    if result.is_err() {
+        let _ = nix::sys::signal::kill(holder, nix::sys::signal::Signal::SIGKILL);
+    }
+    let _ = nix::sys::wait::waitpid(holder, None);
+    result
+}
+
+/// Reads the holder's next line, `<word> <detail>`; `error <message>` or EOF is its failure.
+fn expect_report(reports: &mut impl std::io::BufRead, word: &str) -> Result<String, String> {
+    let mut line = String::new();
+    let _ = reports.read_line(&mut line);
+    let line = line.trim_end();
+    match line.split_once(' ').unwrap_or((line, "")) {
+        (got, detail) if got == word => Ok(detail.to_string()),
+        ("error", message) => Err(message.to_string()),
+        _ => Err(format!(
+            "the user namespace holder ended before it was {word}"
+        )),
+    }
+}
+
+/// The holder's side: returns its exit code.
+fn holder(
+    config: &MonitorConfig,
+    to_monitor: OwnedFd,
+    from_monitor: OwnedFd,
+    spawn_pod_init: fn() -> Result<Pid, String>,
+) -> i32 {
+    let mut out = std::fs::File::from(to_monitor);
+    let mut input = std::fs::File::from(from_monitor);
+    let mut report = |line: String| {
+        let _ = out.write_all(format!("{line}\n").as_bytes());
+    };
+    if let Err(e) = unshare(CloneFlags::CLONE_NEWUSER) {
+        report(format!("error unshare the user namespace: {e}"));
+        return 1;
+    }
+    report("unshared".into());
+    let mut byte = [0u8; 1];
+    if !matches!(input.read(&mut byte), Ok(1)) {
+        return 1;
+    }
+    let setup = || -> Result<Option<Pid>, String> {
+        let root = nix::unistd::Uid::from_raw(0);
+        let root_group = nix::unistd::Gid::from_raw(0);
+        nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+        nix::unistd::setresgid(root_group, root_group, root_group)
+            .map_err(|e| format!("become the user namespace's root group: {e}"))?;
+        nix::unistd::setresuid(root, root, root)
+            .map_err(|e| format!("become the user namespace's root: {e}"))?;
+        create(config)?;
+        apply_sysctls(config)?;
+        config.pod_pid.then(spawn_pod_init).transpose()
+    };
+    match setup() {
+        Ok(init) => report(format!("ready {}", init.map_or(0, |p| p.as_raw()))),
+        Err(e) => {
+            report(format!("error {e}"));
+            return 1;
+        }
+    }
+    // Alive until the monitor has pinned what we made.
+    let _ = input.read(&mut byte);
+    0
 }
 
 /// Bind-mounts `/proc/<pid>/ns/<kind>` at `<pod_dir>/ns/<kind>`.

@@ -44,6 +44,9 @@ pub struct MonitorConfig {
     /// The agent's [`EXIT_NOTICE_SOCKET`], told of every exit the monitor records.
     #[serde(default)]
     pub exit_notice: Option<PathBuf>,
+    /// The pod's own user namespace: made first, with this mapping, and owning the others.
+    #[serde(default)]
+    pub userns: Option<crate::spec::UserNamespace>,
 }
 
 impl MonitorConfig {

@@ -47,29 +47,25 @@ pub(super) fn setup(config: &MonitorConfig) -> Result<Monitor, String> {
     } else if let Some(cgroup) = &config.cgroup {
         crate::cgroups::join_self(cgroup)?;
     }
-    namespaces::create(config)?;
-    namespaces::apply_sysctls(config)?;
     let ns_dir = config.pod_dir.join(super::protocol::NS_DIR);
     std::fs::create_dir_all(&ns_dir).map_err(|e| format!("create {}: {e}", ns_dir.display()))?;
-    let me = std::process::id();
-    for (wanted, kind) in [
-        (config.new_net, "net"),
-        (config.new_ipc, "ipc"),
-        (config.new_uts, "uts"),
-    ] {
-        if wanted {
-            namespaces::pin(&config.pod_dir, me, kind)?;
+    let pod_init = match &config.userns {
+        Some(userns) => namespaces::create_in_userns(config, userns, spawn_pod_init)?,
+        None => {
+            namespaces::create(config)?;
+            namespaces::apply_sysctls(config)?;
+            namespaces::pin_own(config, std::process::id())?;
+            if config.pod_pid {
+                let init = spawn_pod_init()?;
+                if let Err(e) = namespaces::pin(&config.pod_dir, init.as_raw() as u32, "pid") {
+                    kill_init(init);
+                    return Err(e);
+                }
+                Some(init)
+            } else {
+                None
+            }
         }
-    }
-    let pod_init = if config.pod_pid {
-        let init = spawn_pod_init()?;
-        if let Err(e) = namespaces::pin(&config.pod_dir, init.as_raw() as u32, "pid") {
-            kill_init(init);
-            return Err(e);
-        }
-        Some(init)
-    } else {
-        None
     };
     let socket = config.socket();
     let _ = std::fs::remove_file(&socket);
@@ -103,7 +99,7 @@ pub(super) fn setup(config: &MonitorConfig) -> Result<Monitor, String> {
     })
 }
 
-fn kill_init(init: Pid) {
+pub(super) fn kill_init(init: Pid) {
     let _ = kill(init, Signal::SIGKILL);
     let _ = waitpid(init, None);
 }

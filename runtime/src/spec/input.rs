@@ -66,6 +66,74 @@ pub struct Mount {
     /// `host_path` before the spec is generated.
     #[serde(default)]
     pub image: Option<MountImage>,
+    /// An idmapped mount (kubelet sets these for a pod with its own user namespace): the
+    /// source's owners as seen through the mapping. Empty: a plain bind.
+    #[serde(default)]
+    pub uid_mappings: Vec<IdMapping>,
+    #[serde(default)]
+    pub gid_mappings: Vec<IdMapping>,
+}
+
+/// One range of a user namespace's (or an idmapped mount's) mapping: `length` ids from
+/// `container_id` inside are `host_id`… outside.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct IdMapping {
+    pub container_id: u32,
+    pub host_id: u32,
+    pub length: u32,
+}
+
+impl IdMapping {
+    /// The line `/proc/<pid>/uid_map` takes.
+    pub fn map_line(&self) -> String {
+        format!("{} {} {}\n", self.container_id, self.host_id, self.length)
+    }
+
+    /// The host id `id` inside stands for, if the range holds it.
+    pub fn to_host(&self, id: u32) -> Option<u32> {
+        let offset = id.checked_sub(self.container_id)?;
+        (offset < self.length).then(|| self.host_id + offset)
+    }
+}
+
+/// A pod's own user namespace (CRI `UserNamespace`, mode POD): one range each for users and
+/// groups, container id 0 mapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct UserNamespace {
+    pub uids: IdMapping,
+    pub gids: IdMapping,
+}
+
+impl UserNamespace {
+    /// Checks what the kernel and the CRI ask of a pod's mapping; the message says what is wrong.
+    pub fn check(uids: &[IdMapping], gids: &[IdMapping]) -> Result<UserNamespace, String> {
+        let one = |kind: &str, list: &[IdMapping]| -> Result<IdMapping, String> {
+            let [m] = list else {
+                return Err(format!(
+                    "a pod's user namespace takes exactly one {kind} mapping, got {}",
+                    list.len()
+                ));
+            };
+            if m.length == 0 {
+                return Err(format!("the {kind} mapping has length 0"));
+            }
+            if m.container_id.checked_add(m.length - 1).is_none()
+                || m.host_id.checked_add(m.length - 1).is_none()
+            {
+                return Err(format!("the {kind} mapping {m:?} overflows 32 bits"));
+            }
+            if m.to_host(0).is_none() {
+                return Err(format!(
+                    "the {kind} mapping {m:?} leaves container id 0 unmapped"
+                ));
+            }
+            Ok(*m)
+        };
+        Ok(UserNamespace {
+            uids: one("uid", uids)?,
+            gids: one("gid", gids)?,
+        })
+    }
 }
 
 /// The image of an image volume.
@@ -268,6 +336,11 @@ pub struct SandboxInfo {
     pub cgroup_parent: String,
     /// Whether the pod may run privileged containers.
     pub privileged: bool,
+    /// The pod's own user namespace, pinned at `user_ns`; `None`: the host's.
+    #[serde(default)]
+    pub userns: Option<UserNamespace>,
+    #[serde(default)]
+    pub user_ns: Option<PathBuf>,
 }
 
 /// The parts of the image's config a container starts from.
@@ -350,4 +423,38 @@ pub struct SpecInput<'a> {
     /// The AppArmor profile to run under (`apparmor::resolve`), or `None` for unconfined.
     pub apparmor_profile: Option<&'a str>,
     pub host: &'a HostInfo,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(container_id: u32, host_id: u32, length: u32) -> IdMapping {
+        IdMapping {
+            container_id,
+            host_id,
+            length,
+        }
+    }
+
+    #[test]
+    fn a_pod_mapping_is_one_range_with_container_id_0() {
+        let good = range(0, 1000, 100000);
+        let userns = UserNamespace::check(&[good], &[good]).unwrap();
+        assert_eq!(userns.uids.to_host(0), Some(1000));
+        assert_eq!(userns.gids.to_host(99999), Some(100999));
+        assert_eq!(userns.gids.to_host(100000), None);
+        assert_eq!(good.map_line(), "0 1000 100000\n");
+
+        let two = UserNamespace::check(&[good, range(0, 2000, 100000)], &[good]);
+        assert!(two.unwrap_err().contains("exactly one uid mapping, got 2"));
+        let none = UserNamespace::check(&[good], &[]);
+        assert!(none.unwrap_err().contains("exactly one gid mapping, got 0"));
+        let unmapped = UserNamespace::check(&[range(1, 1000, 100000)], &[good]);
+        assert!(unmapped.unwrap_err().contains("container id 0 unmapped"));
+        let empty = UserNamespace::check(&[range(0, 1000, 0)], &[good]);
+        assert!(empty.unwrap_err().contains("length 0"));
+        let overflow = UserNamespace::check(&[range(0, u32::MAX, 2)], &[good]);
+        assert!(overflow.unwrap_err().contains("overflows"));
+    }
 }

@@ -27,9 +27,9 @@ use oci_spec::runtime::{Linux, Process, Root, Spec, User};
 
 pub use input::{
     AppArmorProfile, CapabilityChanges, ContainerMetadata, ContainerSpec, Device, DeviceKind,
-    DeviceNode, EnvVar, HostInfo, HugepageLimit, ImageConfig, Mount, MountImage, NamespaceMode,
-    NamespaceOptions, Propagation, Resources, SandboxInfo, SeccompProfile, SecurityContext,
-    SpecInput, SupplementalGroupsPolicy,
+    DeviceNode, EnvVar, HostInfo, HugepageLimit, IdMapping, ImageConfig, Mount, MountImage,
+    NamespaceMode, NamespaceOptions, Propagation, Resources, SandboxInfo, SeccompProfile,
+    SecurityContext, SpecInput, SupplementalGroupsPolicy, UserNamespace,
 };
 
 /// The runtime-spec version written into `ociVersion` (libcontainer accepts any 1.x).
@@ -143,8 +143,31 @@ pub fn generate(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
     linux_resources.set_devices(Some(device_rules));
 
     let mut linux = Linux::default();
-    linux.set_uid_mappings(None);
-    linux.set_gid_mappings(None);
+    // The pod's user namespace exists already (the executor joins it): its mapping is stated
+    // for what reads the spec, not written again.
+    let mapping = |m: &IdMapping| -> Result<Vec<oci_spec::runtime::LinuxIdMapping>, SpecError> {
+        oci_spec::runtime::LinuxIdMappingBuilder::default()
+            .container_id(m.container_id)
+            .host_id(m.host_id)
+            .size(m.length)
+            .build()
+            .map(|one| vec![one])
+            .map_err(|e| SpecError::Unsupported(format!("id mapping {m:?}: {e}")))
+    };
+    linux.set_uid_mappings(
+        sandbox
+            .userns
+            .as_ref()
+            .map(|u| mapping(&u.uids))
+            .transpose()?,
+    );
+    linux.set_gid_mappings(
+        sandbox
+            .userns
+            .as_ref()
+            .map(|u| mapping(&u.gids))
+            .transpose()?,
+    );
     linux.set_sysctl(None);
     linux.set_resources(Some(linux_resources));
     linux.set_cgroups_path(Some(resources::cgroups_path(

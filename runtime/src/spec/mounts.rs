@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Mount as OciMount;
 
-use super::input::{ContainerSpec, Mount, NamespaceMode, Propagation, SandboxInfo};
+use super::input::{ContainerSpec, Mount, NamespaceMode, Propagation, SandboxInfo, UserNamespace};
 use super::paths::clean_path;
 use super::SpecError;
 
@@ -124,7 +124,7 @@ fn sandbox_mounts(config: &ContainerSpec, sandbox: &SandboxInfo) -> Vec<Mount> {
 
 /// The container's own bind mounts, checked before anything is made: absolute destinations,
 /// and recursive read-only only with readonly and private propagation.
-pub fn check_binds(mounts: &[Mount]) -> Result<(), SpecError> {
+pub fn check_binds(mounts: &[Mount], userns: Option<&UserNamespace>) -> Result<(), SpecError> {
     for m in mounts {
         let invalid = |reason: &str| {
             Err(SpecError::InvalidMount {
@@ -145,6 +145,16 @@ pub fn check_binds(mounts: &[Mount]) -> Result<(), SpecError> {
         if m.recursive_read_only && m.propagation != Propagation::Private {
             return invalid("a recursive read-only mount must have private propagation");
         }
+        // The executor maps through the pod's own namespace: kubelet gives each mount the
+        // pod's ranges.
+        if !(m.uid_mappings.is_empty() && m.gid_mappings.is_empty()) {
+            let Some(userns) = userns else {
+                return invalid("an idmapped mount needs a pod with its own user namespace");
+            };
+            if m.uid_mappings != [userns.uids] || m.gid_mappings != [userns.gids] {
+                return invalid("an idmapped mount's mappings must be the pod's user namespace's");
+            }
+        }
     }
     Ok(())
 }
@@ -157,7 +167,7 @@ pub fn plan_mounts(
     sandbox: &SandboxInfo,
     privileged: bool,
 ) -> Result<MountPlan, SpecError> {
-    check_binds(&config.mounts)?;
+    check_binds(&config.mounts, sandbox.userns.as_ref())?;
     let mut binds: Vec<Mount> = config.mounts.clone();
     binds.extend(sandbox_mounts(config, sandbox));
     binds.sort_by_key(|m| clean_path(&m.container_path).components().count());
@@ -451,12 +461,42 @@ mod tests {
                 ..bind("/mnt/img", "")
             }]
         };
-        assert!(check_binds(&volume(true)).is_ok());
-        let e = check_binds(&volume(false)).unwrap_err();
+        assert!(check_binds(&volume(true), None).is_ok());
+        let e = check_binds(&volume(false), None).unwrap_err();
         assert!(
             e.to_string().contains("read-only") && e.to_string().contains("/mnt/img"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn an_idmapped_mount_takes_the_pod_user_namespace_ranges() {
+        let pod = crate::spec::IdMapping {
+            container_id: 0,
+            host_id: 1000,
+            length: 100000,
+        };
+        let userns = UserNamespace {
+            uids: pod,
+            gids: pod,
+        };
+        let mapped = |uids: Vec<crate::spec::IdMapping>| {
+            vec![Mount {
+                uid_mappings: uids,
+                gid_mappings: vec![pod],
+                ..bind("/data", "/srv/data")
+            }]
+        };
+        assert!(check_binds(&mapped(vec![pod]), Some(&userns)).is_ok());
+        let e = check_binds(&mapped(vec![pod]), None).unwrap_err();
+        assert!(e.to_string().contains("own user namespace"), "{e}");
+        let other = crate::spec::IdMapping {
+            host_id: 5000,
+            ..pod
+        };
+        let e = check_binds(&mapped(vec![other]), Some(&userns)).unwrap_err();
+        assert!(e.to_string().contains("must be the pod's"), "{e}");
+        assert!(check_binds(&[bind("/data", "/srv/data")], Some(&userns)).is_ok());
     }
 
     #[test]

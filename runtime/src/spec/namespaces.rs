@@ -19,6 +19,8 @@ fn namespace(typ: LinuxNamespaceType, path: Option<PathBuf>) -> LinuxNamespace {
 ///   The pod decides, as in containerd, which always joins the sandbox's.
 /// - PID: `Container` a new one, `Pod` the pod's pinned one, `Node` the host's (not listed),
 ///   `Target` the target container's, resolved by the caller.
+/// - user: the pod's pinned one when it has its own (joined first by libcontainer, so the
+///   others, which it owns, are joined as its root).
 /// - mount: always new.
 /// - cgroup: new on a pure cgroup v2 host for unprivileged containers (containerd's rule;
 ///   on v1 or hybrid hosts the container sees the host's cgroup paths, as with containerd).
@@ -30,6 +32,9 @@ pub fn namespaces(
     privileged: bool,
 ) -> Result<Vec<LinuxNamespace>, SpecError> {
     let mut out = Vec::new();
+    if let Some(path) = &sandbox.user_ns {
+        out.push(namespace(LinuxNamespaceType::User, Some(path.clone())));
+    }
     match options.pid {
         NamespaceMode::Container => out.push(namespace(LinuxNamespaceType::Pid, None)),
         NamespaceMode::Pod => {
@@ -126,6 +131,36 @@ mod tests {
                 entry("mnt", None),
             ]
         );
+    }
+
+    #[test]
+    fn a_pod_user_namespace_is_joined_first() {
+        let userns_pod = SandboxInfo {
+            user_ns: Some("/run/berth/pods/pod1/ns/user".into()),
+            ..pod()
+        };
+        let got = namespaces(
+            &options(NamespaceMode::Container),
+            &userns_pod,
+            None,
+            false,
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            summary(&got)[0],
+            entry("user", Some("/run/berth/pods/pod1/ns/user"))
+        );
+        let without = namespaces(
+            &options(NamespaceMode::Container),
+            &pod(),
+            None,
+            false,
+            false,
+        );
+        assert!(!summary(&without.unwrap())
+            .iter()
+            .any(|(typ, _)| typ == "user"));
     }
 
     #[test]

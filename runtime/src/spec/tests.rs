@@ -83,6 +83,8 @@ impl Fixture {
                 pid_ns: None,
                 cgroup_parent: "/kubepods/burstable/podu1".into(),
                 privileged: false,
+                userns: None,
+                user_ns: None,
             },
             image: ImageConfig {
                 entrypoint: vec!["/bin/server".into()],
