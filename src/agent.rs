@@ -193,9 +193,9 @@ impl Drop for CriSocket {
     }
 }
 
-/// Makes the CRI socket's directory when it is missing. The one berth owns (one it made now, or
-/// the state dir) is set to 0700, or 0710 with `gid` as its group so that group can reach the
-/// socket; a directory berth does not own (say `/run`) is left as it is.
+/// Makes the CRI socket's directory when it is missing. One berth made for it is set to 0700, or
+/// 0710 with `gid` as its group so that group can reach the socket; the state dir (the default
+/// place) to 0711 with that group; a directory berth does not own (say `/run`) is left as it is.
 fn socket_dir(dir: &Path, state: &Path, gid: u32) -> Result<(), AgentError> {
     let made = !dir.exists();
     create_dir(dir, 0o700)?;
@@ -206,7 +206,16 @@ fn socket_dir(dir: &Path, state: &Path, gid: u32) -> Result<(), AgentError> {
         path: dir.to_path_buf(),
         source,
     };
-    let mode = if gid == 0 { 0o700 } else { 0o710 };
+    // The state dir must stay passable (0711, as containerd's): a pod's root in a user
+    // namespace reaches its pod's namespaces and files under it. The socket itself (0660,
+    // root:<gid>) is what keeps others out there.
+    let mode = if dir == state {
+        0o711
+    } else if gid == 0 {
+        0o700
+    } else {
+        0o710
+    };
     std::os::unix::fs::chown(dir, None, Some(gid)).map_err(error)?;
     std::fs::set_permissions(dir, Permissions::from_mode(mode)).map_err(error)
 }

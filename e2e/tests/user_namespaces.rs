@@ -10,8 +10,29 @@ use std::os::unix::fs::MetadataExt;
 use berth_e2e::container_fixture::*;
 use berth_e2e::cri::{try_run_pod, wait_network_ready};
 use berth_e2e::network::{mounts_under, Extra, TestNetwork};
-use berth_e2e::TempDir;
+use berth_e2e::images::ImageBuilder;
+use berth_e2e::registry::TestRegistry;
+use berth_e2e::{AgentPaths, TempDir, TestAgent};
 use k8s_cri::v1::*;
+
+/// [`fixture`] with the CRI socket in the state dir, as berthd's defaults have it
+/// (`/run/berth/berth.sock`): the pod's root must still reach its namespaces and files there.
+async fn fixture_with_the_default_layout() -> Fixture {
+    let registry = TestRegistry::start();
+    let pushed = ImageBuilder::with_passwd().push(&registry, "test/ctr", "v1");
+    let dir = TempDir::new("berth-e2e");
+    let mut paths = AgentPaths::under(dir.path());
+    paths.socket = paths.state.join("berth.sock");
+    std::fs::write(&paths.config, paths.config_text("")).unwrap();
+    let agent = TestAgent::start_in(dir, paths).await;
+    pull_ref(&agent, &pushed.image_ref()).await;
+    Fixture {
+        agent,
+        registry,
+        image: pushed.image_ref(),
+        logs: TempDir::new("berth-e2e-logs"),
+    }
+}
 
 /// A host range of its own for each test process: 65536 ids from a multiple of 65536.
 fn host_base() -> u32 {
@@ -48,7 +69,7 @@ fn mode(path: &std::path::Path) -> u32 {
 #[tokio::test]
 async fn root_in_a_pod_user_namespace_is_the_mapped_uid_on_the_host() {
     let _top = CgroupTop::new();
-    let f = fixture().await;
+    let f = fixture_with_the_default_layout().await;
     let _net = TestNetwork::create(&f.agent.paths.cni_conf_dir, Extra::None);
     let mut c = f.agent.runtime().await;
     wait_network_ready(&mut c).await;
@@ -159,6 +180,9 @@ async fn root_in_a_pod_user_namespace_is_the_mapped_uid_on_the_host() {
     let bundle = f.agent.paths.state.join("containers").join(&id);
     assert_eq!((mode(&bundle), owner(&bundle).1), (0o710, base));
     assert_eq!(mode(&f.agent.paths.state.join("containers")), 0o711);
+    let pod_dir = f.agent.paths.state.join("pods").join(&pod);
+    assert_eq!((mode(&pod_dir), owner(&pod_dir).1), (0o710, base));
+    assert_eq!(mode(&f.agent.paths.state), 0o711, "the state dir holding the socket");
 
     // Exec'd processes join the user namespace as the container's user.
     let out = exec_sync(&mut c, &id, &["sh", "-c", "id -u; cat /proc/self/uid_map"]).await;
@@ -203,6 +227,7 @@ async fn a_pod_without_user_namespace_keeps_the_host_mapping_and_a_closed_bundle
     let id = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
     let bundle = f.agent.paths.state.join("containers").join(&id);
     assert_eq!(mode(&bundle), 0o700);
+    assert_eq!(mode(&f.agent.paths.state.join("pods").join(&pod)), 0o700);
     start(&mut c, &id).await;
     let log_path = status(&mut c, &id).await.log_path;
     let log = wait_for_text(&log_path, "the uid map", |t| t.contains('\n')).await;
