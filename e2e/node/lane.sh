@@ -16,11 +16,12 @@ cd "$(dirname "$0")/../.."
 # and containers run, limits, OOM, stats, exec's cgroup, the unit's restarts).
 NODE_SUITES="${NODE_SUITES-node_service sandbox_cgroups container_resources exec_identity}"
 # Under the first driver only: the rest of what a v2 systemd node changes (the container
-# lifecycle and its logs, namespaces and CNI, the monitor on its own, seccomp, AppArmor, and the
+# lifecycle and its logs, namespaces and CNI, the monitor on its own, seccomp, AppArmor, pod user
+# namespaces (cgroup v2 in a user namespace), and the
 # installer run as the Helm chart's DaemonSet runs it, installing berthd under systemd). The
 # whole of `make test` must stay within 25 minutes on 2 cores, and TCG makes each suite 5-10x
 # slower than on the host.
-NODE_ONCE_SUITES="${NODE_ONCE_SUITES-containers sandbox monitor_containers seccomp apparmor faults node_install}"
+NODE_ONCE_SUITES="${NODE_ONCE_SUITES-containers sandbox monitor_containers seccomp apparmor user_namespaces faults node_install}"
 NODE_DRIVERS="${NODE_DRIVERS:-systemd cgroupfs}"
 # Tests left to the host suite: loops that prove no leak over many cycles, 10-20x slower under
 # TCG and testing nothing cgroup v2 or systemd changes; and the faults whose subject is not the

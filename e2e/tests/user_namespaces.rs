@@ -9,8 +9,8 @@ use std::os::unix::fs::MetadataExt;
 
 use berth_e2e::container_fixture::*;
 use berth_e2e::cri::{try_run_pod, wait_network_ready};
-use berth_e2e::network::{mounts_under, Extra, TestNetwork};
 use berth_e2e::images::ImageBuilder;
+use berth_e2e::network::{mounts_under, Extra, TestNetwork};
 use berth_e2e::registry::TestRegistry;
 use berth_e2e::{AgentPaths, TempDir, TestAgent};
 use k8s_cri::v1::*;
@@ -176,13 +176,24 @@ async fn root_in_a_pod_user_namespace_is_the_mapped_uid_on_the_host() {
     assert_eq!(owner(&mapped.join("new")), (0, 0));
     assert_eq!(owner(&mapped.join("file")), (0, 0));
 
+    // Two idmapped layers (busybox and /etc/passwd), one idmapped and one plain volume.
+    let metrics = f.agent.scrape();
+    for (kind, n) in [("layer", 2), ("idmapped", 1), ("plain", 1)] {
+        let line = format!("berth_container_user_namespace_mounts_total{{kind=\"{kind}\"}} {n}");
+        assert!(metrics.lines().any(|l| l == line), "{line}: {metrics}");
+    }
+
     // The bundle is passed through only by the pod root's group.
     let bundle = f.agent.paths.state.join("containers").join(&id);
     assert_eq!((mode(&bundle), owner(&bundle).1), (0o710, base));
     assert_eq!(mode(&f.agent.paths.state.join("containers")), 0o711);
     let pod_dir = f.agent.paths.state.join("pods").join(&pod);
     assert_eq!((mode(&pod_dir), owner(&pod_dir).1), (0o710, base));
-    assert_eq!(mode(&f.agent.paths.state), 0o711, "the state dir holding the socket");
+    assert_eq!(
+        mode(&f.agent.paths.state),
+        0o711,
+        "the state dir holding the socket"
+    );
 
     // Exec'd processes join the user namespace as the container's user.
     let out = exec_sync(&mut c, &id, &["sh", "-c", "id -u; cat /proc/self/uid_map"]).await;

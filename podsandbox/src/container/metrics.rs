@@ -2,6 +2,7 @@
 
 use berth_common::metrics::{OutcomeLabel, StateLabel};
 use berth_runtime::monitor::protocol::ExitRecord;
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -18,6 +19,24 @@ pub struct ContainerMetrics {
     rolled_back: Counter,
     unclaimed_layers: Counter,
     seccomp_programs: Family<OutcomeLabel, Counter>,
+    user_namespace_mounts: Family<MountKindLabel, Counter>,
+}
+
+/// `{kind="…"}` of `berth_container_user_namespace_mounts_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MountKindLabel {
+    kind: &'static str,
+}
+
+/// What CreateContainer mounts from the host for a container in a pod user namespace.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum UserNamespaceMount {
+    /// An idmapped copy of an image layer, for the rootfs overlay.
+    Layer,
+    /// A bind mount kubelet gave the pod's ranges.
+    Idmapped,
+    /// A bind mount without ranges, cloned as it is.
+    Plain,
 }
 
 impl ContainerMetrics {
@@ -58,7 +77,23 @@ impl ContainerMetrics {
             "Seccomp programs CreateContainer wrote, by outcome: compiled (a profile's first use) or cached",
             m.seccomp_programs.clone(),
         );
+        registry.register(
+            "berth_container_user_namespace_mounts",
+            "Mounts CreateContainer made from the host for containers in a pod user namespace, by kind: layer (an idmapped image layer), idmapped (a volume with the pod's ranges) or plain",
+            m.user_namespace_mounts.clone(),
+        );
         m
+    }
+
+    pub(super) fn user_namespace_mount(&self, kind: UserNamespaceMount) {
+        let kind = match kind {
+            UserNamespaceMount::Layer => "layer",
+            UserNamespaceMount::Idmapped => "idmapped",
+            UserNamespaceMount::Plain => "plain",
+        };
+        self.user_namespace_mounts
+            .get_or_create(&MountKindLabel { kind })
+            .inc();
     }
 
     pub(super) fn orphan_killed(&self) {

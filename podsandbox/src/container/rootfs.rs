@@ -8,6 +8,7 @@ use berth_runtime::monitor::protocol::Request;
 use berth_runtime::spec::{self, ContainerSpec, ImageConfig, SandboxInfo, SpecInput};
 use nix::mount::{mount, MsFlags};
 
+use super::metrics::UserNamespaceMount;
 use super::record::{ContainerError, ContainerRecord, ProcessUser, EXIT_FILE};
 use super::Containers;
 use crate::monitor_client;
@@ -169,7 +170,12 @@ impl PodUserNamespace {
     /// Idmapped copies of `layers` mounted under `<dir>/idmapped-layers`, in the same order:
     /// overlayfs takes idmapped lower layers (not an idmapped overlay), so the image's files
     /// show as the pod's, while the upper dir records the mapped ids as written.
-    fn map_layers(&self, dir: &Path, layers: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    fn map_layers(
+        &self,
+        dir: &Path,
+        layers: &[PathBuf],
+        metrics: &super::metrics::ContainerMetrics,
+    ) -> Result<Vec<PathBuf>, String> {
         use std::os::fd::AsFd;
         let mut mapped = Vec::with_capacity(layers.len());
         for (n, layer) in layers.iter().enumerate() {
@@ -179,6 +185,7 @@ impl PodUserNamespace {
             berth_runtime::idmap::idmapped_clone(layer, self.ns.as_fd(), false)
                 .and_then(|tree| berth_runtime::idmap::attach(tree.as_fd(), &target))
                 .map_err(|e| format!("idmapped mount of layer {}: {e}", layer.display()))?;
+            metrics.user_namespace_mount(UserNamespaceMount::Layer);
             mapped.push(target);
         }
         Ok(mapped)
@@ -187,7 +194,12 @@ impl PodUserNamespace {
     /// Every bind mount of the container made here, from the host, at `<dir>/volumes/<index>`
     /// (idmapped when kubelet gave it the pod's ranges): the container's root has no privilege
     /// over the host's directories, and could neither reach nor idmap their sources itself.
-    fn prepare_binds(&self, dir: &Path, mounts: &mut [spec::Mount]) -> Result<(), String> {
+    fn prepare_binds(
+        &self,
+        dir: &Path,
+        mounts: &mut [spec::Mount],
+        metrics: &super::metrics::ContainerMetrics,
+    ) -> Result<(), String> {
         use std::os::fd::AsFd;
         for (index, m) in mounts.iter_mut().enumerate() {
             if m.image.is_some() {
@@ -202,13 +214,20 @@ impl PodUserNamespace {
                     .and_then(|()| std::fs::File::create(&target).map(drop))
             };
             made.map_err(|e| format!("create {}: {e}", target.display()))?;
-            let tree = if m.uid_mappings.is_empty() {
-                berth_runtime::idmap::clone_tree(source, true)
+            let (tree, kind) = if m.uid_mappings.is_empty() {
+                (
+                    berth_runtime::idmap::clone_tree(source, true),
+                    UserNamespaceMount::Plain,
+                )
             } else {
-                berth_runtime::idmap::idmapped_clone(source, self.ns.as_fd(), true)
+                (
+                    berth_runtime::idmap::idmapped_clone(source, self.ns.as_fd(), true),
+                    UserNamespaceMount::Idmapped,
+                )
             };
             tree.and_then(|tree| berth_runtime::idmap::attach(tree.as_fd(), &target))
                 .map_err(|e| format!("mount {}: {e}", source.display()))?;
+            metrics.user_namespace_mount(kind);
             m.host_path = target;
         }
         Ok(())
@@ -319,10 +338,12 @@ impl Containers {
                 let (uid, gid) = userns.root();
                 std::os::unix::fs::chown(layer_dir.join("upper"), Some(uid), Some(gid))
                     .map_err(|e| fail("rootfs")(format!("chown the upper dir: {e}")))?;
-                userns.map_layers(dir, &input.layers).map_err(|e| {
-                    unmount_idmapped_layers(dir);
-                    fail("rootfs")(e)
-                })?
+                userns
+                    .map_layers(dir, &input.layers, &self.metrics)
+                    .map_err(|e| {
+                        unmount_idmapped_layers(dir);
+                        fail("rootfs")(e)
+                    })?
             }
             None => input.layers.clone(),
         };
@@ -379,7 +400,7 @@ impl Containers {
         }
         if let Some(userns) = &userns {
             userns
-                .prepare_binds(dir, &mut config.mounts)
+                .prepare_binds(dir, &mut config.mounts, &self.metrics)
                 .map_err(fail("mount source"))?;
         }
         let devices =
