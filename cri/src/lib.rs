@@ -12,6 +12,7 @@
 pub mod authority;
 mod image;
 pub mod metrics;
+mod newer_fields;
 mod runtime;
 mod service;
 pub mod streaming;
@@ -71,7 +72,12 @@ pub fn router(
     pods: Arc<Pods>,
     streaming: Arc<berth_streaming::Server>,
     metrics: Arc<CriMetrics>,
-) -> Router<tower::layer::util::Stack<ObserveLayer, tower::layer::util::Identity>> {
+) -> Router<
+    tower::layer::util::Stack<
+        newer_fields::NewerFieldsLayer,
+        tower::layer::util::Stack<ObserveLayer, tower::layer::util::Identity>,
+    >,
+> {
     let shared = Arc::new(Shared {
         options,
         pod_cidr: RwLock::new(String::new()),
@@ -90,6 +96,7 @@ pub fn router(
     .max_encoding_message_size(MAX_MESSAGE_SIZE);
     Server::builder()
         .layer(ObserveLayer::new(metrics))
+        .layer(newer_fields::NewerFieldsLayer)
         .add_service(runtime)
         .add_service(image)
 }

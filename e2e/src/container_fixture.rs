@@ -407,10 +407,21 @@ pub struct PodLeakCheck {
     monitor_fds: usize,
 }
 
+/// The monitor's open descriptors, less its one inotify instance: it makes that with the pod's
+/// first container on cgroup v2 (to watch `memory.events`) and keeps it for the pod's life.
 fn fd_count(pid: i32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
+    let targets: Vec<_> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    let inotify = targets
+        .iter()
+        .filter(|t| t.as_os_str() == "anon_inode:inotify")
+        .count();
+    targets.len() - inotify.min(1)
 }
 
 /// The descriptors of process `pid` that are connections to systemd's D-Bus sockets, as

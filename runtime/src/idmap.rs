@@ -78,6 +78,22 @@ pub fn clone_tree(source: &Path, recursive: bool) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+/// A detached recursive copy of the mount tree at the open path `at` (an `O_PATH` descriptor,
+/// say, resolved where a path string could not be trusted).
+pub fn clone_tree_at(at: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+    let flags = OPEN_TREE_CLONE
+        | AT_RECURSIVE
+        | libc::O_CLOEXEC as libc::c_uint
+        | libc::AT_EMPTY_PATH as libc::c_uint;
+    // SAFETY: open_tree reads an empty NUL-terminated path relative to a valid descriptor.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, at.as_raw_fd(), c"".as_ptr(), flags) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
 /// Mounts a detached tree from [`idmapped_clone`] or [`clone_tree`] on `target` (which must
 /// exist, a directory or a file as the tree's root is).
 pub fn attach(tree: BorrowedFd<'_>, target: &Path) -> io::Result<()> {

@@ -176,6 +176,7 @@ pub(crate) fn container_spec(
                     .map(|i| rspec::MountImage {
                         reference: i.image,
                         id: String::new(),
+                        sub_path: String::new(),
                     }),
                 propagation: match cri::MountPropagation::try_from(m.propagation) {
                     Ok(cri::MountPropagation::PropagationHostToContainer) => {

@@ -10,6 +10,7 @@ use crate::service::{container_error, create_input, ready_sandbox};
 pub(super) async fn create_container(
     pods: &Pods,
     request: CreateContainerRequest,
+    sub_paths: Option<crate::newer_fields::MountSubPaths>,
 ) -> Result<CreateContainerResponse, Status> {
     let pod = ready_sandbox(pods, &request.pod_sandbox_id)?;
     crate::metrics::record_pod(&pod.id);
@@ -22,7 +23,25 @@ pub(super) async fn create_container(
         .map(|i| i.image.clone())
         .filter(|i| !i.is_empty())
         .ok_or_else(|| Status::invalid_argument("berth: container config names no image"))?;
-    let input = create_input(pods, &pod, config, image_name)?;
+    let mut input = create_input(pods, &pod, config, image_name)?;
+    // `image_sub_path`, which the bindings cannot decode (crate::newer_fields).
+    for (mount, path) in input
+        .config
+        .mounts
+        .iter_mut()
+        .zip(sub_paths.unwrap_or_default().0)
+        .filter(|(_, path)| !path.is_empty())
+    {
+        match mount.image.as_mut() {
+            Some(image) => image.sub_path = path,
+            None => {
+                return Err(Status::invalid_argument(format!(
+                    "berth: mount {}: image_sub_path is only for an image volume",
+                    mount.container_path.display()
+                )))
+            }
+        }
+    }
     let id = pods
         .create_container(input)
         .await

@@ -114,7 +114,8 @@ cri_service! {
             &self,
             request: Request<CreateContainerRequest>,
         ) -> Result<Response<CreateContainerResponse>, Status> {
-            container_create::create_container(&self.pods, request.into_inner()).await.map(Response::new)
+            let sub_paths = request.extensions().get::<crate::newer_fields::MountSubPaths>().cloned();
+            container_create::create_container(&self.pods, request.into_inner(), sub_paths).await.map(Response::new)
         }
 
         async fn start_container(

@@ -125,6 +125,68 @@ fn mount_image_volume(dir: &Path, index: usize, layers: &[PathBuf]) -> Result<Pa
     Ok(target)
 }
 
+enum SubPathError {
+    /// What the request asked for cannot be: InvalidArgument.
+    Invalid(String),
+    Failed(String),
+}
+
+/// An image volume's `image_sub_path`, resolved inside the volume mounted at `volume` as if it
+/// were `/` (the image's symlinks and `..` cannot leave it: openat2 RESOLVE_IN_ROOT), and
+/// mounted on its own at `<volume>.sub`, a copy of the mount tree at what it resolved to.
+/// Handing libcontainer the joined path instead would have it follow the image's symlinks on
+/// the host.
+fn mount_sub_path(volume: &Path, sub_path: &str) -> Result<PathBuf, SubPathError> {
+    use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    let relative = Path::new(sub_path);
+    if relative.is_absolute()
+        || relative
+            .components()
+            .any(|c| matches!(c, std::path::Component::ParentDir))
+    {
+        return Err(SubPathError::Invalid(format!(
+            "image_sub_path {sub_path:?} must be relative, without \"..\""
+        )));
+    }
+    let root = std::fs::File::open(volume)
+        .map_err(|e| SubPathError::Failed(format!("open {}: {e}", volume.display())))?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = match openat2(std::os::fd::AsRawFd::as_raw_fd(&root), relative, how) {
+        Ok(fd) => fd,
+        Err(nix::errno::Errno::ENOENT) | Err(nix::errno::Errno::ENOTDIR) => {
+            return Err(SubPathError::Invalid(format!(
+                "image_sub_path {sub_path:?} does not exist in the image"
+            )))
+        }
+        Err(e) => {
+            return Err(SubPathError::Failed(format!(
+                "image_sub_path {sub_path:?}: {e}"
+            )))
+        }
+    };
+    // SAFETY: openat2 just returned this descriptor; nothing else owns it.
+    let at = unsafe { OwnedFd::from_raw_fd(fd) };
+    let is_dir = nix::sys::stat::fstat(std::os::fd::AsRawFd::as_raw_fd(&at))
+        .map(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+        .map_err(|e| SubPathError::Failed(format!("image_sub_path {sub_path:?}: {e}")))?;
+    let mut target = volume.as_os_str().to_owned();
+    target.push(".sub");
+    let target = PathBuf::from(target);
+    let made = if is_dir {
+        std::fs::create_dir_all(&target)
+    } else {
+        std::fs::File::create(&target).map(drop)
+    };
+    made.map_err(|e| SubPathError::Failed(format!("create {}: {e}", target.display())))?;
+    berth_runtime::idmap::clone_tree_at(at.as_fd())
+        .and_then(|tree| berth_runtime::idmap::attach(tree.as_fd(), &target))
+        .map_err(|e| SubPathError::Failed(format!("mount image_sub_path {sub_path:?}: {e}")))?;
+    Ok(target)
+}
+
 /// Where the idmapped copies of the image's layers are mounted while the rootfs overlay of a
 /// container in a user namespace is made: `<container state dir>/idmapped-layers/<n>`.
 const IDMAPPED_LAYERS_DIR: &str = "idmapped-layers";
@@ -383,7 +445,18 @@ impl Containers {
         let mut config = input.config.clone();
         config.log_path = log_path.display().to_string();
         for (index, layers) in &input.image_volumes {
-            let target = mount_image_volume(dir, *index, layers).map_err(fail("image volume"))?;
+            let mut target =
+                mount_image_volume(dir, *index, layers).map_err(fail("image volume"))?;
+            let sub_path = config.mounts.get(*index).and_then(|m| m.image.as_ref());
+            if let Some(sub_path) = sub_path
+                .map(|i| i.sub_path.as_str())
+                .filter(|p| !p.is_empty())
+            {
+                target = mount_sub_path(&target, sub_path).map_err(|e| match e {
+                    SubPathError::Invalid(e) => invalid(&e),
+                    SubPathError::Failed(e) => fail("image volume")(e),
+                })?;
+            }
             if let Some(m) = config.mounts.get_mut(*index) {
                 m.host_path = target;
             }

@@ -143,6 +143,9 @@ pub struct MountImage {
     pub reference: String,
     /// The image id it resolved to.
     pub id: String,
+    /// `image_sub_path`: only this path inside the image is mounted ("" the whole image).
+    #[serde(default)]
+    pub sub_path: String,
 }
 
 /// CRI `MountPropagation`.

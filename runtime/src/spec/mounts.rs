@@ -457,6 +457,7 @@ mod tests {
                 image: Some(MountImage {
                     reference: "sha256:abc".into(),
                     id: "sha256:abc".into(),
+                    sub_path: String::new(),
                 }),
                 ..bind("/mnt/img", "")
             }]
