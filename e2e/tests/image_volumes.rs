@@ -223,16 +223,54 @@ async fn create_with_sub_paths(
     }
     .encode_to_vec();
     request.extend(field(2, &config_bytes));
+    let response = raw_call(f, "/runtime.v1.RuntimeService/CreateContainer", request).await?;
+    Ok(CreateContainerResponse::decode(response)
+        .unwrap()
+        .container_id)
+}
+
+/// One RPC of the runtime service with `request`'s bytes as they are; the answer's bytes.
+async fn raw_call(
+    f: &Fixture,
+    method: &'static str,
+    request: Vec<u8>,
+) -> Result<Bytes, tonic::Status> {
     let channel = berth_e2e::connect(&f.agent.paths.socket).await.unwrap();
     let mut grpc = tonic::client::Grpc::new(channel);
     grpc.ready().await.unwrap();
-    let path = http::uri::PathAndQuery::from_static("/runtime.v1.RuntimeService/CreateContainer");
-    let response = grpc
-        .unary(tonic::Request::new(Bytes::from(request)), path, RawCodec)
-        .await?;
-    Ok(CreateContainerResponse::decode(response.into_inner())
-        .unwrap()
-        .container_id)
+    let path = http::uri::PathAndQuery::from_static(method);
+    grpc.unary(tonic::Request::new(Bytes::from(request)), path, RawCodec)
+        .await
+        .map(|r| r.into_inner())
+}
+
+/// What a newer CRI client reads of ContainerStatus's image volumes: `ImageSpec.image_ref`
+/// (tag 20) and `Mount.image_sub_path` (tag 10), which the k8s-cri bindings lack.
+#[derive(Clone, PartialEq, prost::Message)]
+struct NewerStatusResponse {
+    #[prost(message, optional, tag = "1")]
+    status: Option<NewerStatus>,
+}
+#[derive(Clone, PartialEq, prost::Message)]
+struct NewerStatus {
+    #[prost(message, repeated, tag = "14")]
+    mounts: Vec<NewerMount>,
+}
+#[derive(Clone, PartialEq, prost::Message)]
+struct NewerMount {
+    #[prost(string, tag = "1")]
+    container_path: String,
+    #[prost(message, optional, tag = "9")]
+    image: Option<NewerImageSpec>,
+    #[prost(string, tag = "10")]
+    image_sub_path: String,
+}
+#[derive(Clone, PartialEq, prost::Message)]
+struct NewerImageSpec {
+    #[prost(string, tag = "1")]
+    image: String,
+    #[prost(string, tag = "20")]
+    image_ref: String,
 }
 
 #[tokio::test]
@@ -271,6 +309,48 @@ async fn an_image_sub_path_is_mounted_alone_and_resolved_inside_the_image() {
         log.contains("No such file or directory"),
         "only the sub path: {log}"
     );
+
+    // ContainerStatus names each volume's image by id and its sub path, in the newer fields;
+    // the bindings still read their own.
+    let request = ContainerStatusRequest {
+        container_id: id.clone(),
+        verbose: false,
+    }
+    .encode_to_vec();
+    let answer = raw_call(&f, "/runtime.v1.RuntimeService/ContainerStatus", request)
+        .await
+        .unwrap();
+    let newer = NewerStatusResponse::decode(answer.clone()).unwrap();
+    let reported: Vec<(String, String, String, String)> = newer
+        .status
+        .unwrap()
+        .mounts
+        .into_iter()
+        .filter_map(|m| {
+            let image = m.image?;
+            Some((
+                m.container_path,
+                image.image,
+                image.image_ref,
+                m.image_sub_path,
+            ))
+        })
+        .collect();
+    let expected = [("/mnt/sub", "data/sub"), ("/mnt/esc", "data/escape")].map(|(path, sub)| {
+        (
+            path.to_string(),
+            image.clone(),
+            image.clone(),
+            sub.to_string(),
+        )
+    });
+    assert_eq!(reported, expected);
+    let bindings = ContainerStatusResponse::decode(answer)
+        .unwrap()
+        .status
+        .unwrap();
+    assert_eq!(bindings.id, id);
+    assert_eq!(bindings.mounts.len(), 2);
 
     // Refused, with nothing made: a sub path the image lacks, one that climbs out, and one on
     // a mount that is not an image volume.

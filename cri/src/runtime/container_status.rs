@@ -7,12 +7,15 @@ use k8s_cri::v1::*;
 use tonic::Status;
 
 use super::container_convert::cri_container_status;
+use crate::newer_fields::{ImageVolumeFields, StatusImageVolumes};
 use crate::service::find_container;
 
+/// The answer, and what its image volumes report beyond the bindings
+/// (`crate::newer_fields` encodes it in).
 pub(super) fn container_status(
     pods: &Pods,
     r: ContainerStatusRequest,
-) -> Result<ContainerStatusResponse, Status> {
+) -> Result<(ContainerStatusResponse, StatusImageVolumes), Status> {
     crate::metrics::record_container(&r.container_id);
     let record = find_container(pods, &r.container_id)?;
     let mut info = HashMap::new();
@@ -25,8 +28,23 @@ pub(super) fn container_status(
         });
         info.insert("info".to_string(), verbose.to_string());
     }
-    Ok(ContainerStatusResponse {
-        status: Some(cri_container_status(&record)),
-        info,
-    })
+    let volumes = record
+        .config
+        .mounts
+        .iter()
+        .filter_map(|m| {
+            m.image.as_ref().map(|image| ImageVolumeFields {
+                container_path: m.container_path.display().to_string(),
+                image_ref: image.id.clone(),
+                sub_path: image.sub_path.clone(),
+            })
+        })
+        .collect();
+    Ok((
+        ContainerStatusResponse {
+            status: Some(cri_container_status(&record)),
+            info,
+        },
+        StatusImageVolumes(volumes),
+    ))
 }

@@ -152,7 +152,13 @@ cri_service! {
             &self,
             request: Request<ContainerStatusRequest>,
         ) -> Result<Response<ContainerStatusResponse>, Status> {
-            container_status::container_status(&self.pods, request.into_inner()).map(Response::new)
+            container_status::container_status(&self.pods, request.into_inner()).map(|(answer, volumes)| {
+                let mut response = Response::new(answer);
+                if !volumes.0.is_empty() {
+                    response.extensions_mut().insert(volumes);
+                }
+                response
+            })
         }
 
         async fn list_containers(
