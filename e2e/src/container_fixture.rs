@@ -26,9 +26,13 @@ pub async fn fixture() -> Fixture {
 
 /// [`fixture`] with `extra` config text for the agent (sections of their own, say).
 pub async fn fixture_with(extra: &str) -> Fixture {
+    fixture_for(TestAgent::start_with(extra).await).await
+}
+
+/// A [`Fixture`] around an agent the caller started (with paths of its own, say).
+pub async fn fixture_for(agent: TestAgent) -> Fixture {
     let registry = TestRegistry::start();
     let pushed = ImageBuilder::with_passwd().push(&registry, "test/ctr", "v1");
-    let agent = TestAgent::start_with(extra).await;
     pull_ref(&agent, &pushed.image_ref()).await;
     Fixture {
         agent,
@@ -142,6 +146,21 @@ pub async fn create(
     .unwrap()
     .into_inner()
     .container_id
+}
+
+/// StopContainer (no grace) and RemoveContainer, which must both succeed.
+pub async fn stop_and_remove(c: &mut RuntimeClient, id: &str) {
+    c.stop_container(StopContainerRequest {
+        container_id: id.into(),
+        timeout: 0,
+    })
+    .await
+    .unwrap();
+    c.remove_container(RemoveContainerRequest {
+        container_id: id.into(),
+    })
+    .await
+    .unwrap();
 }
 
 pub async fn start(c: &mut RuntimeClient, id: &str) {

@@ -126,17 +126,7 @@ async fn image_volumes_are_read_only_leased_and_unmounted_with_their_container()
         let err = create_refused(&mut c, &pod, cfg, pod_cfg.clone()).await;
         assert_eq!(err.code(), code, "{err:?}");
     }
-    c.stop_container(StopContainerRequest {
-        container_id: id.clone(),
-        timeout: 0,
-    })
-    .await
-    .unwrap();
-    c.remove_container(RemoveContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
+    stop_and_remove(&mut c, &id).await;
     let left = berth_e2e::network::mounts_under(f.agent.dir());
     assert!(
         !left.iter().any(|m| m.contains("volumes")),
@@ -380,17 +370,7 @@ async fn an_image_sub_path_is_mounted_alone_and_resolved_inside_the_image() {
         );
         assert!(err.message().contains(message), "{sub_path}: {err:?}");
     }
-    c.stop_container(StopContainerRequest {
-        container_id: id.clone(),
-        timeout: 0,
-    })
-    .await
-    .unwrap();
-    c.remove_container(RemoveContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
+    stop_and_remove(&mut c, &id).await;
     let left = berth_e2e::network::mounts_under(f.agent.dir());
     assert!(
         !left.iter().any(|m| m.contains("volumes")),

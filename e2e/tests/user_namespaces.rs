@@ -9,29 +9,18 @@ use std::os::unix::fs::MetadataExt;
 
 use berth_e2e::container_fixture::*;
 use berth_e2e::cri::{try_run_pod, wait_network_ready};
-use berth_e2e::images::ImageBuilder;
 use berth_e2e::network::{mounts_under, Extra, TestNetwork};
-use berth_e2e::registry::TestRegistry;
 use berth_e2e::{AgentPaths, TempDir, TestAgent};
 use k8s_cri::v1::*;
 
 /// [`fixture`] with the CRI socket in the state dir, as berthd's defaults have it
 /// (`/run/berth/berth.sock`): the pod's root must still reach its namespaces and files there.
 async fn fixture_with_the_default_layout() -> Fixture {
-    let registry = TestRegistry::start();
-    let pushed = ImageBuilder::with_passwd().push(&registry, "test/ctr", "v1");
     let dir = TempDir::new("berth-e2e");
     let mut paths = AgentPaths::under(dir.path());
     paths.socket = paths.state.join("berth.sock");
     std::fs::write(&paths.config, paths.config_text("")).unwrap();
-    let agent = TestAgent::start_in(dir, paths).await;
-    pull_ref(&agent, &pushed.image_ref()).await;
-    Fixture {
-        agent,
-        registry,
-        image: pushed.image_ref(),
-        logs: TempDir::new("berth-e2e-logs"),
-    }
+    fixture_for(TestAgent::start_in(dir, paths).await).await
 }
 
 /// A host range of its own for each test process: 65536 ids from a multiple of 65536.
@@ -201,17 +190,7 @@ async fn root_in_a_pod_user_namespace_is_the_mapped_uid_on_the_host() {
     assert!(stdout.starts_with("0\n"), "{stdout}");
     assert!(stdout.contains(&base.to_string()), "{stdout}");
 
-    c.stop_container(StopContainerRequest {
-        container_id: id.clone(),
-        timeout: 0,
-    })
-    .await
-    .unwrap();
-    c.remove_container(RemoveContainerRequest {
-        container_id: id.clone(),
-    })
-    .await
-    .unwrap();
+    stop_and_remove(&mut c, &id).await;
     let prepared = mounts_under(&f.agent.paths.state.join("containers"));
     assert!(prepared.is_empty(), "prepared mounts left: {prepared:?}");
     leaks.assert_nothing_left(&f, "after the userns container");
@@ -273,7 +252,8 @@ async fn user_namespace_options_the_cri_does_not_allow_are_invalid_argument() {
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     let good = range(0, host_base(), 65536);
-    let cases: Vec<(&str, Box<dyn Fn(&mut PodSandboxConfig)>, &str)> = vec![
+    type Tweak = Box<dyn Fn(&mut PodSandboxConfig)>;
+    let cases: Vec<(&str, Tweak, &str)> = vec![
         (
             "two mappings",
             Box::new(move |p| with_userns(p, NamespaceMode::Pod, vec![good, range(0, 2000, 100)])),
