@@ -137,7 +137,7 @@ root = "/var/lib/berth"          # persistent data: content blobs, layer snapsho
 state = "/run/berth"             # volatile state: pods, containers, monitor sockets, the lock file
 
 [grpc]
-address = "/run/berth/berth.sock"  # CRI unix socket (directory made 0700, socket 0660)
+address = "/run/berth/berth.sock"  # CRI unix socket (0660; a directory made for it 0700, the state dir 0711)
 shutdown_timeout_secs = 10         # on SIGTERM, how long in-flight RPCs may run before exit
 gid = 0                            # group owning the socket; not 0: that group may use the CRI (the directory is made 0710)
 
