@@ -251,13 +251,10 @@ impl Drop for CgroupTop {
             crate::systemctl_stop(&crate::top_slice(&top()));
             return;
         }
+        // The whole tree: a pod cgroup holds its monitor's leaf, and a test that failed before
+        // removing its pod leaves both (its agent's drop has ended the processes).
         for top in crate::cgroup_dirs(&top()) {
-            if let Ok(pods) = std::fs::read_dir(&top) {
-                for pod in pods.flatten().filter(|p| p.path().is_dir()) {
-                    let _ = std::fs::remove_dir(pod.path());
-                }
-            }
-            let _ = std::fs::remove_dir(&top);
+            remove_cgroup_tree(&top);
         }
     }
 }
