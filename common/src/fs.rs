@@ -46,6 +46,29 @@ pub fn private_dir(dir: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
 }
 
+/// Makes `dir` (and its parents) if missing and gives it mode 0711: others may pass through to
+/// an entry they can name, but not list it. Each entry closes itself ([`closed_dir`]).
+pub fn passable_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+}
+
+/// Gives the existing `dir` mode 0700, or with `group` root:`group` and mode 0710: that group
+/// alone may pass through it (the host group of a pod user namespace's root, whose processes
+/// reach their own files under it).
+pub fn closed_dir(dir: &Path, group: Option<u32>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = match group {
+        Some(gid) => {
+            std::os::unix::fs::chown(dir, Some(0), Some(gid))?;
+            0o710
+        }
+        None => 0o700,
+    };
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+}
+
 /// Removes `dir` and everything in it; a directory that is already gone is not an error.
 pub fn remove_dir_all_if_present(dir: &Path) -> std::io::Result<()> {
     match std::fs::remove_dir_all(dir) {

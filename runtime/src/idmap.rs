@@ -66,27 +66,33 @@ pub fn idmapped_clone(
 /// A detached copy of the mount at `source`, as a bind (recursive or not) would make it.
 pub fn clone_tree(source: &Path, recursive: bool) -> io::Result<OwnedFd> {
     let path = c_path(source)?;
-    let flags = OPEN_TREE_CLONE
-        | libc::O_CLOEXEC as libc::c_uint
-        | if recursive { AT_RECURSIVE } else { 0 };
-    // SAFETY: open_tree reads a NUL-terminated path and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_open_tree, libc::AT_FDCWD, path.as_ptr(), flags) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this descriptor; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    open_tree(
+        libc::AT_FDCWD,
+        &path,
+        if recursive { AT_RECURSIVE } else { 0 },
+    )
 }
 
 /// A detached recursive copy of the mount tree at the open path `at` (an `O_PATH` descriptor,
 /// say, resolved where a path string could not be trusted).
 pub fn clone_tree_at(at: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    let flags = OPEN_TREE_CLONE
-        | AT_RECURSIVE
-        | libc::O_CLOEXEC as libc::c_uint
-        | libc::AT_EMPTY_PATH as libc::c_uint;
-    // SAFETY: open_tree reads an empty NUL-terminated path relative to a valid descriptor.
-    let fd = unsafe { libc::syscall(libc::SYS_open_tree, at.as_raw_fd(), c"".as_ptr(), flags) };
+    open_tree(
+        at.as_raw_fd(),
+        c"",
+        AT_RECURSIVE | libc::AT_EMPTY_PATH as libc::c_uint,
+    )
+}
+
+/// open_tree(2) with `OPEN_TREE_CLONE | O_CLOEXEC` and `flags`.
+fn open_tree(
+    dirfd: libc::c_int,
+    path: &std::ffi::CStr,
+    flags: libc::c_uint,
+) -> io::Result<OwnedFd> {
+    let flags = OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_uint | flags;
+    // SAFETY: open_tree reads a NUL-terminated path (relative to `dirfd`) and returns a new
+    // descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_open_tree, dirfd, path.as_ptr(), flags) };
     if fd < 0 {
         return Err(io::Error::last_os_error());
     }

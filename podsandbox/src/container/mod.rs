@@ -69,8 +69,7 @@ impl Containers {
         // is the container's `/`). The bundles' parent may be passed through (0711, as
         // containerd's state dirs): each bundle is 0700 itself, or 0710 for its pod root's group
         // in a user namespace, which must reach its rootfs.
-        berth_common::fs::private_dir(&dir)?;
-        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))?;
+        berth_common::fs::passable_dir(&dir)?;
         berth_common::fs::private_dir(&root.join("containers"))?;
         let mut records = BTreeMap::new();
         let mut unfinished = Vec::new();
@@ -79,10 +78,7 @@ impl Containers {
             if let Ok(meta) = entry.metadata() {
                 use std::os::unix::fs::PermissionsExt;
                 if meta.is_dir() && meta.permissions().mode() & 0o007 != 0 {
-                    let _ = std::fs::set_permissions(
-                        entry.path(),
-                        std::fs::Permissions::from_mode(0o700),
-                    );
+                    let _ = berth_common::fs::closed_dir(&entry.path(), None);
                 }
             }
             match ContainerRecord::load(&entry.path()) {

@@ -125,6 +125,19 @@ fn mount_image_volume(dir: &Path, index: usize, layers: &[PathBuf]) -> Result<Pa
     Ok(target)
 }
 
+/// An empty directory or file at `target` (its parents made), for a mount of that kind.
+fn mount_point(target: &Path, dir: bool) -> Result<(), String> {
+    let made = if dir {
+        std::fs::create_dir_all(target)
+    } else {
+        target
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::File::create(target).map(drop))
+    };
+    made.map_err(|e| format!("create {}: {e}", target.display()))
+}
+
 enum SubPathError {
     /// What the request asked for cannot be: InvalidArgument.
     Invalid(String),
@@ -175,12 +188,7 @@ fn mount_sub_path(volume: &Path, sub_path: &str) -> Result<PathBuf, SubPathError
     let mut target = volume.as_os_str().to_owned();
     target.push(".sub");
     let target = PathBuf::from(target);
-    let made = if is_dir {
-        std::fs::create_dir_all(&target)
-    } else {
-        std::fs::File::create(&target).map(drop)
-    };
-    made.map_err(|e| SubPathError::Failed(format!("create {}: {e}", target.display())))?;
+    mount_point(&target, is_dir).map_err(SubPathError::Failed)?;
     berth_runtime::idmap::clone_tree_at(at.as_fd())
         .and_then(|tree| berth_runtime::idmap::attach(tree.as_fd(), &target))
         .map_err(|e| SubPathError::Failed(format!("mount image_sub_path {sub_path:?}: {e}")))?;
@@ -194,15 +202,14 @@ const IDMAPPED_LAYERS_DIR: &str = "idmapped-layers";
 /// Unmounts whatever the agent mounted in the container's `dir`: image volumes, prepared binds
 /// and idmapped layers.
 pub(super) fn unmount_bundle_mounts(dir: &Path) {
-    for sub in [VOLUMES_DIR, IDMAPPED_LAYERS_DIR] {
-        let Ok(entries) = std::fs::read_dir(dir.join(sub)) else {
-            continue;
-        };
+    if let Ok(entries) = std::fs::read_dir(dir.join(VOLUMES_DIR)) {
         for entry in entries.flatten() {
             // A bind of a layer stays mounted until every one of its mounts is gone.
             while nix::mount::umount2(&entry.path(), nix::mount::MntFlags::MNT_DETACH).is_ok() {}
         }
     }
+    // Left only by a create a crash cut short between the layers' mounts and the overlay's.
+    unmount_idmapped_layers(dir);
 }
 
 /// The pod's user namespace, open, with its mapping: what idmaps a container's mounts.
@@ -219,14 +226,6 @@ impl PodUserNamespace {
         let ns = std::fs::File::open(path)
             .map_err(|e| format!("open the pod's user namespace {}: {e}", path.display()))?;
         Ok(Some(PodUserNamespace { ns, ranges }))
-    }
-
-    /// The pod root's ids on the host.
-    fn root(&self) -> (u32, u32) {
-        (
-            self.ranges.uids.to_host(0).unwrap_or(0),
-            self.ranges.gids.to_host(0).unwrap_or(0),
-        )
     }
 
     /// Idmapped copies of `layers` mounted under `<dir>/idmapped-layers`, in the same order:
@@ -269,13 +268,7 @@ impl PodUserNamespace {
             }
             let target = dir.join(VOLUMES_DIR).join(index.to_string());
             let source = &m.host_path;
-            let made = if source.is_dir() {
-                std::fs::create_dir_all(&target)
-            } else {
-                std::fs::create_dir_all(dir.join(VOLUMES_DIR))
-                    .and_then(|()| std::fs::File::create(&target).map(drop))
-            };
-            made.map_err(|e| format!("create {}: {e}", target.display()))?;
+            mount_point(&target, source.is_dir())?;
             let (tree, kind) = if m.uid_mappings.is_empty() {
                 (
                     berth_runtime::idmap::clone_tree(source, true),
@@ -307,25 +300,6 @@ fn unmount_idmapped_layers(dir: &Path) {
         let _ = std::fs::remove_dir(entry.path());
     }
     let _ = std::fs::remove_dir(&layers);
-}
-
-/// The container's state dir is root's alone (0700): its rootfs mount holds what the
-/// container wrote, setuid binaries included. A container in a user namespace sets up its
-/// mounts as the pod's root, which is no one on the host, so the pod root's group may pass
-/// through (0710) to the rootfs and prepared mounts, and the executor reads the rest as host
-/// root beforehand.
-fn bundle_access(dir: &Path, userns: Option<&PodUserNamespace>) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = match userns {
-        Some(userns) => {
-            std::os::unix::fs::chown(dir, Some(0), Some(userns.root().1))
-                .map_err(|e| format!("chown {}: {e}", dir.display()))?;
-            0o710
-        }
-        None => 0o700,
-    };
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("chmod {}: {e}", dir.display()))
 }
 
 impl Containers {
@@ -391,13 +365,18 @@ impl Containers {
             std::fs::create_dir_all(&d).map_err(|e| fail("create dirs")(e.to_string()))?;
         }
         let userns = PodUserNamespace::of(&input.sandbox).map_err(fail("user namespace"))?;
-        bundle_access(dir, userns.as_ref()).map_err(fail("create dirs"))?;
+        // The container's state dir is root's alone: its rootfs mount holds what the container
+        // wrote, setuid binaries included. A container in a user namespace sets up its mounts
+        // as the pod's root, which is no one on the host, so that root's group may pass
+        // through to the rootfs and prepared mounts; the executor reads the rest as host root.
+        berth_common::fs::closed_dir(dir, userns.as_ref().map(|u| u.ranges.root_on_host().1))
+            .map_err(|e| fail("create dirs")(e.to_string()))?;
         if input.layers.is_empty() {
             return Err(fail("rootfs")("the image has no layers".to_string()));
         }
         let lowers = match &userns {
             Some(userns) => {
-                let (uid, gid) = userns.root();
+                let (uid, gid) = userns.ranges.root_on_host();
                 std::os::unix::fs::chown(layer_dir.join("upper"), Some(uid), Some(gid))
                     .map_err(|e| fail("rootfs")(format!("chown the upper dir: {e}")))?;
                 userns

@@ -80,9 +80,10 @@ impl Sandboxes {
         events: Arc<Events>,
     ) -> std::io::Result<Sandboxes> {
         let pods = state.join("pods");
-        std::fs::create_dir_all(&pods)?;
-        // Passable, not listable: each pod dir is closed itself (`pod_dir_access`).
-        std::fs::set_permissions(&pods, std::os::unix::fs::PermissionsExt::from_mode(0o711))?;
+        // Passable, not listable: each pod dir is closed itself. A pod with its own user
+        // namespace lets its root's group through: its containers join the namespaces pinned
+        // there, and bind its files, as that root.
+        berth_common::fs::passable_dir(&pods)?;
         let sandboxes = Sandboxes {
             state: state.to_path_buf(),
             handlers,
@@ -314,7 +315,9 @@ impl Sandboxes {
                 });
             }
             std::fs::create_dir_all(&dir).map_err(|e| fail("create pod dir")(e.to_string()))?;
-            pod_dir_access(&dir, record.spec.userns.as_ref()).map_err(fail("create pod dir"))?;
+            let root_group = record.spec.userns.map(|u| u.root_on_host().1);
+            berth_common::fs::closed_dir(&dir, root_group)
+                .map_err(|e| fail("create pod dir")(e.to_string()))?;
             record
                 .save(&dir)
                 .map_err(|e| fail("write record")(e.to_string()))?;
@@ -656,23 +659,6 @@ fn validate(
         }
     }
     Ok(())
-}
-
-/// A pod's dir is root's (0700), or passable by its root's group when the pod has its own user
-/// namespace (0710): its containers join the namespaces pinned there, and bind its files, as
-/// that root.
-fn pod_dir_access(dir: &Path, userns: Option<&spec::UserNamespace>) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    let mode = match userns.and_then(|u| u.gids.to_host(0)) {
-        Some(gid) => {
-            std::os::unix::fs::chown(dir, Some(0), Some(gid))
-                .map_err(|e| format!("chown {}: {e}", dir.display()))?;
-            0o710
-        }
-        None => 0o700,
-    };
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| format!("chmod {}: {e}", dir.display()))
 }
 
 /// A tmpfs for the pod's /dev/shm.

@@ -74,8 +74,8 @@ pub(super) fn pin_own(config: &MonitorConfig, pid: u32) -> Result<(), String> {
 /// makes cgroups and runs the executor as host root), so a child ("holder") unshares the user
 /// namespace, waits for the monitor to write its mapping, becomes its root and makes the
 /// others, which the user namespace then owns: the pod's root may change its network, and
-/// mount its /proc and /sys. The monitor pins them all from the holder (and the PID namespace
-/// from the pod init the holder forks, which the monitor adopts), then lets the holder go.
+/// mount its /proc and /sys. The monitor pins them from the holder, then lets it go; the pod
+/// init the holder forks (returned, for its PID namespace to be pinned) is the monitor's.
 pub(super) fn create_in_userns(
     config: &MonitorConfig,
     userns: &UserNamespace,
@@ -111,11 +111,7 @@ pub(super) fn create_in_userns(
             .filter(|pid| *pid > 0)
             .map(Pid::from_raw);
         let pinned = pin(&config.pod_dir, holder.as_raw() as u32, "user")
-            .and_then(|()| pin_own(config, holder.as_raw() as u32))
-            .and_then(|()| match init {
-                Some(init) => pin(&config.pod_dir, init.as_raw() as u32, "pid"),
-                None => Ok(()),
-            });
+            .and_then(|()| pin_own(config, holder.as_raw() as u32));
         if let Err(e) = pinned {
             if let Some(init) = init {
                 super::serve::kill_init(init);

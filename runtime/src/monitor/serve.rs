@@ -55,18 +55,15 @@ pub(super) fn setup(config: &MonitorConfig) -> Result<Monitor, String> {
             namespaces::create(config)?;
             namespaces::apply_sysctls(config)?;
             namespaces::pin_own(config, std::process::id())?;
-            if config.pod_pid {
-                let init = spawn_pod_init()?;
-                if let Err(e) = namespaces::pin(&config.pod_dir, init.as_raw() as u32, "pid") {
-                    kill_init(init);
-                    return Err(e);
-                }
-                Some(init)
-            } else {
-                None
-            }
+            config.pod_pid.then(spawn_pod_init).transpose()?
         }
     };
+    if let Some(init) = pod_init {
+        if let Err(e) = namespaces::pin(&config.pod_dir, init.as_raw() as u32, "pid") {
+            kill_init(init);
+            return Err(e);
+        }
+    }
     let socket = config.socket();
     let _ = std::fs::remove_file(&socket);
     let (_dir, short) =

@@ -105,6 +105,17 @@ pub struct UserNamespace {
 }
 
 impl UserNamespace {
+    /// The host uid and gid of the namespace's root (container id 0, which [`check`] ensures
+    /// is mapped).
+    ///
+    /// [`check`]: UserNamespace::check
+    pub fn root_on_host(&self) -> (u32, u32) {
+        (
+            self.uids.to_host(0).unwrap_or(0),
+            self.gids.to_host(0).unwrap_or(0),
+        )
+    }
+
     /// Checks what the kernel and the CRI ask of a pod's mapping; the message says what is wrong.
     pub fn check(uids: &[IdMapping], gids: &[IdMapping]) -> Result<UserNamespace, String> {
         let one = |kind: &str, list: &[IdMapping]| -> Result<IdMapping, String> {
