@@ -481,3 +481,75 @@ async fn log_paths_stay_inside_the_pod_log_directory_and_follow_no_symlink() {
     remove_pod(&mut c, &pod).await;
     assert_clean(&f, "logpaths");
 }
+
+/// A `/proc/<pid>/status` figure in KiB.
+fn status_kib(pid: i32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_idle_monitor_gives_back_the_pages_its_work_touched_and_still_runs_containers() {
+    let _top = CgroupTop::new();
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "trim");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let sleeper = create(
+        &mut c,
+        &pod,
+        container_config(&f, "sleeper", &["sleep", "3600"]),
+        pod_cfg.clone(),
+    )
+    .await;
+    start(&mut c, &sleeper).await;
+    let monitor = monitor_pid(&mut c, &pod).await;
+
+    // The set-up and the container's create and start took the monitor to its peak; idle, it
+    // unmaps what they touched.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (rss, peak) = loop {
+        let (rss, peak) = (status_kib(monitor, "VmRSS:"), status_kib(monitor, "VmHWM:"));
+        if rss * 10 < peak * 6 {
+            break (rss, peak);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the monitor kept {rss} KiB of its {peak} KiB peak"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("monitor: {rss} KiB resident after its {peak} KiB peak");
+
+    // What it unmapped comes back as it is needed: the same monitor creates, starts, logs and
+    // reaps a container, and stops the first one.
+    let id = create(
+        &mut c,
+        &pod,
+        container_config(&f, "after", &["sh", "-c", "echo after-trim; exit 3"]),
+        pod_cfg.clone(),
+    )
+    .await;
+    start(&mut c, &id).await;
+    let s = wait_exited(&mut c, &id).await;
+    assert_eq!((s.exit_code, s.reason.as_str()), (3, "Error"));
+    let log = std::fs::read_to_string(&s.log_path).unwrap();
+    assert!(log.contains(" stdout F after-trim\n"), "{log}");
+    assert_eq!(monitor_pid(&mut c, &pod).await, monitor);
+    stop_and_remove(&mut c, &sleeper).await;
+
+    // The agent reports the ready pods' monitors (read every 10 s).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while f.agent.metric("berth_monitor_memory_bytes{kind=\"rss\"}") < 4096.0 {
+        assert!(Instant::now() < deadline, "{}", f.agent.scrape());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(f.agent.metric("berth_monitor_memory_bytes{kind=\"pss\"}") > 0.0);
+    stop_and_remove(&mut c, &id).await;
+    remove_pod(&mut c, &pod).await;
+    assert_clean(&f, "trim");
+}

@@ -340,13 +340,18 @@ impl Pods {
     }
 
     /// Starts what the agent keeps doing in the background: measuring writable layers, so that
-    /// the stats RPCs never walk a directory tree themselves.
+    /// the stats RPCs never walk a directory tree themselves, and the monitors' memory.
     pub fn spawn_background(&self) -> tokio::task::JoinHandle<()> {
         let containers = self.containers.clone();
+        let sandboxes = self.sandboxes.clone();
         tokio::spawn(async move {
             loop {
-                let c = containers.clone();
-                let _ = tokio::task::spawn_blocking(move || c.refresh_layer_usage()).await;
+                let (c, s) = (containers.clone(), sandboxes.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    c.refresh_layer_usage();
+                    s.refresh_monitor_memory();
+                })
+                .await;
                 tokio::time::sleep(LAYER_USAGE_INTERVAL).await;
             }
         })

@@ -17,6 +17,13 @@ pub struct SandboxMetrics {
     create: Family<OutcomeLabel, Histogram, fn() -> Histogram>,
     rolled_back: prometheus_client::metrics::counter::Counter,
     orphan_networks: prometheus_client::metrics::counter::Counter,
+    monitor_memory: Family<MemoryKindLabel, Gauge>,
+}
+
+/// `{kind="rss"|"pss"}` of `berth_monitor_memory_bytes`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct MemoryKindLabel {
+    kind: &'static str,
 }
 
 impl Default for SandboxMetrics {
@@ -26,6 +33,7 @@ impl Default for SandboxMetrics {
             create: Family::new_with_constructor(create_histogram),
             rolled_back: Default::default(),
             orphan_networks: Default::default(),
+            monitor_memory: Family::default(),
         }
     }
 }
@@ -53,7 +61,20 @@ impl SandboxMetrics {
             "Pod network attachments no sandbox record claimed (lost with the state dir, as in a reboot), released with CNI DEL at the agent's start",
             m.orphan_networks.clone(),
         );
+        registry.register(
+            "berth_monitor_memory_bytes",
+            "Memory of the ready pods' monitors together, by kind: rss (resident, shared pages counted in every monitor) and pss (each shared page divided among the processes that map it); read every 10 s",
+            m.monitor_memory.clone(),
+        );
         m
+    }
+
+    pub(crate) fn set_monitor_memory(&self, rss: u64, pss: u64) {
+        for (kind, bytes) in [("rss", rss), ("pss", pss)] {
+            self.monitor_memory
+                .get_or_create(&MemoryKindLabel { kind })
+                .set(bytes as i64);
+        }
     }
 
     pub(crate) fn rolled_back(&self) {

@@ -229,6 +229,23 @@ impl Sandboxes {
         ids.iter().filter_map(|id| self.get(id)).collect()
     }
 
+    /// Sets `berth_monitor_memory_bytes` from `/proc` for every ready pod's monitor.
+    pub fn refresh_monitor_memory(&self) {
+        let pids: Vec<u32> = self
+            .lock()
+            .values()
+            .filter(|r| r.state == SandboxState::Ready)
+            .filter_map(|r| r.monitor.as_ref().map(|m| m.pid))
+            .collect();
+        let (mut rss, mut pss) = (0, 0);
+        for pid in pids {
+            let proc = PathBuf::from(format!("/proc/{pid}"));
+            rss += kib_field(&proc.join("status"), "VmRSS:").unwrap_or(0) * 1024;
+            pss += kib_field(&proc.join("smaps_rollup"), "Pss:").unwrap_or(0) * 1024;
+        }
+        self.metrics.set_monitor_memory(rss, pss);
+    }
+
     fn update_state_metrics(&self) {
         let records = self.lock();
         let ready = records
@@ -673,4 +690,16 @@ fn mount_shm(path: &Path) -> Result<(), String> {
         Some(options.as_str()),
     )
     .map_err(|e| format!("mount tmpfs on {}: {e}", path.display()))
+}
+
+/// The KiB figure of a `/proc` file's `<field>   N kB` line.
+fn kib_field(file: &Path, field: &str) -> Option<u64> {
+    std::fs::read_to_string(file)
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(field))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }

@@ -22,7 +22,13 @@ pub(super) struct Monitor {
     /// PID 1 of the pod's PID namespace, when the pod shares one.
     pod_init: Option<Pid>,
     containers: Supervisor,
+    /// Whether code ran since the last `trim` that the idle loop will not run again.
+    untrimmed: bool,
 }
+
+/// How long the monitor stays idle after setup, a request, a reap or an attach before it gives
+/// back the pages they touched (`trim`).
+const TRIM_AFTER_IDLE_MS: u16 = 1000;
 
 fn handled_signals() -> SigSet {
     let mut set = SigSet::empty();
@@ -93,6 +99,7 @@ pub(super) fn setup(config: &MonitorConfig) -> Result<Monitor, String> {
             config.pod_dir.join(super::protocol::RUNC_DIR),
             config.exit_notice.clone(),
         ),
+        untrimmed: true,
     })
 }
 
@@ -216,12 +223,22 @@ impl Monitor {
                     fds.push(PollFd::new(fd, PollFlags::POLLIN));
                     fds.len() - 1
                 });
-                if let Err(e) = poll(&mut fds, PollTimeout::NONE) {
-                    if e == nix::errno::Errno::EINTR {
+                let timeout = match self.untrimmed {
+                    true => PollTimeout::from(TRIM_AFTER_IDLE_MS),
+                    false => PollTimeout::NONE,
+                };
+                match poll(&mut fds, timeout) {
+                    Ok(0) => {
+                        super::trim::trim();
+                        self.untrimmed = false;
                         continue;
                     }
-                    eprintln!("monitor: poll: {e}");
-                    return 1;
+                    Ok(_) => {}
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(e) => {
+                        eprintln!("monitor: poll: {e}");
+                        return 1;
+                    }
                 }
                 let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
                 let ready_streams: Vec<_> = streams
@@ -253,6 +270,10 @@ impl Monitor {
                     oom_watch.is_some_and(|i| ready(&fds[i])),
                 )
             };
+            // Log lines are the steady work of the loop: everything else runs code it keeps
+            // until the next trim.
+            self.untrimmed |=
+                oom_ready || signal_ready || listener_ready || !ready_attachers.is_empty();
             if oom_ready {
                 self.containers.oom_events();
             }

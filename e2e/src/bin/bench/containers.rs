@@ -306,7 +306,7 @@ pub async fn measure(
             start_container(&mut c, &p, &cfg, image, "sleeper").await;
             pods.push(p);
         }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(crate::SETTLE).await;
         let total = crate::rss_kib(agent_pid).unwrap_or(0) + helpers_rss_kib(is_helper);
         figures.rows.push((
             format!("agent + helpers RSS, {target} pods"),

@@ -30,6 +30,10 @@ const LAB_CONFLIST: &str = "/etc/cni/net.d/10-crilab.conflist";
 /// The peer's pid file, beside its socket (both lab containerds write one there).
 const PEER_PID_FILE: &str = "containerd.pid";
 const CONNECTS: usize = 300;
+/// How long memory figures wait after the pods they count were made: they read a pod's helpers
+/// as they stay, not as its start left them (berth's monitor gives back the pages a start
+/// touched after a second idle). The same wait for every runtime.
+pub(crate) const SETTLE: Duration = Duration::from_secs(2);
 
 pub(crate) struct Figures {
     name: String,

@@ -115,7 +115,7 @@ pub async fn measure(
     for i in 0..MEMORY_PODS {
         ids.push(run_pod(&mut client, pod_config(&format!("{tag}-mem"), i)).await);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(crate::SETTLE).await;
     let after = helpers_rss_kib(is_helper);
     for id in &ids {
         stop_remove(&mut client, id).await;

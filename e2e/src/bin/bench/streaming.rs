@@ -138,7 +138,7 @@ pub async fn measure(
         };
         open.push(spdy::open_session(&url, &session()).await);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(crate::SETTLE).await;
     let after = crate::rss_kib(agent_pid).unwrap_or(0) + helpers_rss_kib(is_helper);
     figures.rows.push((
         format!("agent + helpers RSS per open exec session ({OPEN_SESSIONS})"),
