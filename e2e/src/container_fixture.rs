@@ -388,6 +388,33 @@ fn verbose_info(info: &std::collections::HashMap<String, String>) -> serde_json:
     serde_json::from_str(&info["info"]).unwrap()
 }
 
+/// A `/proc/<pid>/status` figure in KiB (`VmRSS:`, `VmHWM:`, …).
+pub fn status_kib(pid: i32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+/// Polls until process `pid` holds under 60% of its peak resident set (a helper that gave
+/// back what its start touched); returns (resident, peak) in KiB.
+pub async fn wait_trimmed(pid: i32, what: &str) -> (u64, u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (rss, peak) = (status_kib(pid, "VmRSS:"), status_kib(pid, "VmHWM:"));
+        if rss * 10 < peak * 6 {
+            return (rss, peak);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} kept {rss} KiB of its {peak} KiB peak"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The pid of pod `pod`'s monitor, from its verbose status.
 pub async fn monitor_pid(c: &mut RuntimeClient, pod: &str) -> i32 {
     let response = c

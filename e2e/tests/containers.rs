@@ -482,16 +482,6 @@ async fn log_paths_stay_inside_the_pod_log_directory_and_follow_no_symlink() {
     assert_clean(&f, "logpaths");
 }
 
-/// A `/proc/<pid>/status` figure in KiB.
-fn status_kib(pid: i32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
-}
-
 #[tokio::test]
 async fn an_idle_monitor_gives_back_the_pages_its_work_touched_and_still_runs_containers() {
     let _top = CgroupTop::new();
@@ -511,18 +501,7 @@ async fn an_idle_monitor_gives_back_the_pages_its_work_touched_and_still_runs_co
 
     // The set-up and the container's create and start took the monitor to its peak; idle, it
     // unmaps what they touched.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let (rss, peak) = loop {
-        let (rss, peak) = (status_kib(monitor, "VmRSS:"), status_kib(monitor, "VmHWM:"));
-        if rss * 10 < peak * 6 {
-            break (rss, peak);
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the monitor kept {rss} KiB of its {peak} KiB peak"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (rss, peak) = wait_trimmed(monitor, "the monitor").await;
     eprintln!("monitor: {rss} KiB resident after its {peak} KiB peak");
 
     // What it unmapped comes back as it is needed: the same monitor creates, starts, logs and

@@ -110,3 +110,4 @@ pub mod monitor;
 pub mod seccomp_filter;
 pub mod spec;
 pub mod terminal;
+mod trim;

@@ -118,6 +118,8 @@ pub(super) fn wait_for(pid: &str, report: &Path) -> i32 {
         let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
     }
     let _ = SigSet::empty().thread_set_mask();
+    // What ran to get here is not needed again while the process runs, maybe for hours.
+    crate::trim::trim();
     wait_and_report(pid, report)
 }
 

@@ -13,7 +13,6 @@ pub mod protocol;
 mod serve;
 mod supervise;
 mod timestamp;
-mod trim;
 
 use std::io::Write;
 use std::os::fd::AsRawFd;

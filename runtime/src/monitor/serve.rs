@@ -229,7 +229,7 @@ impl Monitor {
                 };
                 match poll(&mut fds, timeout) {
                     Ok(0) => {
-                        super::trim::trim();
+                        crate::trim::trim();
                         self.untrimmed = false;
                         continue;
                     }

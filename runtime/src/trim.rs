@@ -1,10 +1,10 @@
-//! Giving back what the monitor touched once. Setup, a container's create and start, a reap or
-//! an attach run code of the big `berthd` image (and of libc) that the idle poll loop never runs
-//! again; the kernel maps it in 64 KiB chunks around each fault, so a monitor that has created
-//! a container keeps ~2-3 MiB of its binary mapped. Once the monitor has been idle for a while
-//! after such work, `trim` unmaps those file pages (they stay in the page cache, shared with
-//! the agent and every other monitor; the next fault maps them again) and hands freed heap
-//! back with `malloc_trim`.
+//! Giving back what a long-lived helper touched once. The pod monitor's set-up, a container's
+//! create and start, a reap or an attach run code of the big `berthd` image (and of libc) that
+//! its idle poll loop never runs again, and an exec's waiter (`berthd init wait`) ran the
+//! binary's start-up only to block in `waitpid`; the kernel maps a file 64 KiB around each
+//! fault, so a monitor that has created a container kept ~2-3 MiB of the binary mapped. `trim`
+//! unmaps those file pages (they stay in the page cache, shared with the agent and every other
+//! helper; the next fault maps them again) and hands freed heap back with `malloc_trim`.
 //!
 //! Only pages that are the file's own are dropped: in mappings without write permission, the
 //! pages `/proc/self/pagemap` says are present and file pages. A copied-on-write page (the
