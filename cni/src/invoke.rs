@@ -347,29 +347,6 @@ impl CniInvoker {
         self.cache.remove(&att.container_id, &att.ifname)
     }
 
-    /// Brings `lo` up in `netns` by running the `loopback` plugin (ADD, `CNI_IFNAME=lo`) with
-    /// its own one-plugin network. Nothing is cached: the namespace's end takes `lo` with it.
-    pub async fn loopback_up(&self, container_id: &str, netns: &Path) -> Result<(), CniError> {
-        let net = loopback_network();
-        let att = Attachment {
-            ifname: "lo".to_string(),
-            ..Attachment::new(container_id, netns)
-        };
-        let cni_args = att.validate(Verb::Add)?;
-        let plugin = &net.plugins[0];
-        self.run(Call {
-            verb: Verb::Add,
-            plugin,
-            stdin: plugin_stdin(&net, plugin, None, &Map::new()),
-            container_id,
-            netns: netns.as_os_str().to_os_string(),
-            ifname: "lo",
-            cni_args: &cni_args,
-        })
-        .await
-        .map(drop)
-    }
-
     /// The plugin's executable: the first regular file of that name in `bin_dirs`.
     fn find_plugin(&self, name: &str) -> Option<PathBuf> {
         self.bin_dirs
@@ -562,22 +539,6 @@ fn no_plugins(net: &Network) -> CniError {
     CniError::InvalidNetwork {
         network: net.name.clone(),
         message: "no plugins".to_string(),
-    }
-}
-
-fn loopback_network() -> Network {
-    let mut conf = Map::new();
-    conf.insert("type".into(), Value::String("loopback".into()));
-    Network {
-        name: "cni-loopback".to_string(),
-        cni_version: "1.0.0".to_string(),
-        disable_check: true,
-        plugins: vec![PluginConf {
-            plugin_type: "loopback".to_string(),
-            capabilities: Default::default(),
-            conf,
-        }],
-        source: PathBuf::new(),
     }
 }
 

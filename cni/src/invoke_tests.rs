@@ -503,22 +503,6 @@ async fn invalid_attachments_are_refused_before_any_plugin_runs() {
 }
 
 #[tokio::test]
-async fn loopback_up_runs_the_loopback_plugin_on_lo() {
-    let fakes = Fakes::new();
-    fakes.plugin("loopback", Some(r#"printf '%s' '{"cniVersion":"1.0.0"}'"#));
-    fakes
-        .invoker()
-        .loopback_up("sandbox1", Path::new("/run/netns/fake"))
-        .await
-        .unwrap();
-    assert_eq!(fakes.env("loopback", "ADD")["CNI_IFNAME"], "lo");
-    assert_eq!(
-        fakes.stdin("loopback", "ADD"),
-        json!({"cniVersion": "1.0.0", "name": "cni-loopback", "type": "loopback"})
-    );
-}
-
-#[tokio::test]
 async fn metrics_record_each_plugin_call() {
     let fakes = Fakes::new();
     fakes.plugin("a", None);

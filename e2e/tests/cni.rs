@@ -303,10 +303,7 @@ async fn loopback_up_brings_lo_up_in_the_pod() {
     let fx = Fixture::new("1.0.0", Chain::BridgeOnly);
     let (_, before) = fx.ip_in_pod(&["link", "show", "lo"]);
     assert!(!before.contains(",UP"), "lo already up: {before}");
-    fx.invoker
-        .loopback_up(&fx.attachment.container_id, &fx.netns)
-        .await
-        .unwrap();
+    berth_cni::loopback_up(&fx.netns).await.unwrap();
     let (ok, after) = fx.ip_in_pod(&["-4", "addr", "show", "lo"]);
     assert!(
         ok && after.contains(",UP") && after.contains("inet 127.0.0.1/8"),

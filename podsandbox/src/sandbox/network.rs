@@ -58,8 +58,7 @@ impl PodNetwork {
             .unwrap_or(Path::new("/"));
         let saved = save_network(&network, pod_dir)?;
         let attachment = attachment(record, netns);
-        self.invoker
-            .loopback_up(&record.id, netns)
+        berth_cni::loopback_up(netns)
             .await
             .map_err(|e| format!("bring up lo: {e}"))?;
         {
