@@ -30,7 +30,7 @@ const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
 pub async fn start(config: &MonitorConfig) -> Result<MonitorProcess, String> {
     let config_path = config.pod_dir.join(protocol::CONFIG_FILE);
     let json = serde_json::to_vec_pretty(config).map_err(|e| e.to_string())?;
-    berth_common::atomic::write_atomic(&config_path, &json)
+    berth_common::atomic::write_atomic_unsynced(&config_path, &json)
         .map_err(|e| format!("write {}: {e}", config_path.display()))?;
     let exe = std::env::current_exe().map_err(|e| format!("find our own binary: {e}"))?;
     let log = std::fs::OpenOptions::new()

@@ -443,7 +443,7 @@ impl Sandboxes {
                 berth_common::crash::point("sandbox-network");
                 // The pod's own IP in its hosts file, now that it has one.
                 let ip = record.network.ips.first().map(String::as_str);
-                let _ = berth_common::atomic::write_atomic(
+                let _ = berth_common::atomic::write_atomic_unsynced(
                     &dir.join("hosts"),
                     spec::hosts_file(&record.spec.hostname, ip).as_bytes(),
                 );
@@ -476,7 +476,7 @@ impl Sandboxes {
     fn write_files(&self, record: &SandboxRecord, dir: &Path) -> Result<(), String> {
         let host_resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
         let write = |name: &str, text: String| {
-            berth_common::atomic::write_atomic(&dir.join(name), text.as_bytes())
+            berth_common::atomic::write_atomic_unsynced(&dir.join(name), text.as_bytes())
                 .map_err(|e| format!("{name}: {e}"))
         };
         write(

@@ -198,7 +198,7 @@ fn save_network(network: &Network, pod_dir: &Path) -> Result<PathBuf, String> {
     let target = saved_path(pod_dir, &network.source);
     let bytes = std::fs::read(&network.source)
         .map_err(|e| format!("read {}: {e}", network.source.display()))?;
-    berth_common::atomic::write_atomic(&target, &bytes)
+    berth_common::atomic::write_atomic_unsynced(&target, &bytes)
         .map_err(|e| format!("save network config: {e}"))?;
     Ok(target)
 }

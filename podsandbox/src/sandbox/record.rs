@@ -82,7 +82,7 @@ impl SandboxRecord {
 
     pub fn save(&self, pod_dir: &Path) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
-        berth_common::atomic::write_atomic(&pod_dir.join(RECORD_FILE), &bytes)
+        berth_common::atomic::write_atomic_unsynced(&pod_dir.join(RECORD_FILE), &bytes)
     }
 
     pub fn load(pod_dir: &Path) -> std::io::Result<SandboxRecord> {
