@@ -110,6 +110,12 @@ pub fn assert_no_leaks(agent: &TestAgent, network: Option<&TestNetwork>) {
     assert!(monitors.is_empty(), "monitor processes left: {monitors:?}");
     if let Some(net) = network {
         assert_eq!(net.leases(), Vec::<String>::new(), "IP leases left");
+        // A pod's host-side veth goes with its network namespace, which the kernel tears down
+        // in a work queue after the last reference (the pin, the monitor) is gone: not at once.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !net.veths().is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         assert_eq!(net.veths(), Vec::<String>::new(), "veths left");
     }
     let results: Vec<_> = std::fs::read_dir(agent.paths.state.join("cni/results"))
