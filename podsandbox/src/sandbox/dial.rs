@@ -1,12 +1,11 @@
 //! Port-forward's connection into a pod: `localhost:<port>` as the pod sees it, tcp4 then tcp6.
 //!
 //! A socket belongs to the network namespace it was made in, whatever thread later uses it: so
-//! it is made on a thread of its own that has joined the pod's namespace and then ends (never a
-//! tokio worker or a pooled blocking thread, which would stay in the pod's namespace).
+//! it is made through `berth_cni::in_netns`, on a thread of its own that has joined the pod's
+//! namespace and then ends.
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::{Path, PathBuf};
 
 use tokio::net::TcpStream;
 
@@ -26,15 +25,7 @@ impl Sandboxes {
             return connect_localhost_async(port).await;
         }
         let netns = self.netns_path(id);
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        std::thread::Builder::new()
-            .name("berth-dial".into())
-            .spawn(move || {
-                let _ = tx.send(connect_in(&netns, port));
-            })?;
-        let std_stream = rx
-            .await
-            .map_err(|_| io::Error::other("the dialling thread died"))??;
+        let std_stream = berth_cni::in_netns(&netns, move || connect_localhost(port)).await?;
         TcpStream::from_std(std_stream)
     }
 }
@@ -54,11 +45,8 @@ async fn connect_localhost_async(port: u16) -> io::Result<TcpStream> {
     }
 }
 
-/// On the calling thread (which it moves into `netns` for good): a non-blocking stream.
-fn connect_in(netns: &Path, port: u16) -> io::Result<std::net::TcpStream> {
-    let ns = std::fs::File::open(netns).map_err(|e| with_path(e, netns))?;
-    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-        .map_err(|e| io::Error::other(format!("join {}: {e}", netns.display())))?;
+/// A non-blocking stream to `localhost:port` in the calling thread's network namespace.
+fn connect_localhost(port: u16) -> io::Result<std::net::TcpStream> {
     let [v4, v6] = localhost(port);
     let stream = match std::net::TcpStream::connect(v4) {
         Ok(s) => s,
@@ -67,8 +55,4 @@ fn connect_in(netns: &Path, port: u16) -> io::Result<std::net::TcpStream> {
     stream.set_nonblocking(true)?;
     let _ = stream.set_nodelay(true);
     Ok(stream)
-}
-
-fn with_path(e: io::Error, path: &Path) -> io::Error {
-    io::Error::new(e.kind(), format!("{}: {e}", PathBuf::from(path).display()))
 }
