@@ -1,6 +1,6 @@
 //! berth-common: the ground floor every berth crate stands on. Small helpers that would
 //! otherwise be written once per crate: atomic file writes (durable, or unsynced for tmpfs),
-//! ids and their prefix resolution, CRI timestamps, shared metric labels and buckets. No
+//! ids and their prefix resolution, CRI timestamps, `/proc` figures, shared metric labels and buckets. No
 //! threads and no async runtime, so the monitor and the executor use it too.
 
 pub mod atomic;
@@ -9,4 +9,5 @@ pub mod fs;
 pub mod ids;
 pub mod metrics;
 pub mod notify;
+pub mod procfs;
 pub mod time;

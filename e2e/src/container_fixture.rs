@@ -388,22 +388,14 @@ fn verbose_info(info: &std::collections::HashMap<String, String>) -> serde_json:
     serde_json::from_str(&info["info"]).unwrap()
 }
 
-/// A `/proc/<pid>/status` figure in KiB (`VmRSS:`, `VmHWM:`, …).
-pub fn status_kib(pid: i32, field: &str) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
-}
-
 /// Polls until process `pid` holds under 60% of its peak resident set (a helper that gave
 /// back what its start touched); returns (resident, peak) in KiB.
-pub async fn wait_trimmed(pid: i32, what: &str) -> (u64, u64) {
+pub async fn wait_trimmed(pid: u32, what: &str) -> (u64, u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let (rss, peak) = (status_kib(pid, "VmRSS:"), status_kib(pid, "VmHWM:"));
+        let kib =
+            |field| berth_common::procfs::kib(pid, "status", field).expect("the process is there");
+        let (rss, peak) = (kib("VmRSS:"), kib("VmHWM:"));
         if rss * 10 < peak * 6 {
             return (rss, peak);
         }

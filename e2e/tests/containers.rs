@@ -501,7 +501,7 @@ async fn an_idle_monitor_gives_back_the_pages_its_work_touched_and_still_runs_co
 
     // The set-up and the container's create and start took the monitor to its peak; idle, it
     // unmaps what they touched.
-    let (rss, peak) = wait_trimmed(monitor, "the monitor").await;
+    let (rss, peak) = wait_trimmed(monitor as u32, "the monitor").await;
     eprintln!("monitor: {rss} KiB resident after its {peak} KiB peak");
 
     // What it unmapped comes back as it is needed: the same monitor creates, starts, logs and

@@ -175,7 +175,7 @@ async fn tty_exec_gets_a_controlling_terminal_resizes_and_dies_with_its_client()
     };
     assert_eq!(waiters.len(), 1, "one waiter for the one open session");
     // It keeps nothing of the start-up that brought it to its wait.
-    wait_trimmed(waiters[0] as i32, "the waiter").await;
+    wait_trimmed(waiters[0], "the waiter").await;
     // The client goes away mid-session: the exec'd shell and its children go with it, killed
     // through the waiter, which goes too.
     drop((stdout, resize, streams));

@@ -239,9 +239,9 @@ impl Sandboxes {
             .collect();
         let (mut rss, mut pss) = (0, 0);
         for pid in pids {
-            let proc = PathBuf::from(format!("/proc/{pid}"));
-            rss += kib_field(&proc.join("status"), "VmRSS:").unwrap_or(0) * 1024;
-            pss += kib_field(&proc.join("smaps_rollup"), "Pss:").unwrap_or(0) * 1024;
+            let kib = |file, field| berth_common::procfs::kib(pid, file, field).unwrap_or(0);
+            rss += kib("status", "VmRSS:") * 1024;
+            pss += kib("smaps_rollup", "Pss:") * 1024;
         }
         self.metrics.set_monitor_memory(rss, pss);
     }
@@ -690,16 +690,4 @@ fn mount_shm(path: &Path) -> Result<(), String> {
         Some(options.as_str()),
     )
     .map_err(|e| format!("mount tmpfs on {}: {e}", path.display()))
-}
-
-/// The KiB figure of a `/proc` file's `<field>   N kB` line.
-fn kib_field(file: &Path, field: &str) -> Option<u64> {
-    std::fs::read_to_string(file)
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix(field))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }

@@ -220,18 +220,7 @@ pub async fn measure(
                 s.seccomp = seccomp.clone();
             }
             let ticks = family_ticks();
-            let t = Instant::now();
-            let id = berth_e2e::cri::create_started(&mut c, on_pod, on_config, cfg).await;
-            let took = t.elapsed();
-            let _ = c
-                .stop_container(StopContainerRequest {
-                    container_id: id.clone(),
-                    timeout: 0,
-                })
-                .await;
-            let _ = c
-                .remove_container(RemoveContainerRequest { container_id: id })
-                .await;
+            let took = timed_start(&mut c, on_pod, on_config, cfg).await;
             if i >= 2 {
                 starts[v].push(took);
                 cpu[v] += family_ticks().saturating_sub(ticks);
@@ -246,24 +235,8 @@ pub async fn measure(
     let mut idle_starts = Vec::new();
     for i in 0..IDLE_STARTS {
         tokio::time::sleep(IDLE_BEFORE).await;
-        let t = Instant::now();
-        let id = berth_e2e::cri::create_started(
-            &mut c,
-            &pod,
-            &config,
-            container(image, &format!("idle{i}")),
-        )
-        .await;
-        idle_starts.push(t.elapsed());
-        let _ = c
-            .stop_container(StopContainerRequest {
-                container_id: id.clone(),
-                timeout: 0,
-            })
-            .await;
-        let _ = c
-            .remove_container(RemoveContainerRequest { container_id: id })
-            .await;
+        let cfg = container(image, &format!("idle{i}"));
+        idle_starts.push(timed_start(&mut c, &pod, &config, cfg).await);
     }
     idle_starts.sort();
     let offered = |on: &Option<(String, PodSandboxConfig)>, figure: String| {
@@ -404,4 +377,27 @@ pub async fn measure(
     for p in &pods {
         remove_pod(&mut c, p).await;
     }
+}
+
+/// Creates and starts a container in `pod`, then stops (no grace) and removes it; returns how
+/// long the create and start took. Stop and remove are best effort: the figure is the start's.
+async fn timed_start(
+    c: &mut RuntimeServiceClient<Channel>,
+    pod: &str,
+    sandbox_config: &PodSandboxConfig,
+    config: ContainerConfig,
+) -> Duration {
+    let t = Instant::now();
+    let id = berth_e2e::cri::create_started(c, pod, sandbox_config, config).await;
+    let took = t.elapsed();
+    let _ = c
+        .stop_container(StopContainerRequest {
+            container_id: id.clone(),
+            timeout: 0,
+        })
+        .await;
+    let _ = c
+        .remove_container(RemoveContainerRequest { container_id: id })
+        .await;
+    took
 }

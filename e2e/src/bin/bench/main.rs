@@ -196,9 +196,7 @@ async fn measure_pulls(socket: &Path, images: &[(String, String)], figures: &mut
 }
 
 pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    berth_common::procfs::kib(pid, "status", "VmRSS:")
 }
 
 /// The CNI plugins' time in ADD so far (seconds, summed over the chain's plugins) and the ADDs
@@ -255,9 +253,7 @@ fn floors(cni: [((f64, f64), (f64, f64)); 2], figures: &mut Figures) {
 
 /// A process's proportional set size (KiB), from /proc/<pid>/smaps_rollup.
 pub(crate) fn pss_kib(pid: u32) -> Option<u64> {
-    let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let line = rollup.lines().find(|l| l.starts_with("Pss:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    berth_common::procfs::kib(pid, "smaps_rollup", "Pss:")
 }
 
 fn print(figures: &[Figures]) {
