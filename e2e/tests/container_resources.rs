@@ -335,6 +335,81 @@ async fn oom_kill_user_reopen_log_and_metrics() {
     assert_clean(&f, "oomlog");
 }
 
+/// Under the systemd driver a container's scope, with its `memory.events`, is removed by systemd
+/// as soon as its last process has exited, and that can come before the monitor reaps the init:
+/// the kill's own notification is rate-limited by the kernel and lost with the file. A stopped
+/// monitor makes that order certain: the hog is killed, systemd removes the scope, and only
+/// then does the monitor run again. The kill is still reported, from the pod cgroup's
+/// hierarchical count. Under cgroupfs the container's cgroup stays until RemoveContainer, and
+/// the late reap reads it.
+#[tokio::test]
+async fn an_oom_kill_is_reported_though_the_container_cgroup_went_before_the_reap() {
+    let _top = CgroupTop::new();
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "oomlate");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let monitor = nix::unistd::Pid::from_raw(monitor_pid(&mut c, &pod).await);
+    let mut cfg = container_config(
+        &f,
+        "hog",
+        &[
+            "sh",
+            "-c",
+            "sleep 0.5; x=aaaaaaaa; while true; do x=$x$x; done",
+        ],
+    );
+    cfg.linux.as_mut().unwrap().resources = Some(LinuxContainerResources {
+        memory_limit_in_bytes: 16 * 1024 * 1024,
+        ..Default::default()
+    });
+    let hog = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
+    start(&mut c, &hog).await;
+    let memory = berth_e2e::cgroup_dir(
+        "memory",
+        &container_cgroup("oomlate", &hog).to_string_lossy(),
+    );
+    // The monitor stops before the hog begins to grow (after its half second of sleep).
+    nix::sys::signal::kill(monitor, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    /// Continues the monitor when dropped, a failed assertion's unwinding included.
+    struct Resume(nix::unistd::Pid);
+    impl Drop for Resume {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+    let resume = Resume(monitor);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let systemd = berth_e2e::cgroup_driver() == berth_runtime::CgroupDriver::Systemd;
+    loop {
+        let gone = if systemd {
+            !memory.exists()
+        } else {
+            memory.exists() && cgroup_procs(&memory).is_empty()
+        };
+        if gone {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the hog's cgroup {} stayed",
+            memory.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(resume);
+    let s = wait_exited(&mut c, &hog).await;
+    assert_eq!(
+        (s.exit_code, s.reason.as_str()),
+        (137, "OOMKilled"),
+        "{s:?}"
+    );
+    assert_eq!(f.agent.metric("berth_container_oom_kills_total"), 1.0);
+    stop_and_remove(&mut c, &hog).await;
+    remove_pod(&mut c, &pod).await;
+    assert_clean(&f, "oomlate");
+}
+
 /// The stats readers against a real container's cgroup on this host: CPU time of a busy loop,
 /// the working set of 64 MiB written to /dev/shm (shmem is not reclaimable file cache), and
 /// its processes.

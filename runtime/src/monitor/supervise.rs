@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
@@ -52,8 +52,16 @@ pub(super) struct Supervisor {
     next_attacher: u64,
     /// cgroup v2: a watch on each container's `memory.events`. The systemd driver's scopes are
     /// removed by systemd as soon as their last process exits, which can be before the monitor
-    /// has reaped the init and read the file: an OOM kill is noted when it happens instead.
-    oom_watch: Option<(Inotify, HashMap<WatchDescriptor, String>)>,
+    /// has reaped the init and read the file: an OOM kill is noted when its event comes instead
+    /// (the kernel sends at most one per 10 ms a file, so the last may be lost with the scope:
+    /// `pod_oom_kills` covers that).
+    oom_watch: Option<Inotify>,
+    /// v2: each pod cgroup's `memory.events` ([`parent_events`]) with its `oom_kill` count when
+    /// last read while every running container under it still had its own file: kills counted
+    /// since are those of a container whose cgroup went before the monitor reaped its init
+    /// (the systemd driver's scope is removed as soon as it is empty). Each such reap that finds
+    /// its init SIGKILLed takes one.
+    pod_oom_kills: HashMap<PathBuf, u64>,
 }
 
 /// Runs the executor (`berthd init <op> …`) to completion and returns its report line. The
@@ -145,21 +153,53 @@ fn oom_files(cgroup: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Whether the container's memory cgroup recorded an OOM kill (v1 `memory.oom_control`, v2
-/// `memory.events`).
-fn oom_killed(cgroup: &Path) -> bool {
-    for file in oom_files(cgroup) {
-        if let Ok(text) = std::fs::read_to_string(file) {
-            let killed = text
-                .lines()
-                .filter_map(|l| l.strip_prefix("oom_kill "))
-                .any(|n| n.trim().parse::<u64>().unwrap_or(0) > 0);
-            if killed {
-                return true;
-            }
-        }
+/// The `oom_kill` count of a `memory.events` or `memory.oom_control` file; `None` when it cannot
+/// be read (its cgroup is gone).
+fn oom_kill_count(file: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    Some(
+        text.lines()
+            .filter_map(|l| l.strip_prefix("oom_kill "))
+            .filter_map(|n| n.trim().parse::<u64>().ok())
+            .sum(),
+    )
+}
+
+/// The OOM kills the container's memory cgroup recorded (v1 `memory.oom_control`, v2
+/// `memory.events`); `None` when no such file can be read any more.
+fn oom_kills(cgroup: &Path) -> Option<u64> {
+    oom_files(cgroup)
+        .iter()
+        .filter_map(|f| oom_kill_count(f))
+        .max()
+}
+
+/// v2: the `memory.events` of the cgroup above the container's, the pod's (its slice under the
+/// systemd driver). Its counts are hierarchical: they include the kills in every container of
+/// the pod, also once a container's own cgroup is gone. (v1 counts each cgroup's kills alone.)
+fn parent_events(cgroup: &Path) -> Option<PathBuf> {
+    let own = oom_files(cgroup)
+        .into_iter()
+        .find(|f| f.ends_with("memory.events"))?;
+    Some(own.parent()?.parent()?.join("memory.events"))
+}
+
+/// For a container whose cgroup is gone: whether its pod cgroup counted a kill since
+/// [`Supervisor::pod_oom_kills`] last read it, which is then this container's and counted as
+/// explained.
+fn take_unexplained_kill(seen: &mut HashMap<PathBuf, u64>, cgroup: &Path) -> bool {
+    let Some(parent) = parent_events(cgroup) else {
+        return false;
+    };
+    let Some(now) = oom_kill_count(&parent) else {
+        return false;
+    };
+    let seen = seen.entry(parent).or_insert(now);
+    let unexplained = now > *seen;
+    if unexplained {
+        *seen += 1;
     }
-    false
+    unexplained
 }
 
 impl Supervisor {
@@ -170,12 +210,13 @@ impl Supervisor {
             exit_notice,
             next_attacher: 0,
             oom_watch: None,
+            pod_oom_kills: HashMap::new(),
         }
     }
 
-    /// Watches `memory.events` of container `id`'s v2 cgroup, making the inotify instance on
-    /// first use. Best effort: without the watch the file is still read when the init exits.
-    fn watch_oom(&mut self, id: &str, cgroup: &Path) {
+    /// Watches `memory.events` of a container's v2 cgroup, making the inotify instance on first
+    /// use. Best effort: without the watch the file is still read when the init exits.
+    fn watch_oom(&mut self, cgroup: &Path) {
         let Some(events) = oom_files(cgroup)
             .into_iter()
             .find(|f| f.ends_with("memory.events") && f.exists())
@@ -184,51 +225,68 @@ impl Supervisor {
         };
         if self.oom_watch.is_none() {
             match Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC) {
-                Ok(inotify) => self.oom_watch = Some((inotify, HashMap::new())),
+                Ok(inotify) => self.oom_watch = Some(inotify),
                 Err(e) => {
                     eprintln!("monitor: inotify: {e}");
                     return;
                 }
             }
         }
-        if let Some((inotify, watches)) = &mut self.oom_watch {
-            match inotify.add_watch(&events, AddWatchFlags::IN_MODIFY) {
-                Ok(wd) => {
-                    watches.insert(wd, id.to_string());
-                }
-                Err(e) => eprintln!("monitor: watch {}: {e}", events.display()),
+        if let Some(inotify) = &self.oom_watch {
+            // The kernel drops the watch when the cgroup goes (IN_IGNORED).
+            if let Err(e) = inotify.add_watch(&events, AddWatchFlags::IN_MODIFY) {
+                eprintln!("monitor: watch {}: {e}", events.display());
             }
         }
     }
 
     /// The inotify descriptor to poll, once a container is watched.
     pub(super) fn oom_watch_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.oom_watch.as_ref().map(|(inotify, _)| inotify.as_fd())
+        self.oom_watch.as_ref().map(|inotify| inotify.as_fd())
     }
 
-    /// Reads the watch's events: a container whose `memory.events` counts an OOM kill has it
-    /// noted for its exit record.
+    /// Reads the watch's events, then every running container's OOM count: one that counts a
+    /// kill has it noted for its exit record.
     pub(super) fn oom_events(&mut self) {
-        let Some((inotify, watches)) = &mut self.oom_watch else {
-            return;
-        };
-        while let Ok(events) = inotify.read_events() {
-            if events.is_empty() {
-                break;
+        if let Some(inotify) = &self.oom_watch {
+            while inotify.read_events().is_ok_and(|e| !e.is_empty()) {}
+        }
+        self.note_oom_kills();
+    }
+
+    /// Notes an OOM kill for each running container whose own count shows one, then reads each
+    /// pod cgroup's count into [`Supervisor::pod_oom_kills`] where every running container
+    /// under it still has its own count to explain its kills by: nothing goes into the pod's
+    /// count unexplained (a container's own notification may come only after its cgroup has
+    /// gone, or never).
+    fn note_oom_kills(&mut self) {
+        // The pod's count first: a kill between the two reads then shows in the container's own
+        // count and not yet in the pod's, never the other way round.
+        let mut parents: HashMap<PathBuf, Option<u64>> = HashMap::new();
+        for c in self.by_id.values().filter(|c| !c.exited) {
+            if let Some(parent) = c.cgroup.as_deref().and_then(parent_events) {
+                parents
+                    .entry(parent)
+                    .or_insert_with_key(|p| oom_kill_count(p));
             }
-            for event in events {
-                let Some(id) = watches.get(&event.wd) else {
-                    continue;
-                };
-                if event.mask.contains(AddWatchFlags::IN_IGNORED) {
-                    watches.remove(&event.wd);
-                    continue;
+        }
+        for c in self.by_id.values_mut().filter(|c| !c.exited) {
+            let Some(cgroup) = c.cgroup.as_deref() else {
+                continue;
+            };
+            let kills = oom_kills(cgroup);
+            if kills.is_some_and(|n| n > 0) {
+                c.oom_seen = true;
+            }
+            if kills.is_none() {
+                if let Some(parent) = parent_events(cgroup) {
+                    parents.insert(parent, None);
                 }
-                if let Some(c) = self.by_id.get_mut(id.as_str()) {
-                    if !c.oom_seen && c.cgroup.as_deref().is_some_and(oom_killed) {
-                        c.oom_seen = true;
-                    }
-                }
+            }
+        }
+        for (parent, count) in parents {
+            if let Some(n) = count {
+                self.pod_oom_kills.insert(parent, n);
             }
         }
     }
@@ -337,8 +395,9 @@ impl Supervisor {
             },
         );
         if let Some(cgroup) = &cgroup {
-            self.watch_oom(id, cgroup);
+            self.watch_oom(cgroup);
         }
+        self.note_oom_kills();
         Ok(pid)
     }
 
@@ -357,7 +416,10 @@ impl Supervisor {
         .map(|_| ())
     }
 
-    pub(super) fn signal(&self, id: &str, signal: i32) -> Result<(), String> {
+    pub(super) fn signal(&mut self, id: &str, signal: i32) -> Result<(), String> {
+        // A stop's SIGKILL may end a container whose cgroup then goes before the reap: kills the
+        // pod cgroup counted before it are not its own.
+        self.note_oom_kills();
         let c = self
             .by_id
             .get(id)
@@ -420,7 +482,17 @@ impl Supervisor {
         // Read first: under the systemd driver the container's scope, with its memory.events,
         // goes as soon as it is empty, and the kill's notification may come after the reap (the
         // kernel rate-limits cgroup file notifications to one per 10 ms).
-        let oom = c.oom_seen || c.cgroup.as_deref().is_some_and(oom_killed);
+        let oom = c.oom_seen
+            || c.cgroup
+                .as_deref()
+                .is_some_and(|cgroup| match oom_kills(cgroup) {
+                    Some(n) => n > 0,
+                    // Gone with its cgroup: an OOM kill ends the init with SIGKILL.
+                    None => {
+                        signal == Some(libc::SIGKILL)
+                            && take_unexplained_kill(&mut self.pod_oom_kills, cgroup)
+                    }
+                });
         // As containerd: with the host's or the pod's PID namespace, what the init left behind
         // would run on unseen; it goes with the init, before the exit is recorded.
         if let Some(cgroup) = &c.cgroup {
