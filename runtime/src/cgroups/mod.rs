@@ -242,6 +242,69 @@ fn join_self_in(path: &Path, which: impl Fn(&Hierarchy) -> bool) -> Result<(), S
     Ok(())
 }
 
+/// The `cgroup.procs` file of the cgroup a process is in, from its `/proc/<pid>/cgroup` text:
+/// on the v2 hierarchy where one is mounted, else on the first v1 hierarchy listed. `None` when
+/// no line names a mounted hierarchy.
+pub fn procs_file_of(proc_cgroup: &str, hierarchies: &[Hierarchy]) -> Option<PathBuf> {
+    let lines: Vec<(&str, &str)> = proc_cgroup
+        .lines()
+        .filter_map(|l| {
+            let mut fields = l.splitn(3, ':');
+            let (_id, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
+            Some((controllers, path))
+        })
+        .collect();
+    let inside = |h: &Hierarchy, path: &str| {
+        h.mountpoint
+            .join(path.trim_start_matches('/'))
+            .join("cgroup.procs")
+    };
+    let v2 = hierarchies.iter().find(|h| h.v2).and_then(|h| {
+        let (_, path) = lines.iter().find(|(c, _)| c.is_empty())?;
+        Some(inside(h, path))
+    });
+    v2.or_else(|| {
+        lines.iter().find_map(|(controllers, path)| {
+            let named: Vec<&str> = controllers.split(',').collect();
+            let h = hierarchies.iter().find(|h| {
+                !h.v2
+                    && !named.is_empty()
+                    && named.iter().all(|c| h.controllers.iter().any(|hc| hc == c))
+            })?;
+            Some(inside(h, path))
+        })
+    })
+}
+
+/// Starts, in a child of its own, what the next `cgroup.procs` write on this host waits for,
+/// and returns that child's pid (the caller reaps it). Moving a process takes the kernel's
+/// global threadgroup lock for writing, and taking it first waits for an RCU grace period
+/// unless a writer had it within the last one: 6-18 ms on a 2-core VM, most of a container's
+/// create. The child writes itself to the cgroup it is already in (`procs_file`), which
+/// changes nothing but takes the lock, so the executor's move of the container's init comes
+/// while the period it would wait for is under way or passed. Best effort: `None` when the
+/// fork fails. The child makes only async-signal-safe calls, so any caller may fork it.
+pub fn warm_threadgroup_lock(procs_file: &Path) -> Option<nix::unistd::Pid> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(procs_file.as_os_str().as_bytes()).ok()?;
+    // SAFETY: the child makes four system calls on memory the parent made before the fork and
+    // ends with _exit, never returning into the caller's code or taking any of its locks.
+    match unsafe { nix::unistd::fork() } {
+        Ok(nix::unistd::ForkResult::Child) => unsafe {
+            // Nothing of the caller's is held past this point: a pipe's write end kept here
+            // would hold off its reader's EOF until the period passed.
+            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
+            let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd >= 0 {
+                libc::write(fd, b"0".as_ptr().cast(), 1);
+            }
+            libc::_exit(0)
+        },
+        Ok(nix::unistd::ForkResult::Parent { child }) => Some(child),
+        Err(_) => None,
+    }
+}
+
 /// The pids a `cgroup.procs` file lists.
 pub fn parse_procs(text: &str) -> Vec<i32> {
     text.lines().filter_map(|l| l.trim().parse().ok()).collect()
@@ -362,6 +425,59 @@ pub fn remove_created(created: &[PathBuf]) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn hierarchy(mountpoint: &str, controllers: &[&str]) -> Hierarchy {
+        Hierarchy {
+            mountpoint: PathBuf::from(mountpoint),
+            controllers: controllers.iter().map(|c| c.to_string()).collect(),
+            v2: controllers.is_empty(),
+        }
+    }
+
+    #[test]
+    fn a_process_s_own_procs_file_is_on_v2_where_mounted_else_on_a_v1_hierarchy_it_names() {
+        let v1 = [
+            hierarchy("/sys/fs/cgroup/cpu,cpuacct", &["cpu", "cpuacct"]),
+            hierarchy("/sys/fs/cgroup/memory", &["memory"]),
+        ];
+        let hybrid = [
+            v1[0].clone(),
+            v1[1].clone(),
+            hierarchy("/sys/fs/cgroup/unified", &[]),
+        ];
+        let text = "12:memory:/berth/pod1\n4:cpu,cpuacct:/berth/pod1\n0::/\n";
+        assert_eq!(
+            procs_file_of(text, &hybrid),
+            Some(PathBuf::from("/sys/fs/cgroup/unified/cgroup.procs"))
+        );
+        assert_eq!(
+            procs_file_of(text, &v1),
+            Some(PathBuf::from(
+                "/sys/fs/cgroup/memory/berth/pod1/cgroup.procs"
+            ))
+        );
+        let v2 = [hierarchy("/sys/fs/cgroup", &[])];
+        assert_eq!(
+            procs_file_of("0::/system.slice/berthd.service\n", &v2),
+            Some(PathBuf::from(
+                "/sys/fs/cgroup/system.slice/berthd.service/cgroup.procs"
+            ))
+        );
+        // A hierarchy the host does not mount, or no text: nothing.
+        assert_eq!(procs_file_of("3:blkio:/x\n", &v1), None);
+        assert_eq!(procs_file_of("", &v2), None);
+    }
+
+    /// The child takes the lock and ends; this process stays where it was.
+    #[test]
+    fn warming_the_threadgroup_lock_moves_nothing_and_its_child_ends() {
+        let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let file = procs_file_of(&text, &hierarchies()).expect("this process's cgroup");
+        let child = warm_threadgroup_lock(&file).expect("fork");
+        let status = nix::sys::wait::waitpid(child, None).unwrap();
+        assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
+        assert_eq!(std::fs::read_to_string("/proc/self/cgroup").unwrap(), text);
+    }
 
     /// Two pods made at once under a new parent: one agent has made the parent and not yet
     /// given it CPUs and memory nodes when the other, finding it there, makes its child under
