@@ -177,6 +177,8 @@ impl Pods {
                 input.sandbox_id
             )));
         }
+        // The grace period the create's cgroup move waits for starts now, beside the create.
+        tokio::task::spawn_blocking(berth_runtime::cgroups::take_threadgroup_lock_in_place);
         let id = berth_common::ids::new_id().map_err(|e| ContainerError::Failed {
             id: String::new(),
             step: "make an id",

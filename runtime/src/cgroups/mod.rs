@@ -276,33 +276,23 @@ pub fn procs_file_of(proc_cgroup: &str, hierarchies: &[Hierarchy]) -> Option<Pat
     })
 }
 
-/// Starts, in a child of its own, what the next `cgroup.procs` write on this host waits for,
-/// and returns that child's pid (the caller reaps it). Moving a process takes the kernel's
-/// global threadgroup lock for writing, and taking it first waits for an RCU grace period
-/// unless a writer had it within the last one: 6-18 ms on a 2-core VM, most of a container's
-/// create. The child writes itself to the cgroup it is already in (`procs_file`), which
-/// changes nothing but takes the lock, so the executor's move of the container's init comes
-/// while the period it would wait for is under way or passed. Best effort: `None` when the
-/// fork fails. The child makes only async-signal-safe calls, so any caller may fork it.
-pub fn warm_threadgroup_lock(procs_file: &Path) -> Option<nix::unistd::Pid> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(procs_file.as_os_str().as_bytes()).ok()?;
-    // SAFETY: the child makes four system calls on memory the parent made before the fork and
-    // ends with _exit, never returning into the caller's code or taking any of its locks.
-    match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Child) => unsafe {
-            // Nothing of the caller's is held past this point: a pipe's write end kept here
-            // would hold off its reader's EOF until the period passed.
-            libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32);
-            let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd >= 0 {
-                libc::write(fd, b"0".as_ptr().cast(), 1);
-            }
-            libc::_exit(0)
-        },
-        Ok(nix::unistd::ForkResult::Parent { child }) => Some(child),
-        Err(_) => None,
-    }
+/// Takes, and gives back, the kernel's global threadgroup lock that every `cgroup.procs` write on
+/// this host takes, by moving this process into the cgroup it is already in (which changes
+/// nothing). Blocks the calling thread for what taking it first waits for: an RCU grace period,
+/// unless a writer had it within the last one (6-18 ms on a 2-core VM, most of a container's
+/// create). So called from a thread of its own just before a create, it starts that period
+/// beside the create's other work, and the executor's move of the container's init finds it
+/// passed or under way.
+pub fn take_threadgroup_lock_in_place() -> Result<(), String> {
+    static OWN: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let own = OWN.get_or_init(|| {
+        let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+        procs_file_of(&text, &hierarchies())
+    });
+    let own = own
+        .as_ref()
+        .ok_or("this process's cgroup is on no mounted hierarchy")?;
+    std::fs::write(own, "0").map_err(|e| format!("write {}: {e}", own.display()))
 }
 
 /// The pids a `cgroup.procs` file lists.
@@ -468,15 +458,18 @@ mod tests {
         assert_eq!(procs_file_of("", &v2), None);
     }
 
-    /// The child takes the lock and ends; this process stays where it was.
+    /// From a thread of a process with several: the process stays where it was.
     #[test]
-    fn warming_the_threadgroup_lock_moves_nothing_and_its_child_ends() {
-        let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-        let file = procs_file_of(&text, &hierarchies()).expect("this process's cgroup");
-        let child = warm_threadgroup_lock(&file).expect("fork");
-        let status = nix::sys::wait::waitpid(child, None).unwrap();
-        assert_eq!(status, nix::sys::wait::WaitStatus::Exited(child, 0));
-        assert_eq!(std::fs::read_to_string("/proc/self/cgroup").unwrap(), text);
+    fn taking_the_threadgroup_lock_in_place_moves_nothing() {
+        let before = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        std::thread::spawn(take_threadgroup_lock_in_place)
+            .join()
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            std::fs::read_to_string("/proc/self/cgroup").unwrap(),
+            before
+        );
     }
 
     /// Two pods made at once under a new parent: one agent has made the parent and not yet

@@ -62,8 +62,6 @@ pub(super) struct Supervisor {
     /// (the systemd driver's scope is removed as soon as it is empty). Each such reap that finds
     /// its init SIGKILLed takes one.
     pod_oom_kills: HashMap<PathBuf, u64>,
-    /// The monitor's own `cgroup.procs`, for [`crate::cgroups::warm_threadgroup_lock`].
-    own_procs: Option<PathBuf>,
 }
 
 /// Runs the executor (`berthd init <op> …`) to completion and returns its report line. The
@@ -213,9 +211,6 @@ impl Supervisor {
             next_attacher: 0,
             oom_watch: None,
             pod_oom_kills: HashMap::new(),
-            own_procs: std::fs::read_to_string("/proc/self/cgroup")
-                .ok()
-                .and_then(|t| crate::cgroups::procs_file_of(&t, &crate::cgroups::hierarchies())),
         }
     }
 
@@ -349,11 +344,6 @@ impl Supervisor {
             let (err_r, err_w) = cloexec_pipe().map_err(|e| format!("pipe: {e}"))?;
             (Some((out_r, err_r)), Some(out_w), Some(err_w))
         };
-        // The executor moves the container's init into its cgroup; the grace period that move
-        // would wait for starts now, beside the executor's fork and set-up. Reaped by the loop.
-        if let Some(own) = &self.own_procs {
-            crate::cgroups::warm_threadgroup_lock(own);
-        }
         let report = self.report_path(id, "create");
         let result = executor(
             &[
