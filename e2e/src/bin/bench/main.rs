@@ -256,6 +256,55 @@ pub(crate) fn pss_kib(pid: u32) -> Option<u64> {
     berth_common::procfs::kib(pid, "smaps_rollup", "Pss:")
 }
 
+/// A figure's number and unit (`13.2 ms` → 13.2, `ms`); `None` for text (`Unimplemented`, `-`)
+/// and for a pair of figures (`0.63 ms / 1.15 ms`).
+fn number_and_unit(text: &str) -> Option<(f64, &str)> {
+    let (number, unit) = text.trim().split_once(' ')?;
+    if unit.contains(' ') {
+        return None;
+    }
+    Some((number.parse().ok()?, unit))
+}
+
+/// One figure over another (`0.24×`) when both are numbers in the same unit.
+fn ratio(figure: &str, over: &str) -> Option<String> {
+    let (a, unit_a) = number_and_unit(figure)?;
+    let (b, unit_b) = number_and_unit(over)?;
+    (unit_a == unit_b && b > 0.0).then(|| format!("{:.2}×", a / b))
+}
+
+/// The figure of the row named `name` (its first, when a run has two).
+fn figure<'a>(figures: &'a Figures, name: &str) -> Option<&'a str> {
+    figures
+        .rows
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
+/// berth's pod start and teardown over what the CNI plugins alone took for them.
+fn over_floors(figures: &mut Figures) {
+    for (row, figure_row, floor_row) in [
+        (
+            "RunPodSandbox median / the CNI ADD floor",
+            "RunPodSandbox, median",
+            "floor: CNI ADD, the plugins' own time per pod (sequential)",
+        ),
+        (
+            "Stop+RemovePodSandbox median / the CNI DEL floor",
+            "Stop+RemovePodSandbox, median",
+            "floor: CNI DEL, the plugins' own time per pod (sequential)",
+        ),
+    ] {
+        let over = figure(figures, figure_row)
+            .zip(figure(figures, floor_row))
+            .and_then(|(a, b)| ratio(a, b));
+        if let Some(over) = over {
+            figures.rows.push((row.into(), over));
+        }
+    }
+}
+
 fn print(figures: &[Figures]) {
     let width = figures[0]
         .rows
@@ -263,18 +312,28 @@ fn print(figures: &[Figures]) {
         .map(|(k, _)| k.len())
         .max()
         .unwrap_or(0);
+    // With a peer: berth's figure over the peer's, on each row where both are numbers in one
+    // unit (lower is better for times and memory, higher for rates).
+    let ratios = figures.len() == 2;
     print!("{:width$}", "", width = width + 2);
     for f in figures {
         print!("  {:>18}", f.name);
     }
+    if ratios {
+        print!("  {:>10}", "berth/peer");
+    }
     println!();
     for (i, (key, _)) in figures[0].rows.iter().enumerate() {
         print!("{key:width$}  ", width = width);
-        for f in figures {
-            print!(
-                "  {:>18}",
-                f.rows.get(i).map(|r| r.1.as_str()).unwrap_or("-")
-            );
+        let cells: Vec<&str> = figures
+            .iter()
+            .map(|f| f.rows.get(i).map(|r| r.1.as_str()).unwrap_or("-"))
+            .collect();
+        for cell in &cells {
+            print!("  {cell:>18}");
+        }
+        if ratios {
+            print!("  {:>10}", ratio(cells[0], cells[1]).unwrap_or_default());
         }
         println!();
     }
@@ -439,6 +498,7 @@ async fn main() {
     ));
     if let Some(cni) = cni_floor {
         floors(cni, &mut berth);
+        over_floors(&mut berth);
     }
     let mut all = vec![berth];
     if let Some(peer) = peer {
@@ -502,4 +562,50 @@ async fn main() {
     }
     println!("berth-bench: berthd {}", berth_e2e::berthd_path().display());
     print(&all);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ratio_is_printed_only_for_two_numbers_in_one_unit() {
+        assert_eq!(ratio("13.2 ms", "54.7 ms").as_deref(), Some("0.24×"));
+        assert_eq!(ratio("36.2 pods/s", "7.9 pods/s").as_deref(), Some("4.58×"));
+        assert_eq!(ratio("1166 KiB", "730 KiB").as_deref(), Some("1.60×"));
+        // Other units, text, pairs, a zero: nothing.
+        assert_eq!(ratio("1.2 s", "900 ms"), None);
+        assert_eq!(ratio("0.63 ms", "Unimplemented"), None);
+        assert_eq!(ratio("0.63 ms / 1.15 ms", "17.57 ms / 23.66 ms"), None);
+        assert_eq!(ratio("16.3 ms", "not offered"), None);
+        assert_eq!(ratio("1 ms", "0 ms"), None);
+        assert_eq!(ratio("-", "-"), None);
+    }
+
+    #[test]
+    fn pod_start_and_teardown_are_set_over_the_plugins_floors() {
+        let mut figures = Figures {
+            name: "berth".into(),
+            rows: vec![
+                ("RunPodSandbox, median".into(), "17.8 ms".into()),
+                ("Stop+RemovePodSandbox, median".into(), "42.0 ms".into()),
+                (
+                    "floor: CNI ADD, the plugins' own time per pod (sequential)".into(),
+                    "11.9 ms".into(),
+                ),
+                (
+                    "floor: CNI DEL, the plugins' own time per pod (sequential)".into(),
+                    "-".into(),
+                ),
+            ],
+        };
+        over_floors(&mut figures);
+        assert_eq!(
+            figures.rows[4..],
+            [(
+                "RunPodSandbox median / the CNI ADD floor".to_string(),
+                "1.50×".to_string()
+            )]
+        );
+    }
 }
