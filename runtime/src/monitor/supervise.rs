@@ -25,6 +25,10 @@ struct Supervised {
     log_failures: FailureNotes,
     exit_file: PathBuf,
     cgroup: Option<PathBuf>,
+    /// The files that count the cgroup's OOM kills ([`oom_files`]; none without a cgroup), and
+    /// the pod cgroup's v2 `memory.events` above them ([`parent_events`]), made once at create.
+    oom_files: Vec<PathBuf>,
+    pod_events: Option<PathBuf>,
     exited: bool,
     /// An OOM kill seen in the cgroup's `memory.events` while the container ran (v2).
     oom_seen: bool,
@@ -165,36 +169,32 @@ fn oom_kill_count(file: &Path) -> Option<u64> {
     )
 }
 
-/// The OOM kills the container's memory cgroup recorded (v1 `memory.oom_control`, v2
-/// `memory.events`); `None` when no such file can be read any more.
-fn oom_kills(cgroup: &Path) -> Option<u64> {
-    oom_files(cgroup)
-        .iter()
-        .filter_map(|f| oom_kill_count(f))
-        .max()
+/// The OOM kills a container's memory cgroup recorded, from its [`oom_files`]; `None` when no
+/// such file can be read any more (or it has none).
+fn oom_kills(files: &[PathBuf]) -> Option<u64> {
+    files.iter().filter_map(|f| oom_kill_count(f)).max()
 }
 
 /// v2: the `memory.events` of the cgroup above the container's, the pod's (its slice under the
-/// systemd driver). Its counts are hierarchical: they include the kills in every container of
-/// the pod, also once a container's own cgroup is gone. (v1 counts each cgroup's kills alone.)
-fn parent_events(cgroup: &Path) -> Option<PathBuf> {
-    let own = oom_files(cgroup)
-        .into_iter()
-        .find(|f| f.ends_with("memory.events"))?;
+/// systemd driver), from the container's [`oom_files`]. Its counts are hierarchical: they
+/// include the kills in every container of the pod, also once a container's own cgroup is gone.
+/// (v1 counts each cgroup's kills alone.)
+fn parent_events(files: &[PathBuf]) -> Option<PathBuf> {
+    let own = files.iter().find(|f| f.ends_with("memory.events"))?;
     Some(own.parent()?.parent()?.join("memory.events"))
 }
 
-/// For a container whose cgroup is gone: whether its pod cgroup counted a kill since
-/// [`Supervisor::pod_oom_kills`] last read it, which is then this container's and counted as
-/// explained.
-fn take_unexplained_kill(seen: &mut HashMap<PathBuf, u64>, cgroup: &Path) -> bool {
-    let Some(parent) = parent_events(cgroup) else {
+/// For a container whose cgroup is gone: whether its pod cgroup (`pod_events`) counted a kill
+/// since [`Supervisor::pod_oom_kills`] last read it, which is then this container's and counted
+/// as explained.
+fn take_unexplained_kill(seen: &mut HashMap<PathBuf, u64>, pod_events: Option<&Path>) -> bool {
+    let Some(parent) = pod_events else {
         return false;
     };
-    let Some(now) = oom_kill_count(&parent) else {
+    let Some(now) = oom_kill_count(parent) else {
         return false;
     };
-    let seen = seen.entry(parent).or_insert(now);
+    let seen = seen.entry(parent.to_path_buf()).or_insert(now);
     let unexplained = now > *seen;
     if unexplained {
         *seen += 1;
@@ -214,11 +214,12 @@ impl Supervisor {
         }
     }
 
-    /// Watches `memory.events` of a container's v2 cgroup, making the inotify instance on first
-    /// use. Best effort: without the watch the file is still read when the init exits.
-    fn watch_oom(&mut self, cgroup: &Path) {
-        let Some(events) = oom_files(cgroup)
-            .into_iter()
+    /// Watches `memory.events` of a container's v2 cgroup (among its [`oom_files`]), making the
+    /// inotify instance on first use. Best effort: without the watch the file is still read when
+    /// the init exits.
+    fn watch_oom(&mut self, files: &[PathBuf]) {
+        let Some(events) = files
+            .iter()
             .find(|f| f.ends_with("memory.events") && f.exists())
         else {
             return;
@@ -234,7 +235,7 @@ impl Supervisor {
         }
         if let Some(inotify) = &self.oom_watch {
             // The kernel drops the watch when the cgroup goes (IN_IGNORED).
-            if let Err(e) = inotify.add_watch(&events, AddWatchFlags::IN_MODIFY) {
+            if let Err(e) = inotify.add_watch(events.as_path(), AddWatchFlags::IN_MODIFY) {
                 eprintln!("monitor: watch {}: {e}", events.display());
             }
         }
@@ -264,24 +265,19 @@ impl Supervisor {
         // count and not yet in the pod's, never the other way round.
         let mut parents: HashMap<PathBuf, Option<u64>> = HashMap::new();
         for c in self.by_id.values().filter(|c| !c.exited) {
-            if let Some(parent) = c.cgroup.as_deref().and_then(parent_events) {
+            if let Some(parent) = &c.pod_events {
                 parents
-                    .entry(parent)
+                    .entry(parent.clone())
                     .or_insert_with_key(|p| oom_kill_count(p));
             }
         }
         for c in self.by_id.values_mut().filter(|c| !c.exited) {
-            let Some(cgroup) = c.cgroup.as_deref() else {
-                continue;
-            };
-            let kills = oom_kills(cgroup);
+            let kills = oom_kills(&c.oom_files);
             if kills.is_some_and(|n| n > 0) {
                 c.oom_seen = true;
             }
-            if kills.is_none() {
-                if let Some(parent) = parent_events(cgroup) {
-                    parents.insert(parent, None);
-                }
+            if let (None, Some(parent)) = (kills, &c.pod_events) {
+                parents.insert(parent.clone(), None);
             }
         }
         for (parent, count) in parents {
@@ -377,6 +373,8 @@ impl Supervisor {
             }
             (None, None) => (None, None),
         };
+        let oom_files = cgroup.as_deref().map(oom_files).unwrap_or_default();
+        self.watch_oom(&oom_files);
         self.by_id.insert(
             id.to_string(),
             Supervised {
@@ -386,7 +384,9 @@ impl Supervisor {
                 log,
                 log_failures: FailureNotes::default(),
                 exit_file,
-                cgroup: cgroup.clone(),
+                cgroup,
+                pod_events: parent_events(&oom_files),
+                oom_files,
                 exited: false,
                 oom_seen: false,
                 stdin: stdin_held,
@@ -394,9 +394,6 @@ impl Supervisor {
                 attachers: Vec::new(),
             },
         );
-        if let Some(cgroup) = &cgroup {
-            self.watch_oom(cgroup);
-        }
         self.note_oom_kills();
         Ok(pid)
     }
@@ -483,16 +480,14 @@ impl Supervisor {
         // goes as soon as it is empty, and the kill's notification may come after the reap (the
         // kernel rate-limits cgroup file notifications to one per 10 ms).
         let oom = c.oom_seen
-            || c.cgroup
-                .as_deref()
-                .is_some_and(|cgroup| match oom_kills(cgroup) {
-                    Some(n) => n > 0,
-                    // Gone with its cgroup: an OOM kill ends the init with SIGKILL.
-                    None => {
-                        signal == Some(libc::SIGKILL)
-                            && take_unexplained_kill(&mut self.pod_oom_kills, cgroup)
-                    }
-                });
+            || match oom_kills(&c.oom_files) {
+                Some(n) => n > 0,
+                // Gone with its cgroup: an OOM kill ends the init with SIGKILL.
+                None => {
+                    signal == Some(libc::SIGKILL)
+                        && take_unexplained_kill(&mut self.pod_oom_kills, c.pod_events.as_deref())
+                }
+            };
         // As containerd: with the host's or the pod's PID namespace, what the init left behind
         // would run on unseen; it goes with the init, before the exit is recorded.
         if let Some(cgroup) = &c.cgroup {
@@ -700,6 +695,8 @@ mod tests {
             log_failures: FailureNotes::default(),
             exit_file: dir.join(format!("{id}.exit")),
             cgroup: None,
+            oom_files: Vec::new(),
+            pod_events: None,
             exited,
             oom_seen: false,
             stdin: None,
