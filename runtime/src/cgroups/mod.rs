@@ -242,37 +242,48 @@ fn join_self_in(path: &Path, which: impl Fn(&Hierarchy) -> bool) -> Result<(), S
     Ok(())
 }
 
-/// The `cgroup.procs` file of the cgroup a process is in, from its `/proc/<pid>/cgroup` text:
-/// on the v2 hierarchy where one is mounted, else on the first v1 hierarchy listed. `None` when
-/// no line names a mounted hierarchy.
-pub fn procs_file_of(proc_cgroup: &str, hierarchies: &[Hierarchy]) -> Option<PathBuf> {
-    let lines: Vec<(&str, &str)> = proc_cgroup
-        .lines()
+/// The lines of a `/proc/<pid>/cgroup` text as (controllers, path); the v2 line's controllers
+/// are empty.
+pub fn proc_cgroup_lines(text: &str) -> Vec<(&str, &str)> {
+    text.lines()
         .filter_map(|l| {
             let mut fields = l.splitn(3, ':');
             let (_id, controllers, path) = (fields.next()?, fields.next()?, fields.next()?);
             Some((controllers, path))
         })
-        .collect();
-    let inside = |h: &Hierarchy, path: &str| {
-        h.mountpoint
-            .join(path.trim_start_matches('/'))
-            .join("cgroup.procs")
-    };
-    let v2 = hierarchies.iter().find(|h| h.v2).and_then(|h| {
-        let (_, path) = lines.iter().find(|(c, _)| c.is_empty())?;
-        Some(inside(h, path))
-    });
-    v2.or_else(|| {
-        lines.iter().find_map(|(controllers, path)| {
-            let named: Vec<&str> = controllers.split(',').collect();
-            let h = hierarchies.iter().find(|h| {
-                !h.v2
-                    && !named.is_empty()
-                    && named.iter().all(|c| h.controllers.iter().any(|hc| hc == c))
-            })?;
-            Some(inside(h, path))
-        })
+        .collect()
+}
+
+/// The mounted hierarchy a `/proc/<pid>/cgroup` line's controllers name: the v2 one for none,
+/// else the v1 one with exactly those controllers.
+pub fn hierarchy_named<'a>(
+    controllers: &str,
+    hierarchies: &'a [Hierarchy],
+) -> Option<&'a Hierarchy> {
+    let v2 = controllers.is_empty();
+    let names: Vec<&str> = controllers.split(',').collect();
+    hierarchies.iter().find(|h| {
+        h.v2 == v2
+            && (v2
+                || (h.controllers.len() == names.len()
+                    && names.iter().all(|n| h.controllers.iter().any(|c| c == n))))
+    })
+}
+
+/// The `cgroup.procs` file of the cgroup a process is in, from its `/proc/<pid>/cgroup` text:
+/// on the v2 hierarchy where one is mounted, else on the first v1 hierarchy listed. `None` when
+/// no line names a mounted hierarchy.
+pub fn procs_file_of(proc_cgroup: &str, hierarchies: &[Hierarchy]) -> Option<PathBuf> {
+    let lines = proc_cgroup_lines(proc_cgroup);
+    let v2 = lines.iter().filter(|(c, _)| c.is_empty());
+    let v1 = lines.iter().filter(|(c, _)| !c.is_empty());
+    v2.chain(v1).find_map(|(controllers, path)| {
+        let h = hierarchy_named(controllers, hierarchies)?;
+        Some(
+            h.mountpoint
+                .join(path.trim_start_matches('/'))
+                .join("cgroup.procs"),
+        )
     })
 }
 

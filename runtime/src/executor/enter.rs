@@ -257,17 +257,8 @@ fn join_files(
     wanted: Option<&Path>,
     hierarchies: &[Hierarchy],
 ) -> Result<Vec<PathBuf>, String> {
-    let lines = |text: &str| -> Vec<(String, String)> {
-        text.lines()
-            .filter_map(|l| {
-                let mut parts = l.splitn(3, ':');
-                let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-                Some((controllers.to_string(), path.to_string()))
-            })
-            .collect()
-    };
-    let ours = lines(ours);
-    let theirs = lines(theirs);
+    let ours = crate::cgroups::proc_cgroup_lines(ours);
+    let theirs = crate::cgroups::proc_cgroup_lines(theirs);
     if let Some(wanted) = wanted {
         let wanted = Path::new("/").join(wanted);
         if !theirs.iter().any(|(_, p)| Path::new(p) == wanted) {
@@ -279,18 +270,11 @@ fn join_files(
         if ours.iter().any(|(c, p)| *c == controllers && *p == path) {
             continue;
         }
-        let v2 = controllers.is_empty();
-        let names: Vec<&str> = controllers.split(',').collect();
-        let Some(h) = hierarchies.iter().find(|h| {
-            h.v2 == v2
-                && (v2
-                    || (h.controllers.len() == names.len()
-                        && names.iter().all(|n| h.controllers.iter().any(|c| c == n))))
-        }) else {
+        let Some(h) = crate::cgroups::hierarchy_named(controllers, hierarchies) else {
             return Err(format!("no mounted cgroup hierarchy for {controllers:?}"));
         };
         // v2 has no per-thread move for a domain cgroup: `cgroup.procs`, the slower way.
-        let file = if v2 { "cgroup.procs" } else { "tasks" };
+        let file = if h.v2 { "cgroup.procs" } else { "tasks" };
         files.push(h.mountpoint.join(path.trim_start_matches('/')).join(file));
     }
     Ok(files)
