@@ -228,7 +228,7 @@ fn floors(cni: [((f64, f64), (f64, f64)); 2], figures: &mut Figures) {
     for (verb, (before, after)) in ["ADD", "DEL"].into_iter().zip(cni) {
         let (seconds, pods) = (after.0 - before.0, after.1 - before.1);
         figures.rows.push((
-            format!("floor: CNI {verb}, the plugins' own time per pod (sequential)"),
+            cni_floor_row(verb),
             match pods > 0.0 {
                 true => format!("{:.1} ms", seconds / pods * 1e3),
                 false => "-".into(),
@@ -282,22 +282,27 @@ fn figure<'a>(figures: &'a Figures, name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
+/// The name of [`floors`]' row for CNI `verb` (`ADD` or `DEL`).
+fn cni_floor_row(verb: &str) -> String {
+    format!("floor: CNI {verb}, the plugins' own time per pod (sequential)")
+}
+
 /// berth's pod start and teardown over what the CNI plugins alone took for them.
 fn over_floors(figures: &mut Figures) {
-    for (row, figure_row, floor_row) in [
+    for (row, figure_row, verb) in [
         (
             "RunPodSandbox median / the CNI ADD floor",
             "RunPodSandbox, median",
-            "floor: CNI ADD, the plugins' own time per pod (sequential)",
+            "ADD",
         ),
         (
             "Stop+RemovePodSandbox median / the CNI DEL floor",
             "Stop+RemovePodSandbox, median",
-            "floor: CNI DEL, the plugins' own time per pod (sequential)",
+            "DEL",
         ),
     ] {
         let over = figure(figures, figure_row)
-            .zip(figure(figures, floor_row))
+            .zip(figure(figures, &cni_floor_row(verb)))
             .and_then(|(a, b)| ratio(a, b));
         if let Some(over) = over {
             figures.rows.push((row.into(), over));
