@@ -297,6 +297,7 @@ pub async fn run(
         network,
         sandbox_metrics,
         events.clone(),
+        config.runtime.monitor_standby,
     )
     .await
     .map_err(AgentError::Sandboxes)?;

@@ -50,6 +50,15 @@ enum Command {
         /// The monitor's JSON configuration, written by the agent in the pod's state dir.
         config: PathBuf,
     },
+    /// A pod monitor started ahead of its pod (by the agent), told its config on stdin.
+    #[command(hide = true)]
+    MonitorStandby {
+        /// The agent's state dir: the config must be under its `pods`.
+        state: PathBuf,
+        /// Spaces: room for the monitor's command line once it has its pod.
+        #[arg(allow_hyphen_values = true)]
+        room: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -91,6 +100,9 @@ fn main() -> ExitCode {
         // Before any thread exists: the monitor forks and unshares.
         Some(Command::Monitor { config }) => {
             ExitCode::from(berth_runtime::monitor::run(&config) as u8)
+        }
+        Some(Command::MonitorStandby { state, room: _ }) => {
+            ExitCode::from(berth_runtime::monitor::run_standby(&state) as u8)
         }
         None => serve(cli.config),
     }

@@ -95,6 +95,37 @@ pub fn in_pod(agent: &TestAgent, id: &str, namespaces: &[&str], command: &[&str]
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// The agent's standby monitors (`berthd monitor-standby <state>`) that are running: one, or
+/// none for a moment after one was handed a pod, or when standbys are off.
+pub fn standby_monitors(agent: &TestAgent) -> Vec<u32> {
+    let needle = format!("\0monitor-standby\0{}\0", agent.paths.state.display());
+    processes_mentioning(&needle)
+        .into_iter()
+        .filter(|&pid| crate::running(pid))
+        .collect()
+}
+
+/// Polls (10 s at most) until the agent has a standby monitor other than `not`, and returns it.
+pub fn wait_standby(agent: &TestAgent, not: Option<u32>) -> u32 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let standbys: Vec<u32> = standby_monitors(agent)
+            .into_iter()
+            .filter(|&p| Some(p) != not)
+            .collect();
+        match standbys[..] {
+            [pid] => return pid,
+            [] => {}
+            _ => panic!("more than one standby monitor: {standbys:?}"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no standby monitor in 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// Everything a sandbox could leave behind, for the agent and network under test.
 pub fn assert_no_leaks(agent: &TestAgent, network: Option<&TestNetwork>) {
     let pods: Vec<_> = std::fs::read_dir(agent.paths.state.join("pods"))

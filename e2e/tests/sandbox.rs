@@ -639,3 +639,131 @@ async fn a_sandbox_left_creating_by_a_killed_agent_is_rolled_back_at_start() {
     assert!(listed.is_empty(), "{listed:?}");
     assert_no_leaks(&agent, Some(&net));
 }
+
+/// A pod's monitor is the standby the agent kept waiting, renamed for its pod as an exec'd
+/// monitor would be named; another standby takes its place.
+#[tokio::test]
+async fn a_pod_monitor_is_the_standby_and_a_new_standby_takes_its_place() {
+    let agent = TestAgent::start().await;
+    let net = TestNetwork::create(&agent.paths.cni_conf_dir, Extra::None);
+    wait_network_ready(&mut agent.runtime().await).await;
+    let standby = wait_standby(&agent, None);
+    let id = run(&agent, pod_config("standby")).await.unwrap();
+    assert_eq!(
+        agent.metric("berth_monitor_starts_total{how=\"standby\"}"),
+        1.0
+    );
+    assert_eq!(
+        agent.metric("berth_monitor_starts_total{how=\"exec\"}"),
+        0.0
+    );
+    let monitors = processes_mentioning(&pod_dir(&agent, &id).to_string_lossy());
+    assert_eq!(monitors, vec![standby], "the pod's monitor is the standby");
+    let cmdline = std::fs::read(format!("/proc/{standby}/cmdline")).unwrap();
+    let config = pod_dir(&agent, &id).join("monitor.json");
+    assert!(
+        String::from_utf8_lossy(&cmdline).contains(&format!("\0monitor\0{}\0", config.display())),
+        "{:?}",
+        String::from_utf8_lossy(&cmdline)
+    );
+    let next = wait_standby(&agent, Some(standby));
+    // The pod works as one whose monitor was exec'd: its own network namespace and IP.
+    let ip = status(&agent, &id, false)
+        .await
+        .status
+        .unwrap()
+        .network
+        .unwrap()
+        .ip;
+    assert!(!ip.is_empty());
+    let second = run(&agent, pod_config("standby-2")).await.unwrap();
+    assert_eq!(
+        processes_mentioning(&pod_dir(&agent, &second).to_string_lossy()),
+        vec![next]
+    );
+    for id in [&id, &second] {
+        stop(&agent, id).await;
+        remove(&agent, id).await;
+    }
+    assert_no_leaks(&agent, Some(&net));
+}
+
+/// The standby belongs to its agent: it exits when the agent dies, however it dies.
+#[tokio::test]
+async fn the_standby_monitor_exits_with_its_agent() {
+    let mut agent = TestAgent::start().await;
+    let first = wait_standby(&agent, None);
+    agent.stop_with(nix::sys::signal::Signal::SIGKILL);
+    wait_gone(first);
+    agent.restart_with(nix::sys::signal::Signal::SIGKILL).await;
+    let second = wait_standby(&agent, Some(first));
+    agent.stop_with(nix::sys::signal::Signal::SIGTERM);
+    wait_gone(second);
+    assert_eq!(standby_monitors(&agent), Vec::<u32>::new());
+}
+
+/// A standby that died before its pod came is not a failed pod: the monitor is exec'd, and a
+/// new standby started.
+#[tokio::test]
+async fn a_pod_starts_though_its_standby_monitor_was_killed() {
+    let agent = TestAgent::start().await;
+    let net = TestNetwork::create(&agent.paths.cni_conf_dir, Extra::None);
+    wait_network_ready(&mut agent.runtime().await).await;
+    let standby = wait_standby(&agent, None);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(standby as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_gone(standby);
+    let id = run(&agent, pod_config("no-standby")).await.unwrap();
+    assert_eq!(
+        agent.metric("berth_monitor_starts_total{how=\"exec\"}"),
+        1.0
+    );
+    assert_eq!(
+        agent.metric("berth_monitor_starts_total{how=\"standby\"}"),
+        0.0
+    );
+    assert_eq!(
+        processes_mentioning(&pod_dir(&agent, &id).to_string_lossy()).len(),
+        1,
+        "one monitor"
+    );
+    wait_standby(&agent, Some(standby));
+    stop(&agent, &id).await;
+    remove(&agent, &id).await;
+    assert_no_leaks(&agent, Some(&net));
+}
+
+/// `[runtime] monitor_standby = false`: no standby, every monitor exec'd for its pod.
+#[tokio::test]
+async fn with_monitor_standby_off_no_monitor_waits_ahead() {
+    let agent = TestAgent::start_with("[runtime]\nmonitor_standby = false\n").await;
+    let net = TestNetwork::create(&agent.paths.cni_conf_dir, Extra::None);
+    wait_network_ready(&mut agent.runtime().await).await;
+    let id = run(&agent, pod_config("exec")).await.unwrap();
+    let second = run(&agent, pod_config("exec-2")).await.unwrap();
+    assert_eq!(
+        agent.metric("berth_monitor_starts_total{how=\"exec\"}"),
+        2.0
+    );
+    assert_eq!(standby_monitors(&agent), Vec::<u32>::new());
+    for id in [&id, &second] {
+        stop(&agent, id).await;
+        remove(&agent, id).await;
+    }
+    assert_no_leaks(&agent, Some(&net));
+}
+
+/// Polls (10 s at most) until process `pid` has exited.
+fn wait_gone(pid: u32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while berth_e2e::running(pid) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {pid} still running after 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -1,5 +1,5 @@
-//! The agent's one client of the per-pod monitor: start it (fork+exec of our own binary) and
-//! hear its start report, then JSON requests on its control socket (`protocol::Request`: ping,
+//! The agent's one client of the per-pod monitor: start it (fork+exec of our own binary, or a
+//! standby started ahead of its pod) and hear its start report, then JSON requests on its control socket (`protocol::Request`: ping,
 //! shutdown and the container operations), then stop it.
 
 use std::io::{BufRead, BufReader, Write};
@@ -26,59 +26,164 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a ping or a shutdown request may take.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Starts `berthd monitor` for a pod and waits for its report.
-pub async fn start(config: &MonitorConfig) -> Result<MonitorProcess, String> {
+/// A monitor exec'd ahead of its pod (`berthd monitor-standby`), detached and waiting on its
+/// stdin for the path of a pod's config. Dropping it closes that stdin: the monitor exits.
+pub struct Standby {
+    pid: u32,
+    config: tokio::process::ChildStdin,
+    reports: Reports,
+}
+
+type Reports = tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>;
+
+impl Standby {
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
+/// How a monitor came to be: a standby handed its pod, or exec'd for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Started {
+    Standby,
+    Exec,
+}
+
+/// `berthd <args>` as the agent starts a monitor: fork+exec only (the agent is multi-threaded
+/// and never runs code between the two), a clean environment, its reports on a pipe.
+fn monitor_command(args: &[&std::ffi::OsStr]) -> Result<tokio::process::Command, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("find our own binary: {e}"))?;
+    let mut command = tokio::process::Command::new(exe);
+    command
+        .args(args)
+        .stdout(Stdio::piped())
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        // A crash point named for the monitor reaches it (tests only; see berth_common::crash).
+        .envs(std::env::var(berth_common::crash::ENV).map(|v| (berth_common::crash::ENV, v)));
+    Ok(command)
+}
+
+/// Spawns `command` and returns its report lines. The process started exits at once (its
+/// forked child is the monitor): it is reaped in the background.
+fn spawn_reporting(
+    mut command: tokio::process::Command,
+) -> Result<(tokio::process::Child, Reports), String> {
+    let mut child = command.spawn().map_err(|e| format!("start monitor: {e}"))?;
+    let stdout = child.stdout.take().ok_or("monitor stdout not piped")?;
+    Ok((child, tokio::io::BufReader::new(stdout).lines()))
+}
+
+fn reap(mut child: tokio::process::Child) {
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+}
+
+/// The next report line: None at end of output (the monitor exited without one).
+async fn next_report(reports: &mut Reports) -> Result<Option<String>, String> {
+    match tokio::time::timeout(START_TIMEOUT, reports.next_line()).await {
+        Err(_) => Err(format!(
+            "monitor did not report within {}s",
+            START_TIMEOUT.as_secs()
+        )),
+        Ok(Err(e)) => Err(format!("read monitor report: {e}")),
+        Ok(Ok(line)) => Ok(line),
+    }
+}
+
+/// Starts a standby monitor for pods under `state` and waits until it waits for its pod.
+pub async fn start_standby(state: &Path) -> Result<Standby, String> {
+    // Room for `<exe> monitor <state>/pods/<64 hex>/monitor.json`, which it becomes.
+    let room = " ".repeat(state.as_os_str().len() + 96);
+    let mut command =
+        monitor_command(&["monitor-standby".as_ref(), state.as_os_str(), room.as_ref()])?;
+    command.stdin(Stdio::piped()).stderr(Stdio::null());
+    let (mut child, mut reports) = spawn_reporting(command)?;
+    let config = child.stdin.take().ok_or("monitor stdin not piped")?;
+    reap(child);
+    let line = next_report(&mut reports)
+        .await?
+        .ok_or("standby monitor exited without a report")?;
+    match protocol::parse_report(&line) {
+        Some(StartReport::Standby(pid)) => Ok(Standby {
+            pid,
+            config,
+            reports,
+        }),
+        Some(StartReport::Failed(message)) => Err(message),
+        _ => Err(format!("standby monitor said {line:?}")),
+    }
+}
+
+/// Starts the monitor for a pod, from `standby` when there is one that takes it, and waits for
+/// its report.
+pub async fn start(
+    config: &MonitorConfig,
+    standby: Option<Standby>,
+) -> Result<(MonitorProcess, Started), String> {
     let config_path = config.pod_dir.join(protocol::CONFIG_FILE);
     let json = serde_json::to_vec_pretty(config).map_err(|e| e.to_string())?;
     berth_common::atomic::write_atomic_unsynced(&config_path, &json)
         .map_err(|e| format!("write {}: {e}", config_path.display()))?;
-    let exe = std::env::current_exe().map_err(|e| format!("find our own binary: {e}"))?;
+    if let Some(standby) = standby {
+        match hand_over(standby, &config_path).await {
+            Ok(Some(line)) => return ready(&line).map(|m| (m, Started::Standby)),
+            // Gone before it took the config (it writes its pid file first thing after): as
+            // if there had been no standby.
+            Ok(None) if !config.pod_dir.join(protocol::PID_FILE).exists() => {}
+            Ok(None) => return Err(exited_without_report(config)),
+            Err(e) => tracing::debug!(error = %e, "standby monitor not usable: starting one"),
+        }
+    }
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(config.pod_dir.join(protocol::LOG_FILE))
         .map_err(|e| format!("open monitor log: {e}"))?;
-    // fork+exec only: the agent is multi-threaded and never runs code between the two.
-    let mut child = tokio::process::Command::new(exe)
-        .arg("monitor")
-        .arg(&config_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        // A crash point named for the monitor reaches it (tests only; see berth_common::crash).
-        .envs(std::env::var(berth_common::crash::ENV).map(|v| (berth_common::crash::ENV, v)))
-        .spawn()
-        .map_err(|e| format!("start monitor: {e}"))?;
-    let stdout = child.stdout.take().ok_or("monitor stdout not piped")?;
-    let mut lines = tokio::io::BufReader::new(stdout).lines();
-    let report = tokio::time::timeout(START_TIMEOUT, lines.next_line()).await;
-    // The process we started exits at once (its forked child is the monitor): reap it.
-    tokio::spawn(async move {
-        let _ = child.wait().await;
-    });
-    let line = match report {
-        Err(_) => {
-            return Err(format!(
-                "monitor did not report within {}s",
-                START_TIMEOUT.as_secs()
-            ))
-        }
-        Ok(Err(e)) => return Err(format!("read monitor report: {e}")),
-        Ok(Ok(None)) => {
-            let log = std::fs::read_to_string(config.pod_dir.join(protocol::LOG_FILE))
-                .unwrap_or_default();
-            return Err(format!("monitor exited without a report: {}", log.trim()));
-        }
-        Ok(Ok(Some(line))) => line,
-    };
-    match protocol::parse_report(&line) {
+    let mut command = monitor_command(&["monitor".as_ref(), config_path.as_os_str()])?;
+    command.stdin(Stdio::null()).stderr(log);
+    let (child, mut reports) = spawn_reporting(command)?;
+    let report = next_report(&mut reports).await;
+    reap(child);
+    match report? {
+        Some(line) => ready(&line).map(|m| (m, Started::Exec)),
+        None => Err(exited_without_report(config)),
+    }
+}
+
+/// Tells a standby monitor its config; its next report, None if it exited without one.
+async fn hand_over(standby: Standby, config_path: &Path) -> Result<Option<String>, String> {
+    use std::os::unix::ffi::OsStrExt;
+    use tokio::io::AsyncWriteExt;
+    let Standby {
+        mut config,
+        mut reports,
+        ..
+    } = standby;
+    let mut line = config_path.as_os_str().as_bytes().to_vec();
+    line.push(b'\n');
+    // A standby that died long ago has no reader: EPIPE.
+    config
+        .write_all(&line)
+        .await
+        .map_err(|e| format!("hand over the config: {e}"))?;
+    drop(config);
+    next_report(&mut reports).await
+}
+
+fn ready(line: &str) -> Result<MonitorProcess, String> {
+    match protocol::parse_report(line) {
         Some(StartReport::Ready(pid)) => MonitorProcess::of(pid)
             .ok_or_else(|| format!("monitor {pid} reported ready but is gone")),
         Some(StartReport::Failed(message)) => Err(message),
-        None => Err(format!("monitor said {line:?}")),
+        _ => Err(format!("monitor said {line:?}")),
     }
+}
+
+fn exited_without_report(config: &MonitorConfig) -> String {
+    let log = std::fs::read_to_string(config.pod_dir.join(protocol::LOG_FILE)).unwrap_or_default();
+    format!("monitor exited without a report: {}", log.trim())
 }
 
 /// Asks the monitor on its socket whether it is there; it answers with its pid.

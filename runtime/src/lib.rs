@@ -14,13 +14,26 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 /// The `[runtime]` configuration section.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RuntimeConfig {
     /// How container cgroups are created and named; reported to kubelet by the RuntimeConfig RPC.
     pub cgroup_driver: CgroupDriver,
     /// The seccomp profile of a container that asks for none (kubelet's default is unconfined).
     pub default_seccomp: DefaultSeccomp,
+    /// Keep one pod monitor exec'd ahead of the next RunPodSandbox (`berthd monitor-standby`),
+    /// which then skips the monitor's exec.
+    pub monitor_standby: bool,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            cgroup_driver: CgroupDriver::default(),
+            default_seccomp: DefaultSeccomp::default(),
+            monitor_standby: true,
+        }
+    }
 }
 
 /// `[runtime] default_seccomp`.

@@ -1,10 +1,13 @@
 //! Sandbox metric families.
 
 use berth_common::metrics::{OutcomeLabel, StateLabel};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+
+use crate::monitor_client::Started;
 
 fn create_histogram() -> Histogram {
     // 5 ms … ~80 s.
@@ -18,6 +21,13 @@ pub struct SandboxMetrics {
     rolled_back: prometheus_client::metrics::counter::Counter,
     orphan_networks: prometheus_client::metrics::counter::Counter,
     monitor_memory: Family<MemoryKindLabel, Gauge>,
+    monitor_starts: Family<HowLabel, Counter>,
+}
+
+/// `{how="standby"|"exec"}` of `berth_monitor_starts_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+struct HowLabel {
+    how: &'static str,
 }
 
 /// `{kind="rss"|"pss"}` of `berth_monitor_memory_bytes`.
@@ -34,6 +44,7 @@ impl Default for SandboxMetrics {
             rolled_back: Default::default(),
             orphan_networks: Default::default(),
             monitor_memory: Family::default(),
+            monitor_starts: Family::default(),
         }
     }
 }
@@ -66,7 +77,20 @@ impl SandboxMetrics {
             "Memory of the ready pods' monitors together, by kind: rss (resident, shared pages counted in every monitor) and pss (each shared page divided among the processes that map it); read every 10 s",
             m.monitor_memory.clone(),
         );
+        registry.register(
+            "berth_monitor_starts",
+            "Pod monitors started, by how: standby (a monitor started ahead, handed the pod) or exec (started for the pod: standbys are off, or none was waiting)",
+            m.monitor_starts.clone(),
+        );
         m
+    }
+
+    pub(crate) fn monitor_started(&self, how: Started) {
+        let how = match how {
+            Started::Standby => "standby",
+            Started::Exec => "exec",
+        };
+        self.monitor_starts.get_or_create(&HowLabel { how }).inc();
     }
 
     pub(crate) fn set_monitor_memory(&self, rss: u64, pss: u64) {

@@ -12,6 +12,7 @@ pub mod metrics;
 mod network;
 pub mod record;
 pub mod spec;
+mod standby;
 mod stats;
 mod undo;
 mod watch;
@@ -65,12 +66,14 @@ pub struct Sandboxes {
     builds: Mutex<HashMap<PodMetadata, Arc<tokio::sync::Mutex<()>>>>,
     metrics: SandboxMetrics,
     events: Arc<Events>,
+    standby: Arc<standby::Spare>,
 }
 
 impl Sandboxes {
     /// Loads every record under `<state>/pods` and reconciles it with reality: a sandbox whose
     /// build never finished is rolled back; a ready one whose monitor died becomes NotReady when
     /// its monitor is first watched (`Pods::catch_up`).
+    /// With `monitor_standby`, one monitor is kept started ahead of the next pod.
     pub async fn open(
         state: &Path,
         handlers: Vec<String>,
@@ -78,6 +81,7 @@ impl Sandboxes {
         network: PodNetwork,
         metrics: SandboxMetrics,
         events: Arc<Events>,
+        monitor_standby: bool,
     ) -> std::io::Result<Sandboxes> {
         let pods = state.join("pods");
         // Passable, not listable: each pod dir is closed itself. A pod with its own user
@@ -93,6 +97,7 @@ impl Sandboxes {
             builds: Mutex::new(HashMap::new()),
             metrics,
             events,
+            standby: standby::Spare::new(state.to_path_buf(), monitor_standby),
         };
         for entry in std::fs::read_dir(&pods)?.flatten() {
             let dir = entry.path();
@@ -139,6 +144,7 @@ impl Sandboxes {
         let released = sandboxes.network.release_orphans(&known).await;
         sandboxes.metrics.orphan_networks_released(released);
         sandboxes.update_state_metrics();
+        sandboxes.standby.refill();
         Ok(sandboxes)
     }
 
@@ -422,9 +428,10 @@ impl Sandboxes {
                     let _ = berth_runtime::monitor::unpin_all(&dir);
                 }
             });
-            let monitor = monitor_client::start(&monitor_config)
-                .await
-                .map_err(fail("start monitor"))?;
+            let started = monitor_client::start(&monitor_config, self.standby.take()).await;
+            self.standby.refill();
+            let (monitor, how) = started.map_err(fail("start monitor"))?;
+            self.metrics.monitor_started(how);
             berth_common::crash::point("sandbox-monitor");
             record.monitor = Some(monitor);
             record

@@ -3,8 +3,10 @@
 //! It detaches from the agent (own session, re-parented to init by a fork), becomes a child
 //! subreaper, creates and pins the pod's namespaces, applies hostname and sysctls, then reports
 //! `ready <pid>` on the stdout pipe the agent reads and serves a control socket until told to
-//! stop. It outlives agent restarts. The containers it starts are re-parented to it; `supervise`
-//! keeps their stdio, logs (`log`, `timestamp`) and exits; `protocol` is what it and the agent say.
+//! stop. It outlives agent restarts. The containers it starts are re-parented to it;
+//! `supervise` keeps their stdio, logs (`log`, `timestamp`) and exits; `protocol` is what it
+//! and the agent say. A standby monitor (`run_standby`) is started before its pod and told
+//! which pod on stdin, saving RunPodSandbox the exec; `title` then renames it for its pod.
 
 mod attach;
 pub mod log;
@@ -13,9 +15,11 @@ pub mod protocol;
 mod serve;
 mod supervise;
 mod timestamp;
+mod title;
 
 use std::io::Write;
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use nix::unistd::{fork, ForkResult};
@@ -26,32 +30,97 @@ use protocol::{error_line, ready_line, MonitorConfig};
 /// Entry point of `berthd monitor <config>`; returns the exit code. Must run before any thread
 /// is started (it forks and unshares).
 pub fn run(config_path: &Path) -> i32 {
-    let config: MonitorConfig = match std::fs::read(config_path)
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-    {
+    let config = match load_config(config_path) {
         Ok(c) => c,
         Err(e) => {
-            report(&error_line(&format!(
-                "monitor config {}: {e}",
-                config_path.display()
-            )));
+            report(&error_line(&e));
             return 1;
         }
     };
-    // A session of our own, so the agent's terminal or process group never signals us.
+    if !detach() {
+        return 0; // the agent reaps this one; init adopts the child
+    }
+    serve_pod(&config)
+}
+
+/// Entry point of `berthd monitor-standby <state> <room>`: a monitor started before its pod, so
+/// that RunPodSandbox need not wait for an exec. Once detached it says `standby <pid>` and
+/// waits on stdin for one line, the path of its pod's config (under `<state>/pods`), then goes
+/// on as `run` does. End of input (the agent is gone, or stopped keeping a standby) ends it.
+/// `room` is spaces enough for its command line to become the one `run` would have.
+pub fn run_standby(state: &Path) -> i32 {
+    if !detach() {
+        return 0;
+    }
+    report(&protocol::standby_line(std::process::id()));
+    // What the start-up touched (argument parsing, the loader's work) is not needed again.
+    crate::trim::trim();
+    let mut line = String::new();
+    match std::io::stdin().read_line(&mut line) {
+        Ok(n) if n > 0 && line.ends_with('\n') => {}
+        _ => return 0,
+    }
+    let config_path = Path::new(line.trim_end_matches('\n'));
+    if !config_path.starts_with(state.join("pods")) {
+        report(&error_line(&format!(
+            "monitor config {} is not under {}",
+            config_path.display(),
+            state.join("pods").display()
+        )));
+        return 1;
+    }
+    let config = match load_config(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            report(&error_line(&e));
+            return 1;
+        }
+    };
+    let exe = std::env::args_os().next().unwrap_or_default();
+    title::retitle(&[
+        exe.as_bytes(),
+        b"monitor",
+        config_path.as_os_str().as_bytes(),
+    ]);
+    // Its stdin was the agent's pipe; a fresh monitor's is /dev/null, and its stderr the pod's
+    // monitor log.
+    if let Ok(null) = std::fs::File::open("/dev/null") {
+        // SAFETY: dup2 onto stdin with a valid open fd; no Rust object owns fd 0.
+        unsafe { libc::dup2(null.as_raw_fd(), 0) };
+    }
+    redirect(&config.pod_dir.join(protocol::LOG_FILE), &[2]);
+    serve_pod(&config)
+}
+
+fn load_config(path: &Path) -> Result<MonitorConfig, String> {
+    std::fs::read(path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| format!("monitor config {}: {e}", path.display()))
+}
+
+/// Leaves the agent: a session of our own (so the agent's terminal or process group never
+/// signals us), then a fork whose parent exits at once, re-parenting the child to init. True in
+/// that child, which leads a session of its own too.
+fn detach() -> bool {
     let _ = nix::unistd::setsid();
     // SAFETY: the process is single-threaded here (called first thing from main), so the child
     // may run arbitrary code after fork.
     match unsafe { fork() } {
-        Ok(ForkResult::Parent { .. }) => return 0, // the agent reaps this one; init adopts the child
-        Ok(ForkResult::Child) => {}
+        Ok(ForkResult::Parent { .. }) => false,
+        Ok(ForkResult::Child) => {
+            let _ = nix::unistd::setsid();
+            true
+        }
         Err(e) => {
             report(&error_line(&format!("fork: {e}")));
-            return 1;
+            std::process::exit(1);
         }
     }
-    let _ = nix::unistd::setsid();
+}
+
+/// A detached monitor with its config: sets the pod up, reports, and serves until stopped.
+fn serve_pod(config: &MonitorConfig) -> i32 {
     // Known before anything can fail, so that an agent giving up on us can find and end us.
     let _ = std::fs::write(
         config.pod_dir.join(protocol::PID_FILE),
@@ -65,10 +134,10 @@ pub fn run(config_path: &Path) -> i32 {
         )));
         return 1;
     }
-    match serve::setup(&config) {
+    match serve::setup(config) {
         Ok(monitor) => {
             report(&ready_line(std::process::id()));
-            redirect_output(&config.pod_dir.join(protocol::LOG_FILE));
+            redirect(&config.pod_dir.join(protocol::LOG_FILE), &[1, 2]);
             monitor.serve()
         }
         Err(e) => {
@@ -86,8 +155,9 @@ fn report(line: &str) {
     let _ = out.flush();
 }
 
-/// From now on stdout and stderr go to the pod's monitor log, closing the agent's pipe.
-fn redirect_output(log: &Path) {
+/// From now on the descriptors `fds` (stdout, stderr) go to the pod's monitor log; stdout's
+/// move closes the agent's pipe.
+fn redirect(log: &Path, fds: &[i32]) {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -96,9 +166,8 @@ fn redirect_output(log: &Path) {
         Ok(f) => f.as_raw_fd(),
         Err(_) => return,
     };
-    // SAFETY: dup2 onto the standard descriptors with a valid open fd; no Rust object owns 1 or 2.
-    unsafe {
-        libc::dup2(fd, 1);
-        libc::dup2(fd, 2);
+    for &target in fds {
+        // SAFETY: dup2 onto a standard descriptor with a valid open fd; no Rust object owns it.
+        unsafe { libc::dup2(fd, target) };
     }
 }

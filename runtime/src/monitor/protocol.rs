@@ -90,9 +90,14 @@ pub fn ns_path(pod_dir: &Path, kind: &str) -> PathBuf {
     pod_dir.join(NS_DIR).join(kind)
 }
 
-/// The monitor's first stdout line: `ready <pid>` or `error: <message>`.
+/// The monitor's first stdout line: `ready <pid>` or `error: <message>`. A standby monitor
+/// (`berthd monitor-standby`) says `standby <pid>` first, once it waits for its pod.
 pub fn ready_line(pid: u32) -> String {
     format!("ready {pid}\n")
+}
+
+pub fn standby_line(pid: u32) -> String {
+    format!("standby {pid}\n")
 }
 
 pub fn error_line(message: &str) -> String {
@@ -102,6 +107,7 @@ pub fn error_line(message: &str) -> String {
 /// The start report, parsed.
 #[derive(Debug, PartialEq, Eq)]
 pub enum StartReport {
+    Standby(u32),
     Ready(u32),
     Failed(String),
 }
@@ -110,6 +116,9 @@ pub fn parse_report(line: &str) -> Option<StartReport> {
     let line = line.trim_end();
     if let Some(pid) = line.strip_prefix("ready ") {
         return pid.parse().ok().map(StartReport::Ready);
+    }
+    if let Some(pid) = line.strip_prefix("standby ") {
+        return pid.parse().ok().map(StartReport::Standby);
     }
     line.strip_prefix("error: ")
         .map(|m| StartReport::Failed(m.to_string()))
@@ -316,6 +325,10 @@ mod tests {
     #[test]
     fn reports_round_trip() {
         assert_eq!(parse_report(&ready_line(42)), Some(StartReport::Ready(42)));
+        assert_eq!(
+            parse_report(&standby_line(43)),
+            Some(StartReport::Standby(43))
+        );
         assert_eq!(
             parse_report(&error_line("unshare: EPERM\nmore")),
             Some(StartReport::Failed("unshare: EPERM more".to_string()))
