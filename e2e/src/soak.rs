@@ -383,6 +383,13 @@ async fn start_agent(config: &SoakConfig) -> (TestAgent, Option<SmallRoot>) {
     if config.small_root_mib == 0 {
         return (TestAgent::start().await, None);
     }
+    let (agent, root) = agent_on_small_root(config.small_root_mib).await;
+    (agent, Some(root))
+}
+
+/// An agent whose `root` is a loop-mounted ext4 of `mib` MiB with no blocks reserved, so that
+/// what fills it fills it for the agent too. Drop the agent before the guard.
+pub async fn agent_on_small_root(mib: u64) -> (TestAgent, SmallRoot) {
     let dir = TempDir::new("berth-e2e");
     let paths = crate::AgentPaths::under(dir.path());
     let image = dir.path().join("root.img");
@@ -390,7 +397,7 @@ async fn start_agent(config: &SoakConfig) -> (TestAgent, Option<SmallRoot>) {
     let made = std::process::Command::new("mkfs.ext4")
         .args(["-q", "-F", "-m", "0"])
         .arg(&image)
-        .arg(format!("{}M", config.small_root_mib))
+        .arg(format!("{mib}M"))
         .stdout(std::process::Stdio::null())
         .status()
         .expect("run mkfs.ext4");
@@ -418,12 +425,12 @@ async fn start_agent(config: &SoakConfig) -> (TestAgent, Option<SmallRoot>) {
         paths.config_text("[registry]\nmin_free_bytes = 0\n"),
     )
     .unwrap();
-    (TestAgent::start_in(dir, paths).await, Some(guard))
+    (TestAgent::start_in(dir, paths).await, guard)
 }
 
 /// A loop-mounted root: unmounted (which frees the loop device) and its agent's directory
 /// removed on drop.
-struct SmallRoot {
+pub struct SmallRoot {
     mountpoint: PathBuf,
     dir: PathBuf,
 }

@@ -1003,3 +1003,69 @@ async fn a_monitor_dying_in_a_create_leaves_no_container_behind() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A full root does not keep berthd from starting, as it does not keep containerd: the agent
+/// comes up and serves, and a pull fails on the full disk, then works once there is room. The
+/// soak (its containers fill the root while the agent restarts) met a start that failed: the
+/// agent removed its content store's ingest directory and made it again, and on a full disk
+/// (and for good once an agent had died between the two) there was no room to make it.
+#[tokio::test]
+async fn the_agent_starts_on_a_full_root_and_pulls_once_there_is_room() {
+    let registry = berth_e2e::registry::TestRegistry::start();
+    let image = berth_e2e::images::ImageBuilder::busybox().push(&registry, "full/busybox", "v1");
+    let (mut agent, _root) = berth_e2e::soak::agent_on_small_root(8).await;
+    agent.stop();
+    // An agent that died with its ingest directory removed and not yet made again.
+    std::fs::remove_dir(agent.paths.root.join("content/ingest")).unwrap();
+    let fill = agent.paths.root.join("fill");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&fill).unwrap();
+        // Smaller and smaller writes until not one more block is free.
+        for size in [1 << 20, 4096] {
+            let chunk = vec![0u8; size];
+            let full = loop {
+                if let Err(e) = file.write_all(&chunk).and_then(|()| file.sync_all()) {
+                    break e;
+                }
+            };
+            assert_eq!(full.raw_os_error(), Some(libc::ENOSPC), "{full}");
+        }
+    }
+    // And every inode.
+    let files: Vec<_> = (0..)
+        .map(|i| agent.paths.root.join(format!("f{i}")))
+        .take_while(|f| std::fs::File::create(f).is_ok())
+        .collect();
+    assert_eq!(
+        std::fs::create_dir(agent.paths.root.join("no-room"))
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::ENOSPC),
+        "the root has room for a directory: the test proves nothing"
+    );
+    agent.restart_with(nix::sys::signal::Signal::SIGTERM).await;
+    let mut images = agent.image().await;
+    let pull = |images: &mut berth_e2e::ImageClient| {
+        let request = PullImageRequest {
+            image: Some(ImageSpec {
+                image: image.image_ref(),
+                ..Default::default()
+            }),
+            auth: None,
+            sandbox_config: None,
+        };
+        let mut images = images.clone();
+        async move { images.pull_image(request).await }
+    };
+    let refused = pull(&mut images).await.unwrap_err();
+    assert!(
+        refused.message().contains("No space left on device"),
+        "{refused:?}"
+    );
+    std::fs::remove_file(&fill).unwrap();
+    for f in files {
+        std::fs::remove_file(f).unwrap();
+    }
+    pull(&mut images).await.unwrap();
+}

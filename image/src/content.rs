@@ -40,13 +40,25 @@ pub struct ContentStore {
 }
 
 impl ContentStore {
-    /// Opens (creating) the store under `root/content`, discarding unfinished ingests.
+    /// Opens (creating) the store under `root/content`, discarding unfinished ingests. The
+    /// ingest directory is emptied, not made again: a full disk may have no room for a new
+    /// directory, and the store opens without one (the first ingest makes it).
     pub fn open(root: &Path) -> Result<ContentStore, ContentError> {
         let blobs = root.join("content/blobs/sha256");
         let ingest = root.join("content/ingest");
         std::fs::create_dir_all(&blobs).map_err(io_error(&blobs))?;
-        let _ = std::fs::remove_dir_all(&ingest);
-        std::fs::create_dir_all(&ingest).map_err(io_error(&ingest))?;
+        match std::fs::read_dir(&ingest) {
+            Ok(entries) => {
+                for entry in entries.flatten() {
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+            Err(_) => {
+                if let Err(e) = std::fs::create_dir_all(&ingest) {
+                    tracing::warn!(dir = %ingest.display(), error = %e, "no ingest directory: the first pull makes it");
+                }
+            }
+        }
         Ok(ContentStore { blobs, ingest })
     }
 
@@ -90,9 +102,17 @@ impl ContentStore {
         let path = self
             .ingest
             .join(format!("{}-{:x}", std::process::id(), unique()));
-        let file = tokio::fs::File::create(&path)
-            .await
-            .map_err(io_error(&path))?;
+        let file = match tokio::fs::File::create(&path).await {
+            // Not made at open (no room then).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                tokio::fs::create_dir_all(&self.ingest)
+                    .await
+                    .map_err(io_error(&self.ingest))?;
+                tokio::fs::File::create(&path).await
+            }
+            created => created,
+        }
+        .map_err(io_error(&path))?;
         Ok(Ingest {
             file: Some(file),
             path,
