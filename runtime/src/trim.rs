@@ -57,13 +57,135 @@ pub(crate) fn file_page_runs(start: usize, entries: &[u64]) -> Vec<Range<usize>>
 pub(crate) fn trim() -> usize {
     // SAFETY: malloc_trim takes no pointers; it returns free heap memory to the kernel.
     unsafe { libc::malloc_trim(0) };
+    unmap_then_wait(&present_file_pages(), &mut []).0
+}
+
+/// `trim`, then a wait on `fds` as poll(2) without a timeout waits (ppoll with the signal mask
+/// as it is): the number of descriptors with events, now in `fds`, or the error. Whatever code
+/// runs after the unmapping faults its pages back, and the kernel maps 64 KiB around each
+/// fault: here nothing runs between the unmapping and the wait but one small function that
+/// makes its system calls itself, not through libc's wrappers. An idle monitor keeps only
+/// that mapped, not the pages of its poll loop, nix and libc.
+pub(crate) fn trim_then_wait(fds: &mut [nix::poll::PollFd]) -> Result<usize, nix::errno::Errno> {
+    // SAFETY: as in `trim`.
+    unsafe { libc::malloc_trim(0) };
+    let runs = present_file_pages();
+    // SAFETY: PollFd is a transparent libc::pollfd (nix passes its slices to poll(2) so too).
+    let fds = unsafe {
+        std::slice::from_raw_parts_mut(fds.as_mut_ptr().cast::<libc::pollfd>(), fds.len())
+    };
+    match unmap_then_wait(&runs, fds).1 {
+        n if n >= 0 => Ok(n as usize),
+        e => Err(nix::errno::Errno::from_raw(-e as i32)),
+    }
+}
+
+/// MADV_DONTNEED of each run, then, with descriptors, ppoll on them: (bytes unmapped, what
+/// ppoll returned, a negative errno on failure; 0 without descriptors).
+#[inline(never)]
+fn unmap_then_wait(runs: &[Range<usize>], fds: &mut [libc::pollfd]) -> (usize, isize) {
+    let mut dropped = 0;
+    for run in runs {
+        // SAFETY: the run is pages of a mapping without write permission that pagemap has
+        // shown to be the file's own pages, not copies: MADV_DONTNEED only unmaps them, and
+        // the next access faults the same bytes in from the page cache. Nothing can have made
+        // them anonymous since (they cannot be written).
+        let rc = unsafe {
+            syscall5(
+                libc::SYS_madvise,
+                [
+                    run.start,
+                    run.end - run.start,
+                    libc::MADV_DONTNEED as usize,
+                    0,
+                    0,
+                ],
+            )
+        };
+        if rc == 0 {
+            dropped += run.end - run.start;
+        }
+    }
+    if fds.is_empty() {
+        return (dropped, 0);
+    }
+    // SAFETY: ppoll(fds, nfds, no timeout, no signal mask change): the kernel writes only the
+    // revents of those `nfds` pollfds, which `fds` lends mutably.
+    let ready = unsafe {
+        syscall5(
+            libc::SYS_ppoll,
+            [fds.as_mut_ptr() as usize, fds.len(), 0, 0, 8],
+        )
+    };
+    (dropped, ready)
+}
+
+/// A system call made here, not through libc (whose wrapper's pages `trim` may just have
+/// unmapped): its return value, a negative errno on failure.
+#[cfg(target_arch = "x86_64")]
+unsafe fn syscall5(number: libc::c_long, args: [usize; 5]) -> isize {
+    let ret: isize;
+    // SAFETY: the caller's; the x86-64 system call convention, which clobbers rcx and r11. No
+    // `nomem`: the kernel may write memory the arguments point to.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") number as isize => ret,
+            in("rdi") args[0],
+            in("rsi") args[1],
+            in("rdx") args[2],
+            in("r10") args[3],
+            in("r8") args[4],
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        )
+    };
+    ret
+}
+
+#[cfg(target_arch = "aarch64")]
+unsafe fn syscall5(number: libc::c_long, args: [usize; 5]) -> isize {
+    let ret: isize;
+    // SAFETY: the caller's; the arm64 system call convention (number in x8, result in x0).
+    unsafe {
+        std::arch::asm!(
+            "svc 0",
+            in("x8") number,
+            inlateout("x0") args[0] as isize => ret,
+            in("x1") args[1],
+            in("x2") args[2],
+            in("x3") args[3],
+            in("x4") args[4],
+            options(nostack),
+        )
+    };
+    ret
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+unsafe fn syscall5(number: libc::c_long, args: [usize; 5]) -> isize {
+    // SAFETY: the caller's.
+    let rc = unsafe { libc::syscall(number, args[0], args[1], args[2], args[3], args[4]) };
+    match rc {
+        -1 => {
+            -(std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO) as isize)
+        }
+        rc => rc as isize,
+    }
+}
+
+/// The runs of present file pages in every candidate mapping, by `/proc/self/pagemap`.
+fn present_file_pages() -> Vec<Range<usize>> {
     let (Ok(maps), Ok(mut pagemap)) = (
         std::fs::read_to_string("/proc/self/maps"),
         std::fs::File::open("/proc/self/pagemap"),
     ) else {
-        return 0;
+        return Vec::new();
     };
-    let mut dropped = 0;
+    let mut runs = Vec::new();
     let mut raw = Vec::new();
     for mapping in candidates(&maps) {
         let pages = (mapping.end - mapping.start) / PAGE;
@@ -78,24 +200,9 @@ pub(crate) fn trim() -> usize {
             .chunks_exact(8)
             .map(|b| u64::from_ne_bytes(b.try_into().unwrap_or_default()))
             .collect();
-        for run in file_page_runs(mapping.start, &entries) {
-            // SAFETY: the run is pages of a mapping without write permission that pagemap
-            // has just shown to be the file's own pages, not copies: MADV_DONTNEED only
-            // unmaps them, and the next access faults the same bytes in from the page cache.
-            // Nothing can have made them anonymous since (they cannot be written).
-            let rc = unsafe {
-                libc::madvise(
-                    run.start as *mut libc::c_void,
-                    run.end - run.start,
-                    libc::MADV_DONTNEED,
-                )
-            };
-            if rc == 0 {
-                dropped += run.end - run.start;
-            }
-        }
+        runs.extend(file_page_runs(mapping.start, &entries));
     }
-    dropped
+    runs
 }
 
 #[cfg(test)]
@@ -139,6 +246,21 @@ mod tests {
             vec![0x1000..0x3000, 0x5000..0x6000, 0x7000..0xa000]
         );
         assert!(file_page_runs(0x1000, &[anonymous, 0, swapped]).is_empty());
+    }
+
+    /// The wait after the trim is poll's: it returns the ready descriptors with their events.
+    #[test]
+    fn trim_then_wait_reports_a_readable_pipe() {
+        use std::os::fd::AsFd;
+        let (read, write) = nix::unistd::pipe().unwrap();
+        nix::unistd::write(&write, b"x").unwrap();
+        let mut fds = [
+            nix::poll::PollFd::new(read.as_fd(), nix::poll::PollFlags::POLLIN),
+            nix::poll::PollFd::new(write.as_fd(), nix::poll::PollFlags::empty()),
+        ];
+        assert_eq!(trim_then_wait(&mut fds), Ok(1));
+        assert_eq!(fds[0].revents(), Some(nix::poll::PollFlags::POLLIN));
+        assert_eq!(fds[1].revents(), Some(nix::poll::PollFlags::empty()));
     }
 
     #[test]

@@ -118,8 +118,20 @@ pub(super) fn wait_for(pid: &str, report: &Path) -> i32 {
         let _ = kill(Pid::from_raw(-pid.as_raw()), Signal::SIGKILL);
     }
     let _ = SigSet::empty().thread_set_mask();
-    // What ran to get here is not needed again while the process runs, maybe for hours.
-    crate::trim::trim();
+    // What ran to get here is not needed again while the process runs, maybe for hours: given
+    // back, then the wait for its exit (its pidfd readable), so that nothing runs between the
+    // two to map pages again. wait_and_report reaps it.
+    match crate::pidfd_open(pid.as_raw()) {
+        Ok(fd) => {
+            let _ = crate::trim::trim_then_wait(&mut [nix::poll::PollFd::new(
+                std::os::fd::AsFd::as_fd(&fd),
+                nix::poll::PollFlags::POLLIN,
+            )]);
+        }
+        Err(_) => {
+            crate::trim::trim();
+        }
+    }
     wait_and_report(pid, report)
 }
 

@@ -18,7 +18,7 @@ mod timestamp;
 mod title;
 
 use std::io::Write;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
@@ -54,9 +54,13 @@ pub fn run_standby(state: &Path) -> i32 {
     }
     report(&protocol::standby_line(std::process::id()));
     // What the start-up touched (argument parsing, the loader's work) is not needed again.
-    crate::trim::trim();
+    let stdin = std::io::stdin();
+    let _ = crate::trim::trim_then_wait(&mut [nix::poll::PollFd::new(
+        stdin.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )]);
     let mut line = String::new();
-    match std::io::stdin().read_line(&mut line) {
+    match stdin.read_line(&mut line) {
         Ok(n) if n > 0 && line.ends_with('\n') => {}
         _ => return 0,
     }

@@ -227,13 +227,16 @@ impl Monitor {
                     true => PollTimeout::from(TRIM_AFTER_IDLE_MS),
                     false => PollTimeout::NONE,
                 };
-                match poll(&mut fds, timeout) {
+                let polled = match poll(&mut fds, timeout) {
+                    // Idle since the last piece of work: give back what it touched, and wait on.
                     Ok(0) => {
-                        crate::trim::trim();
                         self.untrimmed = false;
-                        continue;
+                        crate::trim::trim_then_wait(&mut fds).map(|_| ())
                     }
-                    Ok(_) => {}
+                    done => done.map(|_| ()),
+                };
+                match polled {
+                    Ok(()) => {}
                     Err(nix::errno::Errno::EINTR) => continue,
                     Err(e) => {
                         eprintln!("monitor: poll: {e}");
