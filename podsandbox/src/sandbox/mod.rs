@@ -428,9 +428,9 @@ impl Sandboxes {
                     let _ = berth_runtime::monitor::unpin_all(&dir);
                 }
             });
-            let started = monitor_client::start(&monitor_config, self.standby.take()).await;
-            self.standby.refill();
-            let (monitor, how) = started.map_err(fail("start monitor"))?;
+            let (monitor, how) = monitor_client::start(&monitor_config, self.standby.take())
+                .await
+                .map_err(fail("start monitor"))?;
             self.metrics.monitor_started(how);
             berth_common::crash::point("sandbox-monitor");
             record.monitor = Some(monitor);
@@ -463,6 +463,8 @@ impl Sandboxes {
             Ok(())
         }
         .await;
+        // The next standby starts once this build is done, not beside its CNI plugins.
+        self.standby.refill();
         match result {
             Ok(()) => {
                 undo.commit();

@@ -1,6 +1,7 @@
 //! The standby monitor: one `berthd monitor-standby` kept waiting, so that the next
 //! RunPodSandbox hands it its pod instead of exec'ing a monitor (`monitor_client::start`). A
-//! new one is started once a build has its monitor, off the build's path. It belongs to this
+//! new one is started once the build is done, so that its start does not take CPU from that
+//! build's CNI plugins. It belongs to this
 //! agent: it exits when the agent's end of its stdin closes, whatever ends the agent.
 
 use std::path::PathBuf;
