@@ -349,14 +349,7 @@ pub fn remove_cgroup_tree(dir: &std::path::Path) {
 /// Waits until process `pid` has exited (gone, or a zombie nobody reaps), at most 20 s.
 pub fn wait_process_gone(pid: i32) {
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let state = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next());
-        if matches!(state, None | Some("Z")) {
-            return;
-        }
+    while crate::running(pid as u32) {
         assert!(Instant::now() < deadline, "{pid} did not exit");
         std::thread::sleep(Duration::from_millis(10));
     }

@@ -126,6 +126,23 @@ pub fn wait_standby(agent: &TestAgent, not: Option<u32>) -> u32 {
     }
 }
 
+/// An agent (`extra` config text) with a bridge network of its own, once NetworkReady.
+pub async fn agent_with_network(extra: &str) -> (TestAgent, TestNetwork) {
+    let agent = TestAgent::start_with(extra).await;
+    let net = TestNetwork::create(&agent.paths.cni_conf_dir, crate::network::Extra::None);
+    crate::cri::wait_network_ready(&mut agent.runtime().await).await;
+    (agent, net)
+}
+
+/// Stops and removes each pod, then checks that none of them left anything.
+pub async fn remove_all_leaving_nothing(agent: &TestAgent, ids: &[&str], net: &TestNetwork) {
+    for id in ids {
+        stop(agent, id).await;
+        remove(agent, id).await;
+    }
+    assert_no_leaks(agent, Some(net));
+}
+
 /// Everything a sandbox could leave behind, for the agent and network under test.
 pub fn assert_no_leaks(agent: &TestAgent, network: Option<&TestNetwork>) {
     let pods: Vec<_> = std::fs::read_dir(agent.paths.state.join("pods"))

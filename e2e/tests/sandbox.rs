@@ -644,9 +644,7 @@ async fn a_sandbox_left_creating_by_a_killed_agent_is_rolled_back_at_start() {
 /// monitor would be named; another standby takes its place.
 #[tokio::test]
 async fn a_pod_monitor_is_the_standby_and_a_new_standby_takes_its_place() {
-    let agent = TestAgent::start().await;
-    let net = TestNetwork::create(&agent.paths.cni_conf_dir, Extra::None);
-    wait_network_ready(&mut agent.runtime().await).await;
+    let (agent, net) = agent_with_network("").await;
     let standby = wait_standby(&agent, None);
     let id = run(&agent, pod_config("standby")).await.unwrap();
     assert_eq!(
@@ -681,11 +679,7 @@ async fn a_pod_monitor_is_the_standby_and_a_new_standby_takes_its_place() {
         processes_mentioning(&pod_dir(&agent, &second).to_string_lossy()),
         vec![next]
     );
-    for id in [&id, &second] {
-        stop(&agent, id).await;
-        remove(&agent, id).await;
-    }
-    assert_no_leaks(&agent, Some(&net));
+    remove_all_leaving_nothing(&agent, &[&id, &second], &net).await;
 }
 
 /// The standby belongs to its agent: it exits when the agent dies, however it dies.
@@ -694,11 +688,11 @@ async fn the_standby_monitor_exits_with_its_agent() {
     let mut agent = TestAgent::start().await;
     let first = wait_standby(&agent, None);
     agent.stop_with(nix::sys::signal::Signal::SIGKILL);
-    wait_gone(first);
+    berth_e2e::container_fixture::wait_process_gone(first as i32);
     agent.restart_with(nix::sys::signal::Signal::SIGKILL).await;
     let second = wait_standby(&agent, Some(first));
     agent.stop_with(nix::sys::signal::Signal::SIGTERM);
-    wait_gone(second);
+    berth_e2e::container_fixture::wait_process_gone(second as i32);
     assert_eq!(standby_monitors(&agent), Vec::<u32>::new());
 }
 
@@ -706,16 +700,14 @@ async fn the_standby_monitor_exits_with_its_agent() {
 /// new standby started.
 #[tokio::test]
 async fn a_pod_starts_though_its_standby_monitor_was_killed() {
-    let agent = TestAgent::start().await;
-    let net = TestNetwork::create(&agent.paths.cni_conf_dir, Extra::None);
-    wait_network_ready(&mut agent.runtime().await).await;
+    let (agent, net) = agent_with_network("").await;
     let standby = wait_standby(&agent, None);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(standby as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
-    wait_gone(standby);
+    berth_e2e::container_fixture::wait_process_gone(standby as i32);
     let id = run(&agent, pod_config("no-standby")).await.unwrap();
     assert_eq!(
         agent.metric("berth_monitor_starts_total{how=\"exec\"}"),
@@ -731,17 +723,13 @@ async fn a_pod_starts_though_its_standby_monitor_was_killed() {
         "one monitor"
     );
     wait_standby(&agent, Some(standby));
-    stop(&agent, &id).await;
-    remove(&agent, &id).await;
-    assert_no_leaks(&agent, Some(&net));
+    remove_all_leaving_nothing(&agent, &[&id], &net).await;
 }
 
 /// `[runtime] monitor_standby = false`: no standby, every monitor exec'd for its pod.
 #[tokio::test]
 async fn with_monitor_standby_off_no_monitor_waits_ahead() {
-    let agent = TestAgent::start_with("[runtime]\nmonitor_standby = false\n").await;
-    let net = TestNetwork::create(&agent.paths.cni_conf_dir, Extra::None);
-    wait_network_ready(&mut agent.runtime().await).await;
+    let (agent, net) = agent_with_network("[runtime]\nmonitor_standby = false\n").await;
     let id = run(&agent, pod_config("exec")).await.unwrap();
     let second = run(&agent, pod_config("exec-2")).await.unwrap();
     assert_eq!(
@@ -749,23 +737,7 @@ async fn with_monitor_standby_off_no_monitor_waits_ahead() {
         2.0
     );
     assert_eq!(standby_monitors(&agent), Vec::<u32>::new());
-    for id in [&id, &second] {
-        stop(&agent, id).await;
-        remove(&agent, id).await;
-    }
-    assert_no_leaks(&agent, Some(&net));
-}
-
-/// Polls (10 s at most) until process `pid` has exited.
-fn wait_gone(pid: u32) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while berth_e2e::running(pid) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "process {pid} still running after 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    remove_all_leaving_nothing(&agent, &[&id, &second], &net).await;
 }
 
 /// An idle monitor gives back the pages its work touched (`trim`) and then waits without
@@ -773,9 +745,7 @@ fn wait_gone(pid: u32) {
 /// libc's wrappers had kept ~0.4 MiB of code mapped in every idle monitor).
 #[tokio::test]
 async fn an_idle_monitor_keeps_none_of_libcs_code_mapped() {
-    let agent = TestAgent::start().await;
-    let net = TestNetwork::create(&agent.paths.cni_conf_dir, Extra::None);
-    wait_network_ready(&mut agent.runtime().await).await;
+    let (agent, net) = agent_with_network("").await;
     let id = run(&agent, pod_config("idle")).await.unwrap();
     let pid: u32 = std::fs::read_to_string(pod_dir(&agent, &id).join("monitor.pid"))
         .unwrap()
@@ -810,7 +780,5 @@ async fn an_idle_monitor_keeps_none_of_libcs_code_mapped() {
         "KiB of libc's code mapped in the idle monitor (and {} KiB of berthd's)",
         code("berthd")
     );
-    stop(&agent, &id).await;
-    remove(&agent, &id).await;
-    assert_no_leaks(&agent, Some(&net));
+    remove_all_leaving_nothing(&agent, &[&id], &net).await;
 }
