@@ -126,6 +126,12 @@ pub fn wait_standby(agent: &TestAgent, not: Option<u32>) -> u32 {
     }
 }
 
+/// The pod's IP, as PodSandboxStatus gives it.
+pub async fn pod_ip(agent: &TestAgent, id: &str) -> String {
+    let status = status(agent, id, false).await.status.expect("a status");
+    status.network.map(|n| n.ip).unwrap_or_default()
+}
+
 /// An agent (`extra` config text) with a bridge network of its own, once NetworkReady.
 pub async fn agent_with_network(extra: &str) -> (TestAgent, TestNetwork) {
     let agent = TestAgent::start_with(extra).await;

@@ -666,14 +666,7 @@ async fn a_pod_monitor_is_the_standby_and_a_new_standby_takes_its_place() {
     );
     let next = wait_standby(&agent, Some(standby));
     // The pod works as one whose monitor was exec'd: its own network namespace and IP.
-    let ip = status(&agent, &id, false)
-        .await
-        .status
-        .unwrap()
-        .network
-        .unwrap()
-        .ip;
-    assert!(!ip.is_empty());
+    assert!(!pod_ip(&agent, &id).await.is_empty());
     let second = run(&agent, pod_config("standby-2")).await.unwrap();
     assert_eq!(
         processes_mentioning(&pod_dir(&agent, &second).to_string_lossy()),
