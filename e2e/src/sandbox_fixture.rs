@@ -105,7 +105,9 @@ pub fn standby_monitors(agent: &TestAgent) -> Vec<u32> {
         .collect()
 }
 
-/// Polls (10 s at most) until the agent has a standby monitor other than `not`, and returns it.
+/// Polls (10 s at most) until the agent holds a standby monitor other than `not` ready for the
+/// next pod, and returns it. Its process shows before the agent has read its report, and a pod
+/// run in between gets an exec'd monitor: ready is `berth_monitor_standby_waiting` at 1.
 pub fn wait_standby(agent: &TestAgent, not: Option<u32>) -> u32 {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
@@ -114,13 +116,13 @@ pub fn wait_standby(agent: &TestAgent, not: Option<u32>) -> u32 {
             .filter(|&p| Some(p) != not)
             .collect();
         match standbys[..] {
-            [pid] => return pid,
-            [] => {}
+            [pid] if agent.metric("berth_monitor_standby_waiting") == 1.0 => return pid,
+            [] | [_] => {}
             _ => panic!("more than one standby monitor: {standbys:?}"),
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "no standby monitor in 10 s"
+            "no standby monitor ready in 10 s"
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }

@@ -22,6 +22,7 @@ pub struct SandboxMetrics {
     orphan_networks: prometheus_client::metrics::counter::Counter,
     monitor_memory: Family<MemoryKindLabel, Gauge>,
     monitor_starts: Family<HowLabel, Counter>,
+    standby_waiting: Gauge,
 }
 
 /// `{how="standby"|"exec"}` of `berth_monitor_starts_total`.
@@ -45,6 +46,7 @@ impl Default for SandboxMetrics {
             orphan_networks: Default::default(),
             monitor_memory: Family::default(),
             monitor_starts: Family::default(),
+            standby_waiting: Gauge::default(),
         }
     }
 }
@@ -82,6 +84,11 @@ impl SandboxMetrics {
             "Pod monitors started, by how: standby (a monitor started ahead, handed the pod) or exec (started for the pod: standbys are off, or none was waiting)",
             m.monitor_starts.clone(),
         );
+        registry.register(
+            "berth_monitor_standby_waiting",
+            "1 while a standby monitor waits, started, for the next pod (its RunPodSandbox hands it the pod), else 0",
+            m.standby_waiting.clone(),
+        );
         m
     }
 
@@ -91,6 +98,11 @@ impl SandboxMetrics {
             Started::Exec => "exec",
         };
         self.monitor_starts.get_or_create(&HowLabel { how }).inc();
+    }
+
+    /// The gauge the standby slot keeps: 1 while a standby waits.
+    pub(crate) fn standby_waiting(&self) -> Gauge {
+        self.standby_waiting.clone()
     }
 
     pub(crate) fn set_monitor_memory(&self, rss: u64, pss: u64) {

@@ -95,9 +95,13 @@ impl Sandboxes {
             network,
             sandboxes: Mutex::new(BTreeMap::new()),
             builds: Mutex::new(HashMap::new()),
+            standby: standby::Spare::new(
+                state.to_path_buf(),
+                monitor_standby,
+                metrics.standby_waiting(),
+            ),
             metrics,
             events,
-            standby: standby::Spare::new(state.to_path_buf(), monitor_standby),
         };
         for entry in std::fs::read_dir(&pods)?.flatten() {
             let dir = entry.path();

@@ -7,11 +7,15 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use prometheus_client::metrics::gauge::Gauge;
+
 use crate::monitor_client::{self, Standby};
 
 pub(crate) struct Spare {
     state: PathBuf,
     slot: Mutex<Slot>,
+    /// `berth_monitor_standby_waiting`: 1 while the slot is `Ready`.
+    waiting: Gauge,
 }
 
 enum Slot {
@@ -23,10 +27,11 @@ enum Slot {
 }
 
 impl Spare {
-    pub(crate) fn new(state: PathBuf, enabled: bool) -> Arc<Spare> {
+    pub(crate) fn new(state: PathBuf, enabled: bool, waiting: Gauge) -> Arc<Spare> {
         Arc::new(Spare {
             state,
             slot: Mutex::new(if enabled { Slot::Empty } else { Slot::Off }),
+            waiting,
         })
     }
 
@@ -38,7 +43,10 @@ impl Spare {
     pub(crate) fn take(&self) -> Option<Standby> {
         let mut slot = self.lock();
         match std::mem::replace(&mut *slot, Slot::Empty) {
-            Slot::Ready(standby) => Some(standby),
+            Slot::Ready(standby) => {
+                self.waiting.set(0);
+                Some(standby)
+            }
             other => {
                 *slot = other;
                 None
@@ -57,9 +65,12 @@ impl Spare {
         }
         let spare = self.clone();
         tokio::spawn(async move {
-            let next = match monitor_client::start_standby(&spare.state).await {
+            let started = monitor_client::start_standby(&spare.state).await;
+            let mut slot = spare.lock();
+            *slot = match started {
                 Ok(standby) => {
                     tracing::debug!(pid = standby.pid(), "standby monitor waiting");
+                    spare.waiting.set(1);
                     Slot::Ready(standby)
                 }
                 Err(e) => {
@@ -67,7 +78,6 @@ impl Spare {
                     Slot::Empty
                 }
             };
-            *spare.lock() = next;
         });
     }
 }
