@@ -128,6 +128,13 @@ pub fn wait_standby(agent: &TestAgent, not: Option<u32>) -> u32 {
     }
 }
 
+/// `/proc/<pid>/ns/<kind>` as the kernel names it (`net:[4026531840]`): one name, one namespace.
+pub fn namespace_of(pid: u32, kind: &str) -> String {
+    let link = format!("/proc/{pid}/ns/{kind}");
+    let name = std::fs::read_link(&link).unwrap_or_else(|e| panic!("{link}: {e}"));
+    name.to_string_lossy().into_owned()
+}
+
 /// The pod's IP, as PodSandboxStatus gives it.
 pub async fn pod_ip(agent: &TestAgent, id: &str) -> String {
     let status = status(agent, id, false).await.status.expect("a status");

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::io::Read;
 use std::net::TcpStream;
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -641,11 +642,23 @@ async fn a_sandbox_left_creating_by_a_killed_agent_is_rolled_back_at_start() {
 }
 
 /// A pod's monitor is the standby the agent kept waiting, renamed for its pod as an exec'd
-/// monitor would be named; another standby takes its place.
+/// monitor would be named, in the network, IPC and UTS namespaces it made while it waited;
+/// another standby takes its place.
 #[tokio::test]
 async fn a_pod_monitor_is_the_standby_and_a_new_standby_takes_its_place() {
     let (agent, net) = agent_with_network("").await;
     let standby = wait_standby(&agent, None);
+    let made: Vec<String> = ["net", "ipc", "uts"]
+        .iter()
+        .map(|kind| namespace_of(standby, kind))
+        .collect();
+    for (kind, made) in ["net", "ipc", "uts"].iter().zip(&made) {
+        assert_ne!(
+            *made,
+            namespace_of(agent.pid(), kind),
+            "the waiting standby's {kind} namespace is a new one"
+        );
+    }
     let id = run(&agent, pod_config("standby")).await.unwrap();
     assert_eq!(
         agent.metric("berth_monitor_starts_total{how=\"standby\"}"),
@@ -664,6 +677,17 @@ async fn a_pod_monitor_is_the_standby_and_a_new_standby_takes_its_place() {
         "{:?}",
         String::from_utf8_lossy(&cmdline)
     );
+    // The pod's namespaces, pinned in its dir, are those.
+    for (kind, made) in ["net", "ipc", "uts"].iter().zip(&made) {
+        let pinned = std::fs::metadata(pod_dir(&agent, &id).join("ns").join(kind))
+            .unwrap()
+            .ino();
+        assert_eq!(
+            *made,
+            format!("{kind}:[{pinned}]"),
+            "the pod's {kind} namespace"
+        );
+    }
     let next = wait_standby(&agent, Some(standby));
     // The pod works as one whose monitor was exec'd: its own network namespace and IP.
     assert!(!pod_ip(&agent, &id).await.is_empty());
@@ -673,6 +697,49 @@ async fn a_pod_monitor_is_the_standby_and_a_new_standby_takes_its_place() {
         vec![next]
     );
     remove_all_leaving_nothing(&agent, &[&id, &second], &net).await;
+}
+
+/// A pod that shares the host's namespaces gets them though its monitor was a standby that had
+/// made its own: all three for a host-network, host-IPC pod; only those it shares for one
+/// with an IPC namespace of its own.
+#[tokio::test]
+async fn a_standby_goes_back_to_the_host_namespaces_its_pod_shares() {
+    let agent = TestAgent::start().await;
+    let host = |kind: &str| namespace_of(std::process::id(), kind);
+    let mut standby = None;
+    let mut pods = Vec::new();
+    for (name, ipc, own) in [
+        ("standby-hostns", NamespaceMode::Node, &[][..]),
+        ("standby-hostnet", NamespaceMode::Pod, &["ipc"][..]),
+    ] {
+        let monitor = wait_standby(&agent, standby);
+        let config = pod_config_with(name, NamespaceMode::Node, NamespaceMode::Container, ipc);
+        let id = run(&agent, config).await.unwrap();
+        assert_eq!(
+            processes_mentioning(&pod_dir(&agent, &id).to_string_lossy()),
+            vec![monitor],
+            "{name}'s monitor is the standby"
+        );
+        for kind in ["net", "ipc", "uts"] {
+            let shares = namespace_of(monitor, kind) == host(kind);
+            assert_eq!(shares, !own.contains(&kind), "{name}'s {kind} namespace");
+            assert_eq!(
+                pod_dir(&agent, &id).join("ns").join(kind).exists(),
+                own.contains(&kind),
+                "{name}'s {kind} namespace pinned"
+            );
+        }
+        standby = Some(monitor);
+        pods.push(id);
+    }
+    assert_eq!(
+        agent.metric("berth_monitor_starts_total{how=\"standby\"}"),
+        2.0
+    );
+    for id in &pods {
+        remove(&agent, id).await;
+    }
+    assert_no_leaks(&agent, None);
 }
 
 /// The standby belongs to its agent: it exits when the agent dies, however it dies.

@@ -79,7 +79,35 @@ async fn root_in_a_pod_user_namespace_is_the_mapped_uid_on_the_host() {
         "81".to_string(),
     )]
     .into();
+    // The pod's monitor is the standby, which made namespaces of its own before the pod came:
+    // the pod's are made under its user namespace all the same (its root sets a net sysctl).
+    berth_e2e::sandbox_fixture::wait_standby(&f.agent, None);
     let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    assert_eq!(
+        f.agent
+            .metric("berth_monitor_starts_total{how=\"standby\"}"),
+        1.0
+    );
+    // The monitor itself went back to the host's: it runs the executor as host root.
+    let monitor: u32 = std::fs::read_to_string(
+        f.agent
+            .paths
+            .state
+            .join("pods")
+            .join(&pod)
+            .join("monitor.pid"),
+    )
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap();
+    for kind in ["net", "ipc", "uts"] {
+        assert_eq!(
+            berth_e2e::sandbox_fixture::namespace_of(monitor, kind),
+            berth_e2e::sandbox_fixture::namespace_of(std::process::id(), kind),
+            "the monitor's {kind} namespace"
+        );
+    }
 
     // Two host volumes owned by host root: one idmapped as kubelet asks, one plain.
     let volumes = TempDir::new("berth-e2e-userns-vol");

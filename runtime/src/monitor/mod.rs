@@ -40,18 +40,20 @@ pub fn run(config_path: &Path) -> i32 {
     if !detach() {
         return 0; // the agent reaps this one; init adopts the child
     }
-    serve_pod(&config)
+    serve_pod(&config, false)
 }
 
 /// Entry point of `berthd monitor-standby <state> <room>`: a monitor started before its pod, so
 /// that RunPodSandbox need not wait for an exec. Once detached it says `standby <pid>` and
 /// waits on stdin for one line, the path of its pod's config (under `<state>/pods`), then goes
 /// on as `run` does. End of input (the agent is gone, or stopped keeping a standby) ends it.
-/// `room` is spaces enough for its command line to become the one `run` would have.
+/// `room` is spaces enough for its command line to become the one `run` would have. It makes
+/// the network, IPC and UTS namespaces most pods ask for before it says so.
 pub fn run_standby(state: &Path) -> i32 {
     if !detach() {
         return 0;
     }
+    let premade = namespaces::Premade::make();
     report(&protocol::standby_line(std::process::id()));
     // What the start-up touched (argument parsing, the loader's work) is not needed again.
     let stdin = std::io::stdin();
@@ -93,7 +95,14 @@ pub fn run_standby(state: &Path) -> i32 {
         unsafe { libc::dup2(null.as_raw_fd(), 0) };
     }
     redirect(&config.pod_dir.join(protocol::LOG_FILE), &[2]);
-    serve_pod(&config)
+    let premade = match premade.map(|p| p.fit(&config)).transpose() {
+        Ok(premade) => premade.is_some(),
+        Err(e) => {
+            report(&error_line(&format!("pod {}: {e}", config.sandbox_id)));
+            return 1;
+        }
+    };
+    serve_pod(&config, premade)
 }
 
 fn load_config(path: &Path) -> Result<MonitorConfig, String> {
@@ -124,7 +133,8 @@ fn detach() -> bool {
 }
 
 /// A detached monitor with its config: sets the pod up, reports, and serves until stopped.
-fn serve_pod(config: &MonitorConfig) -> i32 {
+/// `premade`: as for [`serve::setup`].
+fn serve_pod(config: &MonitorConfig, premade: bool) -> i32 {
     // Known before anything can fail, so that an agent giving up on us can find and end us.
     let _ = std::fs::write(
         config.pod_dir.join(protocol::PID_FILE),
@@ -138,7 +148,7 @@ fn serve_pod(config: &MonitorConfig) -> i32 {
         )));
         return 1;
     }
-    match serve::setup(config) {
+    match serve::setup(config, premade) {
         Ok(monitor) => {
             report(&ready_line(std::process::id()));
             redirect(&config.pod_dir.join(protocol::LOG_FILE), &[1, 2]);

@@ -12,18 +12,71 @@ use nix::unistd::{fork, ForkResult, Pid};
 use super::protocol::{ns_path, sysctl_namespace, sysctl_path, MonitorConfig};
 use crate::spec::UserNamespace;
 
-/// Creates the namespaces `config` asks for in the calling (single-threaded) process.
-pub(super) fn create(config: &MonitorConfig) -> Result<(), String> {
-    let mut flags = CloneFlags::empty();
-    if config.new_net {
-        flags |= CloneFlags::CLONE_NEWNET;
+/// The network, IPC and UTS namespaces, each with the name of its file under `/proc/<pid>/ns`.
+const OWN_KINDS: [(CloneFlags, &str); 3] = [
+    (CloneFlags::CLONE_NEWNET, "net"),
+    (CloneFlags::CLONE_NEWIPC, "ipc"),
+    (CloneFlags::CLONE_NEWUTS, "uts"),
+];
+
+/// Whether `config` asks for a namespace of its own of `kind` (one of [`OWN_KINDS`]).
+fn wants(config: &MonitorConfig, kind: CloneFlags) -> bool {
+    if kind == CloneFlags::CLONE_NEWNET {
+        config.new_net
+    } else if kind == CloneFlags::CLONE_NEWIPC {
+        config.new_ipc
+    } else {
+        config.new_uts
     }
-    if config.new_ipc {
-        flags |= CloneFlags::CLONE_NEWIPC;
+}
+
+/// New network, IPC and UTS namespaces a standby monitor made while it waited for its pod
+/// (unshare(2) of a network namespace alone takes ~0.5 ms, on RunPodSandbox's path otherwise),
+/// with the namespaces it had before, for a pod that shares those.
+pub(super) struct Premade {
+    before: Vec<(CloneFlags, OwnedFd)>,
+}
+
+impl Premade {
+    /// Moves the calling (single-threaded) process into new namespaces; None, and nothing
+    /// changed, when it cannot.
+    pub(super) fn make() -> Option<Premade> {
+        let before = OWN_KINDS
+            .iter()
+            .map(|&(flag, kind)| {
+                std::fs::File::open(format!("/proc/self/ns/{kind}")).map(|f| (flag, f.into()))
+            })
+            .collect::<std::io::Result<Vec<_>>>()
+            .ok()?;
+        let all = OWN_KINDS
+            .iter()
+            .fold(CloneFlags::empty(), |flags, &(flag, _)| flags | flag);
+        unshare(all).ok()?;
+        Some(Premade { before })
     }
-    if config.new_uts {
-        flags |= CloneFlags::CLONE_NEWUTS;
+
+    /// Keeps the namespaces `config` asks for and goes back to the ones it had for the others;
+    /// to all of them for a pod with a user namespace, whose own are made under it. Then
+    /// [`create`] makes none.
+    pub(super) fn fit(self, config: &MonitorConfig) -> Result<(), String> {
+        for (flag, before) in self.before {
+            if config.userns.is_none() && wants(config, flag) {
+                continue;
+            }
+            nix::sched::setns(before, flag)
+                .map_err(|e| format!("leave the standby's {flag:?} namespace: {e}"))?;
+        }
+        Ok(())
     }
+}
+
+/// Creates the namespaces `config` asks for in the calling (single-threaded) process, unless
+/// they are `premade` ([`Premade::fit`]), and names its host.
+pub(super) fn create(config: &MonitorConfig, premade: bool) -> Result<(), String> {
+    let flags = OWN_KINDS
+        .iter()
+        .filter(|&&(flag, _)| !premade && wants(config, flag))
+        .fold(CloneFlags::empty(), |flags, &(flag, _)| flags | flag);
     if !flags.is_empty() {
         unshare(flags).map_err(|e| format!("unshare namespaces: {e}"))?;
     }
@@ -58,12 +111,8 @@ pub(super) fn apply_sysctls(config: &MonitorConfig) -> Result<(), String> {
 
 /// Pins the network, IPC and UTS namespaces `config` asked for from process `pid`.
 pub(super) fn pin_own(config: &MonitorConfig, pid: u32) -> Result<(), String> {
-    for (wanted, kind) in [
-        (config.new_net, "net"),
-        (config.new_ipc, "ipc"),
-        (config.new_uts, "uts"),
-    ] {
-        if wanted {
+    for (flag, kind) in OWN_KINDS {
+        if wants(config, flag) {
             pin(&config.pod_dir, pid, kind)?;
         }
     }
@@ -172,7 +221,7 @@ fn holder(
             .map_err(|e| format!("become the user namespace's root group: {e}"))?;
         nix::unistd::setresuid(root, root, root)
             .map_err(|e| format!("become the user namespace's root: {e}"))?;
-        create(config)?;
+        create(config, false)?;
         apply_sysctls(config)?;
         config.pod_pid.then(spawn_pod_init).transpose()
     };

@@ -39,7 +39,8 @@ fn handled_signals() -> SigSet {
 }
 
 /// Namespaces, pins, sysctls, the pod init and the control socket. Errors name the step.
-pub(super) fn setup(config: &MonitorConfig) -> Result<Monitor, String> {
+/// `premade`: the namespaces `config` asks for are the process's already ([`namespaces::Premade`]).
+pub(super) fn setup(config: &MonitorConfig, premade: bool) -> Result<Monitor, String> {
     let mask = handled_signals();
     mask.thread_block()
         .map_err(|e| format!("block signals: {e}"))?;
@@ -58,7 +59,7 @@ pub(super) fn setup(config: &MonitorConfig) -> Result<Monitor, String> {
     let pod_init = match &config.userns {
         Some(userns) => namespaces::create_in_userns(config, userns, spawn_pod_init)?,
         None => {
-            namespaces::create(config)?;
+            namespaces::create(config, premade)?;
             namespaces::apply_sysctls(config)?;
             namespaces::pin_own(config, std::process::id())?;
             config.pod_pid.then(spawn_pod_init).transpose()?
