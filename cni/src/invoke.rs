@@ -185,7 +185,9 @@ impl CniInvoker {
         let cni_args = att.validate(Verb::Add)?;
         ensure_plugins(net)?;
         let offered = att.capabilities.to_json();
-        self.save_blocking(net, att, None).await?;
+        let (cache, network, attachment) = (self.cache.clone(), net.clone(), att.clone());
+        self.on_blocking_thread(move || cache.save_attachment(&network, &attachment))
+            .await?;
         let mut prev: Option<CniResult> = None;
         for plugin in &net.plugins {
             let stdin = plugin_stdin(net, plugin, prev.as_ref().map(CniResult::raw), &offered);
@@ -208,31 +210,28 @@ impl CniInvoker {
             prev = Some(result);
         }
         let result = prev.ok_or_else(|| no_plugins(net))?;
-        self.save_blocking(net, att, Some(&result)).await?;
+        let (cache, id, ifname, saved) = (
+            self.cache.clone(),
+            att.container_id.clone(),
+            att.ifname.clone(),
+            result.clone(),
+        );
+        self.on_blocking_thread(move || cache.save_result(&id, &ifname, &saved))
+            .await?;
         Ok(result)
     }
 
-    /// [`ResultCache::save_attachment`] on a blocking thread.
-    async fn save_blocking(
+    /// A write to the cache, on a blocking thread.
+    async fn on_blocking_thread(
         &self,
-        net: &Network,
-        att: &Attachment,
-        result: Option<&CniResult>,
+        write: impl FnOnce() -> Result<(), CniError> + Send + 'static,
     ) -> Result<(), CniError> {
-        let (cache, network, attachment, saved) = (
-            self.cache.clone(),
-            net.clone(),
-            att.clone(),
-            result.cloned(),
-        );
-        tokio::task::spawn_blocking(move || {
-            cache.save_attachment(&network, &attachment, saved.as_ref())
-        })
-        .await
-        .map_err(|e| CniError::Cache {
-            path: self.cache.dir().to_path_buf(),
-            message: e.to_string(),
-        })?
+        tokio::task::spawn_blocking(write)
+            .await
+            .map_err(|e| CniError::Cache {
+                path: self.cache.dir().to_path_buf(),
+                message: e.to_string(),
+            })?
     }
 
     /// CHECK: runs the plugins in order with the cached ADD result as `prevResult`. Like

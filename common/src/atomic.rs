@@ -33,6 +33,16 @@ pub fn write_atomic_unsynced(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     write(path, bytes, 0o644, Durability::Unsynced)
 }
 
+/// As [`write_atomic_unsynced`], the file created with `mode` (before the umask) instead of
+/// 0644: for a file outside the state dir whose loss in a power cut its reader tolerates.
+pub fn write_atomic_unsynced_with_mode(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+) -> std::io::Result<()> {
+    write(path, bytes, mode, Durability::Unsynced)
+}
+
 fn write(path: &Path, bytes: &[u8], mode: u32, durability: Durability) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
