@@ -349,7 +349,7 @@ async fn main() {
     let mut peer: Option<PathBuf> = None;
     let mut peer_pid: Option<u32> = None;
     let mut lab = false;
-    // `--only sandboxes|containers|streaming`: just that section (and the figures it needs), to iterate
+    // `--only sandboxes|containers|burst|streaming`: just that section (and the figures it needs), to iterate
     // on it.
     let mut only: Option<String> = None;
     let mut args = std::env::args().skip(1);
@@ -367,12 +367,12 @@ async fn main() {
             "--only" => {
                 only = Some(
                     args.next()
-                        .expect("--only needs a section: sandboxes, containers, streaming"),
+                        .expect("--only needs a section: sandboxes, containers, burst, streaming"),
                 )
             }
             other => panic!(
                 "unknown argument {other}; usage: berth-bench [--peer unix:///path.sock \
-                 [--peer-pid PID]] [--lab] [--only sandboxes|containers|streaming]"
+                 [--peer-pid PID]] [--lab] [--only sandboxes|containers|burst|streaming]"
             ),
         }
     }
@@ -471,7 +471,7 @@ async fn main() {
         )
         .await;
     }
-    if everything {
+    if section("burst") {
         burst::measure(
             &agent.paths.socket,
             "berth",
@@ -551,7 +551,7 @@ async fn main() {
                 )
                 .await;
             }
-            if everything {
+            if section("burst") {
                 burst::measure(&peer, "peer", &images[0].1, containerd_pid, &mut figures).await;
             }
             if section("streaming") {
