@@ -31,8 +31,8 @@ fn wants(config: &MonitorConfig, kind: CloneFlags) -> bool {
 }
 
 /// New network, IPC and UTS namespaces a standby monitor made while it waited for its pod
-/// (unshare(2) of a network namespace alone takes ~0.5 ms, on RunPodSandbox's path otherwise),
-/// with the namespaces it had before, for a pod that shares those.
+/// (unshare(2) of a network namespace alone takes ~1 ms on the bench VM, on RunPodSandbox's
+/// path otherwise), with the namespaces it had before, for a pod that shares those.
 pub(super) struct Premade {
     before: Vec<(CloneFlags, OwnedFd)>,
 }
