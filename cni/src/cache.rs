@@ -313,11 +313,7 @@ mod tests {
         let older = CniResult::from_slice(BRIDGE_040.as_bytes()).unwrap();
         cache.save("abc123", "eth0", &older).unwrap();
         assert_eq!(cache.load("abc123", "eth0").unwrap(), Some(older));
-        let names: Vec<_> = std::fs::read_dir(cache.dir())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .collect();
-        assert_eq!(names, ["abc123-eth0.json"]);
+        assert_eq!(names_in(cache.dir()), ["abc123-eth0.json"]);
 
         cache.remove("abc123", "eth0").unwrap();
         cache.remove("abc123", "eth0").unwrap();

@@ -89,18 +89,7 @@ async fn root_in_a_pod_user_namespace_is_the_mapped_uid_on_the_host() {
         1.0
     );
     // The monitor itself went back to the host's: it runs the executor as host root.
-    let monitor: u32 = std::fs::read_to_string(
-        f.agent
-            .paths
-            .state
-            .join("pods")
-            .join(&pod)
-            .join("monitor.pid"),
-    )
-    .unwrap()
-    .trim()
-    .parse()
-    .unwrap();
+    let monitor = monitor_pid(&mut c, &pod).await as u32;
     for kind in ["net", "ipc", "uts"] {
         assert_eq!(
             berth_e2e::sandbox_fixture::namespace_of(monitor, kind),
