@@ -19,6 +19,9 @@ pub enum Fault {
     ServerError,
     /// Send the head and a few bytes of body, then nothing for a long time.
     Stall,
+    /// Send the head and half of a body larger than 64 KiB (a layer, not a config), then
+    /// nothing for a long time; smaller bodies pass.
+    StallHalfway,
     /// Answer 500 with a body that never ends (64 KiB a millisecond, until the client goes:
     /// fast enough to find an unbounded read, slow enough not to take the host's memory).
     EndlessError,
@@ -177,6 +180,12 @@ fn serve(mut client: TcpStream, upstream: &str, state: &State) -> std::io::Resul
         Fault::Stall => {
             let some = (body_start + 16).min(response.len());
             client.write_all(&response[..some])?;
+            client.flush()?;
+            std::thread::sleep(Duration::from_secs(120));
+        }
+        Fault::StallHalfway if response.len() - body_start > 64 * 1024 => {
+            let half = body_start + (response.len() - body_start) / 2;
+            client.write_all(&response[..half])?;
             client.flush()?;
             std::thread::sleep(Duration::from_secs(120));
         }

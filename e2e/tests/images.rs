@@ -517,6 +517,77 @@ async fn concurrent_pulls_of_one_image_share_the_download() {
     assert_eq!(agent.metric("berth_image_pull_bytes_total") as u64, total);
 }
 
+#[tokio::test]
+async fn a_layer_is_unpacked_while_it_downloads() {
+    let registry = TestRegistry::start();
+    let image = ImageBuilder::busybox().push(&registry, "test/streaming", "v1");
+    let proxy = FaultProxy::start(&registry.address());
+    proxy.set(Fault::StallHalfway);
+    let agent = TestAgent::start_with("[registry]\npull_progress_timeout_secs = 10\n").await;
+    let reference = format!("{}/test/streaming:v1", proxy.address());
+    let mut client = agent.image().await;
+    let pulling = tokio::spawn(async move {
+        client
+            .pull_image(PullImageRequest {
+                image: spec(&reference),
+                auth: None,
+                sandbox_config: None,
+            })
+            .await
+    });
+    // Half the layer has come, the rest never does: what came is unpacked already.
+    let snapshots = agent.paths.root.join("snapshots");
+    let unpacked = |name: &str| {
+        entries(&snapshots)
+            .iter()
+            .filter(|e| e.starts_with("tmp-"))
+            .any(|e| snapshots.join(e).join("fs").join(name).exists())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(9);
+    while !unpacked("bin") && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(unpacked("bin"), "snapshots: {:?}", entries(&snapshots));
+    assert!(!pulling.is_finished(), "the pull still waits for the rest");
+    let err = pulling.await.unwrap().unwrap_err();
+    assert!(err.message().contains("no progress for 10s"), "{err:?}");
+    assert_nothing_half_stored(&agent, &image.layers[0].digest);
+}
+
+#[tokio::test]
+async fn a_pulled_layer_is_kept_as_its_snapshot_only_and_a_stored_blob_is_not_downloaded() {
+    let registry = TestRegistry::start();
+    let image = ImageBuilder::busybox().push(&registry, "test/noblob", "v1");
+    let proxy = FaultProxy::start(&registry.address());
+    let reference = format!("{}/test/noblob:v1", proxy.address());
+    let agent = TestAgent::start().await;
+    let layer = image.layers[0].digest.clone();
+
+    pull(&agent, &reference).await.unwrap();
+    assert_eq!(proxy.blob_requests(), 2, "the config and the layer");
+    assert!(blob_path(&agent, &image.config_digest).exists());
+    assert!(
+        !blob_path(&agent, &layer).exists(),
+        "the layer blob is not kept"
+    );
+    assert!(snapshot_fs(&agent, &image, 0).join("bin/busybox").exists());
+
+    // A layer blob in the store (an older agent kept them): unpacked from it, not downloaded.
+    remove(&agent, &reference).await;
+    assert!(!snapshot_fs(&agent, &image, 0).exists());
+    let hex = &layer["sha256:".len()..];
+    let stored = registry
+        .dir()
+        .join("storage/docker/registry/v2/blobs/sha256")
+        .join(&hex[..2])
+        .join(hex)
+        .join("data");
+    std::fs::copy(&stored, blob_path(&agent, &layer)).unwrap();
+    pull(&agent, &reference).await.unwrap();
+    assert_eq!(proxy.blob_requests(), 3, "only the config again");
+    assert!(snapshot_fs(&agent, &image, 0).join("bin/busybox").exists());
+}
+
 /// After a failed pull nothing of it is stored: no ingest file, no blob, no snapshot, no record.
 fn assert_nothing_half_stored(agent: &TestAgent, failing_blob: &str) {
     let root = &agent.paths.root;

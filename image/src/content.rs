@@ -135,22 +135,12 @@ impl ContentStore {
         file.flush().await.map_err(io_error(&ingest.path))?;
         file.sync_all().await.map_err(io_error(&ingest.path))?;
         drop(file);
-        let actual = Digest::from_hasher(std::mem::take(&mut ingest.hasher));
-        if &actual != expected {
-            return Err(ContentError::DigestMismatch {
-                expected: expected.clone(),
-                actual,
-            });
-        }
-        if let Some(size) = size {
-            if size != ingest.written {
-                return Err(ContentError::SizeMismatch {
-                    digest: expected.clone(),
-                    expected: size,
-                    actual: ingest.written,
-                });
-            }
-        }
+        verify(
+            expected,
+            size,
+            std::mem::take(&mut ingest.hasher),
+            ingest.written,
+        )?;
         let target = self.path(expected);
         tokio::fs::rename(&ingest.path, &target)
             .await
@@ -178,6 +168,31 @@ impl ContentStore {
                 Some((digest, e.metadata().ok()?.len()))
             })
             .collect()
+    }
+}
+
+/// Checks a downloaded blob: `written` bytes that hashed to `hasher` are the blob `expected`,
+/// of `size` bytes when the manifest gave one.
+pub fn verify(
+    expected: &Digest,
+    size: Option<u64>,
+    hasher: Sha256,
+    written: u64,
+) -> Result<(), ContentError> {
+    let actual = Digest::from_hasher(hasher);
+    if &actual != expected {
+        return Err(ContentError::DigestMismatch {
+            expected: expected.clone(),
+            actual,
+        });
+    }
+    match size {
+        Some(size) if size != written => Err(ContentError::SizeMismatch {
+            digest: expected.clone(),
+            expected: size,
+            actual: written,
+        }),
+        _ => Ok(()),
     }
 }
 

@@ -2,10 +2,12 @@
 //! reqwest, trying each configured host in order, with anonymous, Basic and Bearer-token auth.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::StreamExt;
 use reqwest::header::{
     HeaderMap, HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE,
@@ -32,6 +34,54 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(5);
 /// The largest token server answer read (a JWT is a few KiB).
 const MAX_TOKEN_ANSWER: usize = 1024 * 1024;
+
+/// Where a blob goes while it downloads. Each host tried is an attempt of its own: `begin`
+/// before its first byte, `take` for each chunk, then `finish` once the body has ended (which
+/// may still refuse the blob, and then the next host is tried), or `abandon` when the download
+/// failed.
+pub trait BlobSink {
+    type Attempt: Send;
+    type Done;
+    fn begin(&self) -> impl Future<Output = Result<Self::Attempt, RegistryError>> + Send;
+    fn take(
+        &self,
+        attempt: &mut Self::Attempt,
+        chunk: Bytes,
+    ) -> impl Future<Output = Result<(), RegistryError>> + Send;
+    fn finish(
+        &self,
+        attempt: Self::Attempt,
+    ) -> impl Future<Output = Result<Self::Done, RegistryError>> + Send;
+    fn abandon(&self, attempt: Self::Attempt) -> impl Future<Output = ()> + Send;
+}
+
+/// Into the content store: an ingest per attempt, committed if digest and size match.
+struct IntoStore<'a> {
+    store: &'a ContentStore,
+    digest: &'a Digest,
+    size: Option<u64>,
+}
+
+impl BlobSink for IntoStore<'_> {
+    type Attempt = Ingest;
+    type Done = ();
+
+    async fn begin(&self) -> Result<Ingest, RegistryError> {
+        Ok(self.store.ingest().await?)
+    }
+
+    async fn take(&self, ingest: &mut Ingest, chunk: Bytes) -> Result<(), RegistryError> {
+        Ok(ingest.write(&chunk).await?)
+    }
+
+    async fn finish(&self, ingest: Ingest) -> Result<(), RegistryError> {
+        Ok(self.store.commit(ingest, self.digest, self.size).await?)
+    }
+
+    async fn abandon(&self, ingest: Ingest) {
+        drop(ingest);
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
@@ -263,19 +313,43 @@ impl<'a> Session<'a> {
         size: Option<u64>,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<(), RegistryError> {
+        let sink = IntoStore {
+            store,
+            digest,
+            size,
+        };
+        self.blob_into(&sink, digest, size, progress).await
+    }
+
+    /// Downloads a blob into `sink`, trying hosts in order: each host's download is an attempt
+    /// of its own, begun before its first byte, and finished, or abandoned when it fails. A
+    /// blob longer than `size` fails as soon as it is.
+    pub async fn blob_into<S: BlobSink + Sync>(
+        &self,
+        sink: &S,
+        digest: &Digest,
+        size: Option<u64>,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<S::Done, RegistryError> {
         let mut failures = Vec::new();
         for host in self.hosts.iter().filter(|h| h.capabilities.pull) {
             let url = host.url(&format!("/{}/blobs/{digest}", self.repository));
             let result = async {
-                let mut ingest = store.ingest().await?;
-                self.download(host, &url, &mut ingest, size, progress)
-                    .await?;
-                store.commit(ingest, digest, size).await?;
-                Ok::<(), RegistryError>(())
+                let mut attempt = sink.begin().await?;
+                match self
+                    .download(host, &url, sink, &mut attempt, size, progress)
+                    .await
+                {
+                    Ok(()) => sink.finish(attempt).await,
+                    Err(e) => {
+                        sink.abandon(attempt).await;
+                        Err(e)
+                    }
+                }
             }
             .await;
             match result {
-                Ok(()) => return Ok(()),
+                Ok(done) => return Ok(done),
                 Err(e) => {
                     tracing::debug!(url, error = %e, "blob fetch failed; trying the next host");
                     failures.push(e);
@@ -288,20 +362,22 @@ impl<'a> Session<'a> {
         ))
     }
 
-    async fn download(
+    async fn download<S: BlobSink + Sync>(
         &self,
         host: &RegistryHost,
         url: &str,
-        ingest: &mut Ingest,
+        sink: &S,
+        attempt: &mut S::Attempt,
         size: Option<u64>,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<(), RegistryError> {
         let response = self.get(host, url, None).await?;
         let mut stream = response.bytes_stream();
+        let mut written = 0u64;
         while let Some(chunk) = self.next_chunk(url, &mut stream).await? {
-            ingest.write(&chunk).await?;
-            progress(chunk.len() as u64);
-            if size.is_some_and(|s| ingest.written() > s) {
+            let n = chunk.len() as u64;
+            written += n;
+            if size.is_some_and(|s| written > s) {
                 return Err(RegistryError::Invalid {
                     url: url.to_string(),
                     message: format!(
@@ -310,6 +386,8 @@ impl<'a> Session<'a> {
                     ),
                 });
             }
+            sink.take(attempt, chunk).await?;
+            progress(n);
         }
         Ok(())
     }
@@ -348,8 +426,8 @@ impl<'a> Session<'a> {
     async fn next_chunk(
         &self,
         url: &str,
-        stream: &mut (impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
-    ) -> Result<Option<bytes::Bytes>, RegistryError> {
+        stream: &mut (impl futures_util::Stream<Item = reqwest::Result<Bytes>> + Unpin),
+    ) -> Result<Option<Bytes>, RegistryError> {
         match tokio::time::timeout(self.progress_timeout, stream.next()).await {
             Err(_) => Err(RegistryError::Stalled {
                 url: url.to_string(),

@@ -14,10 +14,10 @@ use crate::digest::{chain_ids, ChainId, Digest};
 use crate::manifest::{self, Descriptor, Kind};
 use crate::metrics::ImageMetrics;
 use crate::reference::Reference;
-use crate::registry::{Clients, RegistryError, Session};
-use crate::snapshots::{disk_usage, Snapshotter};
+use crate::registry::{BlobSink, Clients, RegistryError, Session};
+use crate::snapshots::{disk_usage, PreparedSnapshot, Snapshotter};
 use crate::store::{ImageRecord, ImageStore};
-use crate::unpack::{unpack_layer, Compression, UnpackLimits};
+use crate::unpack::{unpack_stream, ChunkReader, Compression, UnpackLimits};
 use crate::RegistryConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -515,8 +515,9 @@ impl Images {
             layer: layer.digest.clone(),
             message,
         };
-        // Keys of their own: an uncompressed base layer's chain id is its diff id is its blob
-        // digest, and the blob is fetched under this lock.
+        // One unpack per chain id: a concurrent pull of the same layer waits here and finds
+        // the snapshot. (Keys of their own: an uncompressed base layer's chain id is its diff
+        // id is its blob digest.)
         let _lock = self
             .locks
             .lock(&format!("snapshot {}", chain.as_str()))
@@ -525,47 +526,64 @@ impl Images {
             self.metrics.layers_reused.inc();
             return Ok(());
         }
-        self.ensure_blob(session, layer)
-            .await
-            .map_err(|e| layer_error(e.to_string()))?;
-        let blob = self.content.path(&layer.digest);
-        let compression = match Compression::from_media_type(&layer.media_type) {
-            Some(c) => c,
-            None => {
-                let mut head = [0u8; 4];
-                let n = std::fs::File::open(&blob)
-                    .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
-                    .unwrap_or(0);
-                Compression::sniff(&head[..n])
-            }
-        };
+        let compression = Compression::from_media_type(&layer.media_type);
         let limits = UnpackLimits {
             max_bytes: self.config.max_layer_bytes,
             min_free_bytes: self.config.min_free_bytes,
         };
-        // The temp snapshot is made, filled, checked and committed (or, failing, deleted with
-        // all it was filled with) on a blocking thread, never on a runtime worker.
+        let task_error = |e: tokio::task::JoinError| layer_error(format!("unpack task: {e}"));
+        // The temp snapshot is made and filled on a blocking thread, never on a runtime worker.
+        let unpacking = if self.content.contains(&layer.digest) {
+            // A layer blob that is stored (an older agent kept them) is unpacked from its file.
+            let blob = self.content.path(&layer.digest);
+            let snapshots = self.snapshots.clone();
+            tokio::task::spawn_blocking(move || {
+                let file = std::fs::File::open(&blob)
+                    .map_err(|e| format!("unpack: open {}: {e}", blob.display()))?;
+                let source = std::io::BufReader::with_capacity(128 * 1024, file);
+                unpack_into_temp(&snapshots, source, compression, limits, &blob)
+            })
+        } else {
+            // Otherwise it is unpacked as it downloads, and not stored: the snapshot is what
+            // containers use, and a pull that finds it never needs the blob.
+            let _slot = self
+                .downloads
+                .acquire()
+                .await
+                .map_err(|_| layer_error("the agent is shutting down".to_string()))?;
+            let sink = IntoSnapshot {
+                snapshots: &self.snapshots,
+                digest: &layer.digest,
+                size: (layer.size > 0).then_some(layer.size),
+                compression,
+                limits,
+            };
+            let bytes = &self.metrics.bytes_pulled;
+            session
+                .blob_into(&sink, &layer.digest, sink.size, &|n| {
+                    bytes.inc_by(n);
+                })
+                .await
+                .map_err(|e| layer_error(e.to_string()))?
+        };
+        let (prepared, actual) = unpacking.await.map_err(task_error)?.map_err(layer_error)?;
+        // Checked, then committed (or, failing, deleted with all it was filled with) on a
+        // blocking thread too.
         let snapshots = self.snapshots.clone();
         let (diff_id, chain) = (diff_id.clone(), chain.clone());
         tokio::task::spawn_blocking(move || {
-            let prepared = snapshots
-                .prepare()
-                .map_err(|e| format!("prepare snapshot: {e}"))?;
-            let dest = prepared.fs();
-            let (_, actual) = unpack_layer(&blob, compression, &dest, limits)
-                .map_err(|e| format!("unpack: {e}"))?;
             if actual != diff_id.as_str() {
                 return Err(format!(
                     "uncompressed content has digest {actual}, but the image config says {diff_id}"
                 ));
             }
-            let usage = disk_usage(&dest);
+            let usage = disk_usage(&prepared.fs());
             snapshots
                 .commit(prepared, &chain, usage)
                 .map_err(|e| format!("commit snapshot: {e}"))
         })
         .await
-        .map_err(|e| layer_error(format!("unpack task: {e}")))?
+        .map_err(task_error)?
         .map_err(layer_error)?;
         self.metrics.layers_pulled.inc();
         Ok(())
@@ -580,6 +598,107 @@ impl Images {
     /// Where a snapshot's files are (overlay lowerdir) — for container rootfs mounts.
     pub fn snapshot_dir(&self, chain: &ChainId) -> PathBuf {
         self.snapshots.fs(chain)
+    }
+}
+
+/// A fresh temp snapshot with `source`, a layer blob, unpacked into it, and the diff id it had.
+fn unpack_into_temp(
+    snapshots: &Snapshotter,
+    source: impl std::io::BufRead,
+    compression: Option<Compression>,
+    limits: UnpackLimits,
+    blob: &Path,
+) -> Result<(PreparedSnapshot, String), String> {
+    let prepared = snapshots
+        .prepare()
+        .map_err(|e| format!("prepare snapshot: {e}"))?;
+    let (_, diff_id) = unpack_stream(source, compression, &prepared.fs(), limits, blob)
+        .map_err(|e| format!("unpack: {e}"))?;
+    Ok((prepared, diff_id))
+}
+
+type UnpackTask = tokio::task::JoinHandle<Result<(PreparedSnapshot, String), String>>;
+
+/// A layer unpacked into a temp snapshot as it downloads. Each attempt is an unpack of its own
+/// on a blocking thread, fed through a channel; finishing checks the blob's digest and size
+/// and hands back the unpack to wait for.
+struct IntoSnapshot<'a> {
+    snapshots: &'a Snapshotter,
+    digest: &'a Digest,
+    size: Option<u64>,
+    compression: Option<Compression>,
+    limits: UnpackLimits,
+}
+
+struct Unpacking {
+    chunks: tokio::sync::mpsc::Sender<bytes::Bytes>,
+    hasher: sha2::Sha256,
+    written: u64,
+    task: UnpackTask,
+}
+
+/// Chunks queued between a download and its unpack: a few MiB at most.
+const UNPACK_QUEUE: usize = 8;
+
+impl BlobSink for IntoSnapshot<'_> {
+    type Attempt = Unpacking;
+    type Done = UnpackTask;
+
+    async fn begin(&self) -> Result<Unpacking, RegistryError> {
+        let (chunks, received) = tokio::sync::mpsc::channel(UNPACK_QUEUE);
+        let snapshots = self.snapshots.clone();
+        let (compression, limits) = (self.compression, self.limits);
+        let blob = PathBuf::from(self.digest.as_str());
+        let task = tokio::task::spawn_blocking(move || {
+            let source = ChunkReader::new(received);
+            unpack_into_temp(&snapshots, source, compression, limits, &blob)
+        });
+        Ok(Unpacking {
+            chunks,
+            hasher: <sha2::Sha256 as sha2::Digest>::new(),
+            written: 0,
+            task,
+        })
+    }
+
+    async fn take(
+        &self,
+        unpacking: &mut Unpacking,
+        chunk: bytes::Bytes,
+    ) -> Result<(), RegistryError> {
+        sha2::Digest::update(&mut unpacking.hasher, &chunk);
+        unpacking.written += chunk.len() as u64;
+        // An unpack that failed reads no more, but the blob is still hashed to its end: a
+        // corrupt download is reported as one, not as the unpack error it caused.
+        let _ = unpacking.chunks.send(chunk).await;
+        Ok(())
+    }
+
+    async fn finish(&self, unpacking: Unpacking) -> Result<UnpackTask, RegistryError> {
+        let Unpacking {
+            chunks,
+            hasher,
+            written,
+            task,
+        } = unpacking;
+        drop(chunks);
+        if let Err(e) = crate::content::verify(self.digest, self.size, hasher, written) {
+            discard(task).await;
+            return Err(e.into());
+        }
+        Ok(task)
+    }
+
+    async fn abandon(&self, unpacking: Unpacking) {
+        drop(unpacking.chunks);
+        discard(unpacking.task).await;
+    }
+}
+
+/// Waits for an unpack whose blob failed, and deletes what it made, off the runtime.
+async fn discard(task: UnpackTask) {
+    if let Ok(Ok((prepared, _))) = task.await {
+        let _ = tokio::task::spawn_blocking(move || drop(prepared)).await;
     }
 }
 

@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::OFlag;
@@ -141,11 +141,33 @@ pub fn unpack_layer(
     dest: &Path,
     limits: UnpackLimits,
 ) -> Result<(UnpackStats, String), UnpackError> {
+    let file = File::open(blob).map_err(|source| UnpackError::OpenBlob {
+        path: blob.to_path_buf(),
+        source,
+    })?;
+    const BUF: usize = 128 * 1024;
+    unpack_stream(
+        BufReader::with_capacity(BUF, file),
+        Some(compression),
+        dest,
+        limits,
+        blob,
+    )
+}
+
+/// [`unpack_layer`] from a blob's bytes as they come (`blob` names it in errors). Its
+/// compression, when `None`, is told by its first bytes ([`Compression::sniff`]).
+pub fn unpack_stream(
+    mut source: impl BufRead,
+    compression: Option<Compression>,
+    dest: &Path,
+    limits: UnpackLimits,
+    blob: &Path,
+) -> Result<(UnpackStats, String), UnpackError> {
     let open_blob = |source| UnpackError::OpenBlob {
         path: blob.to_path_buf(),
         source,
     };
-    let file = File::open(blob).map_err(open_blob)?;
     let root = nix::fcntl::open(
         dest,
         OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -156,17 +178,19 @@ pub fn unpack_layer(
         path: dest.to_path_buf(),
         source: e.into(),
     })?;
-
-    const BUF: usize = 128 * 1024;
-    let decompressed: Box<dyn Read> = match compression {
-        Compression::None => Box::new(BufReader::with_capacity(BUF, file)),
+    let compression = match compression {
+        Some(c) => c,
+        None => Compression::sniff(source.fill_buf().map_err(open_blob)?),
+    };
+    let decompressed: Box<dyn Read + '_> = match compression {
+        Compression::None => Box::new(source),
         // Multi-member: gzip writers may emit several members, and Go's reader accepts them.
-        // The `bufread` decoder inflates straight out of our buffer; the `read` one would copy
-        // it into a second buffer of its own first (9% of a pull's CPU).
-        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(
-            BufReader::with_capacity(BUF, file),
-        )),
-        Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(file).map_err(open_blob)?),
+        // The `bufread` decoder inflates straight out of the source's buffer; the `read` one
+        // would copy it into a second buffer of its own first (9% of a pull's CPU).
+        Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(source)),
+        Compression::Zstd => {
+            Box::new(zstd::stream::read::Decoder::with_buffer(source).map_err(open_blob)?)
+        }
     };
     let stream_err = |last: &Option<String>, source| UnpackError::Stream {
         path: blob.to_path_buf(),
@@ -220,6 +244,49 @@ impl<R: Read> Read for HashingReader<R> {
         Ok(n)
     }
 }
+/// A blob's bytes as they arrive from its download, chunk by chunk, for [`unpack_stream`] on a
+/// blocking thread. The stream ends when the sending side is dropped.
+pub struct ChunkReader {
+    chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>,
+    chunk: bytes::Bytes,
+}
+
+impl ChunkReader {
+    pub fn new(chunks: tokio::sync::mpsc::Receiver<bytes::Bytes>) -> ChunkReader {
+        ChunkReader {
+            chunks,
+            chunk: bytes::Bytes::new(),
+        }
+    }
+}
+
+impl BufRead for ChunkReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.chunk.is_empty() {
+            match self.chunks.blocking_recv() {
+                Some(chunk) => self.chunk = chunk,
+                None => break,
+            }
+        }
+        Ok(&self.chunk)
+    }
+
+    fn consume(&mut self, n: usize) {
+        let n = n.min(self.chunk.len());
+        bytes::Buf::advance(&mut self.chunk, n);
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let available = self.fill_buf()?;
+        let n = available.len().min(buf.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     use std::fmt::Write as _;
     bytes
