@@ -139,6 +139,45 @@ async fn privileged_containers_need_a_privileged_pod() {
     assert_clean(&f, "privpod");
 }
 
+/// /sys/fs/cgroup shows a container its own cgroup, read-only unless privileged: a container
+/// that could write there could raise its own limits, or on v1 allow itself any device.
+#[tokio::test]
+async fn only_a_privileged_container_may_write_its_own_cgroup() {
+    let _top = CgroupTop::new();
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let mut pod_cfg = pod_config(&f, "cgwrite");
+    pod_cfg
+        .linux
+        .as_mut()
+        .unwrap()
+        .security_context
+        .get_or_insert_with(Default::default)
+        .privileged = true;
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let script = "f=/sys/fs/cgroup/pids.max; [ -e $f ] || f=/sys/fs/cgroup/pids/pids.max; \
+                  echo 1000 > $f && echo wrote; echo now $(cat $f)";
+    for (name, privileged, want) in [
+        ("cgplain", false, "now max"),
+        ("cgpriv", true, "wrote\nnow 1000"),
+    ] {
+        let mut cfg = container_config(&f, name, &["sh", "-c", script]);
+        security(&mut cfg).privileged = privileged;
+        let id = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
+        start(&mut c, &id).await;
+        let s = wait_exited(&mut c, &id).await;
+        let log = std::fs::read_to_string(&s.log_path).unwrap();
+        let said: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(" stdout "))
+            .filter_map(|l| l.splitn(4, ' ').nth(3))
+            .collect();
+        assert_eq!(said.join("\n"), want, "{name}: {log}");
+    }
+    remove_pod(&mut c, &pod).await;
+    assert_clean(&f, "cgwrite");
+}
+
 fn mount_tmpfs(path: &std::path::Path) {
     nix::mount::mount(
         Some("tmpfs"),

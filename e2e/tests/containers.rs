@@ -427,6 +427,71 @@ async fn a_stopped_container_leaves_no_process_whatever_its_pid_namespace() {
     }
 }
 
+/// A container in the pod's PID namespace has a pid there that names some other process, or none,
+/// in the host's /proc. libcontainer's v1 /sys/fs/cgroup emulation looked its own pid up there,
+/// and its create failed ("failed to prepare rootfs") whenever the host had no such pid.
+/// Whatever pid it gets, it starts, and /sys/fs/cgroup shows its own cgroup.
+#[tokio::test]
+async fn containers_in_the_pod_pid_namespace_start_whatever_pid_they_get() {
+    let _top = CgroupTop::new();
+    let _pods = PodCgroups(vec!["pidgaps".into()]);
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let mut pod_cfg = pod_config(&f, "pidgaps");
+    pod_namespaces(&mut pod_cfg).pid = NamespaceMode::Pod as i32;
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let limit = 48u64 << 20;
+    // Pids in the pod's namespace count up from 2; stop after two that the host has not.
+    let mut unknown_to_the_host = Vec::new();
+    for round in 0..40 {
+        if unknown_to_the_host.len() == 2 {
+            break;
+        }
+        let mut cfg = container_config(&f, &format!("gap{round}"), &["sleep", "1000"]);
+        container_namespaces(&mut cfg).pid = NamespaceMode::Pod as i32;
+        cfg.linux.get_or_insert_with(Default::default).resources = Some(LinuxContainerResources {
+            memory_limit_in_bytes: limit as i64,
+            ..Default::default()
+        });
+        let id = create(&mut c, &pod, cfg, pod_cfg.clone()).await;
+        start(&mut c, &id).await;
+        let host_pid = container_pid(&mut c, &id).await;
+        let status = std::fs::read_to_string(format!("/proc/{host_pid}/status")).unwrap();
+        let pod_pid: i32 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|p| p.parse().ok())
+            .unwrap();
+        if !std::path::Path::new(&format!("/proc/{pod_pid}")).exists() {
+            unknown_to_the_host.push(pod_pid);
+        }
+        let shown = exec_sync(
+            &mut c,
+            &id,
+            &[
+                "sh",
+                "-c",
+                "cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes",
+            ],
+        )
+        .await;
+        assert_eq!(
+            String::from_utf8_lossy(&shown.stdout).trim(),
+            limit.to_string(),
+            "pid {pod_pid} in the pod: /sys/fs/cgroup is not its own cgroup"
+        );
+        stop_and_remove(&mut c, &id).await;
+    }
+    assert_eq!(
+        unknown_to_the_host.len(),
+        2,
+        "no pod pid was one the host lacks: the case was not exercised"
+    );
+    remove_pod(&mut c, &pod).await;
+    assert_clean(&f, "pidgaps");
+}
+
 /// The monitor writes logs as root, so the path kubelet names must stay inside the pod's log
 /// directory: an absolute `log_path` or one with `..` is refused before anything is made, and a
 /// symlink planted at the log path is not followed (the file it points at stays as it was).

@@ -214,22 +214,12 @@ fn enable_controllers(dir: &Path) {
 /// (6-18 ms on a 2-core VM) unless another migration ran just before. v2 (and a caller with
 /// threads) writes `0` to `cgroup.procs`.
 pub fn join_self(path: &Path) -> Result<(), String> {
-    join_self_in(path, |_| true)
-}
-
-/// [`join_self`] in the v1 hierarchies only: each a `tasks` write, none of which waits for a
-/// grace period.
-pub fn join_self_v1(path: &Path) -> Result<(), String> {
-    join_self_in(path, |h| !h.v2)
-}
-
-fn join_self_in(path: &Path, which: impl Fn(&Hierarchy) -> bool) -> Result<(), String> {
     let relative = path.strip_prefix("/").unwrap_or(path);
     let single_threaded = std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
         s.lines()
             .any(|l| l.split_whitespace().eq(["Threads:", "1"]))
     });
-    for h in hierarchies().into_iter().filter(|h| which(h)) {
+    for h in hierarchies() {
         let file = if h.v2 || !single_threaded {
             "cgroup.procs"
         } else {

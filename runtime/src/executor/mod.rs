@@ -102,17 +102,9 @@ fn write_report(path: &Path, line: &str) -> std::io::Result<()> {
 
 fn create(root: &Path, id: &str, bundle: &Path, console: Option<PathBuf>) -> Result<i32, String> {
     std::fs::create_dir_all(root).map_err(|e| format!("create {}: {e}", root.display()))?;
-    // libcontainer emulates a v1 /sys/fs/cgroup for a container in the host's PID namespace by
-    // taking the cgroup of the container's parent (this process) as the root it runs under and
-    // stripping it from the container's path. We inherit the pod cgroup from the monitor, the
-    // container's own parent: stripped of it, the path names no cgroup and creation fails. From
-    // the root cgroup nothing is stripped. The container itself goes into its own cgroup anyway.
-    // v2 has no such emulation, and a move there (`cgroup.procs`) would wait for an RCU grace
-    // period (~6 ms here) on top of the one libcontainer's own move of the container may wait
-    // for: the v2 hierarchy (hybrid's or a v2 host's) is left as the monitor's.
-    if let Err(e) = crate::cgroups::join_self_v1(Path::new("/")) {
-        eprintln!("berthd init: container {id}: leave the pod cgroup: {e}");
-    }
+    // This process stays in the monitor's cgroups: libcontainer moves the container's
+    // intermediate process into the container's own. (Its v1 /sys/fs/cgroup emulation, which
+    // needed the parent in the root cgroup, is never asked for: the spec lays that out itself.)
     let spec = Spec::load(bundle.join("config.json")).ok();
     // The systemd driver's cgroupsPath (`slice:prefix:name`) has libcontainer make the
     // container's scope over D-Bus instead of its cgroup directories.

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use oci_spec::runtime::Capability;
 
-use super::input::{HostInfo, SeccompProfile};
+use super::input::{CgroupV1Hierarchy, HostInfo, SeccompProfile};
 use super::security::capabilities_from_mask;
 use crate::CgroupDriver;
 
@@ -49,6 +49,19 @@ impl HostInfo {
                 Path::new("/sys/fs/cgroup/hugetlb").is_dir(),
             )
         };
+        let cgroup_v1 = if cgroup_v2 {
+            Vec::new()
+        } else {
+            crate::cgroups::hierarchies()
+                .into_iter()
+                .filter(|h| !h.v2 && h.mountpoint.starts_with("/sys/fs/cgroup"))
+                .filter(|h| !h.controllers.iter().any(|c| c.starts_with("name=")))
+                .map(|h| CgroupV1Hierarchy {
+                    mountpoint: h.mountpoint,
+                    controllers: h.controllers,
+                })
+                .collect()
+        };
         let min_oom_score_adj =
             min_oom_score_adj(own_adj, capabilities.contains(&Capability::SysResource));
         Ok(HostInfo {
@@ -56,6 +69,7 @@ impl HostInfo {
             min_oom_score_adj,
             cgroup_driver,
             cgroup_v2,
+            cgroup_v1,
             swap_controller,
             hugetlb_controller,
             capabilities,

@@ -394,6 +394,14 @@ impl From<&oci_spec::image::ImageConfiguration> for ImageConfig {
     }
 }
 
+/// A v1 controller hierarchy as the host mounts it: `/sys/fs/cgroup/cpu,cpuacct`, with the
+/// controllers `cpu` and `cpuacct`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CgroupV1Hierarchy {
+    pub mountpoint: PathBuf,
+    pub controllers: Vec<String>,
+}
+
 /// Facts about the host that change what is allowed; see `HostInfo::probe`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostInfo {
@@ -405,6 +413,9 @@ pub struct HostInfo {
     pub cgroup_driver: CgroupDriver,
     /// `/sys/fs/cgroup` is cgroup2 alone (not hybrid): containers get a cgroup namespace.
     pub cgroup_v2: bool,
+    /// The v1 controller hierarchies mounted under `/sys/fs/cgroup` (none on a v2 host); named
+    /// ones (`name=systemd`) are left out.
+    pub cgroup_v1: Vec<CgroupV1Hierarchy>,
     /// Memory+swap can be limited (`memory.memsw.*` on v1, `memory.swap.max` on v2).
     pub swap_controller: bool,
     /// The hugetlb controller is where the executor will look for it.

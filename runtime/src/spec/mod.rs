@@ -21,15 +21,15 @@ pub mod security;
 pub mod user;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{Linux, Process, Root, Spec, User};
 
 pub use input::{
-    AppArmorProfile, CapabilityChanges, ContainerMetadata, ContainerSpec, Device, DeviceKind,
-    DeviceNode, EnvVar, HostInfo, HugepageLimit, IdMapping, ImageConfig, Mount, MountImage,
-    NamespaceMode, NamespaceOptions, Propagation, Resources, SandboxInfo, SeccompProfile,
-    SecurityContext, SpecInput, SupplementalGroupsPolicy, UserNamespace,
+    AppArmorProfile, CapabilityChanges, CgroupV1Hierarchy, ContainerMetadata, ContainerSpec,
+    Device, DeviceKind, DeviceNode, EnvVar, HostInfo, HugepageLimit, IdMapping, ImageConfig, Mount,
+    MountImage, NamespaceMode, NamespaceOptions, Propagation, Resources, SandboxInfo,
+    SeccompProfile, SecurityContext, SpecInput, SupplementalGroupsPolicy, UserNamespace,
 };
 
 /// The runtime-spec version written into `ociVersion` (libcontainer accepts any 1.x).
@@ -136,7 +136,15 @@ pub fn generate(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
     process.set_apparmor_profile(input.apparmor_profile.map(str::to_string));
     process.set_selinux_label(None);
 
-    let plan = mounts::plan_mounts(config, sandbox, security.privileged)?;
+    let mut plan = mounts::plan_mounts(config, sandbox, security.privileged)?;
+    let cgroups_path = resources::cgroups_path(
+        host.cgroup_driver,
+        &sandbox.cgroup_parent,
+        input.container_id,
+    )?;
+    if !host.cgroup_v2 {
+        cgroup_v1_layout(&mut plan, host, &cgroups_path, security.privileged)?;
+    }
     let (device_nodes, device_rules) =
         devices::devices(&config.devices, input.device_nodes, security.privileged)?;
     let mut linux_resources = resources::resources(&config.resources, host)?;
@@ -170,11 +178,7 @@ pub fn generate(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
     );
     linux.set_sysctl(None);
     linux.set_resources(Some(linux_resources));
-    linux.set_cgroups_path(Some(resources::cgroups_path(
-        host.cgroup_driver,
-        &sandbox.cgroup_parent,
-        input.container_id,
-    )?));
+    linux.set_cgroups_path(Some(cgroups_path));
     linux.set_namespaces(Some(namespaces::namespaces(
         &security.namespace_options,
         sandbox,
@@ -219,6 +223,30 @@ pub fn generate(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
     spec.set_annotations(Some(annotations));
     spec.set_linux(Some(linux));
     Ok(spec)
+}
+
+/// On a v1 host, the default `cgroup` mount at `/sys/fs/cgroup` (unless a bind replaced it)
+/// becomes berth's own layout of the container's cgroups (`mounts::cgroup_v1_mounts`).
+fn cgroup_v1_layout(
+    plan: &mut mounts::MountPlan,
+    host: &HostInfo,
+    cgroups_path: &Path,
+    privileged: bool,
+) -> Result<(), SpecError> {
+    let Some(at) = plan.mounts.iter().position(|m| {
+        m.destination() == Path::new("/sys/fs/cgroup") && m.typ().as_deref() == Some("cgroup")
+    }) else {
+        return Ok(());
+    };
+    // The systemd driver's `slice:prefix:name` names a scope below its slice's directory.
+    let container_cgroup = if crate::cgroups::systemd::is_systemd_form(cgroups_path) {
+        crate::cgroups::systemd::fs_path(cgroups_path).map_err(SpecError::InvalidResource)?
+    } else {
+        cgroups_path.to_path_buf()
+    };
+    let layout = mounts::cgroup_v1_mounts(&host.cgroup_v1, &container_cgroup, privileged);
+    plan.mounts.splice(at..=at, layout);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::Mount as OciMount;
 
-use super::input::{ContainerSpec, Mount, NamespaceMode, Propagation, SandboxInfo, UserNamespace};
+use super::input::{
+    CgroupV1Hierarchy, ContainerSpec, Mount, NamespaceMode, Propagation, SandboxInfo, UserNamespace,
+};
 use super::paths::clean_path;
 use super::SpecError;
 
@@ -84,6 +86,81 @@ pub fn default_mounts(privileged: bool) -> Vec<OciMount> {
             ],
         ),
     ]
+}
+
+/// The v1 controllers libcontainer makes a container's cgroup in: a hierarchy of others has no
+/// directory of the container's to show.
+const CONTAINER_CONTROLLERS: &[&str] = &[
+    "blkio",
+    "cpu",
+    "cpuacct",
+    "cpuset",
+    "devices",
+    "freezer",
+    "hugetlb",
+    "memory",
+    "net_cls",
+    "net_prio",
+    "perf_event",
+    "pids",
+];
+
+/// `/sys/fs/cgroup` on a v1 (or hybrid) host, laid out as runc does: a tmpfs, and in it the
+/// container's own cgroup (`container_cgroup`, below each hierarchy's root) bound under the
+/// hierarchy's name, and under each of its controllers' names when it has several (runc links
+/// those), read-only unless privileged. libcontainer's own layout for a `cgroup` mount bound them
+/// writable, so a container could raise its own limits or allow itself devices, and it looked
+/// the container's pid up in the host's /proc, which fails for a container in its pod's PID
+/// namespace whenever the host has no process of that pid.
+pub fn cgroup_v1_mounts(
+    hierarchies: &[CgroupV1Hierarchy],
+    container_cgroup: &Path,
+    privileged: bool,
+) -> Vec<OciMount> {
+    let mode = if privileged { "rw" } else { "ro" };
+    let mut mounts = vec![oci_mount(
+        "/sys/fs/cgroup",
+        "tmpfs",
+        "tmpfs",
+        &["nosuid", "noexec", "nodev", "mode=755"],
+    )];
+    let relative = container_cgroup
+        .strip_prefix("/")
+        .unwrap_or(container_cgroup);
+    let mut taken: Vec<String> = hierarchies
+        .iter()
+        .filter_map(|h| Some(h.mountpoint.file_name()?.to_string_lossy().into_owned()))
+        .collect();
+    for h in hierarchies {
+        let Some(name) = h.mountpoint.file_name().map(|n| n.to_string_lossy()) else {
+            continue;
+        };
+        if h.controllers.is_empty()
+            || !h
+                .controllers
+                .iter()
+                .all(|c| CONTAINER_CONTROLLERS.contains(&c.as_str()))
+        {
+            continue;
+        }
+        let source = h.mountpoint.join(relative);
+        let mut names = vec![name.to_string()];
+        for c in &h.controllers {
+            if !taken.contains(c) {
+                taken.push(c.clone());
+                names.push(c.clone());
+            }
+        }
+        for name in names {
+            mounts.push(oci_mount(
+                &format!("/sys/fs/cgroup/{name}"),
+                "bind",
+                &source.to_string_lossy(),
+                &["rbind", "rprivate", "nosuid", "noexec", "nodev", mode],
+            ));
+        }
+    }
+    mounts
 }
 
 /// The pod's files and /dev/shm, each unless the config mounts that path itself.

@@ -145,6 +145,7 @@ mod tests {
             min_oom_score_adj: -1000,
             cgroup_driver: CgroupDriver::Cgroupfs,
             cgroup_v2: false,
+            cgroup_v1: Vec::new(),
             swap_controller: swap,
             hugetlb_controller: hugetlb,
             capabilities: Default::default(),

@@ -99,6 +99,13 @@ impl Fixture {
                 min_oom_score_adj: 0,
                 cgroup_driver: CgroupDriver::Cgroupfs,
                 cgroup_v2: false,
+                cgroup_v1: ["cpu,cpuacct", "memory", "rdma"]
+                    .into_iter()
+                    .map(|name| CgroupV1Hierarchy {
+                        mountpoint: Path::new("/sys/fs/cgroup").join(name),
+                        controllers: name.split(',').map(str::to_string).collect(),
+                    })
+                    .collect(),
                 swap_controller: true,
                 hugetlb_controller: false,
                 capabilities: CAPABILITY_BITS.into_iter().collect::<Capabilities>(),
@@ -318,4 +325,80 @@ fn first_broken_rule_is_reported() {
         fixture.generate(),
         Err(SpecError::InvalidResource(m)) if m.contains("slice")
     ));
+}
+
+/// On a v1 host /sys/fs/cgroup is berth's layout, not libcontainer's `cgroup` mount: a tmpfs and
+/// the container's own cgroups bound read-only, a comounted hierarchy under each name, and no
+/// hierarchy libcontainer makes no directory in. Privileged binds are writable; on a v2 host the
+/// `cgroup` mount stays (the container has a cgroup namespace).
+#[test]
+fn v1_cgroupfs_is_the_containers_own_cgroups_bound_read_only() {
+    let mounts = |spec: &Spec| -> Vec<(String, String, String, Vec<String>)> {
+        spec.mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|m| m.destination().starts_with("/sys/fs/cgroup"))
+            .map(|m| {
+                (
+                    m.destination().display().to_string(),
+                    m.typ().clone().unwrap_or_default(),
+                    m.source().as_ref().unwrap().display().to_string(),
+                    m.options().clone().unwrap_or_default(),
+                )
+            })
+            .collect()
+    };
+    let ro = |s: &[&str]| s.iter().map(|o| o.to_string()).collect::<Vec<_>>();
+    let bind = ["rbind", "rprivate", "nosuid", "noexec", "nodev", "ro"];
+    let own = "/kubepods/burstable/podu1/c1";
+    let mut fixture = Fixture::new();
+    assert_eq!(
+        mounts(&fixture.generate().unwrap()),
+        [
+            (
+                "/sys/fs/cgroup".into(),
+                "tmpfs".into(),
+                "tmpfs".into(),
+                ro(&["nosuid", "noexec", "nodev", "mode=755"])
+            ),
+            (
+                "/sys/fs/cgroup/cpu,cpuacct".into(),
+                "bind".into(),
+                format!("/sys/fs/cgroup/cpu,cpuacct{own}"),
+                ro(&bind)
+            ),
+            (
+                "/sys/fs/cgroup/cpu".into(),
+                "bind".into(),
+                format!("/sys/fs/cgroup/cpu,cpuacct{own}"),
+                ro(&bind)
+            ),
+            (
+                "/sys/fs/cgroup/cpuacct".into(),
+                "bind".into(),
+                format!("/sys/fs/cgroup/cpu,cpuacct{own}"),
+                ro(&bind)
+            ),
+            (
+                "/sys/fs/cgroup/memory".into(),
+                "bind".into(),
+                format!("/sys/fs/cgroup/memory{own}"),
+                ro(&bind)
+            ),
+        ]
+    );
+
+    fixture.config.security.privileged = true;
+    fixture.sandbox.privileged = true;
+    let privileged = mounts(&fixture.generate().unwrap());
+    assert_eq!(privileged.len(), 5);
+    assert!(privileged[1..].iter().all(|m| m.3.last().unwrap() == "rw"));
+
+    let mut fixture = Fixture::new();
+    fixture.host.cgroup_v2 = true;
+    fixture.host.cgroup_v1.clear();
+    let v2 = mounts(&fixture.generate().unwrap());
+    assert_eq!(v2.len(), 1);
+    assert_eq!((v2[0].1.as_str(), v2[0].2.as_str()), ("cgroup", "cgroup"));
 }
