@@ -107,22 +107,24 @@ pub fn standby_monitors(agent: &TestAgent) -> Vec<u32> {
 
 /// Polls (10 s at most) until the agent holds a standby monitor other than `not` ready for the
 /// next pod, and returns it. Its process shows before the agent has read its report, and a pod
-/// run in between gets an exec'd monitor: ready is `berth_monitor_standby_waiting` at 1.
+/// run in between gets an exec'd monitor: ready is `berth_monitor_standby_waiting` at 1. The
+/// process the agent starts forks the standby and exits: until it has, it shows too, alone
+/// before its fork. So the gauge is read first (once it is 1 the standby exists), and only a
+/// lone process is taken.
 pub fn wait_standby(agent: &TestAgent, not: Option<u32>) -> u32 {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
+        let ready = agent.metric("berth_monitor_standby_waiting") == 1.0;
         let standbys: Vec<u32> = standby_monitors(agent)
             .into_iter()
             .filter(|&p| Some(p) != not)
             .collect();
-        match standbys[..] {
-            [pid] if agent.metric("berth_monitor_standby_waiting") == 1.0 => return pid,
-            [] | [_] => {}
-            _ => panic!("more than one standby monitor: {standbys:?}"),
+        if let ([pid], true) = (&standbys[..], ready) {
+            return *pid;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "no standby monitor ready in 10 s"
+            "no lone standby monitor ready in 10 s: {standbys:?}, ready {ready}"
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
