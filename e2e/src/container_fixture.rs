@@ -64,6 +64,15 @@ pub fn pod_config(f: &Fixture, name: &str) -> PodSandboxConfig {
     }
 }
 
+/// The pod's Linux security context, made empty if it has none.
+pub fn pod_security(config: &mut PodSandboxConfig) -> &mut LinuxSandboxSecurityContext {
+    config
+        .linux
+        .get_or_insert_with(Default::default)
+        .security_context
+        .get_or_insert_with(Default::default)
+}
+
 /// The container's Linux security context, made empty if it has none.
 pub fn security(cfg: &mut ContainerConfig) -> &mut LinuxContainerSecurityContext {
     cfg.linux

@@ -157,13 +157,7 @@ async fn profiles_are_applied_to_the_init_and_to_execs_and_enforced() {
     remove_pod(&mut c, &pod.0).await;
 
     let mut privileged_pod = pod_config(&f, "apparmor-priv");
-    privileged_pod
-        .linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .get_or_insert_with(Default::default)
-        .privileged = true;
+    pod_security(&mut privileged_pod).privileged = true;
     let _cgroups = PodCgroups(vec!["apparmor-priv".into()]);
     let pod = (
         run_pod(&mut c, privileged_pod.clone()).await,

@@ -147,13 +147,7 @@ async fn only_a_privileged_container_may_write_its_own_cgroup() {
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     let mut pod_cfg = pod_config(&f, "cgwrite");
-    pod_cfg
-        .linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .get_or_insert_with(Default::default)
-        .privileged = true;
+    pod_security(&mut pod_cfg).privileged = true;
     let pod = run_pod(&mut c, pod_cfg.clone()).await;
     let script = "f=/sys/fs/cgroup/pids.max; [ -e $f ] || f=/sys/fs/cgroup/pids/pids.max; \
                   echo 1000 > $f && echo wrote; echo now $(cat $f)";

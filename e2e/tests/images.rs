@@ -38,6 +38,23 @@ async fn pull_with(
         .map(|r| r.into_inner().image_ref)
 }
 
+/// A pull left running on its own task, for a test to watch while it lasts.
+async fn spawn_pull(
+    agent: &TestAgent,
+    reference: String,
+) -> tokio::task::JoinHandle<Result<tonic::Response<PullImageResponse>, tonic::Status>> {
+    let mut client = agent.image().await;
+    tokio::spawn(async move {
+        client
+            .pull_image(PullImageRequest {
+                image: spec(&reference),
+                auth: None,
+                sandbox_config: None,
+            })
+            .await
+    })
+}
+
 async fn status(agent: &TestAgent, image: &str, verbose: bool) -> ImageStatusResponse {
     agent
         .image()
@@ -525,16 +542,7 @@ async fn a_layer_is_unpacked_while_it_downloads() {
     proxy.set(Fault::StallHalfway);
     let agent = TestAgent::start_with("[registry]\npull_progress_timeout_secs = 10\n").await;
     let reference = format!("{}/test/streaming:v1", proxy.address());
-    let mut client = agent.image().await;
-    let pulling = tokio::spawn(async move {
-        client
-            .pull_image(PullImageRequest {
-                image: spec(&reference),
-                auth: None,
-                sandbox_config: None,
-            })
-            .await
-    });
+    let pulling = spawn_pull(&agent, reference).await;
     // Half the layer has come, the rest never does: what came is unpacked already.
     let snapshots = agent.paths.root.join("snapshots");
     let unpacked = |name: &str| {
@@ -766,16 +774,7 @@ async fn sigterm_lets_an_in_flight_pull_answer_before_exit() {
     proxy.set(Fault::Stall);
     let mut agent = TestAgent::start_with("[registry]\npull_progress_timeout_secs = 2\n").await;
     let reference = format!("{}/test/inflight:v1", proxy.address());
-    let mut client = agent.image().await;
-    let pull = tokio::spawn(async move {
-        client
-            .pull_image(PullImageRequest {
-                image: spec(&reference),
-                auth: None,
-                sandbox_config: None,
-            })
-            .await
-    });
+    let pull = spawn_pull(&agent, reference).await;
     for _ in 0..200 {
         if proxy.blob_requests() > 0 {
             break;

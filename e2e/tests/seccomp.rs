@@ -47,13 +47,7 @@ async fn runtime_default_localhost_unconfined_and_privileged() {
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
     let mut pod_cfg = pod_config(&f, "seccomp");
-    pod_cfg
-        .linux
-        .as_mut()
-        .unwrap()
-        .security_context
-        .get_or_insert_with(Default::default)
-        .privileged = true;
+    pod_security(&mut pod_cfg).privileged = true;
     let pod = (run_pod(&mut c, pod_cfg.clone()).await, pod_cfg);
 
     // RuntimeDefault: filtered (mode 2); no user namespace without CAP_SYS_ADMIN; a shell,
