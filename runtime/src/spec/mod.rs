@@ -143,7 +143,7 @@ pub fn generate(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         input.container_id,
     )?;
     if !host.cgroup_v2 {
-        cgroup_v1_layout(&mut plan, host, &cgroups_path, security.privileged)?;
+        cgroup_v1_layout(&mut plan, host, &cgroups_path, security.privileged);
     }
     let (device_nodes, device_rules) =
         devices::devices(&config.devices, input.device_nodes, security.privileged)?;
@@ -232,21 +232,16 @@ fn cgroup_v1_layout(
     host: &HostInfo,
     cgroups_path: &Path,
     privileged: bool,
-) -> Result<(), SpecError> {
+) {
     let Some(at) = plan.mounts.iter().position(|m| {
         m.destination() == Path::new("/sys/fs/cgroup") && m.typ().as_deref() == Some("cgroup")
     }) else {
-        return Ok(());
+        return;
     };
-    // The systemd driver's `slice:prefix:name` names a scope below its slice's directory.
-    let container_cgroup = if crate::cgroups::systemd::is_systemd_form(cgroups_path) {
-        crate::cgroups::systemd::fs_path(cgroups_path).map_err(SpecError::InvalidResource)?
-    } else {
-        cgroups_path.to_path_buf()
-    };
-    let layout = mounts::cgroup_v1_mounts(&host.cgroup_v1, &container_cgroup, privileged);
+    // On v1 libcontainer's cgroup manager is its cgroupfs one whatever the driver: the
+    // container's cgroup is `<hierarchy>/<cgroupsPath>` (a systemd-form path too, as a name).
+    let layout = mounts::cgroup_v1_mounts(&host.cgroup_v1, cgroups_path, privileged);
     plan.mounts.splice(at..=at, layout);
-    Ok(())
 }
 
 #[cfg(test)]
