@@ -11,7 +11,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use berth_e2e::unpack_fixture::*;
-use berth_image::unpack::{unpack_layer, Compression, UnpackError, UnpackLimits, UnpackStats};
+use berth_image::unpack::{
+    unpack_layer, unpack_stream, Compression, UnpackError, UnpackLimits, UnpackStats,
+};
 
 // ---------- overlay form and metadata ----------
 
@@ -210,6 +212,60 @@ fn unpack_gives_same_tree_and_diff_id_for_gzip_zstd_and_plain() {
         assert_eq!(t, reference, "{name} differs from {first}");
     }
     s.assert_contained(&["plain", "gzip", "gzip-multi", "zstd"]);
+}
+
+/// A blob as a download may hand it over: a byte at a time.
+struct ByteAtATime<'a>(&'a [u8]);
+
+impl std::io::Read for ByteAtATime<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.0.len()).min(1);
+        buf[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        Ok(n)
+    }
+}
+
+impl std::io::BufRead for ByteAtATime<'_> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        Ok(&self.0[..self.0.len().min(1)])
+    }
+
+    fn consume(&mut self, n: usize) {
+        self.0 = &self.0[n..];
+    }
+}
+
+/// A layer whose media type names no compression is told by its first bytes, however few the
+/// first chunk of its download holds.
+#[test]
+fn a_streamed_layer_of_unknown_compression_is_sniffed_from_its_first_bytes() {
+    let s = Scratch::new();
+    let tar = tar_of(&[dir("etc/"), file("etc/motd", b"hello\n")]);
+    let want = diff_id(&tar);
+    let cases = [
+        ("plain", tar.clone()),
+        ("gzip", gzip(&tar)),
+        ("zstd", zstd::encode_all(tar.as_slice(), 3).unwrap()),
+    ];
+    for (name, bytes) in &cases {
+        let dest = s.extra_dest(name);
+        let (_, diff) = unpack_stream(
+            ByteAtATime(bytes),
+            None,
+            &dest,
+            UnpackLimits::default(),
+            Path::new(name),
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(diff, want, "{name}");
+        assert_eq!(
+            fs::read(dest.join("etc/motd")).unwrap(),
+            b"hello\n",
+            "{name}"
+        );
+    }
+    s.assert_contained(&["plain", "gzip", "zstd"]);
 }
 
 #[test]

@@ -157,8 +157,8 @@ pub fn unpack_layer(
 
 /// [`unpack_layer`] from a blob's bytes as they come (`blob` names it in errors). Its
 /// compression, when `None`, is told by its first bytes ([`Compression::sniff`]).
-pub fn unpack_stream(
-    mut source: impl BufRead,
+pub fn unpack_stream<'a>(
+    source: impl BufRead + 'a,
     compression: Option<Compression>,
     dest: &Path,
     limits: UnpackLimits,
@@ -178,11 +178,24 @@ pub fn unpack_stream(
         path: dest.to_path_buf(),
         source: e.into(),
     })?;
-    let compression = match compression {
-        Some(c) => c,
-        None => Compression::sniff(source.fill_buf().map_err(open_blob)?),
+    // Sniffed from its first 4 bytes, which a download's first chunk need not hold: they are
+    // read whole, then put back in front of the rest.
+    let (compression, source): (Compression, Box<dyn BufRead + 'a>) = match compression {
+        Some(c) => (c, Box::new(source)),
+        None => {
+            let mut head = Vec::with_capacity(4);
+            let mut source = source;
+            (&mut source)
+                .take(4)
+                .read_to_end(&mut head)
+                .map_err(open_blob)?;
+            (
+                Compression::sniff(&head),
+                Box::new(io::Cursor::new(head).chain(source)),
+            )
+        }
     };
-    let decompressed: Box<dyn Read + '_> = match compression {
+    let decompressed: Box<dyn Read + 'a> = match compression {
         Compression::None => Box::new(source),
         // Multi-member: gzip writers may emit several members, and Go's reader accepts them.
         // The `bufread` decoder inflates straight out of the source's buffer; the `read` one
