@@ -216,10 +216,6 @@ impl Ingest {
         self.written += chunk.len() as u64;
         Ok(())
     }
-
-    pub fn written(&self) -> u64 {
-        self.written
-    }
 }
 
 impl Drop for Ingest {

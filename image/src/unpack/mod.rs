@@ -257,6 +257,7 @@ impl<R: Read> Read for HashingReader<R> {
         Ok(n)
     }
 }
+
 /// A blob's bytes as they arrive from its download, chunk by chunk, for [`unpack_stream`] on a
 /// blocking thread. The stream ends when the sending side is dropped.
 pub struct ChunkReader {
