@@ -170,26 +170,21 @@ fn serve(mut client: TcpStream, upstream: &str, state: &State) -> std::io::Resul
         .position(|w| w == b"\r\n\r\n")
         .map(|p| p + 4)
         .unwrap_or(response.len());
-    match fault {
+    let half = body_start + (response.len() - body_start) / 2;
+    // Where the answer stops, for the faults that stall there.
+    let stall_at = match fault {
         Fault::CloseMidBody => {
-            let half = body_start + (response.len() - body_start) / 2;
             client.write_all(&response[..half])?;
             client.flush()?;
             let _ = client.shutdown(Shutdown::Both);
+            return Ok(());
         }
-        Fault::Stall => {
-            let some = (body_start + 16).min(response.len());
-            client.write_all(&response[..some])?;
-            client.flush()?;
-            std::thread::sleep(Duration::from_secs(120));
-        }
-        Fault::StallHalfway if response.len() - body_start > 64 * 1024 => {
-            let half = body_start + (response.len() - body_start) / 2;
-            client.write_all(&response[..half])?;
-            client.flush()?;
-            std::thread::sleep(Duration::from_secs(120));
-        }
-        _ => client.write_all(&response)?,
-    }
+        Fault::Stall => (body_start + 16).min(response.len()),
+        Fault::StallHalfway if response.len() - body_start > 64 * 1024 => half,
+        _ => return client.write_all(&response),
+    };
+    client.write_all(&response[..stall_at])?;
+    client.flush()?;
+    std::thread::sleep(Duration::from_secs(120));
     Ok(())
 }
