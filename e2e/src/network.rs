@@ -33,6 +33,8 @@ pub enum Extra {
     /// `berth-cni-gate` after bridge: ADD holds until this file exists (the agent's
     /// `[cni] bin_dirs` must include the gate's directory).
     Gate(PathBuf),
+    /// `berth-cni-gate` after bridge: ADD passes, DEL holds until this file exists.
+    DelGate(PathBuf),
 }
 
 impl TestNetwork {
@@ -73,6 +75,9 @@ impl TestNetwork {
             ),
             Extra::Gate(gate) => {
                 plugins.push(serde_json::json!({"type": "berth-cni-gate", "gate": gate}))
+            }
+            Extra::DelGate(gate) => {
+                plugins.push(serde_json::json!({"type": "berth-cni-gate", "delGate": gate}))
             }
         }
         let conflist = serde_json::json!({"cniVersion": "1.0.0", "name": name, "plugins": plugins});

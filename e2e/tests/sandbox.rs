@@ -494,6 +494,13 @@ async fn stop_releases_the_network_without_the_netns_or_the_conflist() {
 /// An agent whose network holds every ADD (after bridge's, so the IP is leased) until `gate`
 /// is created: `berth-cni-gate` from this package, found through `[cni] bin_dirs`.
 async fn gated_agent(gates: &berth_e2e::TempDir) -> (TestAgent, TestNetwork, PathBuf) {
+    let gate = gates.path().join("open");
+    let (agent, net) = agent_with_gate_plugin(Extra::Gate(gate.clone())).await;
+    (agent, net, gate)
+}
+
+/// An agent whose network chains `berth-cni-gate` (`extra`) after bridge.
+async fn agent_with_gate_plugin(extra: Extra) -> (TestAgent, TestNetwork) {
     let dir = berth_e2e::TempDir::new("berth-e2e");
     let paths = berth_e2e::AgentPaths::under(dir.path());
     let gate_bin = std::path::Path::new(env!("CARGO_BIN_EXE_berth-cni-gate"))
@@ -507,10 +514,61 @@ async fn gated_agent(gates: &berth_e2e::TempDir) -> (TestAgent, TestNetwork, Pat
     );
     std::fs::write(&paths.config, config).unwrap();
     let agent = TestAgent::start_in(dir, paths).await;
-    let gate = gates.path().join("open");
-    let net = TestNetwork::create(&agent.paths.cni_conf_dir, Extra::Gate(gate.clone()));
+    let net = TestNetwork::create(&agent.paths.cni_conf_dir, extra);
     wait_network_ready(&mut agent.runtime().await).await;
-    (agent, net, gate)
+    (agent, net)
+}
+
+/// StopPodSandbox ends the pod's monitor while the plugins' DEL runs, not after it: neither
+/// waits for the other. The network namespace the DEL was handed stays pinned until it is done.
+#[tokio::test]
+async fn stop_ends_the_monitor_while_cni_del_runs_with_the_netns_still_pinned() {
+    let gates = berth_e2e::TempDir::new("berth-gate");
+    let gate = gates.path().join("del-open");
+    let (agent, net) = agent_with_gate_plugin(Extra::DelGate(gate.clone())).await;
+    let id = run(&agent, pod_config("del-gated")).await.unwrap();
+    let dir = pod_dir(&agent, &id);
+    assert!(
+        !processes_mentioning(&id).is_empty(),
+        "no monitor for the pod"
+    );
+    let stopping = tokio::spawn({
+        let mut c = agent.runtime().await;
+        let id = id.clone();
+        async move {
+            c.stop_pod_sandbox(StopPodSandboxRequest { pod_sandbox_id: id })
+                .await
+        }
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !gate.with_extension("waiting").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no DEL reached the gate"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The DEL holds: the monitor (and the pod's init) go meanwhile.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !processes_mentioning(&id).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the monitor waited for the DEL: {:?}",
+            processes_mentioning(&id)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        mounts_under(&dir).iter().any(|m| m.ends_with("/ns/net")),
+        "the netns was unpinned under the DEL: {:?}",
+        mounts_under(&dir)
+    );
+    std::fs::write(&gate, b"").unwrap();
+    stopping.await.unwrap().unwrap();
+    assert_eq!(mounts_under(&dir), Vec::<String>::new(), "pins left");
+    assert_eq!(net.leases(), Vec::<String>::new(), "lease kept");
+    remove(&agent, &id).await;
+    assert_no_leaks(&agent, Some(&net));
 }
 
 /// A reboot while CNI ADD runs: bridge's host-local has leased the IP (on disk, which the reboot

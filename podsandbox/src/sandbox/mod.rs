@@ -511,33 +511,50 @@ impl Sandboxes {
     /// Stops a sandbox's network, monitor, namespaces and shm. Safe to repeat.
     async fn release(&self, record: &mut SandboxRecord) {
         let dir = self.pod_dir(&record.id);
-        if record.network_attached {
-            match self.network.detach(record, &ns_path(&dir, "net")).await {
-                Ok(()) => record.network_attached = false,
-                Err(e) => {
-                    tracing::warn!(pod_id = %record.id, error = %e, "network teardown failed")
+        // The monitor, the pod's init and every pin but the network namespace's go while the
+        // plugins' DEL runs: neither waits for the other (the DEL is mostly the kernel tearing
+        // the veth down). The network namespace stays pinned for the DEL until it is done.
+        let ending = {
+            let monitor = record.monitor;
+            let cgroup = self.monitor_cgroup(record).ok().flatten();
+            let shm = record.shm_mounted.then(|| dir.join("shm"));
+            let (dir, id) = (dir.clone(), record.id.clone());
+            tokio::task::spawn_blocking(move || {
+                match monitor {
+                    Some(m) => monitor_client::stop(&dir, &m),
+                    None => monitor_client::kill_unreported(&dir),
                 }
+                // The monitor's cgroup still holds the pod's init (a shared PID namespace) if
+                // the monitor died before it could end it.
+                if let Some(cgroup) = cgroup {
+                    if let Err(e) =
+                        berth_runtime::cgroups::kill_all(&cgroup, Duration::from_secs(10))
+                    {
+                        tracing::warn!(pod_id = %id, error = %e, "processes left in the monitor's cgroup");
+                    }
+                }
+                let _ = berth_runtime::monitor::unpin_all_but(&dir, "net");
+                if let Some(shm) = shm {
+                    let _ = umount2(&shm, MntFlags::MNT_DETACH);
+                }
+            })
+        };
+        let detached = async {
+            match record.network_attached {
+                true => Some(self.network.detach(record, &ns_path(&dir, "net")).await),
+                false => None,
             }
-        }
-        let monitor = record.monitor;
-        let dir2 = dir.clone();
-        let _ = tokio::task::spawn_blocking(move || match monitor {
-            Some(m) => monitor_client::stop(&dir2, &m),
-            None => monitor_client::kill_unreported(&dir2),
-        })
-        .await;
-        // The monitor's cgroup still holds the pod's init (a shared PID namespace) if the
-        // monitor died before it could end it.
-        if let Ok(Some(cgroup)) = self.monitor_cgroup(record) {
-            if let Err(e) = berth_runtime::cgroups::kill_all(&cgroup, Duration::from_secs(10)) {
-                tracing::warn!(pod_id = %record.id, error = %e, "processes left in the monitor's cgroup");
+        };
+        let (detached, _) = tokio::join!(detached, ending);
+        match detached {
+            Some(Ok(())) => record.network_attached = false,
+            Some(Err(e)) => {
+                tracing::warn!(pod_id = %record.id, error = %e, "network teardown failed")
             }
+            None => {}
         }
         let _ = berth_runtime::monitor::unpin_all(&dir);
-        if record.shm_mounted {
-            let _ = umount2(&dir.join("shm"), MntFlags::MNT_DETACH);
-            record.shm_mounted = false;
-        }
+        record.shm_mounted = false;
     }
 
     /// The cgroupfs path of the cgroup the pod's monitor (and the pod's init) runs in: a leaf of
@@ -568,8 +585,8 @@ impl Sandboxes {
         let _ = std::fs::remove_dir_all(dir);
     }
 
-    /// StopPodSandbox: network, monitor, namespaces (the pod's containers are stopped first, by
-    /// `Pods::stop_pod`). Keeps the record.
+    /// StopPodSandbox: the network's DEL beside the monitor's end, then the namespaces (the pod's
+    /// containers are stopped first, by `Pods::stop_pod`). Keeps the record.
     /// CRI: succeeds for an unknown or already stopped sandbox.
     pub async fn stop(&self, id: &str) -> Result<(), SandboxError> {
         let Some(mut record) = self.lock().get(id).cloned() else {

@@ -24,7 +24,7 @@ use std::path::Path;
 
 use nix::unistd::{fork, ForkResult};
 
-pub use namespaces::unpin_all;
+pub use namespaces::{unpin_all, unpin_all_but};
 use protocol::{error_line, ready_line, MonitorConfig};
 
 /// Entry point of `berthd monitor <config>`; returns the exit code. Must run before any thread

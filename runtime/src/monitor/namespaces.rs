@@ -261,11 +261,23 @@ pub(super) fn pin(pod_dir: &Path, pid: u32, kind: &str) -> Result<(), String> {
 /// Unmounts every pinned namespace of a pod and removes the files; safe to repeat, and used
 /// by the agent when the monitor is gone.
 pub fn unpin_all(pod_dir: &Path) -> std::io::Result<()> {
+    unpin(pod_dir, None)
+}
+
+/// [`unpin_all`], but the pin named `kept` (e.g. `net`, for a CNI DEL still running) stays.
+pub fn unpin_all_but(pod_dir: &Path, kept: &str) -> std::io::Result<()> {
+    unpin(pod_dir, Some(kept))
+}
+
+fn unpin(pod_dir: &Path, kept: Option<&str>) -> std::io::Result<()> {
     let dir = pod_dir.join(super::protocol::NS_DIR);
     let Ok(entries) = std::fs::read_dir(&dir) else {
         return Ok(());
     };
     for entry in entries.flatten() {
+        if kept.is_some_and(|k| entry.file_name() == k) {
+            continue;
+        }
         let path = entry.path();
         match umount2(&path, MntFlags::MNT_DETACH) {
             // EINVAL: not a mount point (never pinned, or already unpinned).
@@ -279,6 +291,7 @@ pub fn unpin_all(pod_dir: &Path) -> std::io::Result<()> {
         }
         let _ = std::fs::remove_file(&path);
     }
+    // Not empty while a pin is kept.
     let _ = std::fs::remove_dir(&dir);
     Ok(())
 }
