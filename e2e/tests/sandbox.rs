@@ -540,14 +540,7 @@ async fn stop_ends_the_monitor_while_cni_del_runs_with_the_netns_still_pinned() 
                 .await
         }
     });
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !gate.with_extension("waiting").exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no DEL reached the gate"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_holding(&gate, "DEL").await;
     // The DEL holds: the monitor (and the pod's init) go meanwhile.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while !processes_mentioning(&id).is_empty() {
@@ -593,14 +586,7 @@ async fn a_reboot_during_cni_add_still_frees_the_ip_it_leased() {
 
 /// Waits until a gated ADD is holding, and returns the pod dir whose record reads `creating`.
 async fn wait_creating(agent: &TestAgent, gate: &std::path::Path) -> PathBuf {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !gate.with_extension("waiting").exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no ADD reached the gate"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    wait_holding(gate, "ADD").await;
     let dirs: Vec<PathBuf> = std::fs::read_dir(agent.paths.state.join("pods"))
         .unwrap()
         .flatten()
@@ -611,6 +597,18 @@ async fn wait_creating(agent: &TestAgent, gate: &std::path::Path) -> PathBuf {
         serde_json::from_slice(&std::fs::read(dirs[0].join("sandbox.json")).unwrap()).unwrap();
     assert_eq!(record["state"], "creating", "{record}");
     dirs[0].clone()
+}
+
+/// Waits until `berth-cni-gate`'s `verb` (ADD or DEL) holds at `gate`.
+async fn wait_holding(gate: &std::path::Path, verb: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !gate.with_extension("waiting").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {verb} reached the gate"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 fn adds(gate: &std::path::Path) -> usize {
