@@ -152,46 +152,84 @@ pub fn missing(path: &Path) -> Vec<PathBuf> {
 /// Makes `path` in every hierarchy. Returns the directories that did not exist before, parents
 /// first, so that [`remove_created`] can take back exactly those.
 pub fn ensure(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    ensure_in(&hierarchies(), path, |dir| std::fs::create_dir(dir))
+}
+
+/// How often one hierarchy's levels are walked when parents keep going under us.
+const ENSURE_WALKS: usize = 10;
+
+/// [`ensure`] in `hierarchies`, making each directory with `mkdir`.
+fn ensure_in(
+    hierarchies: &[Hierarchy],
+    path: &Path,
+    mut mkdir: impl FnMut(&Path) -> std::io::Result<()>,
+) -> std::io::Result<Vec<PathBuf>> {
     let mut created = Vec::new();
-    for h in hierarchies() {
-        for (parent, dir) in levels(&h, path) {
-            if !dir.exists() {
-                match std::fs::create_dir(&dir) {
-                    Ok(()) => {
-                        created.push(dir.clone());
-                        if h.v2 {
-                            enable_controllers(&parent);
-                        }
-                    }
-                    // Another pod (or agent) sharing the parent made it just now: it is theirs
-                    // to take back, and there for us to use.
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-                    Err(e) => {
-                        remove_created(&created);
-                        return Err(std::io::Error::other(format!(
-                            "create cgroup {}: {e}",
-                            dir.display()
-                        )));
-                    }
+    for h in hierarchies {
+        let mut walks = 1;
+        loop {
+            match ensure_levels(h, path, &mut created, &mut mkdir) {
+                Ok(()) => break,
+                // A parent another pod made, taken back (it was empty then) since we looked:
+                // the walk goes again, and what is missing now is ours.
+                Err((e, dir))
+                    if e.kind() == std::io::ErrorKind::NotFound && walks < ENSURE_WALKS =>
+                {
+                    tracing::debug!(cgroup = %dir.display(), "its parent went meanwhile: made again");
+                    walks += 1;
                 }
-            }
-            // A new v1 cpuset cgroup starts with no CPUs or memory nodes, and so may one that
-            // another caller has just made and not filled yet: no task could join it or any
-            // child of it. Each level on the way, parents first, gets its parent's if empty.
-            if h.controllers.iter().any(|c| c == "cpuset") {
-                for file in ["cpuset.cpus", "cpuset.mems"] {
-                    let own = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
-                    if !own.trim().is_empty() {
-                        continue;
-                    }
-                    if let Ok(value) = std::fs::read_to_string(parent.join(file)) {
-                        let _ = std::fs::write(dir.join(file), value.trim());
-                    }
+                Err((e, dir)) => {
+                    remove_created(&created);
+                    return Err(std::io::Error::other(format!(
+                        "create cgroup {}: {e}",
+                        dir.display()
+                    )));
                 }
             }
         }
     }
     Ok(created)
+}
+
+/// Makes what is missing of `path` in `h`, adding it to `created`; the error, with the
+/// directory it was making, ends the walk.
+fn ensure_levels(
+    h: &Hierarchy,
+    path: &Path,
+    created: &mut Vec<PathBuf>,
+    mkdir: &mut impl FnMut(&Path) -> std::io::Result<()>,
+) -> Result<(), (std::io::Error, PathBuf)> {
+    for (parent, dir) in levels(h, path) {
+        if !dir.exists() {
+            match mkdir(&dir) {
+                Ok(()) => {
+                    created.push(dir.clone());
+                    if h.v2 {
+                        enable_controllers(&parent);
+                    }
+                }
+                // Another pod (or agent) sharing the parent made it just now: it is theirs
+                // to take back, and there for us to use.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err((e, dir)),
+            }
+        }
+        // A new v1 cpuset cgroup starts with no CPUs or memory nodes, and so may one that
+        // another caller has just made and not filled yet: no task could join it or any
+        // child of it. Each level on the way, parents first, gets its parent's if empty.
+        if h.controllers.iter().any(|c| c == "cpuset") {
+            for file in ["cpuset.cpus", "cpuset.mems"] {
+                let own = std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+                if !own.trim().is_empty() {
+                    continue;
+                }
+                if let Ok(value) = std::fs::read_to_string(parent.join(file)) {
+                    let _ = std::fs::write(dir.join(file), value.trim());
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// v2: lets the children of `dir` use every controller `dir` has, as kubelet and libcontainer
@@ -423,6 +461,36 @@ mod tests {
             controllers: controllers.iter().map(|c| c.to_string()).collect(),
             v2: controllers.is_empty(),
         }
+    }
+
+    /// A parent another pod made and took back (it was empty then) between our look and our
+    /// mkdir under it: made again, as ours.
+    #[test]
+    fn a_parent_taken_back_under_ensure_is_made_again_as_ours() {
+        let root = std::env::temp_dir().join(format!("berth-ensure-{}", std::process::id()));
+        let shared = root.join("shared");
+        std::fs::create_dir_all(&shared).unwrap();
+        let h = Hierarchy {
+            mountpoint: root.clone(),
+            controllers: vec!["pids".to_string()],
+            v2: false,
+        };
+        let mut taken_back = false;
+        let created = ensure_in(&[h], Path::new("shared/pod"), |dir| {
+            if !taken_back {
+                taken_back = true;
+                std::fs::remove_dir(&shared).unwrap();
+            }
+            std::fs::create_dir(dir)
+        });
+        let made = root.join("shared/pod").is_dir();
+        let _ = std::fs::remove_dir_all(&root);
+        assert_eq!(
+            created.unwrap(),
+            vec![shared.clone(), shared.join("pod")],
+            "the parent is ours to take back now"
+        );
+        assert!(made);
     }
 
     #[test]
