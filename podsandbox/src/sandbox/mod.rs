@@ -540,9 +540,10 @@ impl Sandboxes {
             })
         };
         let detached = async {
-            match record.network_attached {
-                true => Some(self.network.detach(record, &ns_path(&dir, "net")).await),
-                false => None,
+            if record.network_attached {
+                Some(self.network.detach(record, &ns_path(&dir, "net")).await)
+            } else {
+                None
             }
         };
         let (detached, _) = tokio::join!(detached, ending);
