@@ -160,12 +160,23 @@ pub async fn remove_all_leaving_nothing(agent: &TestAgent, ids: &[&str], net: &T
     assert_no_leaks(agent, Some(net));
 }
 
+fn trash_entries(trash: &std::path::Path) -> usize {
+    std::fs::read_dir(trash).map(|r| r.count()).unwrap_or(0)
+}
+
 /// Everything a sandbox could leave behind, for the agent and network under test.
 pub fn assert_no_leaks(agent: &TestAgent, network: Option<&TestNetwork>) {
     let pods: Vec<_> = std::fs::read_dir(agent.paths.state.join("pods"))
         .map(|r| r.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     assert!(pods.is_empty(), "pod dirs left: {pods:?}");
+    // RemovePodSandbox renames a pod dir into the trash and answers; its files go after.
+    let trash = agent.paths.state.join("trash");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while trash_entries(&trash) > 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(trash_entries(&trash), 0, "pod dirs left in the trash");
     assert_eq!(
         mounts_under(agent.dir()),
         Vec::<String>::new(),

@@ -961,6 +961,8 @@ fn leaks(
                 .collect(),
         ),
         ("pod dirs", entries(&state.join("pods"))),
+        // The start just before this emptied the trash.
+        ("trash", entries(&state.join("trash"))),
         ("container dirs", entries(&state.join("containers"))),
         (
             "writable layers",

@@ -454,6 +454,62 @@ async fn fifty_run_stop_remove_cycles_leave_nothing() {
     assert_no_leaks(&agent, Some(&net));
 }
 
+/// RemovePodSandbox takes the pod dir out of sight with one rename into `<state>/trash` and
+/// answers; its files are deleted after. An agent killed between the two leaves them in the
+/// trash, and its next start deletes them.
+#[tokio::test]
+async fn a_pod_dir_a_crash_left_in_the_trash_is_deleted_at_the_next_start() {
+    let mut agent = TestAgent::start().await;
+    let config = pod_config_with(
+        "trashed",
+        NamespaceMode::Node,
+        NamespaceMode::Container,
+        NamespaceMode::Pod,
+    );
+    let id = run(&agent, config).await.unwrap();
+    std::fs::write(pod_dir(&agent, &id).join("extra"), "written by the test").unwrap();
+    stop(&agent, &id).await;
+    agent.restart_crashing_at("sandbox-trashed").await;
+    let removed = agent
+        .runtime()
+        .await
+        .remove_pod_sandbox(RemovePodSandboxRequest {
+            pod_sandbox_id: id.clone(),
+        })
+        .await;
+    assert!(removed.is_err(), "RemovePodSandbox answered {removed:?}");
+    agent.wait_crashed();
+    assert!(
+        !pod_dir(&agent, &id).exists(),
+        "the pod dir was not renamed"
+    );
+    let trash = agent.paths.state.join("trash");
+    let left: Vec<PathBuf> = std::fs::read_dir(&trash)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(left.len(), 1, "{left:?}");
+    assert!(left[0].join("extra").exists(), "{left:?}");
+
+    agent.restart_with(nix::sys::signal::Signal::SIGKILL).await;
+    let left: Vec<_> = std::fs::read_dir(&trash).unwrap().flatten().collect();
+    assert!(
+        left.is_empty(),
+        "left in the trash after the start: {left:?}"
+    );
+    let listed = agent
+        .runtime()
+        .await
+        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap()
+        .into_inner()
+        .items;
+    assert!(listed.is_empty(), "{listed:?}");
+    assert_no_leaks(&agent, None);
+}
+
 /// StopPodSandbox releases the pod's network (IP lease, cached result) even when CNI DEL cannot
 /// enter the netns any more (its pin was unmounted) or the network config is gone (the conflist
 /// was deleted): DEL runs with the cached config, as kubelet's runtimes do.

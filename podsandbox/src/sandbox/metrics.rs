@@ -23,6 +23,8 @@ pub struct SandboxMetrics {
     monitor_memory: Family<MemoryKindLabel, Gauge>,
     monitor_starts: Family<HowLabel, Counter>,
     standby_waiting: Gauge,
+    dirs_deleting: Gauge,
+    dir_delete_failures: Counter,
 }
 
 /// `{how="standby"|"exec"}` of `berth_monitor_starts_total`.
@@ -47,6 +49,8 @@ impl Default for SandboxMetrics {
             monitor_memory: Family::default(),
             monitor_starts: Family::default(),
             standby_waiting: Gauge::default(),
+            dirs_deleting: Gauge::default(),
+            dir_delete_failures: Counter::default(),
         }
     }
 }
@@ -89,6 +93,16 @@ impl SandboxMetrics {
             "1 while a standby monitor waits, started, for the next pod (its RunPodSandbox hands it the pod), else 0",
             m.standby_waiting.clone(),
         );
+        registry.register(
+            "berth_sandbox_dirs_deleting",
+            "Pod dirs RemovePodSandbox renamed into the trash whose files are still being deleted (it does not wait for that)",
+            m.dirs_deleting.clone(),
+        );
+        registry.register(
+            "berth_sandbox_dir_delete_failures",
+            "Pod dirs in the trash whose deletion failed; the agent's next start tries again",
+            m.dir_delete_failures.clone(),
+        );
         m
     }
 
@@ -111,6 +125,14 @@ impl SandboxMetrics {
                 .get_or_create(&MemoryKindLabel { kind })
                 .set(bytes as i64);
         }
+    }
+
+    pub(crate) fn dir_deleting(&self, by: i64) {
+        self.dirs_deleting.inc_by(by);
+    }
+
+    pub(crate) fn dir_delete_failed(&self) {
+        self.dir_delete_failures.inc();
     }
 
     pub(crate) fn rolled_back(&self) {

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use berth_common::fs::Trash;
 use berth_runtime::monitor::protocol::{ns_path, MonitorConfig};
 use berth_runtime::CgroupDriver;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
@@ -67,6 +68,8 @@ pub struct Sandboxes {
     metrics: SandboxMetrics,
     events: Arc<Events>,
     standby: Arc<standby::Spare>,
+    /// Where RemovePodSandbox renames a pod dir before its files are deleted.
+    trash: Trash,
 }
 
 impl Sandboxes {
@@ -88,6 +91,7 @@ impl Sandboxes {
         // namespace lets its root's group through: its containers join the namespaces pinned
         // there, and bind its files, as that root.
         berth_common::fs::passable_dir(&pods)?;
+        let trash = Trash::open(state.join("trash"))?;
         let sandboxes = Sandboxes {
             state: state.to_path_buf(),
             handlers,
@@ -102,6 +106,7 @@ impl Sandboxes {
             ),
             metrics,
             events,
+            trash,
         };
         for entry in std::fs::read_dir(&pods)?.flatten() {
             let dir = entry.path();
@@ -558,6 +563,19 @@ impl Sandboxes {
         record.shm_mounted = false;
     }
 
+    /// Deletes a pod dir the trash took, on a blocking thread: RemovePodSandbox does not wait.
+    fn delete_later(&self, doomed: PathBuf) {
+        let (trash, metrics) = (self.trash.clone(), self.metrics.clone());
+        metrics.dir_deleting(1);
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = trash.delete(&doomed) {
+                tracing::warn!(dir = %doomed.display(), error = %e, "pod dir not deleted (the next start tries again)");
+                metrics.dir_delete_failed();
+            }
+            metrics.dir_deleting(-1);
+        });
+    }
+
     /// The cgroupfs path of the cgroup the pod's monitor (and the pod's init) runs in: a leaf of
     /// the pod's cgroup, or its own scope in the pod's slice; none for a pod without a cgroup
     /// parent under cgroupfs (the monitor stays in the agent's).
@@ -634,11 +652,15 @@ impl Sandboxes {
             tracing::warn!(pod_id = %id, cgroup = %left, "cgroup not removed");
         }
         let dir = self.pod_dir(id);
-        berth_common::fs::remove_dir_all_if_present(&dir).map_err(|e| SandboxError::Failed {
+        let doomed = self.trash.take(&dir).map_err(|e| SandboxError::Failed {
             id: id.to_string(),
             step: "remove pod dir",
             message: e.to_string(),
         })?;
+        if let Some(doomed) = doomed {
+            berth_common::crash::point("sandbox-trashed");
+            self.delete_later(doomed);
+        }
         // The events carry the sandbox as it was last: stopped, not yet forgotten.
         record.state = SandboxState::NotReady;
         self.lock().insert(id.to_string(), record.clone());
