@@ -194,8 +194,16 @@ pub fn assert_no_leaks(agent: &TestAgent, network: Option<&TestNetwork>) {
         }
         assert_eq!(net.veths(), Vec::<String>::new(), "veths left");
     }
-    let results: Vec<_> = std::fs::read_dir(agent.paths.state.join("cni/results"))
-        .map(|r| r.flatten().map(|e| e.file_name()).collect())
-        .unwrap_or_default();
+    // The cache is under `root` (a reboot keeps it); an older agent's was under `state`.
+    let results: Vec<_> = [&agent.paths.root, &agent.paths.state]
+        .iter()
+        .flat_map(|dir| {
+            std::fs::read_dir(dir.join("cni/results"))
+                .into_iter()
+                .flatten()
+        })
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
     assert!(results.is_empty(), "cached CNI results left: {results:?}");
 }
