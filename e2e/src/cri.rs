@@ -3,8 +3,9 @@
 use k8s_cri::v1::{
     ContainerConfig, CreateContainerRequest, ImageSpec, LinuxContainerConfig,
     LinuxContainerSecurityContext, LinuxPodSandboxConfig, LinuxSandboxSecurityContext,
-    NamespaceMode, NamespaceOption, PodSandboxConfig, PullImageRequest, RemovePodSandboxRequest,
-    RunPodSandboxRequest, StartContainerRequest, StatusRequest,
+    ListPodSandboxRequest, NamespaceMode, NamespaceOption, PodSandbox, PodSandboxConfig,
+    PullImageRequest, RemovePodSandboxRequest, RunPodSandboxRequest, StartContainerRequest,
+    StatusRequest,
 };
 
 use crate::{ImageClient, RuntimeClient};
@@ -29,6 +30,15 @@ pub async fn remove_pod(c: &mut RuntimeClient, pod: &str) {
     })
     .await
     .unwrap_or_else(|e| panic!("RemovePodSandbox {pod}: {e}"));
+}
+
+/// ListPodSandbox without a filter, which must succeed.
+pub async fn list_pods(c: &mut RuntimeClient) -> Vec<PodSandbox> {
+    c.list_pod_sandbox(ListPodSandboxRequest { filter: None })
+        .await
+        .unwrap_or_else(|e| panic!("ListPodSandbox: {e}"))
+        .into_inner()
+        .items
 }
 
 /// RunPodSandbox that must succeed.

@@ -535,12 +535,7 @@ async fn after_a_reboot_the_agent_frees_the_ips_and_writable_layers_of_the_pods_
     let trees = berth_e2e::cgroup_dirs(&pod_cgroup.to_string_lossy());
     f.agent.reboot(&trees).await;
     let mut c = f.agent.runtime().await;
-    let listed = c
-        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let listed = berth_e2e::cri::list_pods(&mut c).await;
     assert!(listed.is_empty(), "{listed:?}");
     let left = leftovers(&f, &net, name);
     assert!(left.is_empty(), "left after the reboot: {left:#?}");
@@ -620,12 +615,7 @@ async fn a_crash_at_any_step_of_a_build_is_rolled_back_at_the_next_start() {
             assert!(listed.is_empty(), "{point}: {listed:?}");
             remove_pod(&mut c, pod).await;
         }
-        let listed = c
-            .list_pod_sandbox(ListPodSandboxRequest { filter: None })
-            .await
-            .unwrap()
-            .into_inner()
-            .items;
+        let listed = berth_e2e::cri::list_pods(&mut c).await;
         assert!(listed.is_empty(), "{point}: {listed:?}");
         let left = leftovers(&f, &net, &name);
         assert!(
@@ -816,12 +806,7 @@ async fn fifty_pods_at_once_asked_twice_make_fifty_pods_of_one_container() {
     };
     let pods = futures_util::future::join_all(names.iter().cloned().map(one)).await;
     let mut c = f.agent.runtime().await;
-    let listed_pods = c
-        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let listed_pods = berth_e2e::cri::list_pods(&mut c).await;
     assert_eq!(listed_pods.len(), 50);
     let containers = c
         .list_containers(ListContainersRequest::default())

@@ -498,14 +498,7 @@ async fn a_pod_dir_a_crash_left_in_the_trash_is_deleted_at_the_next_start() {
         left.is_empty(),
         "left in the trash after the start: {left:?}"
     );
-    let listed = agent
-        .runtime()
-        .await
-        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let listed = berth_e2e::cri::list_pods(&mut agent.runtime().await).await;
     assert!(listed.is_empty(), "{listed:?}");
     assert_no_leaks(&agent, None);
 }
@@ -741,14 +734,7 @@ async fn a_sandbox_left_creating_by_a_killed_agent_is_rolled_back_at_start() {
     std::fs::write(&gate, b"").unwrap();
     agent.restart_with(nix::sys::signal::Signal::SIGKILL).await;
     assert!(!dir.exists(), "the half-built pod's dir is gone");
-    let listed = agent
-        .runtime()
-        .await
-        .list_pod_sandbox(ListPodSandboxRequest { filter: None })
-        .await
-        .unwrap()
-        .into_inner()
-        .items;
+    let listed = berth_e2e::cri::list_pods(&mut agent.runtime().await).await;
     assert!(listed.is_empty(), "{listed:?}");
     assert_no_leaks(&agent, Some(&net));
 }
