@@ -176,32 +176,18 @@ impl CniInvoker {
         &self.cache
     }
 
-    /// ADD: [`save_attachment`](Self::save_attachment), then [`add_saved`](Self::add_saved).
+    /// ADD: runs the plugins in order, each given the previous one's result as `prevResult`,
+    /// and caches the final result. Before the first plugin runs, the network and attachment
+    /// are cached without a result, so that a DEL can follow an ADD that never finished. On
+    /// error no result is cached and earlier plugins are not undone: the caller runs
+    /// [`del`](Self::del), which cleans up by container id.
     pub async fn add(&self, net: &Network, att: &Attachment) -> Result<CniResult, CniError> {
-        self.save_attachment(net, att).await?;
-        self.add_saved(net, att).await
-    }
-
-    /// Caches the network and attachment of an ADD about to run, durably and without a
-    /// result, so that a DEL can follow an ADD that never finished (a crash or a reboot in
-    /// the middle of it). Run it before [`add_saved`](Self::add_saved); it may run beside other
-    /// work that comes before the ADD.
-    pub async fn save_attachment(&self, net: &Network, att: &Attachment) -> Result<(), CniError> {
-        att.validate(Verb::Add)?;
-        ensure_plugins(net)?;
-        let (cache, network, attachment) = (self.cache.clone(), net.clone(), att.clone());
-        self.on_blocking_thread(move || cache.save_attachment(&network, &attachment))
-            .await
-    }
-
-    /// The ADD of an attachment [`save_attachment`](Self::save_attachment) cached: runs the
-    /// plugins in order, each given the previous one's result as `prevResult`, and caches the
-    /// final result. On error no result is cached and earlier plugins are not undone: the
-    /// caller runs [`del`](Self::del), which cleans up by container id.
-    pub async fn add_saved(&self, net: &Network, att: &Attachment) -> Result<CniResult, CniError> {
         let cni_args = att.validate(Verb::Add)?;
         ensure_plugins(net)?;
         let offered = att.capabilities.to_json();
+        let (cache, network, attachment) = (self.cache.clone(), net.clone(), att.clone());
+        self.on_blocking_thread(move || cache.save_attachment(&network, &attachment))
+            .await?;
         let mut prev: Option<CniResult> = None;
         for plugin in &net.plugins {
             let stdin = plugin_stdin(net, plugin, prev.as_ref().map(CniResult::raw), &offered);

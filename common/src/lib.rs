@@ -8,7 +8,6 @@ pub mod crash;
 pub mod fs;
 pub mod ids;
 pub mod metrics;
-pub mod net;
 pub mod notify;
 pub mod procfs;
 pub mod time;

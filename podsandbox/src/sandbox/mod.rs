@@ -338,145 +338,123 @@ impl Sandboxes {
             move |message: String| SandboxError::Failed { id, step, message }
         };
         let mut undo = Undo::new();
-        let netns = ns_path(&dir, "net");
-        let attachment =
-            (!record.spec.host_network()).then(|| self.network.attachment(&record, &netns));
         let result: Result<(), SandboxError> = async {
-            // The attachment's durable save (an fsync) runs beside all that comes before the
-            // ADD: the pod dir and its files, the cgroups, the monitor's start.
-            let prepare = async {
-                match attachment {
-                    Some(a) => Some(self.network.prepare(a).await),
-                    None => None,
-                }
-            };
-            let before_add = async {
-                // Record first: a crash from here on is rolled back at the next start.
-                {
-                    let dir = dir.clone();
-                    undo.push("remove pod dir", move || {
-                        let _ = std::fs::remove_dir_all(&dir);
-                    });
-                }
-                std::fs::create_dir_all(&dir).map_err(|e| fail("create pod dir")(e.to_string()))?;
-                let root_group = record.spec.userns.map(|u| u.root_on_host().1);
-                berth_common::fs::closed_dir(&dir, root_group)
-                    .map_err(|e| fail("create pod dir")(e.to_string()))?;
+            // Record first: a crash from here on is rolled back at the next start.
+            {
+                let dir = dir.clone();
+                undo.push("remove pod dir", move || {
+                    let _ = std::fs::remove_dir_all(&dir);
+                });
+            }
+            std::fs::create_dir_all(&dir).map_err(|e| fail("create pod dir")(e.to_string()))?;
+            let root_group = record.spec.userns.map(|u| u.root_on_host().1);
+            berth_common::fs::closed_dir(&dir, root_group)
+                .map_err(|e| fail("create pod dir")(e.to_string()))?;
+            record
+                .save(&dir)
+                .map_err(|e| fail("write record")(e.to_string()))?;
+            berth_common::crash::point("sandbox-recorded");
+
+            self.write_files(&record, &dir)
+                .map_err(fail("write pod files"))?;
+
+            if !record.spec.host_ipc() {
+                let shm = dir.join("shm");
+                undo.push("unmount shm", {
+                    let shm = shm.clone();
+                    move || {
+                        let _ = umount2(&shm, MntFlags::MNT_DETACH);
+                    }
+                });
+                mount_shm(&shm).map_err(fail("mount /dev/shm"))?;
+                record.shm_mounted = true;
+                berth_common::crash::point("sandbox-shm");
+            }
+            let systemd_slice = (self.cgroup_driver == CgroupDriver::Systemd).then(|| {
+                // systemd makes the monitor's scope (and the slice, when kubelet has not).
+                // validate() checked it names a slice.
+                berth_runtime::cgroups::systemd::slice_name(&record.spec.cgroup_parent)
+                    .unwrap_or(berth_runtime::cgroups::systemd::DEFAULT_SLICE)
+                    .to_string()
+            });
+            let cgroup = if record.spec.cgroup_parent.is_empty() || systemd_slice.is_some() {
+                None
+            } else {
+                // The monitor (and the pod init it forks) runs in a leaf of the pod cgroup, not in
+                // the pod cgroup itself: on cgroup v2 a cgroup holding processes cannot hand its
+                // controllers down, so the containers' cgroups below it could not be limited.
+                let path = self
+                    .monitor_cgroup(&record)
+                    .map_err(fail("cgroup"))?
+                    .ok_or_else(|| fail("cgroup")("no cgroup parent".to_string()))?;
+                // Record first: a crash from here on removes what was made, not more.
+                record.cgroups_created = berth_runtime::cgroups::missing(&path);
                 record
                     .save(&dir)
                     .map_err(|e| fail("write record")(e.to_string()))?;
-                berth_common::crash::point("sandbox-recorded");
-
-                self.write_files(&record, &dir)
-                    .map_err(fail("write pod files"))?;
-
-                if !record.spec.host_ipc() {
-                    let shm = dir.join("shm");
-                    undo.push("unmount shm", {
-                        let shm = shm.clone();
-                        move || {
-                            let _ = umount2(&shm, MntFlags::MNT_DETACH);
-                        }
-                    });
-                    mount_shm(&shm).map_err(fail("mount /dev/shm"))?;
-                    record.shm_mounted = true;
-                    berth_common::crash::point("sandbox-shm");
-                }
-                let systemd_slice = (self.cgroup_driver == CgroupDriver::Systemd).then(|| {
-                    // systemd makes the monitor's scope (and the slice, when kubelet has not).
-                    // validate() checked it names a slice.
-                    berth_runtime::cgroups::systemd::slice_name(&record.spec.cgroup_parent)
-                        .unwrap_or(berth_runtime::cgroups::systemd::DEFAULT_SLICE)
-                        .to_string()
-                });
-                let cgroup = if record.spec.cgroup_parent.is_empty() || systemd_slice.is_some() {
-                    None
-                } else {
-                    // The monitor (and the pod init it forks) runs in a leaf of the pod cgroup, not in
-                    // the pod cgroup itself: on cgroup v2 a cgroup holding processes cannot hand its
-                    // controllers down, so the containers' cgroups below it could not be limited.
-                    let path = self
-                        .monitor_cgroup(&record)
-                        .map_err(fail("cgroup"))?
-                        .ok_or_else(|| fail("cgroup")("no cgroup parent".to_string()))?;
-                    // Record first: a crash from here on removes what was made, not more.
-                    record.cgroups_created = berth_runtime::cgroups::missing(&path);
-                    record
-                        .save(&dir)
-                        .map_err(|e| fail("write record")(e.to_string()))?;
-                    let created = berth_runtime::cgroups::ensure(&path)
-                        .map_err(|e| fail("cgroup")(e.to_string()))?;
-                    undo.push("remove cgroups", {
-                        let created = created.clone();
-                        move || {
-                            berth_runtime::cgroups::remove_created(&created);
-                        }
-                    });
-                    record.cgroups_created = created;
-                    berth_common::crash::point("sandbox-cgroup");
-                    Some(path)
-                };
-                let monitor_config = MonitorConfig {
-                    sandbox_id: id.clone(),
-                    pod_dir: dir.clone(),
-                    new_net: !record.spec.host_network(),
-                    new_ipc: !record.spec.host_ipc(),
-                    // A pod on the host network keeps the host's name, as with containerd.
-                    new_uts: !record.spec.host_network(),
-                    pod_pid: record.spec.namespaces.pid == NamespaceMode::Pod,
-                    hostname: (!record.spec.hostname.is_empty())
-                        .then(|| record.spec.hostname.clone()),
-                    sysctls: record
-                        .spec
-                        .sysctls
-                        .iter()
-                        .map(|(k, v)| (k.clone(), v.clone()))
-                        .collect(),
-                    cgroup,
-                    systemd_slice,
-                    exit_notice: Some(
-                        self.state
-                            .join(berth_runtime::monitor::protocol::EXIT_NOTICE_SOCKET),
-                    ),
-                    userns: record.spec.userns,
-                };
-                undo.push("stop monitor, unpin namespaces", {
-                    let dir = dir.clone();
+                let created = berth_runtime::cgroups::ensure(&path)
+                    .map_err(|e| fail("cgroup")(e.to_string()))?;
+                undo.push("remove cgroups", {
+                    let created = created.clone();
                     move || {
-                        match SandboxRecord::load(&dir).ok().and_then(|r| r.monitor) {
-                            Some(m) => monitor_client::stop(&dir, &m),
-                            None => monitor_client::kill_unreported(&dir),
-                        }
-                        let _ = berth_runtime::monitor::unpin_all(&dir);
+                        berth_runtime::cgroups::remove_created(&created);
                     }
                 });
-                let (monitor, how) = monitor_client::start(&monitor_config, self.standby.take())
+                record.cgroups_created = created;
+                berth_common::crash::point("sandbox-cgroup");
+                Some(path)
+            };
+            let monitor_config = MonitorConfig {
+                sandbox_id: id.clone(),
+                pod_dir: dir.clone(),
+                new_net: !record.spec.host_network(),
+                new_ipc: !record.spec.host_ipc(),
+                // A pod on the host network keeps the host's name, as with containerd.
+                new_uts: !record.spec.host_network(),
+                pod_pid: record.spec.namespaces.pid == NamespaceMode::Pod,
+                hostname: (!record.spec.hostname.is_empty()).then(|| record.spec.hostname.clone()),
+                sysctls: record
+                    .spec
+                    .sysctls
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                cgroup,
+                systemd_slice,
+                exit_notice: Some(
+                    self.state
+                        .join(berth_runtime::monitor::protocol::EXIT_NOTICE_SOCKET),
+                ),
+                userns: record.spec.userns,
+            };
+            undo.push("stop monitor, unpin namespaces", {
+                let dir = dir.clone();
+                move || {
+                    match SandboxRecord::load(&dir).ok().and_then(|r| r.monitor) {
+                        Some(m) => monitor_client::stop(&dir, &m),
+                        None => monitor_client::kill_unreported(&dir),
+                    }
+                    let _ = berth_runtime::monitor::unpin_all(&dir);
+                }
+            });
+            let (monitor, how) = monitor_client::start(&monitor_config, self.standby.take())
+                .await
+                .map_err(fail("start monitor"))?;
+            self.metrics.monitor_started(how);
+            berth_common::crash::point("sandbox-monitor");
+            record.monitor = Some(monitor);
+            record
+                .save(&dir)
+                .map_err(|e| fail("write record")(e.to_string()))?;
+
+            if !record.spec.host_network() {
+                let netns = ns_path(&dir, "net");
+                let status = self
+                    .network
+                    .attach(&record, &netns, &mut undo)
                     .await
-                    .map_err(fail("start monitor"))?;
-                self.metrics.monitor_started(how);
-                berth_common::crash::point("sandbox-monitor");
-                record.monitor = Some(monitor);
-                Ok(())
-            };
-            let (before, prepared) = tokio::join!(before_add, prepare);
-            if let Some(Ok(_)) = &prepared {
-                undo.push("forget the CNI attachment", self.network.forget_later(&id));
-            }
-            before?;
-            let prepared = prepared.transpose().map_err(fail("network"))?;
-            // Saved while the ADD runs: a crash before it is written is rolled back as well,
-            // the monitor found through its pid file instead.
-            let saving = {
-                let (record, dir) = (record.clone(), dir.clone());
-                tokio::task::spawn_blocking(move || record.save(&dir))
-            };
-            let attached = match prepared {
-                Some(prepared) => Some(self.network.attach(prepared, &dir, &mut undo).await),
-                None => None,
-            };
-            let saved = saving.await;
-            if let Some(status) = attached {
-                record.network = status.map_err(fail("network"))?;
+                    .map_err(fail("network"))?;
+                record.network = status;
                 record.network_attached = true;
                 berth_common::crash::point("sandbox-network");
                 // The pod's own IP in its hosts file, now that it has one.
@@ -486,10 +464,6 @@ impl Sandboxes {
                     spec::hosts_file(&record.spec.hostname, ip).as_bytes(),
                 );
             }
-            saved
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()))
-                .map_err(fail("write record"))?;
 
             record.state = SandboxState::Ready;
             record

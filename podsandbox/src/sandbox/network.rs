@@ -18,12 +18,6 @@ const IFNAME: &str = "eth0";
 /// The network an attachment was made on, kept in the pod dir for its DEL.
 const SAVED_NETWORK: &str = "cni-network";
 
-/// The network and attachment [`PodNetwork::prepare`] saved, for [`PodNetwork::attach`].
-pub(crate) struct Prepared {
-    network: Arc<Network>,
-    attachment: Attachment,
-}
-
 pub struct PodNetwork {
     watcher: NetworkWatcher,
     invoker: Arc<CniInvoker>,
@@ -50,42 +44,23 @@ impl PodNetwork {
         self.watcher.status().map(|_| ())
     }
 
-    /// The attachment of a pod's ADD: its id, network namespace, kubelet's CNI_ARGS and the
-    /// runtime capabilities.
-    pub(crate) fn attachment(&self, record: &SandboxRecord, netns: &Path) -> Attachment {
-        attachment(record, netns)
-    }
-
-    /// What must be on disk before a pod's ADD, and may be written beside the rest of its
-    /// build: the attachment, with the current network, durably in the result cache (a reboot
-    /// during the ADD still frees what it leased). Undone by [`PodNetwork::forget`] if the
-    /// build goes no further.
-    pub(crate) async fn prepare(&self, attachment: Attachment) -> Result<Prepared, String> {
-        let network = self.watcher.status()?;
-        self.invoker
-            .save_attachment(&network, &attachment)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(Prepared {
-            network,
-            attachment,
-        })
-    }
-
-    /// Saves the network in `pod_dir` (its DEL uses it, whatever the conf dir holds by then),
-    /// then runs the CNI ADD of a prepared attachment, its DEL registered in `undo` before.
-    /// `lo` is up already: the pod's monitor set it up where it made the namespace.
+    /// Brings up `lo`, runs CNI ADD, and registers the DEL in `undo` before doing so.
     pub(crate) async fn attach(
         &self,
-        prepared: Prepared,
-        pod_dir: &Path,
+        record: &SandboxRecord,
+        netns: &Path,
         undo: &mut Undo,
     ) -> Result<NetworkStatus, String> {
-        let Prepared {
-            network,
-            attachment,
-        } = prepared;
-        save_network(&network, pod_dir)?;
+        let network = self.watcher.status()?;
+        let pod_dir = netns
+            .parent()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("/"));
+        let saved = save_network(&network, pod_dir)?;
+        let attachment = attachment(record, netns);
+        berth_cni::loopback_up(netns)
+            .await
+            .map_err(|e| format!("bring up lo: {e}"))?;
         {
             let invoker = self.invoker.clone();
             let network = network.clone();
@@ -98,7 +73,7 @@ impl PodNetwork {
         }
         let result = self
             .invoker
-            .add_saved(&network, &attachment)
+            .add(&network, &attachment)
             .await
             .map_err(|e| e.to_string())?;
         let ips = result.pod_ips(IFNAME);
@@ -108,7 +83,7 @@ impl PodNetwork {
             .chain(ips.additional.iter())
             .map(|ip| ip.to_string())
             .collect();
-        tracing::debug!(pod_id = %attachment.container_id, network = %network.name, "CNI ADD done");
+        tracing::debug!(pod_id = %record.id, network = %network.name, saved = %saved.display(), "CNI ADD done");
         Ok(NetworkStatus {
             ips,
             cni_result: Some(result.raw().clone()),
@@ -188,15 +163,7 @@ impl PodNetwork {
 
     /// Drops the cached result of an attachment we give up on.
     pub(crate) fn forget(&self, record: &SandboxRecord) {
-        (self.forget_later(&record.id))();
-    }
-
-    /// [`PodNetwork::forget`] of sandbox `id`, to run later (an undo step).
-    pub(crate) fn forget_later(&self, id: &str) -> impl FnOnce() + Send + 'static {
-        let (cache, id) = (self.invoker.cache().clone(), id.to_string());
-        move || {
-            let _ = cache.remove(&id, IFNAME);
-        }
+        let _ = self.invoker.cache().remove(&record.id, IFNAME);
     }
 }
 

@@ -71,8 +71,7 @@ impl Premade {
 }
 
 /// Creates the namespaces `config` asks for in the calling (single-threaded) process, unless
-/// they are `premade` ([`Premade::fit`]), sets `lo` up in a new network namespace, and names
-/// its host.
+/// they are `premade` ([`Premade::fit`]), and names its host.
 pub(super) fn create(config: &MonitorConfig, premade: bool) -> Result<(), String> {
     let flags = OWN_KINDS
         .iter()
@@ -80,11 +79,6 @@ pub(super) fn create(config: &MonitorConfig, premade: bool) -> Result<(), String
         .fold(CloneFlags::empty(), |flags, &(flag, _)| flags | flag);
     if !flags.is_empty() {
         unshare(flags).map_err(|e| format!("unshare namespaces: {e}"))?;
-    }
-    // What the CNI `loopback` plugin would do, here where the namespace is ours already: the
-    // agent's ADD then runs the network's plugins only.
-    if config.new_net {
-        berth_common::net::loopback_up().map_err(|e| format!("bring up lo: {e}"))?;
     }
     if let Some(hostname) = &config.hostname {
         if config.new_uts {
