@@ -426,6 +426,22 @@ impl TestAgent {
         self.wait_ready().await;
     }
 
+    /// Restarts the agent (SIGKILL) so that it holds at the crash point `point` until the file
+    /// `gate` exists; it makes `<gate>.reached` when it gets there
+    /// (`berth_common::crash::HOLD_ENV`).
+    pub async fn restart_holding_at(&mut self, point: &str, gate: &Path) {
+        if self.child.is_some() {
+            self.stop_with(Signal::SIGKILL);
+        }
+        let mut command = berthd_command(&self.paths.config, &self.paths.log).expect("log");
+        command.env(
+            berth_common::crash::HOLD_ENV,
+            format!("{point}:{}", gate.display()),
+        );
+        self.child = Some(command.spawn().expect("respawn berthd"));
+        self.wait_ready().await;
+    }
+
     /// Waits (at most 30 s) for an agent that is to crash by itself to be gone.
     pub fn wait_crashed(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("agent already stopped");
@@ -547,6 +563,7 @@ fn berthd_command(config: &Path, log: &Path) -> std::io::Result<Command> {
         .arg(config)
         .env_remove("RUST_LOG")
         .env_remove(berth_common::crash::ENV)
+        .env_remove(berth_common::crash::HOLD_ENV)
         .stdin(Stdio::null())
         .stdout(out.try_clone()?)
         .stderr(out);

@@ -687,6 +687,55 @@ async fn a_create_container_retried_while_the_first_is_in_flight_makes_one_conta
     assert_clean(&f, "retried");
 }
 
+/// A CreateContainer its caller gave up on (the RPC dropped while the container was being
+/// made) still holds off the pod's teardown until the create is done. StopPodSandbox and
+/// RemovePodSandbox then find the container and take it down with the pod; nothing of it is
+/// made after the pod's cgroups and dirs are gone.
+#[tokio::test]
+async fn a_create_container_its_caller_dropped_still_holds_off_the_pods_removal() {
+    let _top = CgroupTop::new();
+    let name = "dropped-create";
+    let _pods = PodCgroups(vec![name.to_string()]);
+    let mut f = fixture().await;
+    let gates = berth_e2e::TempDir::new("berth-e2e-hold");
+    let gate = gates.path().join("open");
+    f.agent.restart_holding_at("container-created", &gate).await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, name);
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let request = CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(container_config(&f, "held", &["sleep", "1000"])),
+        sandbox_config: Some(pod_cfg),
+    };
+    let mut creating = c.clone();
+    let create = tokio::spawn(async move { creating.create_container(request).await });
+    let reached = gates.path().join("open.reached");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !reached.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the create never reached the hold"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The caller gives up: its RPC is dropped, as a client's deadline drops it.
+    create.abort();
+    let _ = create.await;
+    let mut tearing = c.clone();
+    let teardown = tokio::spawn(async move { remove_pod(&mut tearing, &pod).await });
+    // A teardown that does not wait for the create is done within this; one that waits is not.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !teardown.is_finished() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    std::fs::write(&gate, b"").unwrap();
+    teardown.await.unwrap();
+    assert_clean(&f, name);
+    let left = cgroup_dirs_left(&berth_e2e::pod_cgroup_path(&pod_parent(name))).await;
+    assert!(left.is_empty(), "pod cgroups left: {left:?}");
+}
+
 /// RemoveImage racing a CreateContainer of that image must not take the layers the new
 /// container's rootfs is being mounted on: the create either finds the image gone (NotFound,
 /// nothing made) or succeeds with every file there (the layers are leased before the mount).

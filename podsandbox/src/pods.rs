@@ -164,8 +164,9 @@ impl Pods {
             layers.extend(volume.iter().cloned());
         }
         let chains = chains_of(&layers);
-        let lock = self.teardown_lock(&input.sandbox_id);
-        let _not_torn_down = lock.read().await;
+        // Owned, and moved into the blocking create below: a caller that gives up drops this
+        // future, and the create must still hold the pod's teardown off until it is done.
+        let not_torn_down = self.teardown_lock(&input.sandbox_id).read_owned().await;
         // The pod was stopped while this create waited for the lock.
         if self
             .sandboxes
@@ -189,6 +190,7 @@ impl Pods {
         let holder = id.clone();
         let created = self
             .blocking(move |c| {
+                let _not_torn_down = not_torn_down;
                 images.lease(&holder, chains);
                 if layers.iter().any(|l| !l.exists()) {
                     return Err(ContainerError::ImageGone(image));
