@@ -417,27 +417,26 @@ impl TestAgent {
     /// Restarts the agent (SIGKILL) so that it kills itself at the crash point `point`
     /// (`berth_common::crash`) when it gets there.
     pub async fn restart_crashing_at(&mut self, point: &str) {
-        if self.child.is_some() {
-            self.stop_with(Signal::SIGKILL);
-        }
-        let mut command = berthd_command(&self.paths.config, &self.paths.log).expect("log");
-        command.env(berth_common::crash::ENV, point);
-        self.child = Some(command.spawn().expect("respawn berthd"));
-        self.wait_ready().await;
+        self.restart_with_env(berth_common::crash::ENV, point.to_string())
+            .await;
     }
 
     /// Restarts the agent (SIGKILL) so that it holds at the crash point `point` until the file
     /// `gate` exists; it makes `<gate>.reached` when it gets there
     /// (`berth_common::crash::HOLD_ENV`).
     pub async fn restart_holding_at(&mut self, point: &str, gate: &Path) {
+        let value = format!("{point}:{}", gate.display());
+        self.restart_with_env(berth_common::crash::HOLD_ENV, value)
+            .await;
+    }
+
+    /// Restarts the agent (SIGKILL) with `key=value` in its environment.
+    async fn restart_with_env(&mut self, key: &str, value: String) {
         if self.child.is_some() {
             self.stop_with(Signal::SIGKILL);
         }
         let mut command = berthd_command(&self.paths.config, &self.paths.log).expect("log");
-        command.env(
-            berth_common::crash::HOLD_ENV,
-            format!("{point}:{}", gate.display()),
-        );
+        command.env(key, value);
         self.child = Some(command.spawn().expect("respawn berthd"));
         self.wait_ready().await;
     }
