@@ -349,9 +349,12 @@ async fn main() {
     let mut peer: Option<PathBuf> = None;
     let mut peer_pid: Option<u32> = None;
     let mut lab = false;
-    // `--only sandboxes|containers|burst|streaming`: just that section (and the figures it needs), to iterate
+    // `--only pulls|sandboxes|containers|burst|streaming`: just that section (and the figures it needs), to iterate
     // on it.
     let mut only: Option<String> = None;
+    // `--agent-config TOML`: appended to berthd's configuration, to compare settings (say
+    // `[runtime]` / `exec_standby = false`).
+    let mut agent_config = String::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         match arg.as_str() {
@@ -364,15 +367,18 @@ async fn main() {
                 peer_pid = Some(value.expect("--peer-pid needs the peer daemon's pid"));
             }
             "--lab" => lab = true,
+            "--agent-config" => {
+                agent_config = args.next().expect("--agent-config needs TOML");
+            }
             "--only" => {
-                only = Some(
-                    args.next()
-                        .expect("--only needs a section: sandboxes, containers, burst, streaming"),
-                )
+                only = Some(args.next().expect(
+                    "--only needs a section: pulls, sandboxes, containers, burst, streaming",
+                ))
             }
             other => panic!(
                 "unknown argument {other}; usage: berth-bench [--peer unix:///path.sock \
-                 [--peer-pid PID]] [--lab] [--only sandboxes|containers|burst|streaming]"
+                 [--peer-pid PID]] [--lab] [--only pulls|sandboxes|containers|burst|streaming] \
+                 [--agent-config TOML]"
             ),
         }
     }
@@ -408,7 +414,10 @@ async fn main() {
 
     // As deployed (`berthd config default`): info, not the tests' debug log, whose h2 frame
     // lines cost every RPC.
-    let agent = TestAgent::start_with(&format!("{extra}\n[log]\nlevel = \"info\"\n")).await;
+    let agent = TestAgent::start_with(&format!(
+        "{extra}\n[log]\nlevel = \"info\"\n{agent_config}\n"
+    ))
+    .await;
     // Pods get the lab's network (the same conflist containerd uses) or one of our own.
     let _network = if lab {
         std::fs::copy(
@@ -430,6 +439,8 @@ async fn main() {
     };
     if everything {
         berth = measure(&agent.paths.socket, "berth").await;
+        measure_pulls(&agent.paths.socket, &images, &mut berth).await;
+    } else if section("pulls") {
         measure_pulls(&agent.paths.socket, &images, &mut berth).await;
     } else {
         // The section's containers need the image.
@@ -520,7 +531,7 @@ async fn main() {
         if lab {
             let is_shim =
                 |comm: &str, _: &str| comm.starts_with("containerd-shim") || comm == "pause";
-            if everything {
+            if everything || section("pulls") {
                 measure_pulls(&peer, &images, &mut figures).await;
             } else {
                 let mut scratch = Figures {
