@@ -281,6 +281,7 @@ pub async fn run(
         host,
         container_metrics,
         events.clone(),
+        config.runtime.exec_standby,
     )
     .map_err(AgentError::Containers)?;
     // Containers first: the snapshots they are built on are leased before the image store's

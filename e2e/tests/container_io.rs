@@ -55,6 +55,155 @@ async fn exec_sync_returns_output_and_code_and_times_out() {
     assert_clean(&f, "execs");
 }
 
+/// The agent's ExecSync standby executors (`berthd init exec-standby <state>`) that are running.
+fn exec_standbys(f: &Fixture) -> Vec<u32> {
+    let needle = format!("\0init\0exec-standby\0{}\0", f.agent.paths.state.display());
+    berth_e2e::network::processes_mentioning(&needle)
+        .into_iter()
+        .filter(|&pid| berth_e2e::running(pid))
+        .collect()
+}
+
+/// Waits (at most 20 s) until one standby executor waits, other than `not`; returns its pid.
+async fn wait_exec_standby(f: &Fixture, not: Option<u32>) -> u32 {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let waiting = f.agent.metric("berth_exec_standby_waiting") == 1.0;
+        let fresh: Vec<u32> = exec_standbys(f)
+            .into_iter()
+            .filter(|&p| Some(p) != not)
+            .collect();
+        if let ([pid], true) = (fresh.as_slice(), waiting) {
+            return *pid;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no standby executor waits: {fresh:?}, waiting {waiting}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// An agent's first ExecSync starts a standby executor; the next ExecSync is handed to it (in
+/// the container, stdin /dev/null, output and exit code as ever), it goes once done, and
+/// another waits in its place.
+#[tokio::test]
+async fn an_exec_sync_is_handed_to_the_standby_executor_and_another_waits_after_it() {
+    let _top = CgroupTop::new();
+    let f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "standby");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let id = create(
+        &mut c,
+        &pod,
+        container_config(&f, "target", &["sleep", "1000"]),
+        pod_cfg.clone(),
+    )
+    .await;
+    start(&mut c, &id).await;
+    assert_eq!(
+        exec_standbys(&f),
+        Vec::<u32>::new(),
+        "none before an ExecSync"
+    );
+    assert_eq!(exec_sync(&mut c, &id, &["true"]).await.exit_code, 0);
+    assert_eq!(
+        f.agent.metric("berth_exec_sync_starts_total{how=\"exec\"}"),
+        1.0
+    );
+    let standby = wait_exec_standby(&f, None).await;
+
+    let r = exec_sync(
+        &mut c,
+        &id,
+        &[
+            "sh",
+            "-c",
+            "readlink /proc/self/fd/0; tr '\\0' ' ' < /proc/1/cmdline; echo; echo err >&2; exit 3",
+        ],
+    )
+    .await;
+    assert_eq!(
+        (
+            String::from_utf8_lossy(&r.stdout).as_ref(),
+            String::from_utf8_lossy(&r.stderr).as_ref(),
+            r.exit_code
+        ),
+        ("/dev/null\nsleep 1000 \n", "err\n", 3),
+        "in the container, stdin /dev/null"
+    );
+    assert_eq!(
+        f.agent
+            .metric("berth_exec_sync_starts_total{how=\"standby\"}"),
+        1.0
+    );
+    wait_process_gone(standby as i32);
+    assert_eq!(zombie_children(f.agent.pid() as i32), Vec::<i32>::new());
+    let next = wait_exec_standby(&f, Some(standby)).await;
+    assert_ne!(next, standby);
+    remove_pod(&mut c, &pod).await;
+    assert_clean(&f, "standby");
+}
+
+/// A standby executor is its agent's: it exits when the agent dies, even by SIGKILL.
+#[tokio::test]
+async fn the_standby_executor_goes_with_its_agent() {
+    let _top = CgroupTop::new();
+    let mut f = fixture().await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "standby-dies");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let id = create(
+        &mut c,
+        &pod,
+        container_config(&f, "target", &["sleep", "1000"]),
+        pod_cfg.clone(),
+    )
+    .await;
+    start(&mut c, &id).await;
+    assert_eq!(exec_sync(&mut c, &id, &["true"]).await.exit_code, 0);
+    let standby = wait_exec_standby(&f, None).await;
+    f.agent.stop_with(nix::sys::signal::Signal::SIGKILL);
+    wait_process_gone(standby as i32);
+    f.agent
+        .restart_with(nix::sys::signal::Signal::SIGTERM)
+        .await;
+    let mut c = f.agent.runtime().await;
+    remove_pod(&mut c, &pod).await;
+    assert_clean(&f, "standby-dies");
+}
+
+/// `[runtime] exec_standby = false`: every ExecSync starts an executor of its own, and none
+/// waits ahead.
+#[tokio::test]
+async fn with_exec_standby_off_every_exec_sync_starts_its_own_executor() {
+    let _top = CgroupTop::new();
+    let f = fixture_with("[runtime]\nexec_standby = false\n").await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, "no-standby");
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let id = create(
+        &mut c,
+        &pod,
+        container_config(&f, "target", &["sleep", "1000"]),
+        pod_cfg.clone(),
+    )
+    .await;
+    start(&mut c, &id).await;
+    for _ in 0..3 {
+        assert_eq!(exec_sync(&mut c, &id, &["true"]).await.exit_code, 0);
+    }
+    assert_eq!(
+        f.agent.metric("berth_exec_sync_starts_total{how=\"exec\"}"),
+        3.0
+    );
+    assert_eq!(f.agent.metric("berth_exec_standby_waiting"), 0.0);
+    assert_eq!(exec_standbys(&f), Vec::<u32>::new());
+    remove_pod(&mut c, &pod).await;
+    assert_clean(&f, "no-standby");
+}
+
 #[tokio::test]
 async fn stdin_is_an_open_pipe_only_when_asked_for() {
     let _top = CgroupTop::new();

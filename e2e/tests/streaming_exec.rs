@@ -370,8 +370,11 @@ async fn misbehaving_clients_are_cut_off_and_leave_nothing_behind() {
             .count()
     };
     let s = out_err();
-    // Warm up whatever the agent opens once (the first exec's report dir, the metrics).
+    // Warm up whatever the agent opens once (the first exec's report dir, the metrics), and
+    // the standby executor the first ExecSync starts (its pipes: `wait_gone` below execs).
     run_session(&exec_url(&mut c, &id, &["true"], &s).await, &s).await;
+    processes_in(&mut c, &id, "true").await;
+    wait_metric(&f, "berth_exec_standby_waiting", 1.0).await;
     let baseline = fds();
 
     // Garbage after the upgrade: GOAWAY and the connection closes.

@@ -14,8 +14,8 @@ use berth_runtime::spec::Resources;
 
 use crate::container::ContainerState;
 use crate::container::{
-    attach, exec_stream, exec_sync, ContainerDetail, ContainerError, ContainerRecord,
-    ContainerUsage, Containers, CreateInput, ExecError, ExecOutput, ExecStdio,
+    attach, exec_stream, ContainerDetail, ContainerError, ContainerRecord, ContainerUsage,
+    Containers, CreateInput, ExecError, ExecOutput, ExecStdio,
 };
 use crate::events::Events;
 use crate::sandbox::record::{SandboxRecord, SandboxState};
@@ -246,16 +246,9 @@ impl Pods {
     ) -> Result<ExecOutput, ExecError> {
         let berthd = std::env::current_exe()
             .map_err(|e| ExecError::Failed(format!("find our binary: {e}")))?;
-        exec_sync(
-            &berthd,
-            &record
-                .pod_dir
-                .join(berth_runtime::monitor::protocol::RUNC_DIR),
-            &record.id,
-            cmd,
-            timeout,
-        )
-        .await
+        self.containers
+            .exec_sync(&berthd, record, cmd, timeout)
+            .await
     }
 
     /// A streaming exec in a container, to the process's end (dropped: killed).

@@ -24,6 +24,9 @@ pub struct RuntimeConfig {
     /// Keep one pod monitor exec'd ahead of the next RunPodSandbox (`berthd monitor-standby`),
     /// which then skips the monitor's exec.
     pub monitor_standby: bool,
+    /// Keep one executor started ahead of the next ExecSync (`berthd init exec-standby`), which
+    /// then skips the executor's spawn and start-up.
+    pub exec_standby: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -32,6 +35,7 @@ impl Default for RuntimeConfig {
             cgroup_driver: CgroupDriver::default(),
             default_seccomp: DefaultSeccomp::default(),
             monitor_standby: true,
+            exec_standby: true,
         }
     }
 }

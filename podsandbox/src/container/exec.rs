@@ -81,10 +81,7 @@ pub(super) fn start(
         stdin: child.stdin.take(),
         stdout: child.stdout.take(),
         stderr: child.stderr.take(),
-        running: Running {
-            child: Some(child),
-            report,
-        },
+        running: Running::new(child, report),
     })
 }
 
@@ -96,6 +93,14 @@ pub(super) struct Running {
 }
 
 impl Running {
+    /// The executor `child`, reporting to `report`.
+    pub(super) fn new(child: Child, report: PathBuf) -> Running {
+        Running {
+            child: Some(child),
+            report,
+        }
+    }
+
     /// Waits for the executor to exit and reaps it.
     pub async fn wait(&mut self) -> io::Result<ExitStatus> {
         let Some(child) = self.child.as_mut() else {
@@ -182,7 +187,7 @@ pub(super) fn exec_tag() -> String {
     format!("{}-{n}", std::process::id())
 }
 
-fn report_path(state_root: &Path, id: &str) -> PathBuf {
+pub(super) fn report_path(state_root: &Path, id: &str) -> PathBuf {
     exec_file(state_root, id, "report")
 }
 

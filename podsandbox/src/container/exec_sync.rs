@@ -7,12 +7,14 @@
 use std::io;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::time::Instant;
 
 use super::exec::{self, ExecutorStdio, TERM_GRACE};
+use super::exec_standby::ExecSpare;
 
 /// stdout and stderr together keep at most this much; the rest is read and discarded. kubelet
 /// takes replies of at most 16 MiB, and a reply it cannot take fails the probe instead of
@@ -49,12 +51,41 @@ pub async fn exec_sync(
     cmd: &[String],
     timeout: Duration,
 ) -> Result<ExecOutput, ExecError> {
-    let exec::Started {
-        mut running,
-        mut stdout,
-        mut stderr,
-        ..
-    } = exec::start(
+    collect(start(berthd, state_root, id, cmd)?, id, timeout).await
+}
+
+/// [`exec_sync`], handed to the standby executor when one waits; a new one is started at once.
+/// Returns whether the standby took it.
+pub(super) async fn exec_sync_through(
+    spare: &Arc<ExecSpare>,
+    berthd: &Path,
+    state_root: &Path,
+    id: &str,
+    cmd: &[String],
+    timeout: Duration,
+) -> (bool, Result<ExecOutput, ExecError>) {
+    let (standby, started) = match spare.hand(state_root, id, cmd).await {
+        Some(started) => (true, Ok(started)),
+        None => (false, start(berthd, state_root, id, cmd)),
+    };
+    // The next one starts up while this one runs: an exec is one process after another, and
+    // leaves the other CPUs to it; it is ready for an ExecSync that comes right after.
+    spare.refill();
+    let result = match started {
+        Ok(started) => collect(started, id, timeout).await,
+        Err(e) => Err(e),
+    };
+    (standby, result)
+}
+
+/// `berthd init exec` with stdin /dev/null, stdout and stderr piped.
+fn start(
+    berthd: &Path,
+    state_root: &Path,
+    id: &str,
+    cmd: &[String],
+) -> Result<exec::Started, ExecError> {
+    exec::start(
         berthd,
         state_root,
         id,
@@ -65,7 +96,21 @@ pub async fn exec_sync(
             stdout: Stdio::piped(),
             stderr: Stdio::piped(),
         },
-    )?;
+    )
+}
+
+/// The started exec's output and exit code, or its kill once `timeout` has passed.
+async fn collect(
+    started: exec::Started,
+    id: &str,
+    timeout: Duration,
+) -> Result<ExecOutput, ExecError> {
+    let exec::Started {
+        mut running,
+        mut stdout,
+        mut stderr,
+        ..
+    } = started;
     let mut out = Vec::new();
     let mut err = Vec::new();
     let (mut out_buf, mut err_buf) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);

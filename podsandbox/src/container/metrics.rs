@@ -20,6 +20,14 @@ pub struct ContainerMetrics {
     unclaimed_layers: Counter,
     seccomp_programs: Family<OutcomeLabel, Counter>,
     user_namespace_mounts: Family<MountKindLabel, Counter>,
+    exec_sync_starts: Family<HowLabel, Counter>,
+    exec_standby_waiting: Gauge,
+}
+
+/// `{how="standby"|"exec"}` of `berth_exec_sync_starts_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HowLabel {
+    how: &'static str,
 }
 
 /// `{kind="…"}` of `berth_container_user_namespace_mounts_total`.
@@ -82,7 +90,27 @@ impl ContainerMetrics {
             "Mounts CreateContainer made from the host for containers in a pod user namespace, by kind: layer (an idmapped image layer), idmapped (a volume with the pod's ranges) or plain",
             m.user_namespace_mounts.clone(),
         );
+        registry.register(
+            "berth_exec_sync_starts",
+            "ExecSync executors, by how they started: standby (started ahead, handed the command) or exec (standbys are off, or none was waiting)",
+            m.exec_sync_starts.clone(),
+        );
+        registry.register(
+            "berth_exec_standby_waiting",
+            "1 while a standby executor waits, started, for the next ExecSync, else 0",
+            m.exec_standby_waiting.clone(),
+        );
         m
+    }
+
+    pub(super) fn exec_sync_started(&self, standby: bool) {
+        let how = if standby { "standby" } else { "exec" };
+        self.exec_sync_starts.get_or_create(&HowLabel { how }).inc();
+    }
+
+    /// The gauge the ExecSync standby slot keeps: 1 while a standby waits.
+    pub(super) fn exec_standby_waiting(&self) -> Gauge {
+        self.exec_standby_waiting.clone()
     }
 
     pub(super) fn user_namespace_mount(&self, kind: UserNamespaceMount) {

@@ -7,6 +7,7 @@
 
 mod attach;
 mod exec;
+mod exec_standby;
 mod exec_stream;
 mod exec_sync;
 mod fd_io;
@@ -53,16 +54,20 @@ pub struct Containers {
     layer_usage: Mutex<HashMap<String, (berth_common::fs::DiskUsage, i64)>>,
     /// Each seccomp profile's program, compiled once (the executor only loads it).
     seccomp_programs: berth_runtime::seccomp_filter::FilterCache,
+    /// With `exec_standby`, one executor is kept started ahead of the next ExecSync.
+    exec_spare: Arc<exec_standby::ExecSpare>,
 }
 
 impl Containers {
-    /// Loads the records under `<state>/containers`.
+    /// Loads the records under `<state>/containers`. With `exec_standby`, ExecSync keeps an
+    /// executor started ahead of the next one (`[runtime] exec_standby`).
     pub fn open(
         state: &Path,
         root: &Path,
         host: HostInfo,
         metrics: ContainerMetrics,
         events: Arc<Events>,
+        exec_standby: bool,
     ) -> std::io::Result<Containers> {
         let dir = state.join("containers");
         // The containers' writable layers are root's alone (an upper dir must stay 0755: it
@@ -102,13 +107,18 @@ impl Containers {
             root: root.to_path_buf(),
             host,
             records: Mutex::new(records),
-            metrics,
             events,
             creating: Mutex::new(HashMap::new()),
             cpu_samples: Mutex::new(HashMap::new()),
             layouts: Mutex::new(HashMap::new()),
             seccomp_programs: Default::default(),
             layer_usage: Mutex::new(HashMap::new()),
+            exec_spare: exec_standby::ExecSpare::new(
+                state,
+                exec_standby,
+                metrics.exec_standby_waiting(),
+            ),
+            metrics,
         };
         for r in unfinished {
             tracing::info!(container_id = %r.id, "rolling back a container whose create was interrupted");
@@ -151,6 +161,30 @@ impl Containers {
 
     /// The record as the agent holds it. No side effects: an exit the monitor wrote since is
     /// only seen after [`Containers::fold_exit`].
+    /// ExecSync of `cmd` in container `record` through `berthd` (our own binary): handed to the
+    /// standby executor when one waits, else through an executor of its own.
+    pub async fn exec_sync(
+        &self,
+        berthd: &Path,
+        record: &ContainerRecord,
+        cmd: &[String],
+        timeout: std::time::Duration,
+    ) -> Result<ExecOutput, ExecError> {
+        let (standby, result) = exec_sync::exec_sync_through(
+            &self.exec_spare,
+            berthd,
+            &record
+                .pod_dir
+                .join(berth_runtime::monitor::protocol::RUNC_DIR),
+            &record.id,
+            cmd,
+            timeout,
+        )
+        .await;
+        self.metrics.exec_sync_started(standby);
+        result
+    }
+
     pub fn get(&self, id: &str) -> Option<ContainerRecord> {
         self.lock().get(id).cloned()
     }
@@ -286,8 +320,15 @@ mod tests {
         let host = HostInfo::probe(CgroupDriver::Cgroupfs).unwrap();
         let metrics = ContainerMetrics::default();
         let events = Events::new(8, Default::default());
-        let containers =
-            Containers::open(state.path(), root.path(), host, metrics, events.clone()).unwrap();
+        let containers = Containers::open(
+            state.path(),
+            root.path(),
+            host,
+            metrics,
+            events.clone(),
+            false,
+        )
+        .unwrap();
         let mut subscription = events.subscribe();
 
         let read = containers.get("c1").unwrap();

@@ -11,6 +11,9 @@
 //! `berthd init exec …` runs a process in a running container (`exec`, without libcontainer:
 //!   `enter` forks it into the container); once the process runs it execs
 //!   `berthd init wait <pid> <report file>`, a fresh image that only waits.
+//! `berthd init exec-standby <state dir>`: an exec started ahead of its request (the agent's
+//!   ExecSync standby): it reads `exec …`'s arguments from stdin ([`standby_request`]), then runs as that
+//!   exec with /dev/null for stdin. Its stdin closed without a request, it exits quietly.
 
 mod caps;
 mod enter;
@@ -34,6 +37,19 @@ pub fn run(args: &[String]) -> i32 {
         }
     }
     reset_signals();
+    // `exec-standby <state dir>`: the agent's state dir only names whose standby it is.
+    if let [op, _] = args {
+        if op == "exec-standby" {
+            return match standby() {
+                Ok(Some(request)) => run(&request),
+                Ok(None) => 0,
+                Err(e) => {
+                    eprintln!("berthd init exec-standby: {e}");
+                    2
+                }
+            };
+        }
+    }
     let (op, rest) = match args.split_first() {
         Some((op, rest)) => (op.as_str(), rest),
         None => return usage(),
@@ -73,6 +89,56 @@ pub fn run(args: &[String]) -> i32 {
         return 2;
     }
     code
+}
+
+/// What a request to a standby is: `exec`'s arguments, each ended by a NUL. None when an
+/// argument holds a NUL itself (no process could get it as an argument either).
+pub fn standby_request(args: &[&std::ffi::OsStr]) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut request = Vec::new();
+    for arg in args {
+        let bytes = arg.as_bytes();
+        if bytes.contains(&0) {
+            return None;
+        }
+        request.extend_from_slice(bytes);
+        request.push(0);
+    }
+    Some(request)
+}
+
+/// A standby's request, back into arguments: only an `exec <root> <id> <report> -- <cmd>…`,
+/// without a terminal, is taken.
+fn parse_standby_request(bytes: &[u8]) -> Option<Vec<String>> {
+    let body = bytes.strip_suffix(&[0])?;
+    let args: Vec<String> = body
+        .split(|&b| b == 0)
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    (args.len() > 5 && args[0] == "exec" && args[4] == "--").then_some(args)
+}
+
+/// The standby's wait: what does not depend on the request is done first (the cgroup
+/// hierarchies, from a mountinfo that grows with every pod), then the request is read to its
+/// end and stdin becomes /dev/null, as an ExecSync's has. None: stdin closed without a
+/// request (the agent is gone, or let us go).
+fn standby() -> Result<Option<Vec<String>>, String> {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let _ = crate::cgroups::hierarchies();
+    let mut request = Vec::new();
+    std::io::stdin()
+        .lock()
+        .read_to_end(&mut request)
+        .map_err(|e| format!("read the request: {e}"))?;
+    if request.is_empty() {
+        return Ok(None);
+    }
+    let args = parse_standby_request(&request)
+        .ok_or_else(|| format!("not an exec request ({} bytes)", request.len()))?;
+    let null = std::fs::File::open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
+    nix::unistd::dup2(null.as_raw_fd(), 0).map_err(|e| format!("stdin from /dev/null: {e}"))?;
+    Ok(Some(args))
 }
 
 /// Containers inherit our signal state through libcontainer's clone: give them a clean one.
@@ -161,5 +227,46 @@ fn delete(root: &Path, id: &str) -> Result<(), String> {
         // Never created, or already deleted.
         Err(_) if !root.join(id).exists() => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsStr;
+
+    use super::*;
+
+    #[test]
+    fn a_standby_request_gives_back_the_exec_arguments_it_was_made_of() {
+        let args = [
+            "exec",
+            "/run/b/pods/p/runc",
+            "c1",
+            "/run/b/r.report",
+            "--",
+            "ls",
+            "--tty",
+            "",
+        ];
+        let request = standby_request(&args.map(OsStr::new)).unwrap();
+        assert_eq!(parse_standby_request(&request).unwrap(), args);
+    }
+
+    #[test]
+    fn a_standby_takes_only_whole_exec_requests_without_a_terminal() {
+        // An argument with a NUL in it cannot be sent (nor exec'd).
+        assert_eq!(
+            standby_request(&[OsStr::new("exec"), OsStr::new("a\0b")]),
+            None
+        );
+        for bad in [
+            &b"exec\0root\0id"[..],
+            b"create\0root\0id\0bundle\0-\0report\0",
+            b"exec\0root\0id\0report\0--tty\0sock\0--\0sh\0",
+            b"exec\0root\0id\0report\0--\0",
+            b"\0",
+        ] {
+            assert_eq!(parse_standby_request(bad), None, "{bad:?}");
+        }
     }
 }

@@ -460,10 +460,13 @@ async fn main() {
         .join("pods")
         .to_string_lossy()
         .into_owned();
-    // The pods' monitors, and the standby waiting for the next pod (it is the agent's too).
+    // The pods' monitors, and the standbys waiting for the next pod and the next ExecSync
+    // (they are the agent's too).
     let standby = format!("\0monitor-standby\0{}\0", agent.paths.state.display());
-    let is_monitor =
-        move |_: &str, cmdline: &str| cmdline.contains(&pods_dir) || cmdline.contains(&standby);
+    let exec_standby = format!("\0init\0exec-standby\0{}\0", agent.paths.state.display());
+    let is_monitor = move |_: &str, cmdline: &str| {
+        cmdline.contains(&pods_dir) || cmdline.contains(&standby) || cmdline.contains(&exec_standby)
+    };
     let mut cni_floor = None;
     if section("sandboxes") {
         let before = ["ADD", "DEL"].map(|verb| cni_totals(&agent, verb));
