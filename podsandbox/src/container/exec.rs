@@ -205,21 +205,32 @@ fn kill_all(child: &Child, report: &Path) {
     }
 }
 
-/// SIGKILLs the process group of the exec'd process when the report (`pid <n>`) says it has
-/// started and not been reaped. (Its pid is not reused in between: pids are handed out cyclically.)
+/// The report's last line: where the exec stands (`pid <n>`, then `exited <code>` or
+/// `error: …` appended after it).
+fn last_line(report: &str) -> &str {
+    report.lines().last().unwrap_or_default().trim()
+}
+
+/// SIGKILLs the process group of the exec'd process when the report's last line (`pid <n>`)
+/// says it has started and not been reaped. (Its pid is not reused in between: pids are handed
+/// out cyclically.)
 fn kill_reported(report: &str) {
-    let pid = report
-        .trim()
-        .strip_prefix("pid ")
-        .and_then(|p| p.parse::<i32>().ok());
-    if let Some(pid) = pid.filter(|&p| p > 1) {
+    if let Some(pid) = reported_pid(report) {
         let _ = kill(Pid::from_raw(-pid), Signal::SIGKILL);
     }
 }
 
+/// The exec'd process's pid while the report ends at it.
+fn reported_pid(report: &str) -> Option<i32> {
+    last_line(report)
+        .strip_prefix("pid ")
+        .and_then(|p| p.parse::<i32>().ok())
+        .filter(|&p| p > 1)
+}
+
 /// The exit code from the executor's last report line; `Err(Some(msg))` for `error: msg`.
 fn parse_report(text: &str) -> Result<i32, Option<String>> {
-    let line = text.trim();
+    let line = last_line(text);
     if let Some(code) = line.strip_prefix("exited ") {
         return code
             .parse()
@@ -254,5 +265,22 @@ mod tests {
         // Only the pid: the executor died before the process was reaped.
         assert_eq!(parse_report("pid 42\n"), Err(None));
         assert_eq!(parse_report(""), Err(None));
+        // The outcome is appended after the pid.
+        assert_eq!(parse_report("pid 42\nexited 7\n"), Ok(7));
+        assert_eq!(
+            parse_report("pid 42\nerror: wait: gone\n"),
+            Err(Some("wait: gone".into()))
+        );
+    }
+
+    /// The pid is killed only while it is the report's last word: once the outcome follows it,
+    /// the process is reaped and its pid may be another's.
+    #[test]
+    fn only_a_report_that_ends_at_the_pid_names_a_process_to_kill() {
+        assert_eq!(reported_pid("pid 42\n"), Some(42));
+        assert_eq!(reported_pid("pid 42\nexited 0\n"), None);
+        assert_eq!(reported_pid("pid 42\nerror: wait: gone\n"), None);
+        assert_eq!(reported_pid("pid 1\n"), None);
+        assert_eq!(reported_pid(""), None);
     }
 }

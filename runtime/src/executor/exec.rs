@@ -9,9 +9,12 @@
 //! container (its controlling terminal) and sends the master to the console socket, where the
 //! caller listens.
 //!
-//! The report file is rewritten atomically at each step: `pid <n>` (host pid) as soon as the
-//! process has exec'd, then `exited <code>` (128 + signal when killed), or `error: …`. Our own
-//! exit code is the process's, or 255 when it could not be started.
+//! The report file says each step on a line of its own: `pid <n>` (host pid) as soon as the
+//! process has exec'd, written whole (a new file, renamed in place), then `exited <code>` (128 +
+//! signal when killed) or `error: …`, appended in one write. Its last line is where the exec
+//! stands. (Rewriting the file for the outcome cost each exec more than its write: ext4 writes a
+//! file's data back at once when a rename replaces it.) Our own exit code is the process's, or
+//! 255 when it could not be started.
 //!
 //! SIGTERM kills the exec'd process: its whole process group (it is a session leader, so every
 //! descendant that did not move to another group), then whatever is left in its session.
@@ -137,7 +140,7 @@ pub(super) fn wait_for(pid: &str, report: &Path) -> i32 {
 
 fn wait_and_report(pid: Pid, report: &Path) -> i32 {
     let code = wait(pid);
-    if let Err(e) = write_report(report, &format!("exited {code}")) {
+    if let Err(e) = append_report(report, &format!("exited {code}")) {
         eprintln!("berthd init: write report {}: {e}", report.display());
     }
     code
@@ -166,9 +169,20 @@ fn become_waiter(pid: Pid, report: &Path) {
     let _ = term.thread_unblock();
 }
 
+/// The exec's outcome, appended to its report as one line in one write (after the `pid` line,
+/// if there is one).
+fn append_report(report: &Path, line: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(report)?
+        .write_all(format!("{line}\n").as_bytes())
+}
+
 fn fail(report: &Path, error: &str) -> i32 {
     let line = format!("error: {}", error.replace('\n', " "));
-    if let Err(e) = write_report(report, &line) {
+    if let Err(e) = append_report(report, &line) {
         eprintln!("berthd init: write report {}: {e}", report.display());
     }
     FAILED
