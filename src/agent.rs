@@ -112,10 +112,11 @@ impl StateLock {
             .truncate(false)
             .open(&path)
             .map_err(open_error)?;
-        match file.try_lock() {
+        match lock_unless_held_by_an_agent(&file) {
             Ok(()) => {}
             Err(TryLockError::WouldBlock) => {
                 let mut pid = String::new();
+                let _ = file.rewind();
                 let _ = file.read_to_string(&mut pid);
                 let pid = pid.trim();
                 return Err(AgentError::Locked {
@@ -136,6 +137,49 @@ impl StateLock {
         writeln!(file, "{}", std::process::id()).map_err(open_error)?;
         Ok(StateLock { path, _file: file })
     }
+}
+
+/// How long a lock whose named agent is dead may still be held by what it left.
+const LEFTOVER_LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Takes the lock. Held, it is refused at once while the agent it names lives; when that agent
+/// is gone, the holder is something it left (a child forked and not yet exec'd when the agent
+/// was killed, which closes the lock at its exec), so it is waited for, for a while.
+fn lock_unless_held_by_an_agent(file: &File) -> Result<(), TryLockError> {
+    let deadline = std::time::Instant::now() + LEFTOVER_LOCK_WAIT;
+    loop {
+        match file.try_lock() {
+            Err(TryLockError::WouldBlock)
+                if !named_agent_lives(file) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether the pid the lock file holds is a live process (not a zombie).
+fn named_agent_lives(mut file: &File) -> bool {
+    let mut text = String::new();
+    if file.rewind().is_err() || file.read_to_string(&mut text).is_err() {
+        return true;
+    }
+    let Ok(pid) = text.trim().parse::<u32>() else {
+        return true;
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let state = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .next()?
+                .to_string();
+            Some(state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
 }
 
 impl Drop for StateLock {

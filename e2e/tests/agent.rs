@@ -248,6 +248,45 @@ async fn second_agent_on_the_same_state_dir_is_refused() {
         .unwrap();
 }
 
+/// A lock whose named agent is dead but that something still holds (a child the agent had
+/// forked and not yet exec'd when it was SIGKILLed: it closes the lock at its exec) is waited
+/// for, not taken for a running agent.
+#[tokio::test]
+async fn a_state_lock_held_on_after_its_agent_died_is_waited_for() {
+    let dir = TempDir::new("berth-e2e-lock");
+    let paths = AgentPaths::under(dir.path());
+    std::fs::write(&paths.config, paths.config_text("")).unwrap();
+    std::fs::create_dir_all(&paths.state).unwrap();
+    let lock = paths.state.join("berthd.lock");
+    // The dead agent: a process that has exited and been reaped.
+    let mut dead = std::process::Command::new("true").spawn().unwrap();
+    dead.wait().unwrap();
+    std::fs::write(&lock, format!("{}\n", dead.id())).unwrap();
+    // What it left holding the lock, for a moment (util-linux's flock).
+    let mut holder = std::process::Command::new("flock")
+        .arg("--exclusive")
+        .arg(&lock)
+        .args(["sleep", "1"])
+        .spawn()
+        .unwrap();
+    let held = || {
+        std::fs::File::open(&lock)
+            .unwrap()
+            .try_lock()
+            .is_err_and(|e| matches!(e, std::fs::TryLockError::WouldBlock))
+    };
+    while !held() {
+        assert!(holder.try_wait().unwrap().is_none(), "flock exited");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let agent = TestAgent::start_in(dir, paths).await;
+    assert_eq!(
+        std::fs::read_to_string(&lock).unwrap().trim(),
+        agent.pid().to_string()
+    );
+    holder.wait().unwrap();
+}
+
 /// The systemd driver needs systemd as init (the node lane runs it where it is).
 #[tokio::test]
 async fn the_systemd_driver_without_systemd_is_refused_at_start() {
