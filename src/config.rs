@@ -172,7 +172,7 @@ min_free_bytes = 536870912          # 512 MiB: a pull fails cleanly when the sna
 cgroup_driver = "cgroupfs"       # as kubelet's cgroupDriver: "cgroupfs", or "systemd" (pods in slices, containers in scopes; needs systemd as init)
 default_seccomp = "unconfined"   # a container that names no seccomp profile: "unconfined" or "runtime/default"
 monitor_standby = true           # keep one pod monitor started ahead (`berthd monitor-standby`, ~0.4 MiB RSS): RunPodSandbox skips its exec
-exec_standby = true              # keep one executor started ahead (`berthd init exec-standby`, ~4.8 MiB RSS, 1.7 MiB PSS): ExecSync skips its spawn and start-up
+exec_standby = true              # keep one executor started ahead (`berthd init exec-standby`, ~0.4 MiB RSS): ExecSync skips its spawn and start-up
 "#;
 
 /// Why a configuration could not be used. Every message is one line naming the file and the key.

@@ -84,9 +84,9 @@ async fn wait_exec_standby(f: &Fixture, not: Option<u32>) -> u32 {
     }
 }
 
-/// An agent's first ExecSync starts a standby executor; the next ExecSync is handed to it (in
-/// the container, stdin /dev/null, output and exit code as ever), it goes once done, and
-/// another waits in its place.
+/// An agent's first ExecSync starts a standby executor, which gives back what its start-up
+/// touched while it waits; the next ExecSync is handed to it (in the container, stdin
+/// /dev/null, output and exit code as ever), it goes once done, and another waits in its place.
 #[tokio::test]
 async fn an_exec_sync_is_handed_to_the_standby_executor_and_another_waits_after_it() {
     let _top = CgroupTop::new();
@@ -113,6 +113,7 @@ async fn an_exec_sync_is_handed_to_the_standby_executor_and_another_waits_after_
         1.0
     );
     let standby = wait_exec_standby(&f, None).await;
+    wait_trimmed(standby, "the waiting standby executor").await;
 
     let r = exec_sync(
         &mut c,

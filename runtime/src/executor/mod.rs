@@ -119,13 +119,20 @@ fn parse_standby_request(bytes: &[u8]) -> Option<Vec<String>> {
 }
 
 /// The standby's wait: what does not depend on the request is done first (the cgroup
-/// hierarchies, from a mountinfo that grows with every pod), then the request is read to its
-/// end and stdin becomes /dev/null, as an ExecSync's has. None: stdin closed without a
+/// hierarchies, from a mountinfo that grows with every pod), then it trims and waits for the
+/// request, reads it to its end, and stdin becomes /dev/null, as an ExecSync's has. None: stdin closed without a
 /// request (the agent is gone, or let us go).
 fn standby() -> Result<Option<Vec<String>>, String> {
     use std::io::Read;
-    use std::os::fd::AsRawFd;
+    use std::os::fd::{AsFd, AsRawFd};
     let _ = crate::cgroups::hierarchies();
+    // What start-up touched is given back while it waits, maybe for long: the file pages come
+    // back from the page cache as the request's work faults them in.
+    let stdin = std::io::stdin();
+    let _ = crate::trim::trim_then_wait(&mut [nix::poll::PollFd::new(
+        stdin.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )]);
     let mut request = Vec::new();
     std::io::stdin()
         .lock()
