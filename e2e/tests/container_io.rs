@@ -55,6 +55,20 @@ async fn exec_sync_returns_output_and_code_and_times_out() {
     assert_clean(&f, "execs");
 }
 
+/// Pod `name` with a container running `sleep 1000`: (pod id, container id).
+async fn sleeping_container(
+    f: &Fixture,
+    c: &mut berth_e2e::RuntimeClient,
+    name: &str,
+) -> (String, String) {
+    let pod_cfg = pod_config(f, name);
+    let pod = run_pod(c, pod_cfg.clone()).await;
+    let command = container_config(f, "target", &["sleep", "1000"]);
+    let id = create(c, &pod, command, pod_cfg).await;
+    start(c, &id).await;
+    (pod, id)
+}
+
 /// The agent's ExecSync standby executors (`berthd init exec-standby <state>`) that are running.
 fn exec_standbys(f: &Fixture) -> Vec<u32> {
     let needle = format!("\0init\0exec-standby\0{}\0", f.agent.paths.state.display());
@@ -92,16 +106,7 @@ async fn an_exec_sync_is_handed_to_the_standby_executor_and_another_waits_after_
     let _top = CgroupTop::new();
     let f = fixture().await;
     let mut c = f.agent.runtime().await;
-    let pod_cfg = pod_config(&f, "standby");
-    let pod = run_pod(&mut c, pod_cfg.clone()).await;
-    let id = create(
-        &mut c,
-        &pod,
-        container_config(&f, "target", &["sleep", "1000"]),
-        pod_cfg.clone(),
-    )
-    .await;
-    start(&mut c, &id).await;
+    let (pod, id) = sleeping_container(&f, &mut c, "standby").await;
     assert_eq!(
         exec_standbys(&f),
         Vec::<u32>::new(),
@@ -153,16 +158,7 @@ async fn the_standby_executor_goes_with_its_agent() {
     let _top = CgroupTop::new();
     let mut f = fixture().await;
     let mut c = f.agent.runtime().await;
-    let pod_cfg = pod_config(&f, "standby-dies");
-    let pod = run_pod(&mut c, pod_cfg.clone()).await;
-    let id = create(
-        &mut c,
-        &pod,
-        container_config(&f, "target", &["sleep", "1000"]),
-        pod_cfg.clone(),
-    )
-    .await;
-    start(&mut c, &id).await;
+    let (pod, id) = sleeping_container(&f, &mut c, "standby-dies").await;
     assert_eq!(exec_sync(&mut c, &id, &["true"]).await.exit_code, 0);
     let standby = wait_exec_standby(&f, None).await;
     f.agent.stop_with(nix::sys::signal::Signal::SIGKILL);
@@ -182,16 +178,7 @@ async fn with_exec_standby_off_every_exec_sync_starts_its_own_executor() {
     let _top = CgroupTop::new();
     let f = fixture_with("[runtime]\nexec_standby = false\n").await;
     let mut c = f.agent.runtime().await;
-    let pod_cfg = pod_config(&f, "no-standby");
-    let pod = run_pod(&mut c, pod_cfg.clone()).await;
-    let id = create(
-        &mut c,
-        &pod,
-        container_config(&f, "target", &["sleep", "1000"]),
-        pod_cfg.clone(),
-    )
-    .await;
-    start(&mut c, &id).await;
+    let (pod, id) = sleeping_container(&f, &mut c, "no-standby").await;
     for _ in 0..3 {
         assert_eq!(exec_sync(&mut c, &id, &["true"]).await.exit_code, 0);
     }

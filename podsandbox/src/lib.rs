@@ -12,6 +12,7 @@ pub mod events;
 pub mod monitor_client;
 pub mod pods;
 pub mod sandbox;
+mod standby;
 
 pub use container::{ContainerMetrics, Containers};
 pub use events::{EventKind, EventMetrics, Events, PodEvent, Subscription};

@@ -3,39 +3,29 @@
 //! its start-up, and the read of the cgroup hierarchies: about a quarter of an ExecSync of
 //! `true`). A new standby starts up as soon as one is handed its command, beside that exec
 //! (which is one process after another, leaving the other CPUs idle); an agent's first ExecSync
-//! starts the first. It belongs to this agent: it exits when the agent's end of its stdin
-//! closes, whatever ends the agent. Only ExecSync uses it: a streaming exec's stdio is the
-//! session's.
+//! starts the first (`crate::standby` keeps it). Only ExecSync uses it: a streaming exec's stdio
+//! is the session's.
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 
 use super::exec::{report_path, Running, Started};
+use crate::standby::Standby;
 
 pub(crate) struct ExecSpare {
     /// The agent's state dir, on the standby's command line: whose it is.
     state: PathBuf,
-    slot: Mutex<Slot>,
-    /// `berth_exec_standby_waiting`: 1 while the slot is `Ready`.
-    waiting: Gauge,
-}
-
-enum Slot {
-    /// `[runtime] exec_standby = false`.
-    Off,
-    Empty,
-    Starting,
-    Ready(Box<Standby>),
+    standby: Arc<Standby<Waiting>>,
 }
 
 /// A started `berthd init exec-standby`, reading its request from `request`.
-struct Standby {
+struct Waiting {
     child: Child,
     request: ChildStdin,
     stdout: ChildStdout,
@@ -43,29 +33,15 @@ struct Standby {
 }
 
 impl ExecSpare {
-    pub(crate) fn new(state: &Path, enabled: bool, waiting: Gauge) -> Arc<ExecSpare> {
-        Arc::new(ExecSpare {
+    pub(crate) fn new(state: &Path, enabled: bool, waiting: Gauge) -> ExecSpare {
+        ExecSpare {
             state: state.to_path_buf(),
-            slot: Mutex::new(if enabled { Slot::Empty } else { Slot::Off }),
-            waiting,
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Slot> {
-        self.slot.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn take(&self) -> Option<Standby> {
-        let mut slot = self.lock();
-        match std::mem::replace(&mut *slot, Slot::Empty) {
-            Slot::Ready(standby) => {
-                self.waiting.set(0);
-                Some(*standby)
-            }
-            other => {
-                *slot = other;
-                None
-            }
+            standby: Standby::new(
+                "standby executor",
+                "the next ExecSync starts its own",
+                enabled,
+                waiting,
+            ),
         }
     }
 
@@ -93,12 +69,12 @@ impl ExecSpare {
             return None;
         }
         let request = berth_runtime::executor::standby_request(&args)?;
-        let Standby {
+        let Waiting {
             child,
             request: mut pipe,
             stdout,
             stderr,
-        } = self.take()?;
+        } = self.standby.take()?;
         let _ = std::fs::remove_file(&report);
         // Read to its end by the standby: it goes on once this end is dropped.
         let sent = pipe.write_all(&request).await;
@@ -119,35 +95,14 @@ impl ExecSpare {
 
     /// Starts a standby in the background, unless one waits or is being started (or they are
     /// off).
-    pub(crate) fn refill(self: &Arc<Self>) {
-        {
-            let mut slot = self.lock();
-            if !matches!(*slot, Slot::Empty) {
-                return;
-            }
-            *slot = Slot::Starting;
-        }
-        let spare = self.clone();
-        tokio::spawn(async move {
-            let started = start(&spare.state);
-            let mut slot = spare.lock();
-            *slot = match started {
-                Ok(standby) => {
-                    tracing::debug!(pid = standby.child.id(), "standby executor waiting");
-                    spare.waiting.set(1);
-                    Slot::Ready(Box::new(standby))
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "standby executor did not start: the next ExecSync starts its own");
-                    Slot::Empty
-                }
-            };
-        });
+    pub(crate) fn refill(&self) {
+        let state = self.state.clone();
+        self.standby.refill(move || async move { start(&state) });
     }
 }
 
 /// `berthd init exec-standby <state>`, in a process group of its own as every executor.
-fn start(state: &Path) -> std::io::Result<Standby> {
+fn start(state: &Path) -> std::io::Result<Waiting> {
     let berthd = std::env::current_exe()?;
     let mut child = Command::new(berthd)
         .args(["init", "exec-standby"])
@@ -158,7 +113,7 @@ fn start(state: &Path) -> std::io::Result<Standby> {
         .process_group(0)
         .spawn()?;
     let missing = || std::io::Error::other("a stdio pipe is missing");
-    Ok(Standby {
+    Ok(Waiting {
         request: child.stdin.take().ok_or_else(missing)?,
         stdout: child.stdout.take().ok_or_else(missing)?,
         stderr: child.stderr.take().ok_or_else(missing)?,

@@ -7,7 +7,6 @@
 use std::io;
 use std::path::Path;
 use std::process::{ExitStatus, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -57,7 +56,7 @@ pub async fn exec_sync(
 /// [`exec_sync`], handed to the standby executor when one waits; a new one is started at once.
 /// Returns whether the standby took it.
 pub(super) async fn exec_sync_through(
-    spare: &Arc<ExecSpare>,
+    spare: &ExecSpare,
     berthd: &Path,
     state_root: &Path,
     id: &str,

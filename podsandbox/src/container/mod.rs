@@ -55,7 +55,7 @@ pub struct Containers {
     /// Each seccomp profile's program, compiled once (the executor only loads it).
     seccomp_programs: berth_runtime::seccomp_filter::FilterCache,
     /// With `exec_standby`, one executor is kept started ahead of the next ExecSync.
-    exec_spare: Arc<exec_standby::ExecSpare>,
+    exec_spare: exec_standby::ExecSpare,
 }
 
 impl Containers {

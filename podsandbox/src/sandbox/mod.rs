@@ -12,7 +12,6 @@ pub mod metrics;
 mod network;
 pub mod record;
 pub mod spec;
-mod standby;
 mod stats;
 mod undo;
 mod watch;
@@ -67,7 +66,8 @@ pub struct Sandboxes {
     builds: Mutex<HashMap<PodMetadata, Arc<tokio::sync::Mutex<()>>>>,
     metrics: SandboxMetrics,
     events: Arc<Events>,
-    standby: Arc<standby::Spare>,
+    /// One monitor started ahead of the next pod (`[runtime] monitor_standby`).
+    standby: Arc<crate::standby::Standby<crate::monitor_client::Standby>>,
     /// Where RemovePodSandbox renames a pod dir before its files are deleted.
     trash: Trash,
 }
@@ -99,8 +99,9 @@ impl Sandboxes {
             network,
             sandboxes: Mutex::new(BTreeMap::new()),
             builds: Mutex::new(HashMap::new()),
-            standby: standby::Spare::new(
-                state.to_path_buf(),
+            standby: crate::standby::Standby::new(
+                "standby monitor",
+                "the next pod's monitor is exec'd",
                 monitor_standby,
                 metrics.standby_waiting(),
             ),
@@ -153,8 +154,15 @@ impl Sandboxes {
         let released = sandboxes.network.release_orphans(&known).await;
         sandboxes.metrics.orphan_networks_released(released);
         sandboxes.update_state_metrics();
-        sandboxes.standby.refill();
+        sandboxes.refill_standby();
         Ok(sandboxes)
+    }
+
+    /// Starts the next standby monitor in the background, unless one waits (`crate::standby`).
+    fn refill_standby(&self) {
+        let state = self.state.clone();
+        self.standby
+            .refill(move || async move { crate::monitor_client::start_standby(&state).await });
     }
 
     /// A sandbox being stopped leaves Ready before its monitor is stopped, so that the monitor
@@ -473,7 +481,7 @@ impl Sandboxes {
         }
         .await;
         // The next standby starts once this build is done, not beside its CNI plugins.
-        self.standby.refill();
+        self.refill_standby();
         match result {
             Ok(()) => {
                 undo.commit();
