@@ -159,8 +159,6 @@ impl Containers {
         self.state.join("containers").join(id)
     }
 
-    /// The record as the agent holds it. No side effects: an exit the monitor wrote since is
-    /// only seen after [`Containers::fold_exit`].
     /// ExecSync of `cmd` in container `record` through `berthd` (our own binary): handed to the
     /// standby executor when one waits, else through an executor of its own.
     pub async fn exec_sync(
@@ -185,6 +183,8 @@ impl Containers {
         result
     }
 
+    /// The record as the agent holds it. No side effects: an exit the monitor wrote since is
+    /// only seen after [`Containers::fold_exit`].
     pub fn get(&self, id: &str) -> Option<ContainerRecord> {
         self.lock().get(id).cloned()
     }
