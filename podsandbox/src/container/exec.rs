@@ -9,6 +9,7 @@
 //! `pid <n>` line) and the executor's own process group (the executor and any clone of it that has
 //! not exec'd yet). A dropped (cancelled) call ends the same way, in a background task.
 
+use std::ffi::OsStr;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -57,19 +58,9 @@ pub(super) fn start(
     }
     let report = report_path(state_root, id);
     let _ = std::fs::remove_file(&report);
-    let mut command = Command::new(berthd);
-    command
+    let mut child = Command::new(berthd)
         .arg("init")
-        .arg("exec")
-        .arg(state_root)
-        .arg(id)
-        .arg(&report);
-    if let Some(console) = console {
-        command.arg("--tty").arg(console);
-    }
-    let mut child = command
-        .arg("--")
-        .args(cmd)
+        .args(exec_args(state_root, id, &report, console, cmd))
         .stdin(stdio.stdin)
         .stdout(stdio.stdout)
         .stderr(stdio.stderr)
@@ -83,6 +74,29 @@ pub(super) fn start(
         stderr: child.stderr.take(),
         running: Running::new(child, report),
     })
+}
+
+/// What follows `berthd init` for an exec: `exec <root> <id> <report> [--tty <console socket>]
+/// -- <cmd>…`, as the executor (`berth_runtime::executor`) reads it.
+pub(super) fn exec_args<'a>(
+    state_root: &'a Path,
+    id: &'a str,
+    report: &'a Path,
+    console: Option<&'a Path>,
+    cmd: &'a [String],
+) -> Vec<&'a OsStr> {
+    let mut args = vec![
+        OsStr::new("exec"),
+        state_root.as_os_str(),
+        OsStr::new(id),
+        report.as_os_str(),
+    ];
+    if let Some(console) = console {
+        args.extend([OsStr::new("--tty"), console.as_os_str()]);
+    }
+    args.push(OsStr::new("--"));
+    args.extend(cmd.iter().map(OsStr::new));
+    args
 }
 
 /// The executor until it has been reaped. Dropped earlier (a cancelled call), it is told to kill

@@ -6,7 +6,6 @@
 //! starts the first (`crate::standby` keeps it). Only ExecSync uses it: a streaming exec's stdio
 //! is the session's.
 
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -15,7 +14,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::AsyncWriteExt;
 use tokio::process::{Child, ChildStderr, ChildStdin, ChildStdout, Command};
 
-use super::exec::{report_path, Running, Started};
+use super::exec::{exec_args, report_path, Running, Started};
 use crate::standby::Standby;
 
 pub(crate) struct ExecSpare {
@@ -55,20 +54,14 @@ impl ExecSpare {
         id: &str,
         cmd: &[String],
     ) -> Option<Started> {
-        let report = report_path(state_root, id);
-        let mut args: Vec<&OsStr> = vec![
-            OsStr::new("exec"),
-            state_root.as_os_str(),
-            OsStr::new(id),
-            report.as_os_str(),
-            OsStr::new("--"),
-        ];
-        args.extend(cmd.iter().map(OsStr::new));
         // No command, or one no process could be given: the usual start's to refuse.
         if cmd.is_empty() {
             return None;
         }
-        let request = berth_runtime::executor::standby_request(&args)?;
+        let report = report_path(state_root, id);
+        let request = berth_runtime::executor::standby_request(&exec_args(
+            state_root, id, &report, None, cmd,
+        ))?;
         let Waiting {
             child,
             request: mut pipe,
