@@ -168,18 +168,9 @@ fn named_agent_lives(mut file: &File) -> bool {
     let Ok(pid) = text.trim().parse::<u32>() else {
         return true;
     };
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let state = stat
-                .rsplit_once(')')?
-                .1
-                .split_whitespace()
-                .next()?
-                .to_string();
-            Some(state != "Z" && state != "X")
-        })
-        .unwrap_or(false)
+    berth_common::procfs::stat_fields(pid)
+        .and_then(|fields| fields.into_iter().next())
+        .is_some_and(|state| state != "Z" && state != "X")
 }
 
 impl Drop for StateLock {

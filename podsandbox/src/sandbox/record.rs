@@ -38,11 +38,8 @@ impl MonitorProcess {
 
 /// Field 22 of /proc/<pid>/stat (start time in clock ticks since boot); None for a zombie.
 fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name may hold spaces and parentheses: fields count from the last ')'.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    if fields.first() == Some(&"Z") {
+    let fields = berth_common::procfs::stat_fields(pid)?;
+    if fields.first().is_some_and(|state| state == "Z") {
         return None;
     }
     fields.get(19)?.parse().ok()

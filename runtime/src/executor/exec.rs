@@ -232,15 +232,10 @@ fn session_members(sid: i32) -> Vec<i32> {
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter(|&pid| {
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-                return false;
-            };
-            // Fields after the parenthesised command name: state ppid pgrp session …
-            let Some((_, rest)) = stat.rsplit_once(')') else {
-                return false;
-            };
-            let fields: Vec<&str> = rest.split_whitespace().collect();
-            fields.len() > 3 && fields[0] != "Z" && fields[3] == sid.to_string()
+            // state ppid pgrp session …
+            berth_common::procfs::stat_fields(pid as u32).is_some_and(|fields| {
+                fields.len() > 3 && fields[0] != "Z" && fields[3] == sid.to_string()
+            })
         })
         .collect()
 }
