@@ -15,6 +15,13 @@ pub struct OutcomeLabel {
     pub outcome: &'static str,
 }
 
+/// `{how="standby"|"exec"}`: helpers by how they started, handed their work as a standby or
+/// exec'd for it (`berth_monitor_starts_total`, `berth_exec_sync_starts_total`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HowLabel {
+    pub how: &'static str,
+}
+
 /// Durations from 1 ms to ~65 s in 17 doubling steps: a sub-millisecond Version through a
 /// CNI plugin that runs into its 60 s timeout or a large image pull.
 pub fn operation_histogram() -> Histogram {

@@ -1,6 +1,6 @@
 //! Container metric families.
 
-use berth_common::metrics::{OutcomeLabel, StateLabel};
+use berth_common::metrics::{HowLabel, OutcomeLabel, StateLabel};
 use berth_runtime::monitor::protocol::ExitRecord;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -22,12 +22,6 @@ pub struct ContainerMetrics {
     user_namespace_mounts: Family<MountKindLabel, Counter>,
     exec_sync_starts: Family<HowLabel, Counter>,
     exec_standby_waiting: Gauge,
-}
-
-/// `{how="standby"|"exec"}` of `berth_exec_sync_starts_total`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct HowLabel {
-    how: &'static str,
 }
 
 /// `{kind="…"}` of `berth_container_user_namespace_mounts_total`.

@@ -1,6 +1,6 @@
 //! Sandbox metric families.
 
-use berth_common::metrics::{OutcomeLabel, StateLabel};
+use berth_common::metrics::{HowLabel, OutcomeLabel, StateLabel};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -25,12 +25,6 @@ pub struct SandboxMetrics {
     standby_waiting: Gauge,
     dirs_deleting: Gauge,
     dir_delete_failures: Counter,
-}
-
-/// `{how="standby"|"exec"}` of `berth_monitor_starts_total`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
-struct HowLabel {
-    how: &'static str,
 }
 
 /// `{kind="rss"|"pss"}` of `berth_monitor_memory_bytes`.
