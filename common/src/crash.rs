@@ -10,8 +10,9 @@ use std::sync::OnceLock;
 pub const ENV: &str = "BERTH_CRASH_AT";
 
 /// The environment variable naming a point to hold at, and the gate file that ends the hold:
-/// `BERTH_HOLD_AT=<name>:<gate>`. Reaching the point, the process makes `<gate>.reached` and
-/// waits until `<gate>` exists: a step paused on cue, for a test to act while it is half-done.
+/// `BERTH_HOLD_AT=<name>:<gate>`. Reaching the point, the process makes `<gate>.reached`, which
+/// holds its pid, and waits until `<gate>` exists: a step paused on cue, for a test to act while
+/// it is half-done.
 pub const HOLD_ENV: &str = "BERTH_HOLD_AT";
 
 /// Crashes here if `BERTH_CRASH_AT` names this point; holds here if `BERTH_HOLD_AT` does.
@@ -25,7 +26,7 @@ pub fn point(name: &str) {
     if let Some((_, gate)) = hold.as_ref().filter(|(at, _)| at == name) {
         let mut reached = gate.clone().into_os_string();
         reached.push(".reached");
-        let _ = std::fs::write(reached, name);
+        let _ = std::fs::write(reached, std::process::id().to_string());
         while !gate.exists() {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }

@@ -737,6 +737,88 @@ async fn a_create_container_its_caller_dropped_still_holds_off_the_pods_removal(
     assert!(left.is_empty(), "container cgroups left: {left:?}");
 }
 
+/// Kills a process on drop if it still runs: what a failed test must not leave behind.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// The executor a monitor forks for a create goes with the monitor: a monitor SIGKILLed in
+/// the middle of a create leaves no executor to go on building the container (its cgroups, its
+/// init) after the agent has rolled the create back, where nothing would take them down.
+#[tokio::test]
+async fn an_executor_goes_with_its_monitor() {
+    let _top = CgroupTop::new();
+    let name = "orphan-exec";
+    let _pods = PodCgroups(vec![name.to_string()]);
+    let mut f = fixture().await;
+    let gates = berth_e2e::TempDir::new("berth-e2e-hold");
+    let gate = gates.path().join("open");
+    f.agent.restart_holding_at("executor-create", &gate).await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, name);
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let monitor = monitor_pid(&mut c, &pod).await;
+    let request = CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(container_config(&f, "held", &["sleep", "1000"])),
+        sandbox_config: Some(pod_cfg),
+    };
+    let mut creating = c.clone();
+    let create = tokio::spawn(async move { creating.create_container(request).await });
+    let reached = gates.path().join("open.reached");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let executor = loop {
+        if let Some(pid) = std::fs::read_to_string(&reached)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+        {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the create never reached the hold"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let _executor_guard = KillOnDrop(executor);
+    assert_ne!(
+        executor, monitor,
+        "the hold is the executor's, not the monitor's"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(monitor),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_process_gone(monitor);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while berth_e2e::running(executor as u32) {
+        assert!(
+            Instant::now() < deadline,
+            "the executor {executor} outlived its monitor {monitor}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let created = create.await.unwrap();
+    assert!(
+        created.is_err(),
+        "a create whose monitor died succeeded: {created:?}"
+    );
+    // Past the hold there is nobody left to build anything.
+    std::fs::write(&gate, b"").unwrap();
+    remove_pod(&mut c, &pod).await;
+    assert_clean(&f, name);
+    let left = container_cgroups_left(name);
+    assert!(left.is_empty(), "container cgroups left: {left:?}");
+}
+
 /// RemoveImage racing a CreateContainer of that image must not take the layers the new
 /// container's rootfs is being mounted on: the create either finds the image gone (NotFound,
 /// nothing made) or succeeds with every file there (the layers are leased before the mount).

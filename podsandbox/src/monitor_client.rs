@@ -59,8 +59,13 @@ fn monitor_command(args: &[&std::ffi::OsStr]) -> Result<tokio::process::Command,
         .stdout(Stdio::piped())
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        // A crash point named for the monitor reaches it (tests only; see berth_common::crash).
-        .envs(std::env::var(berth_common::crash::ENV).map(|v| (berth_common::crash::ENV, v)));
+        // A crash or hold point named for the monitor or its executor reaches it (tests only;
+        // see berth_common::crash).
+        .envs(
+            [berth_common::crash::ENV, berth_common::crash::HOLD_ENV]
+                .into_iter()
+                .filter_map(|key| std::env::var(key).ok().map(|v| (key, v))),
+        );
     Ok(command)
 }
 

@@ -174,6 +174,7 @@ fn write_report(path: &Path, line: &str) -> std::io::Result<()> {
 }
 
 fn create(root: &Path, id: &str, bundle: &Path, console: Option<PathBuf>) -> Result<i32, String> {
+    berth_common::crash::point("executor-create");
     std::fs::create_dir_all(root).map_err(|e| format!("create {}: {e}", root.display()))?;
     // This process stays in the monitor's cgroups: libcontainer moves the container's
     // intermediate process into the container's own. (Its v1 /sys/fs/cgroup emulation, which

@@ -92,10 +92,23 @@ fn executor(
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
     argv.push(report.display().to_string());
+    let monitor = nix::unistd::getpid();
     // SAFETY: the monitor is single-threaded, so the child may run any code; it ends with
     // _exit and never returns into the monitor's loop.
     let child = match unsafe { nix::unistd::fork() } {
         Ok(nix::unistd::ForkResult::Child) => {
+            // The executor goes with its monitor. Left running, one whose monitor was killed
+            // would go on building the container (its cgroups, its init) after the agent has
+            // rolled the create back, and nobody would take that down. A monitor that died
+            // before the prctl is seen in getppid.
+            // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and no pointers.
+            unsafe {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0
+                    || nix::unistd::getppid() != monitor
+                {
+                    libc::_exit(1)
+                }
+            }
             let fd = |f: &Option<OwnedFd>| {
                 f.as_ref()
                     .map(|f| f.as_raw_fd())
