@@ -27,10 +27,7 @@ pub fn run(config_path: Option<PathBuf>, timeout: Duration) -> ExitCode {
     };
     let asked = runtime.block_on(async { tokio::time::timeout(timeout, ask(&socket)).await });
     match asked {
-        Ok(Ok(line)) => {
-            println!("berthd: ok: {line}");
-            ExitCode::SUCCESS
-        }
+        Ok(Ok(line)) => crate::output(&format!("berthd: ok: {line}\n")),
         Ok(Err(e)) => crate::fail(format!("{}: {e}", socket.display())),
         Err(_) => crate::fail(format!(
             "{}: no answer in {} s",

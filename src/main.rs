@@ -75,16 +75,13 @@ enum ConfigCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Config(ConfigCommand::Default)) => {
-            print!("{}", config::DEFAULT_TOML);
-            ExitCode::SUCCESS
-        }
+        Some(Command::Config(ConfigCommand::Default)) => output(config::DEFAULT_TOML),
         Some(Command::Config(ConfigCommand::Check { path })) => match Config::load(Some(&path)) {
-            Ok(config) => {
-                println!("{}: ok", path.display());
-                print!("{}", toml::to_string(&config).unwrap_or_default());
-                ExitCode::SUCCESS
-            }
+            Ok(config) => output(&format!(
+                "{}: ok\n{}",
+                path.display(),
+                toml::to_string(&config).unwrap_or_default()
+            )),
             Err(e) => fail(e),
         },
         Some(Command::Health { timeout_secs }) => health::run(
@@ -92,8 +89,7 @@ fn main() -> ExitCode {
             std::time::Duration::from_secs(timeout_secs.max(1)),
         ),
         Some(Command::Version) => {
-            println!("berthd {} (CRI v1)", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+            output(&format!("berthd {} (CRI v1)\n", env!("CARGO_PKG_VERSION")))
         }
         // Before any thread exists: libcontainer clones this very process.
         Some(Command::Init { args }) => ExitCode::from(berth_runtime::executor::run(&args) as u8),
@@ -126,6 +122,21 @@ fn serve(config_path: Option<PathBuf>) -> ExitCode {
     match runtime.block_on(agent::run(config, config_path.as_deref(), log_level)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
+    }
+}
+
+/// Writes a command's output to stdout. A reader that went before it was written (`| head`)
+/// ends the command quietly, with a non-zero exit; any other write error is one line.
+fn output(text: &str) -> ExitCode {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::FAILURE,
+        Err(e) => fail(format!("write the output: {e}")),
     }
 }
 

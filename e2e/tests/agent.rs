@@ -487,6 +487,34 @@ fn config_default_prints_every_section_and_checks_clean() {
     assert!(stdout.contains(": ok"), "{stdout}");
 }
 
+/// `berthd config default | head -1`: a reader that goes before the output is written is no
+/// fault of berthd's. It ends quietly, without a panic's message on stderr.
+#[test]
+fn config_output_into_a_closed_pipe_ends_quietly() {
+    let dir = TempDir::new("berth-e2e-epipe");
+    let config = dir.path().join("config.toml");
+    let (_, text, _) = run_berthd(&["config", "default"]);
+    std::fs::write(&config, text).unwrap();
+    for args in [
+        vec!["config", "default"],
+        vec!["config", "check", config.to_str().unwrap()],
+        vec!["version"],
+    ] {
+        let (read, write) = nix::unistd::pipe().unwrap();
+        drop(read);
+        let out = std::process::Command::new(berth_e2e::berthd_path())
+            .args(&args)
+            .env_remove("RUST_LOG")
+            .stdout(write)
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("run berthd");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.code().is_some(), "{args:?}: {:?}", out.status);
+        assert!(stderr.is_empty(), "{args:?}: {stderr}");
+    }
+}
+
 #[tokio::test]
 async fn metrics_endpoint_can_be_turned_off() {
     let dir = TempDir::new("berth-e2e-nometrics");
