@@ -221,7 +221,10 @@ fn load(root: &Path, id: &str) -> Result<Container, String> {
     Container::load(root.join(id)).map_err(|e| format!("load container {id}: {e}"))
 }
 
-fn start(root: &Path, id: &str) -> Result<(), String> {
+/// Starts a created container: tells its init, waiting in the create's notify socket, to go
+/// on, and records it running. Nothing here needs a fresh process (no namespace, cgroup or
+/// credential changes, and berth's specs carry no hooks), so the pod monitor runs it itself.
+pub(crate) fn start(root: &Path, id: &str) -> Result<(), String> {
     load(root, id)?
         .start()
         .map_err(|e| format!("start container {id}: {e}"))
