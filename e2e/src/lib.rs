@@ -432,11 +432,28 @@ impl TestAgent {
 
     /// Restarts the agent (SIGKILL) with `key=value` in its environment.
     async fn restart_with_env(&mut self, key: &str, value: String) {
+        self.restart_changed(|command| {
+            command.env(key, value);
+        })
+        .await;
+    }
+
+    /// Restarts the agent (SIGKILL) with `dir` as its working directory, as an operator who
+    /// started it from a shell there would.
+    pub async fn restart_in(&mut self, dir: &Path) {
+        self.restart_changed(|command| {
+            command.current_dir(dir);
+        })
+        .await;
+    }
+
+    /// Restarts the agent (SIGKILL) with its command changed by `change`.
+    async fn restart_changed(&mut self, change: impl FnOnce(&mut Command)) {
         if self.child.is_some() {
             self.stop_with(Signal::SIGKILL);
         }
         let mut command = berthd_command(&self.paths.config, &self.paths.log).expect("log");
-        command.env(key, value);
+        change(&mut command);
         self.child = Some(command.spawn().expect("respawn berthd"));
         self.wait_ready().await;
     }

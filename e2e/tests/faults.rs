@@ -687,6 +687,61 @@ async fn a_create_container_retried_while_the_first_is_in_flight_makes_one_conta
     assert_clean(&f, "retried");
 }
 
+/// A CreateContainer held at a crash point: the agent restarted to hold there, a pod run, its
+/// create sent and the hold reached.
+struct HeldCreate {
+    /// Holds the gate: writing `gate` lets the held process go on.
+    _gates: berth_e2e::TempDir,
+    gate: std::path::PathBuf,
+    c: RuntimeClient,
+    pod: String,
+    create:
+        tokio::task::JoinHandle<Result<tonic::Response<CreateContainerResponse>, tonic::Status>>,
+    /// The process that reached the hold (`<gate>.reached` names it).
+    holder: i32,
+}
+
+/// Restarts `f`'s agent to hold at the crash point `point`, runs the pod `name` and sends its
+/// CreateContainer, and returns once the create reached the hold.
+async fn create_held_at(f: &mut Fixture, point: &str, name: &str) -> HeldCreate {
+    let gates = berth_e2e::TempDir::new("berth-e2e-hold");
+    let gate = gates.path().join("open");
+    f.agent.restart_holding_at(point, &gate).await;
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(f, name);
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let request = CreateContainerRequest {
+        pod_sandbox_id: pod.clone(),
+        config: Some(container_config(f, "held", &["sleep", "1000"])),
+        sandbox_config: Some(pod_cfg),
+    };
+    let mut creating = c.clone();
+    let create = tokio::spawn(async move { creating.create_container(request).await });
+    let reached = gates.path().join("open.reached");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let holder = loop {
+        if let Some(pid) = std::fs::read_to_string(&reached)
+            .ok()
+            .and_then(|t| t.trim().parse::<i32>().ok())
+        {
+            break pid;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the create never reached the hold"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    HeldCreate {
+        _gates: gates,
+        gate,
+        c,
+        pod,
+        create,
+        holder,
+    }
+}
+
 /// A CreateContainer its caller gave up on (the RPC dropped while the container was being
 /// made) still holds off the pod's teardown until the create is done. StopPodSandbox and
 /// RemovePodSandbox then find the container and take it down with the pod; nothing of it is
@@ -697,39 +752,18 @@ async fn a_create_container_its_caller_dropped_still_holds_off_the_pods_removal(
     let name = "dropped-create";
     let _pods = PodCgroups(vec![name.to_string()]);
     let mut f = fixture().await;
-    let gates = berth_e2e::TempDir::new("berth-e2e-hold");
-    let gate = gates.path().join("open");
-    f.agent.restart_holding_at("container-created", &gate).await;
-    let mut c = f.agent.runtime().await;
-    let pod_cfg = pod_config(&f, name);
-    let pod = run_pod(&mut c, pod_cfg.clone()).await;
-    let request = CreateContainerRequest {
-        pod_sandbox_id: pod.clone(),
-        config: Some(container_config(&f, "held", &["sleep", "1000"])),
-        sandbox_config: Some(pod_cfg),
-    };
-    let mut creating = c.clone();
-    let create = tokio::spawn(async move { creating.create_container(request).await });
-    let reached = gates.path().join("open.reached");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !reached.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the create never reached the hold"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let held = create_held_at(&mut f, "container-created", name).await;
     // The caller gives up: its RPC is dropped, as a client's deadline drops it.
-    create.abort();
-    let _ = create.await;
-    let mut tearing = c.clone();
+    held.create.abort();
+    let _ = held.create.await;
+    let (mut tearing, pod) = (held.c.clone(), held.pod.clone());
     let teardown = tokio::spawn(async move { remove_pod(&mut tearing, &pod).await });
     // A teardown that does not wait for the create is done within this; one that waits is not.
     let deadline = Instant::now() + Duration::from_secs(2);
     while !teardown.is_finished() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    std::fs::write(&gate, b"").unwrap();
+    std::fs::write(&held.gate, b"").unwrap();
     teardown.await.unwrap();
     assert_clean(&f, name);
     // Under the systemd driver the pod's slice is kubelet's (here `PodCgroups`'s) to remove.
@@ -758,36 +792,10 @@ async fn an_executor_goes_with_its_monitor() {
     let name = "orphan-exec";
     let _pods = PodCgroups(vec![name.to_string()]);
     let mut f = fixture().await;
-    let gates = berth_e2e::TempDir::new("berth-e2e-hold");
-    let gate = gates.path().join("open");
-    f.agent.restart_holding_at("executor-create", &gate).await;
-    let mut c = f.agent.runtime().await;
-    let pod_cfg = pod_config(&f, name);
-    let pod = run_pod(&mut c, pod_cfg.clone()).await;
-    let monitor = monitor_pid(&mut c, &pod).await;
-    let request = CreateContainerRequest {
-        pod_sandbox_id: pod.clone(),
-        config: Some(container_config(&f, "held", &["sleep", "1000"])),
-        sandbox_config: Some(pod_cfg),
-    };
-    let mut creating = c.clone();
-    let create = tokio::spawn(async move { creating.create_container(request).await });
-    let reached = gates.path().join("open.reached");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let executor = loop {
-        if let Some(pid) = std::fs::read_to_string(&reached)
-            .ok()
-            .and_then(|t| t.trim().parse::<i32>().ok())
-        {
-            break pid;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the create never reached the hold"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let mut held = create_held_at(&mut f, "executor-create", name).await;
+    let executor = held.holder;
     let _executor_guard = KillOnDrop(executor);
+    let monitor = monitor_pid(&mut held.c, &held.pod).await;
     assert_ne!(
         executor, monitor,
         "the hold is the executor's, not the monitor's"
@@ -806,17 +814,61 @@ async fn an_executor_goes_with_its_monitor() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let created = create.await.unwrap();
+    let created = held.create.await.unwrap();
     assert!(
         created.is_err(),
         "a create whose monitor died succeeded: {created:?}"
     );
     // Past the hold there is nobody left to build anything.
-    std::fs::write(&gate, b"").unwrap();
-    remove_pod(&mut c, &pod).await;
+    std::fs::write(&held.gate, b"").unwrap();
+    remove_pod(&mut held.c, &held.pod).await;
     assert_clean(&f, name);
     let left = container_cgroups_left(name);
     assert!(left.is_empty(), "container cgroups left: {left:?}");
+}
+
+/// An agent started from a directory that was removed since (a shell's temporary directory,
+/// a checkout deleted under a running agent) still creates, starts and execs in containers:
+/// nothing of a pod's monitor, nor of an executor, may depend on the working directory it
+/// inherited. (Before, every CreateContainer failed: libcontainer's `failed to get cwd`.)
+#[tokio::test]
+async fn an_agent_started_from_a_directory_since_removed_still_runs_containers() {
+    let _top = CgroupTop::new();
+    let name = "gone-cwd";
+    let _pods = PodCgroups(vec![name.to_string()]);
+    let mut f = fixture().await;
+    let cwd = berth_e2e::TempDir::new("berth-e2e-cwd");
+    let gone = cwd.path().join("gone");
+    std::fs::create_dir(&gone).unwrap();
+    f.agent.restart_in(&gone).await;
+    std::fs::remove_dir(&gone).unwrap();
+    let mut c = f.agent.runtime().await;
+    let pod_cfg = pod_config(&f, name);
+    let pod = run_pod(&mut c, pod_cfg.clone()).await;
+    let id = create(
+        &mut c,
+        &pod,
+        container_config(&f, "runs", &["sleep", "1000"]),
+        pod_cfg,
+    )
+    .await;
+    c.start_container(StartContainerRequest {
+        container_id: id.clone(),
+    })
+    .await
+    .unwrap_or_else(|e| panic!("StartContainer with the agent's directory gone: {e}"));
+    assert_eq!(
+        status(&mut c, &id).await.state,
+        ContainerState::ContainerRunning as i32
+    );
+    // The first ExecSync starts its own executor, the next one is handed to the standby.
+    for _ in 0..2 {
+        let out = exec_sync(&mut c, &id, &["sh", "-c", "cd / && pwd"]).await;
+        assert_eq!(out.exit_code, 0, "{out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "/\n");
+    }
+    remove_pod(&mut c, &pod).await;
+    assert_clean(&f, name);
 }
 
 /// RemoveImage racing a CreateContainer of that image must not take the layers the new

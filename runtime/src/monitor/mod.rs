@@ -114,8 +114,11 @@ fn load_config(path: &Path) -> Result<MonitorConfig, String> {
 
 /// Leaves the agent: a session of our own (so the agent's terminal or process group never
 /// signals us), then a fork whose parent exits at once, re-parenting the child to init. True in
-/// that child, which leads a session of its own too.
+/// that child, which leads a session of its own too. And `/` as the working directory: the
+/// agent's may be removed while the pod lives, and libcontainer asks for the working directory
+/// (`getcwd`, which then fails) in every create and start.
 fn detach() -> bool {
+    let _ = nix::unistd::chdir("/");
     let _ = nix::unistd::setsid();
     // SAFETY: the process is single-threaded here (called first thing from main), so the child
     // may run arbitrary code after fork.
