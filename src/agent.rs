@@ -168,9 +168,7 @@ fn named_agent_lives(mut file: &File) -> bool {
     let Ok(pid) = text.trim().parse::<u32>() else {
         return true;
     };
-    berth_common::procfs::stat_fields(pid)
-        .and_then(|fields| fields.into_iter().next())
-        .is_some_and(|state| state != "Z" && state != "X")
+    berth_common::procfs::running(pid)
 }
 
 impl Drop for StateLock {

@@ -21,6 +21,14 @@ pub fn stat_fields(pid: u32) -> Option<Vec<String>> {
     Some(rest.split_whitespace().map(str::to_string).collect())
 }
 
+/// Whether process `pid` is there and neither a zombie nor dead (`Z`, `X`): one that exited
+/// stays listed until its parent reaps it.
+pub fn running(pid: u32) -> bool {
+    stat_fields(pid)
+        .and_then(|fields| fields.into_iter().next())
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -42,5 +50,11 @@ mod tests {
         assert!(["R", "S"].contains(&fields[0].as_str()), "{fields:?}");
         assert_eq!(fields[1], std::os::unix::process::parent_id().to_string());
         assert_eq!(stat_fields(u32::MAX), None);
+    }
+
+    #[test]
+    fn a_live_process_is_running_and_a_missing_one_is_not() {
+        assert!(running(std::process::id()));
+        assert!(!running(u32::MAX));
     }
 }

@@ -549,17 +549,7 @@ pub fn kill_cgroup(cgroup: &str) {
 }
 
 /// Whether process `pid` is there and not a zombie (an exited child init has yet to reap).
-pub fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| {
-            let (_, rest) = stat.rsplit_once(')')?;
-            rest.split_whitespace()
-                .next()
-                .map(|state| state != "Z" && state != "X")
-        })
-        .unwrap_or(false)
-}
+pub use berth_common::procfs::running;
 
 /// Starts berthd with `config`, its stdout and stderr going to `log`.
 pub fn spawn_berthd(config: &Path, log: &Path) -> std::io::Result<Child> {
