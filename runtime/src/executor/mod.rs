@@ -12,8 +12,9 @@
 //!   `enter` forks it into the container); once the process runs it execs
 //!   `berthd init wait <pid> <report file>`, a fresh image that only waits.
 //! `berthd init exec-standby <state dir>`: an exec started ahead of its request (the agent's
-//!   ExecSync standby): it reads `exec …`'s arguments from stdin ([`standby_request`]), then runs as that
-//!   exec with /dev/null for stdin. Its stdin closed without a request, it exits quietly.
+//!   ExecSync standby): it reads `exec …`'s arguments from stdin ([`standby_request`]), then
+//!   runs as that exec with /dev/null for stdin. Its stdin closed without a request, it exits
+//!   quietly.
 
 mod caps;
 mod enter;
@@ -120,8 +121,8 @@ fn parse_standby_request(bytes: &[u8]) -> Option<Vec<String>> {
 
 /// The standby's wait: what does not depend on the request is done first (the cgroup
 /// hierarchies, from a mountinfo that grows with every pod), then it trims and waits for the
-/// request, reads it to its end, and stdin becomes /dev/null, as an ExecSync's has. None: stdin closed without a
-/// request (the agent is gone, or let us go).
+/// request, reads it to its end, and stdin becomes /dev/null, as an ExecSync's has. None: stdin
+/// closed without a request (the agent is gone, or let us go).
 fn standby() -> Result<Option<Vec<String>>, String> {
     use std::io::Read;
     use std::os::fd::{AsFd, AsRawFd};

@@ -349,8 +349,8 @@ async fn main() {
     let mut peer: Option<PathBuf> = None;
     let mut peer_pid: Option<u32> = None;
     let mut lab = false;
-    // `--only pulls|sandboxes|containers|burst|streaming`: just that section (and the figures it needs), to iterate
-    // on it.
+    // `--only pulls|sandboxes|containers|burst|streaming`: just that section (and the figures it
+    // needs), to iterate on it.
     let mut only: Option<String> = None;
     // `--agent-config TOML`: appended to berthd's configuration, to compare settings (say
     // `[runtime]` / `exec_standby = false`).
